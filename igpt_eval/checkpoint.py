@@ -1,0 +1,90 @@
+"""Checkpoint folders (DESIGN §6): ``model.safetensors`` + ``config.json`` (+ ``palette.npy``).
+
+Weights are safetensors only: nothing in a checkpoint is ever unpickled. Files are written
+atomically, so an interrupted save leaves the previous checkpoint readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
+
+from igpt_eval.config import IGPTConfig
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+PALETTE = "palette.npy"
+
+
+def save_model(model, path: str | Path, palette=None) -> Path:
+    """Write ``model`` (an :class:`~igpt_eval.model.IGPT`) and optionally its palette."""
+    path = Path(path)
+    if palette is not None and palette.k != model.config.vocab_size:
+        raise IGPTError(
+            f"palette has {palette.k} colours but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    blob = st_save(tensors, metadata={"format": "pt", "library": "igpt-eval"})
+    with atomic_write(path / WEIGHTS) as f:
+        f.write(blob)
+    model.config.save(path / CONFIG)
+    if palette is not None:
+        palette.save(path / PALETTE)
+    return path
+
+
+def check_state_dict(expected: dict, state: dict, where: str) -> None:
+    """Raise one clear error when ``state`` does not have exactly the expected keys and shapes."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{' …' if len(unexpected) > 3 else ''}")
+        raise IGPTError(f"{where} does not match its config: {'; '.join(parts)}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise IGPTError(
+                f"{where}: {k} has shape {list(state[k].shape)}, config implies {list(v.shape)}"
+            )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Read a checkpoint folder; every way it can be broken is one :class:`IGPTError`."""
+    from igpt_eval.model import IGPT
+
+    path = Path(path)
+    if not path.is_dir():
+        raise IGPTError(f"no checkpoint folder at {path}")
+    cfg = IGPTConfig.load(path / CONFIG)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise IGPTError(f"{path} has no {WEIGHTS}")
+    try:
+        state = load_file(weights, device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise IGPTError(f"{weights} is not a readable safetensors file ({e})") from None
+    # Build on the meta device: no memory or time spent on an initialisation we overwrite.
+    with torch.device("meta"):
+        model = IGPT(cfg)
+    check_state_dict(model.state_dict(), state, str(weights))
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def load_palette(path: str | Path):
+    """The palette stored in a checkpoint folder, or ``None`` when it has none."""
+    from igpt_eval.palette import Palette
+
+    f = Path(path) / PALETTE
+    return Palette.load(f) if f.is_file() else None
