@@ -124,8 +124,12 @@ def main() -> None:
         for name, (fn, peak) in runs.items():
             s = timeit(fn, args.repeats)
             gf = flops / s / 1e9
-            rows[name] = {"seconds": s, "images_per_s": args.batch / s, "gflops": gf,
-                          "fraction_of_matmul_peak": gf / peak}
+            rows[name] = {
+                "seconds": s,
+                "images_per_s": args.batch / s,
+                "gflops": gf,
+                "fraction_of_matmul_peak": gf / peak,
+            }
     base = rows["hf float32"]["seconds"]
     for r in rows.values():
         r["speedup_vs_hf_float32"] = base / r["seconds"]
@@ -135,24 +139,34 @@ def main() -> None:
 
     result = {
         "benchmark": "forward: all-layer pooled features",
-        "config": cfg.to_dict(), "batch": args.batch, "repeats": args.repeats,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "config": cfg.to_dict(),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "matmul_peak_gflops": {"float32": peak32, "bf16": peak16},
-        "max_abs_diff_vs_hf_float32": err_f32, "max_rel_diff_bf16_vs_hf": err_bf16,
+        "max_abs_diff_vs_hf_float32": err_f32,
+        "max_rel_diff_bf16_vs_hf": err_bf16,
         "runs": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"preset {args.preset}: n_px={cfg.n_px} d={cfg.n_embd} layers={cfg.n_layer} "
-          f"batch={args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul peak: {peak32:.0f} GFLOP/s float32, {peak16:.0f} GFLOP/s bf16; "
-          f"features agree with HF to {err_f32:.1e} (float32)")
+    print(
+        f"preset {args.preset}: n_px={cfg.n_px} d={cfg.n_embd} layers={cfg.n_layer} "
+        f"batch={args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(
+        f"matmul peak: {peak32:.0f} GFLOP/s float32, {peak16:.0f} GFLOP/s bf16; "
+        f"features agree with HF to {err_f32:.1e} (float32)"
+    )
     print(f"{'run':<20} {'img/s':>8} {'GFLOP/s':>8} {'% peak':>7} {'vs HF f32':>10}")
     for name, r in rows.items():
-        print(f"{name:<20} {r['images_per_s']:8.1f} {r['gflops']:8.1f} "
-              f"{100 * r['fraction_of_matmul_peak']:6.0f}% {r['speedup_vs_hf_float32']:9.2f}x")
+        print(
+            f"{name:<20} {r['images_per_s']:8.1f} {r['gflops']:8.1f} "
+            f"{100 * r['fraction_of_matmul_peak']:6.0f}% {r['speedup_vs_hf_float32']:9.2f}x"
+        )
     print(f"ours bf16 vs HF bf16 autocast: {rows['ours bf16 autocast']['speedup_vs_hf_bf16']:.2f}x")
 
 

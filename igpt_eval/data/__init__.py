@@ -1,0 +1,33 @@
+"""Datasets: a registry of on-disk formats, deterministic splits, resizing and token caches.
+
+Example::
+
+    from igpt_eval.data import load_dataset, tokenize
+    ds = load_dataset("fashion-mnist", split="train", n_px=28)
+    cache = tokenize(ds, palette, "tokens/fmnist-train")
+    cache.tokens   # uint16 memmap [N, 784]
+"""
+
+from igpt_eval.data.dataset import ImageDataset, dataset_fingerprint, load_dataset
+from igpt_eval.data.formats import Source
+from igpt_eval.data.registry import list_datasets, read_source, register_dataset
+from igpt_eval.data.resize import resize_images
+from igpt_eval.data.splits import SPLITS
+from igpt_eval.data.tokens import TokenCache, cache_dir, load_tokens, read_manifest, tokenize
+
+__all__ = [
+    "SPLITS",
+    "ImageDataset",
+    "Source",
+    "TokenCache",
+    "cache_dir",
+    "dataset_fingerprint",
+    "list_datasets",
+    "load_dataset",
+    "load_tokens",
+    "read_manifest",
+    "read_source",
+    "register_dataset",
+    "resize_images",
+    "tokenize",
+]

@@ -1,0 +1,217 @@
+"""Token caches: a dataset split encoded with a palette, on disk.
+
+A cache is a folder with ``tokens.npy`` (uint16 ``[N, n_px*n_px]``, written through
+``numpy.lib.format.open_memmap`` batch by batch), ``labels.npy`` (int64 ``[N]``) and
+``manifest.json`` (palette hash, dataset fingerprint, shape, ``complete``). The manifest is
+written atomically *last*, so a folder without a complete manifest is treated as absent. A
+cache whose manifest does not match the palette and dataset it is asked for is rebuilt or
+refused, never silently reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+from igpt_eval.data.dataset import ImageDataset
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import save_npy, write_json
+from igpt_eval.palette import Palette
+
+MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
+FORMAT = "igpt-eval-tokens"
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The cache's manifest if it is present, readable and complete; otherwise None."""
+    try:
+        with open(Path(path) / MANIFEST) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("complete") is not True:
+        return None
+    return m
+
+
+def _mismatch(m: dict, palette: Palette | None, fingerprint: str | None) -> str | None:
+    """Why the manifest ``m`` does not fit the inputs (None when it does)."""
+    if palette is not None and m.get("palette_hash") != palette.hash:
+        return f"palette {m.get('palette_hash')} (asked for {palette.hash})"
+    if fingerprint is not None and m.get("dataset_fingerprint") != fingerprint:
+        return f"dataset fingerprint {m.get('dataset_fingerprint')} (asked for {fingerprint})"
+    return None
+
+
+@dataclass
+class TokenCache:
+    """An opened token cache: ``tokens`` is a read-only memmap, ``labels`` an array."""
+
+    path: Path
+    manifest: dict
+    tokens: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_px(self) -> int:
+        """Side length of the tokenised images."""
+        return int(self.manifest["n_px"])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        palette: Palette | None = None,
+        fingerprint: str | None = None,
+    ) -> TokenCache:
+        """Open the cache at ``path``; with ``palette``/``fingerprint``, check it was built
+        from them. Raises :class:`IGPTError` if it is absent, incomplete or mismatching."""
+        path = Path(path)
+        m = read_manifest(path)
+        if m is None:
+            raise IGPTError(
+                f"no complete token cache in {path}; build it with `igpt-eval tokenize`"
+            )
+        why = _mismatch(m, palette, fingerprint)
+        if why:
+            raise IGPTError(f"token cache {path} was built for {why}; rebuild it with --overwrite")
+        try:
+            tokens = np.load(path / TOKENS, mmap_mode="r", allow_pickle=False)
+            labels = np.load(path / LABELS, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise IGPTError(
+                f"token cache {path} is damaged ({e}); rebuild it with --overwrite"
+            ) from None
+        shape = (m["n"], m["n_px"] ** 2)
+        if tokens.shape != shape or tokens.dtype != np.uint16 or labels.shape != (m["n"],):
+            raise IGPTError(
+                f"token cache {path} does not match its manifest (tokens {tokens.shape}, "
+                f"expected {shape}); rebuild it with --overwrite"
+            )
+        return cls(path=path, manifest=m, tokens=tokens, labels=labels)
+
+
+def tokenize(
+    dataset: ImageDataset,
+    palette: Palette,
+    out_dir: str | os.PathLike,
+    batch_size: int = 4096,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TokenCache:
+    """Encode ``dataset`` with ``palette`` into a token cache at ``out_dir`` and open it.
+
+    A complete cache already there for the same palette and dataset fingerprint is reused
+    without recomputation. One built from other inputs is rebuilt when ``overwrite``, else
+    refused with :class:`IGPTError`.
+    """
+    out = Path(out_dir)
+    if dataset.n_px is None:
+        h, w = dataset.images.shape[1:3]
+        raise IGPTError(f"images are {h}x{w}; tokenizing needs square images, pass n_px")
+    if dataset.channels != palette.channels:
+        raise IGPTError(
+            f"images have {dataset.channels} channels but the palette has {palette.channels}; "
+            "fit a palette on this dataset with `igpt-eval palette`"
+        )
+    m = read_manifest(out)
+    if m is not None:
+        why = _mismatch(m, palette, dataset.fingerprint)
+        if why is None:
+            with contextlib.suppress(IGPTError):  # damaged files: fall through and rebuild
+                return TokenCache.open(out, palette, dataset.fingerprint)
+        elif not overwrite:
+            raise IGPTError(
+                f"{out} holds a token cache built for {why}; pass --overwrite to rebuild it"
+            )
+    if out.exists() and not out.is_dir():
+        raise IGPTError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    # Invalidate first: from here until the new manifest lands, the folder reads as absent.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(out / MANIFEST)
+
+    n, seq = len(dataset), dataset.n_px**2
+    # Write beside the final name and rename, so a reader still mapping an old tokens.npy
+    # keeps a valid file.
+    tmp = out / f".{TOKENS}.tmp"
+    mm = open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, seq))
+    with tqdm(
+        total=n, desc=f"tokenize {dataset.name}/{dataset.split}", unit="img", disable=not progress
+    ) as bar:
+        for start in range(0, n, batch_size):
+            batch = dataset.images[start : start + batch_size]
+            mm[start : start + len(batch)] = palette.encode(batch)
+            bar.update(len(batch))
+    mm.flush()
+    del mm
+    os.replace(tmp, out / TOKENS)
+    save_npy(out / LABELS, dataset.labels.astype(np.int64))
+    write_json(
+        out / MANIFEST,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "palette_hash": palette.hash,
+            "palette_k": palette.k,
+            "channels": palette.channels,
+            "dataset": dataset.name,
+            "split": dataset.split,
+            "seed": dataset.seed,
+            "dataset_fingerprint": dataset.fingerprint,
+            "classes": list(dataset.classes),
+            "n_px": dataset.n_px,
+            "n": n,
+            "dtype": "uint16",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": True,
+        },
+    )
+    return TokenCache.open(out, palette, dataset.fingerprint)
+
+
+def cache_dir(root: str | os.PathLike, dataset: ImageDataset, palette: Palette) -> Path:
+    """The folder for (dataset, palette) under a cache root:
+    ``<root>/<name>-<split>[-s<seed>]-<n_px>px-<palette hash>`` (the seed only for train/val,
+    the only splits it changes; characters unsafe in a file name become ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name).strip("_")
+    seed = f"-s{dataset.seed}" if dataset.split in ("train", "val") else ""
+    return Path(root) / f"{name}-{dataset.split}{seed}-{dataset.n_px}px-{palette.hash}"
+
+
+def load_tokens(
+    dataset: ImageDataset,
+    palette: Palette,
+    cache_root: str | os.PathLike,
+    overwrite: bool = True,
+    batch_size: int = 4096,
+    progress: bool = True,
+) -> TokenCache:
+    """Tokens of ``dataset`` under ``palette`` from the cache root, building them if needed.
+
+    A cache that exists but was built from other data (the dataset fingerprint changed) is
+    rebuilt with a warning when ``overwrite`` (the default: the root is a managed cache),
+    else refused with :class:`IGPTError`.
+    """
+    path = cache_dir(cache_root, dataset, palette)
+    m = read_manifest(path)
+    if m is not None and overwrite and _mismatch(m, palette, dataset.fingerprint):
+        warnings.warn(
+            f"token cache {path} is stale (the data changed); rebuilding it", stacklevel=2
+        )
+    return tokenize(
+        dataset, palette, path, batch_size=batch_size, progress=progress, overwrite=overwrite
+    )

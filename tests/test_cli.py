@@ -1,0 +1,88 @@
+"""The command line: convert, info, and the one-line-error contract."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from igpt_eval.cli import main
+from igpt_eval.config import IGPTConfig
+from igpt_eval.model import IGPT
+from igpt_eval.palette import Palette
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = IGPT(IGPTConfig.preset("tiny"))
+    with torch.no_grad():
+        model.wtet.weight.normal_()
+    pal = Palette(np.linspace(-1, 1, 48, dtype=np.float32).reshape(16, 3))
+    return model.save(tmp_path / "ck", palette=pal), model
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("igpt-eval: error: "), err
+    return err[0]
+
+
+def test_convert_roundtrip_through_hf(tmp_path, checkpoint, capsys):
+    ck, model = checkpoint
+    assert main(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf/preprocessor_config.json").is_file()  # the palette travels along
+    assert (
+        main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    )
+    assert "wrote igpt-eval checkpoint" in capsys.readouterr().out
+    back = IGPT.load(tmp_path / "back")
+    x = torch.randint(0, 16, (2, 64))
+    torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    assert (np.load(tmp_path / "back/palette.npy") == np.load(ck / "palette.npy")).all()
+
+
+def test_convert_never_overwrites_without_asking(tmp_path, checkpoint, capsys):
+    ck, _ = checkpoint
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["convert", "--to-hf", str(ck), "--out", str(out)]) == 2
+    assert "--overwrite" in one_error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main(["convert", "--to-hf", str(ck), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_convert_bad_inputs_are_one_line(tmp_path, checkpoint, capsys):
+    ck, _ = checkpoint
+    assert main(["convert", "--from-hf", str(ck), "--out", str(tmp_path / "x")]) == 2
+    assert "not an ImageGPT checkpoint" in one_error_line(capsys)
+    assert not (tmp_path / "x").exists()
+    assert main(["convert", "--to-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "y")]) == 2
+    assert "no checkpoint folder" in one_error_line(capsys)
+    with pytest.raises(Exception, match="no checkpoint folder"):  # --debug shows the traceback
+        main(["--debug", "convert", "--to-hf", str(tmp_path / "nope"), "--out", "y"])
+
+
+def test_info(tmp_path, checkpoint, capsys):
+    ck, model = checkpoint
+    assert main(["info", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert f"{model.n_params():,}" in out and "16 colours x 3 channels" in out
+    assert main(["info", str(ck / "palette.npy")]) == 0
+    assert "16 RGB colours" in capsys.readouterr().out
+    (ck / "model.safetensors").write_bytes(b"truncated")
+    assert main(["info", str(ck)]) == 2
+    assert "not a readable safetensors" in one_error_line(capsys)
+
+
+def test_console_entry_point_error_has_no_traceback(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "igpt_eval.cli", "info", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"igpt-eval: error: {tmp_path / 'missing'} does not exist"
