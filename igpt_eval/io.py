@@ -76,3 +76,30 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "this folder"):
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+
+    ``wait=False`` raises a one-line :class:`~igpt_eval.errors.IGPTError` when another
+    process holds it. The kernel drops the lock when its holder dies, so a killed writer
+    never leaves a stale lock behind.
+    """
+    import fcntl
+
+    from igpt_eval.errors import IGPTError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise IGPTError(
+                f"another igpt-eval process is writing {what}; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from igpt_eval.data.dataset import ImageDataset
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import save_npy, write_json
+from igpt_eval.io import file_lock, save_npy, write_json
 from igpt_eval.palette import Palette
 
 MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
@@ -127,6 +127,15 @@ def tokenize(
             f"images have {dataset.channels} channels but the palette has {palette.channels}; "
             "fit a palette on this dataset with `igpt-eval palette`"
         )
+    if out.exists() and not out.is_dir():
+        raise IGPTError(f"{out} exists and is not a folder")
+    # Two processes asking for the same cache (e.g. two trainings started together): the
+    # second waits for the first, then finds the finished cache and reuses it.
+    with file_lock(out / ".lock", what=f"the token cache {out}"):
+        return _tokenize_locked(dataset, palette, out, batch_size, progress, overwrite)
+
+
+def _tokenize_locked(dataset, palette, out: Path, batch_size, progress, overwrite) -> TokenCache:
     m = read_manifest(out)
     if m is not None:
         why = _mismatch(m, palette, dataset.fingerprint)
@@ -137,8 +146,6 @@ def tokenize(
             raise IGPTError(
                 f"{out} holds a token cache built for {why}; pass --overwrite to rebuild it"
             )
-    if out.exists() and not out.is_dir():
-        raise IGPTError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     # Invalidate first: from here until the new manifest lands, the folder reads as absent.
     with contextlib.suppress(FileNotFoundError):

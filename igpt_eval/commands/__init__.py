@@ -1,0 +1,53 @@
+"""Subcommands of ``igpt-eval``, one module per pipeline stage.
+
+Each subcommand is a pair of functions: ``_add_<name>(sub)`` declares its flags and is
+registered with :func:`subcommand`; ``_cmd_<name>(args)`` runs it by calling the library (no
+logic of its own). Library imports happen inside ``_cmd_*`` so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from igpt_eval.errors import IGPTError
+
+# name -> function adding the subcommand's parser; filled by @subcommand in import order.
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def subcommand(add: Callable[[argparse._SubParsersAction], None]):
+    """Register ``_add_<name>`` as the parser builder of subcommand ``<name>``."""
+    SUBCOMMANDS[add.__name__.removeprefix("_add_")] = add
+    return add
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless ``--overwrite`` was given."""
+    if path.exists() and not overwrite:
+        raise IGPTError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def add_dataset_flags(
+    p: argparse.ArgumentParser, *, overwrite: bool = True, dataset: str | None = None
+) -> None:
+    """The flags every data-reading subcommand shares (``--dataset`` required unless a
+    default is given)."""
+    p.add_argument(
+        "--dataset",
+        required=dataset is None,
+        default=dataset,
+        help="dataset name (fashion-mnist, cifar10, ..., npz:PATH, imagefolder:PATH)"
+        + (f"; default {dataset}" if dataset else ""),
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding the dataset files (default: $IGPT_EVAL_DATA, ./data)",
+    )
+    p.add_argument("--n-px", type=int, default=None, help="resize images to N x N pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (and run)")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")

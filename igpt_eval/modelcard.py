@@ -1,0 +1,398 @@
+"""Measured model cards: what a trained checkpoint folder is, and how well it predicts pixels.
+
+:func:`write_model_card` reads what the pretrainer left in a checkpoint folder
+(``config.json``, ``run.json``, ``train_log.csv``, optionally ``lr_sweep.csv``), measures the
+model on the test split next to simple baselines, draws its figures, and writes
+``MODEL_CARD.md``. No number in a card is typed in by hand: each one is read from those files or
+measured when the card is written.
+
+Baselines, all in nats per token on the test tokens (:func:`token_baselines`):
+
+- *unigram*: every pixel drawn from the train split's colour frequencies (add-one smoothed).
+  An AR model whose loss is not below this has learned nothing beyond colour frequencies.
+- *previous pixel*: a bigram ``P(x_t | x_{t-1})`` fitted on train (add-one smoothed; the first
+  pixel uses the unigram), and as a hard predictor "repeat the previous pixel" (first pixel:
+  the most frequent train colour). Natural images are smooth, so this is a strong baseline.
+
+Example::
+
+    card = write_model_card("runs/ar", train_tokens=tr.tokens, test_tokens=te.tokens,
+                            reports_dir="reports", name="fmnist-ar")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.figures import completion_grid, loss_curve, read_log, sample_grid
+from igpt_eval.io import atomic_write
+
+__all__ = [
+    "completion_grid",
+    "loss_curve",
+    "model_metrics",
+    "sample_grid",
+    "token_baselines",
+    "write_model_card",
+]
+
+CARD = "MODEL_CARD.md"
+_CHUNK = 4096  # rows of a token memmap read at a time: memory stays bounded for any N
+
+
+# ------------------------------------------------------------------ measurements
+def _chunks(tokens):
+    for s in range(0, len(tokens), _CHUNK):
+        yield np.asarray(tokens[s : s + _CHUNK], dtype=np.int64)
+
+
+def _counts(tokens, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(colour counts [k], first-pixel counts [k], (previous, next) pair counts [k, k])."""
+    uni, first, pairs = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k * k, np.int64)
+    for x in _chunks(tokens):
+        if x.size and (x.min() < 0 or x.max() >= k):
+            raise IGPTError(f"token ids must lie in [0, {k}), got range [{x.min()}, {x.max()}]")
+        uni += np.bincount(x.ravel(), minlength=k)
+        first += np.bincount(x[:, 0], minlength=k)
+        # Pairs in raster order: a row's first pixel follows the previous row's last.
+        pairs += np.bincount((x[:, :-1] * k + x[:, 1:]).ravel(), minlength=k * k)
+    return uni, first, pairs.reshape(k, k)
+
+
+def token_baselines(train_tokens, test_tokens, k: int) -> dict:
+    """Simple predictors fitted on ``train_tokens`` and scored on ``test_tokens`` (both
+    ``[N, T]`` palette ids; memmaps are read in chunks), in nats per token.
+
+    Returns ``uniform`` (ln k), ``unigram_ce`` (test cross-entropy under the add-one smoothed
+    train unigram), ``test_unigram_entropy`` (entropy of the test colours themselves),
+    ``unigram_accuracy`` (always the most frequent train colour), ``prev_pixel_accuracy``
+    (repeat the previous pixel; the first pixel gets the most frequent train colour) and
+    ``bigram_ce`` (add-one smoothed ``P(x_t | x_{t-1})`` from train; the first pixel scored
+    under the unigram).
+    """
+    train_tokens, test_tokens = np.asarray(train_tokens), np.asarray(test_tokens)
+    for name, t in (("train", train_tokens), ("test", test_tokens)):
+        if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+            raise IGPTError(f"{name} tokens must be a non-empty [N, T] array, got {t.shape}")
+    uni_tr, _, pairs_tr = _counts(train_tokens, k)
+    uni_te, first_te, pairs_te = _counts(test_tokens, k)
+    n_te = uni_te.sum()
+
+    log_p = np.log((uni_tr + 1) / (uni_tr.sum() + k))  # add-one smoothed unigram
+    log_bigram = np.log((pairs_tr + 1) / (pairs_tr.sum(1, keepdims=True) + k))
+    p_te = uni_te[uni_te > 0] / n_te
+    mode = int(np.argmax(uni_tr))
+    return {
+        "uniform": math.log(k),
+        "unigram_ce": float(-(uni_te @ log_p) / n_te),
+        "test_unigram_entropy": float(-(p_te * np.log(p_te)).sum()),
+        "unigram_accuracy": float(uni_te[mode] / n_te),
+        "prev_pixel_accuracy": float((np.trace(pairs_te) + first_te[mode]) / n_te),
+        "bigram_ce": float(-((pairs_te * log_bigram).sum() + first_te @ log_p) / n_te),
+    }
+
+
+@torch.no_grad()
+def model_metrics(model, tokens, batch_size: int = 256) -> dict:
+    """Test loss of ``model`` on ``tokens`` in nats per token (``pretrain.evaluate``: the same
+    measure as the validation loss in training, BERT masks from its fixed seed) and bits per
+    dimension; for AR models also the next-pixel accuracy of the argmax colour."""
+    from igpt_eval.pretrain import evaluate
+
+    if len(tokens) == 0:
+        raise IGPTError("no test tokens to measure the model on")
+    loss = evaluate(model, tokens, batch_size=batch_size)
+    out = {"loss": loss, "bits_per_dim": loss / math.log(2), "accuracy": None}
+    if model.config.objective == "ar":
+        was_training = model.training
+        model.eval()
+        hits = total = 0
+        for s in range(0, len(tokens), batch_size):
+            x = torch.from_numpy(np.asarray(tokens[s : s + batch_size], dtype=np.int64))
+            x = x.to(model.device)
+            hits += (model(x).argmax(-1) == x).sum().item()
+            total += x.numel()
+        model.train(was_training)
+        out["accuracy"] = hits / total
+    return out
+
+
+# ------------------------------------------------------------------ the run's files
+def read_run(model_dir: str | Path) -> dict:
+    """``run.json`` of a checkpoint folder (``{}`` when the model was not trained here)."""
+    f = Path(model_dir) / "run.json"
+    if not f.is_file():
+        return {}
+    try:
+        run = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IGPTError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(run, dict):
+        raise IGPTError(f"{f} must hold a JSON object")
+    return run
+
+
+def _log_summary(log_csv: Path, tail: int = 50) -> dict:
+    """Wall time, epochs seen, and final losses from ``train_log.csv``."""
+    log = read_log(log_csv)
+    val = log["val_loss"].dropna()
+    return {
+        "steps": int(log["step"].iloc[-1]),
+        "seconds": float(log["seconds"].iloc[-1]) if "seconds" in log else None,
+        "epochs": float(log["epoch"].iloc[-1]) if "epoch" in log else None,
+        # One step's loss is noisy: average the last `tail` steps.
+        "train_loss": float(log["train_loss"].tail(tail).mean()),
+        "train_tail": min(tail, len(log)),
+        "val_loss": float(val.iloc[-1]) if len(val) else None,
+        "val_step": int(log.loc[val.index[-1], "step"]) if len(val) else None,
+    }
+
+
+def _sweep_table(path: Path) -> list[str]:
+    import pandas as pd
+
+    try:
+        sweep = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise IGPTError(f"{path} is not a readable sweep table ({e})") from None
+    lines = ["| learning rate | final val loss (nats/token) | chosen |", "| --- | --- | --- |"]
+    for r in sweep.itertuples():
+        best = "yes" if str(getattr(r, "best", "")).lower() == "true" else ""
+        lines.append(f"| {r.lr:g} | {_num(r.val_loss)} | {best} |")
+    return lines
+
+
+def _num(x, nd: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    h, rem = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rem, 60)
+    return f"{seconds:.0f} s ({h}h {m:02d}m {s:02d}s)"
+
+
+# ------------------------------------------------------------------ the card
+def write_model_card(
+    model_dir: str | Path,
+    *,
+    train_tokens,
+    test_tokens,
+    reports_dir: str | Path | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Path:
+    """Measure the checkpoint in ``model_dir`` and write its ``MODEL_CARD.md``; returns its path.
+
+    ``train_tokens`` and ``test_tokens`` are the run's train split and the test split tokenised
+    with the model's palette. Writes ``loss_curve.png`` (when there is a training log) and, for
+    AR models with a palette, ``completions.png`` (test images completed from their top
+    halves, seeded by ``seed``) beside the card, and copies both into ``reports_dir`` as
+    ``<name>-loss_curve.png`` and ``<name>-completions.png`` (``name`` defaults to the folder's).
+    """
+    from igpt_eval.checkpoint import load_model, load_palette
+    from igpt_eval.pretrain import TrainConfig
+
+    model_dir = Path(model_dir)
+    name = name or model_dir.resolve().name
+    model, palette = load_model(model_dir), load_palette(model_dir)
+    cfg, run = model.config, read_run(model_dir)
+    T = cfg.n_positions
+    for what, t in (("train", train_tokens), ("test", test_tokens)):
+        if t.ndim != 2 or t.shape[1] != T:
+            raise IGPTError(f"{what} tokens have shape {t.shape}; this model needs [N, {T}]")
+
+    metrics = model_metrics(model, test_tokens, batch_size)
+    base = token_baselines(train_tokens, test_tokens, cfg.vocab_size)
+    figures: dict[str, Path] = {}
+    log_csv = model_dir / "train_log.csv"
+    summary = _log_summary(log_csv) if log_csv.is_file() else None
+    if summary is not None:
+        figures["loss_curve"] = loss_curve(log_csv, model_dir / "loss_curve.png", title=name)
+    if cfg.objective == "ar":
+        why_no_completions = None if palette is not None else "the folder has no palette.npy"
+    else:
+        why_no_completions = (
+            "a BERT model predicts masked pixels from both sides; it defines no left-to-right "
+            "distribution to sample images from"
+        )
+    if why_no_completions is None:
+        figures["completions"] = completion_grid(
+            model, palette, test_tokens, n=8, seed=seed, out_png=model_dir / "completions.png"
+        )
+    if reports_dir is not None:
+        reports_dir = Path(reports_dir)
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        for key, src in figures.items():
+            shutil.copyfile(src, reports_dir / f"{name}-{key}.png")
+
+    tc = run.get("train_config") or {}
+    known = {k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}
+    warmup = None
+    if known:
+        per_epoch = max(1, len(train_tokens) // known.get("batch_size", 1))
+        warmup = TrainConfig(**known).warmup(per_epoch)
+    obj = (
+        "autoregressive (AR): next-pixel cross-entropy at every position, causal attention, "
+        "a learned start-of-sequence vector"
+        if cfg.objective == "ar"
+        else f"BERT: each pixel masked with probability {cfg.mask_prob:g} (its token embedding "
+        "zeroed), bidirectional attention, cross-entropy on the masked pixels only"
+    )
+    command = run.get("command")
+    L = []  # the card, line by line
+    L += [f"# {name}: iGPT-{cfg.objective.upper()}", ""]
+    L += [
+        f"An Image GPT model ({cfg.objective.upper()} objective) trained with igpt-eval. Every "
+        "number below was read from this folder's files or measured when the card was written.",
+        "",
+        "## Data",
+        "",
+        f"- dataset: `{run.get('dataset', 'not recorded')}`",
+        f"- training split: {len(train_tokens):,} images; test split (all measurements below): "
+        f"{len(test_tokens):,} images; validation during training: a seeded, stratified 10% "
+        "of the original training set",
+        f"- images: {cfg.n_px}×{cfg.n_px} pixels = {T} tokens each, raster order",
+        f"- palette: k = {cfg.vocab_size} colours"
+        + (f" ({palette.channels}-channel, hash `{palette.hash}`)" if palette else ""),
+    ]
+    for key in ("train_fingerprint", "val_fingerprint"):
+        if key in run:
+            L.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
+    L += [
+        "",
+        "## Architecture",
+        "",
+        f"- {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads "
+        f"({cfg.head_dim} per head), {model.n_params():,} parameters",
+        "- GPT-2 pre-norm blocks with iGPT's RMS norm (no mean, no bias), quick-GELU MLP "
+        "(4× width), no biases, learned positions, an untied zero-initialised output head",
+        "",
+        "## Objective",
+        "",
+        f"- {obj}",
+        "",
+        "## Training recipe",
+        "",
+    ]
+    if known:
+        L += [
+            f"- Adam, betas {tuple(known.get('betas', ()))}, no weight decay, no dropout",
+            f"- peak learning rate {known.get('lr'):g}; linear warm-up for {warmup} "
+            f"step{'s' if warmup != 1 else ''}, then cosine decay to 0",
+            f"- {known.get('steps')} steps of {known.get('batch_size')} images"
+            + (f" ({known['grad_accum']} micro-batches)" if known.get("grad_accum", 1) > 1 else "")
+            + f"; bf16 autocast: {'yes' if known.get('bf16') else 'no'}; seed {known.get('seed')}"
+            + (f"; {run['world_size']} processes" if run.get("world_size", 1) > 1 else ""),
+        ]
+        if known.get("grad_clip"):
+            L.append(f"- gradient norm clipped at {known['grad_clip']:g}")
+    else:
+        L.append("- not recorded (this folder has no run.json)")
+    if summary is not None:
+        L.append(
+            f"- trained {summary['steps']} steps"
+            + (f" = {summary['epochs']:.2f} epochs" if summary["epochs"] is not None else "")
+            + f"; wall time {_duration(summary['seconds'])}"
+        )
+        L.append(
+            f"- final train loss {_num(summary['train_loss'])} nats/token (mean of the last "
+            f"{summary['train_tail']} steps); final validation loss "
+            f"{_num(summary['val_loss'])} nats/token (step {summary['val_step']})"
+        )
+    L += ["", "Command:", "", "```bash", command or "# not recorded", "```", ""]
+    sweep = model_dir / "lr_sweep.csv"
+    if sweep.is_file():
+        L += ["### Learning-rate sweep", "", *_sweep_table(sweep), ""]
+
+    L += _results(metrics, base, cfg.objective, len(test_tokens))
+    L += ["## Figures", ""]
+    if "loss_curve" in figures:
+        L += ["Training curve (train loss per step and its moving average; validation loss):", ""]
+        L += ["![training curve](loss_curve.png)", ""]
+    else:
+        L += ["No training curve: this folder has no train_log.csv.", ""]
+    if "completions" in figures:
+        L += [
+            f"Completions of test images (top half given, bottom half sampled at temperature 1, "
+            f"seed {seed}):",
+            "",
+            "![completions](completions.png)",
+            "",
+        ]
+    else:
+        L += [f"No completions: {why_no_completions}.", ""]
+    L += ["## Reproduce", "", "```bash", command or "# the training command was not recorded"]
+    again = f"igpt-eval model-card --model {model_dir}"
+    if reports_dir is not None:
+        again += f" --reports {reports_dir} --name {name}"
+    L += [again, "```", ""]
+
+    card = model_dir / CARD
+    with atomic_write(card, "w") as f:
+        f.write("\n".join(L))
+    return card
+
+
+def _results(m: dict, b: dict, objective: str, n_test: int) -> list[str]:
+    """The results section: the model's test loss against the baselines."""
+    ln2 = math.log(2)
+    acc = objective == "ar"
+
+    def row(what, nats, accuracy=None):
+        cells = [what, _num(nats), _num(nats / ln2)]
+        return "| " + " | ".join(cells + ([_num(accuracy)] if acc else [])) + " |"
+
+    L = ["## Results on the test split", ""]
+    L.append(
+        f"Measured on all {n_test:,} test images; losses in nats per token and bits per "
+        "dimension (nats / ln 2)."
+    )
+    L += ["", "| predictor | nats/token | bits/dim |" + (" next-pixel accuracy |" if acc else "")]
+    L.append("| --- | --- | --- |" + (" --- |" if acc else ""))
+    L.append(row(f"this model ({objective.upper()})", m["loss"], m["accuracy"]))
+    L.append(row("uniform over the palette", b["uniform"], None))
+    L.append(row("unigram (train colour frequencies)", b["unigram_ce"], b["unigram_accuracy"]))
+    L.append(
+        row("previous pixel (train bigram / repeat it)", b["bigram_ce"], b["prev_pixel_accuracy"])
+    )
+    L += [
+        "",
+        f"Entropy of the test split's own colour frequencies: "
+        f"{_num(b['test_unigram_entropy'])} nats/token.",
+        "",
+    ]
+    if objective == "bert":
+        L += [
+            "The BERT loss scores masked pixels only (15% of them, a fixed seed), each "
+            "predicted from both sides; the baselines score every pixel.",
+            "",
+        ]
+    if m["loss"] >= b["unigram_ce"]:
+        L += [
+            f"**The test loss ({_num(m['loss'])}) is not below the unigram entropy "
+            f"({_num(b['unigram_ce'])}): the model has learned no more than the colour "
+            "frequencies.**",
+            "",
+        ]
+    elif m["loss"] >= b["bigram_ce"]:
+        L += [
+            f"The test loss is below the unigram ({_num(b['unigram_ce'])}) but not below the "
+            f"previous-pixel baseline ({_num(b['bigram_ce'])}).",
+            "",
+        ]
+    return L

@@ -1,0 +1,278 @@
+"""Model cards: token baselines, model metrics, figures, the card itself and its commands."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from igpt_eval import modelcard
+from igpt_eval.checkpoint import load_model
+from igpt_eval.cli import main
+from igpt_eval.config import IGPTConfig
+from igpt_eval.data import load_dataset
+from igpt_eval.model import IGPT
+from igpt_eval.modelcard import model_metrics, token_baselines, write_model_card
+from igpt_eval.palette import Palette
+from igpt_eval.pretrain import TrainConfig, evaluate
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a second thread only contends with
+    whatever else the machine runs (10x slower on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def assert_png(path) -> None:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("igpt-eval: error: "), err
+    return err[0]
+
+
+# --------------------------------------------------------------------------- baselines
+def test_baselines_by_hand():
+    train = np.array([[0, 1], [1, 1]], dtype=np.uint16)
+    test = np.array([[1, 0]], dtype=np.uint16)
+    b = token_baselines(train, test, k=2)
+    # Smoothed train unigram: (1+1)/(4+2), (3+1)/(4+2).
+    assert b["unigram_ce"] == pytest.approx(-(math.log(2 / 6) + math.log(4 / 6)) / 2)
+    assert b["test_unigram_entropy"] == pytest.approx(math.log(2))
+    assert b["uniform"] == pytest.approx(math.log(2))
+    assert b["unigram_accuracy"] == pytest.approx(0.5)  # always colour 1
+    # First pixel: the train mode (1) is right; then 1 -> 0 is not a repeat.
+    assert b["prev_pixel_accuracy"] == pytest.approx(0.5)
+    # Train pairs (0,1), (1,1); smoothed P(0 | 1) = (0+1)/(1+2). First pixel under the unigram.
+    assert b["bigram_ce"] == pytest.approx(-(math.log(4 / 6) + math.log(1 / 3)) / 2)
+
+
+def test_baselines_on_single_colour_images():
+    x = np.full((5, 16), 3, dtype=np.uint16)
+    b = token_baselines(x, x, k=8)
+    assert b["test_unigram_entropy"] == 0.0
+    assert b["prev_pixel_accuracy"] == 1.0 and b["unigram_accuracy"] == 1.0
+    # Only the add-one smoothing mass is lost: 80 train pixels, 75 pairs after colour 3.
+    assert b["unigram_ce"] == pytest.approx(-math.log(81 / 88))
+    assert b["bigram_ce"] == pytest.approx(-(75 * math.log(76 / 83) + 5 * math.log(81 / 88)) / 80)
+    # Constant images of different colours: every pixel but the first repeats its neighbour.
+    y = np.repeat(np.arange(4, dtype=np.uint16)[:, None], 16, axis=1)
+    assert token_baselines(x, y, k=8)["prev_pixel_accuracy"] == pytest.approx((4 * 15 + 1) / 64)
+
+
+def test_baselines_uniform_noise_is_ln_k(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    k = 16
+    train = rng.integers(0, k, (2000, 64)).astype(np.uint16)
+    np.save(tmp_path / "test.npy", rng.integers(0, k, (1000, 64)).astype(np.uint16))
+    test = np.load(tmp_path / "test.npy", mmap_mode="r")  # memmaps are read in chunks
+    b = token_baselines(train, test, k)
+    for key in ("unigram_ce", "test_unigram_entropy", "bigram_ce"):
+        assert b[key] == pytest.approx(math.log(k), abs=0.01), key
+    assert b["prev_pixel_accuracy"] == pytest.approx(1 / k, abs=0.01)
+    monkeypatch.setattr(modelcard, "_CHUNK", 7)  # chunking changes nothing
+    assert token_baselines(train, test, k) == pytest.approx(b)
+
+
+def test_baselines_refuse_ids_outside_the_palette():
+    with pytest.raises(ValueError, match="token ids"):
+        token_baselines(np.full((2, 4), 9), np.zeros((2, 4), dtype=int), k=4)
+
+
+# --------------------------------------------------------------------------- model metrics
+@pytest.mark.parametrize("objective", ["ar", "bert"])
+def test_metrics_of_the_zero_head_are_ln_k(objective):
+    torch.manual_seed(0)
+    model = IGPT(IGPTConfig.preset("tiny", objective=objective))
+    tokens = np.random.default_rng(0).integers(0, 16, (10, 64)).astype(np.uint16)
+    m = model_metrics(model, tokens, batch_size=4)
+    assert m["loss"] == pytest.approx(math.log(16), abs=1e-5)
+    assert m["bits_per_dim"] == pytest.approx(4.0, abs=1e-5)
+    if objective == "ar":  # all logits equal: argmax is colour 0
+        assert m["accuracy"] == pytest.approx((tokens == 0).mean())
+    else:
+        assert m["accuracy"] is None
+
+
+# --------------------------------------------------------------------------- the card
+def _train(out, objective="ar", tokens=None, identity=None, palette=None):
+    from igpt_eval.runs import pretrain
+
+    cfg = IGPTConfig.preset("tiny", objective=objective)
+    if tokens is None:
+        rng = np.random.default_rng(1)
+        tokens = rng.integers(0, 16, (48, 64)).astype(np.uint16)
+    tc = TrainConfig(steps=6, batch_size=8, eval_every=3, checkpoint_every=6, eval_images=16)
+    if palette is None:
+        palette = Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
+    pretrain(cfg, tc, tokens, tokens[:16], out, palette=palette, identity=identity, progress=False)
+    return out
+
+
+def _cell(card: str, row: str, col: int) -> float:
+    line = next(ln for ln in card.splitlines() if ln.startswith(f"| {row}"))
+    return float(line.strip("|").split("|")[col])
+
+
+def test_card_end_to_end(tmp_path):
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 16, (48, 64)).astype(np.uint16)
+    test = rng.integers(0, 16, (20, 64)).astype(np.uint16)
+    ident = {"dataset": "npz:toy.npz", "command": "igpt-eval pretrain --model tiny --out x"}
+    out = _train(tmp_path / "run", tokens=train, identity=ident)
+    with open(out / "lr_sweep.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["lr", "val_loss", "best", "run"], [0.01, 2.9, True, "a"]])
+    card_path = write_model_card(
+        out, train_tokens=train, test_tokens=test, reports_dir=tmp_path / "reports", name="toy"
+    )
+    card = card_path.read_text()
+
+    model = load_model(out)
+    loss = evaluate(model, test)
+    base = token_baselines(train, test, 16)
+    assert _cell(card, "this model", 1) == pytest.approx(loss, abs=5e-5)
+    assert _cell(card, "this model", 2) == pytest.approx(loss / math.log(2), abs=5e-5)
+    assert _cell(card, "this model", 3) == pytest.approx(
+        model_metrics(model, test)["accuracy"], abs=5e-5
+    )
+    assert _cell(card, "unigram", 1) == pytest.approx(base["unigram_ce"], abs=5e-5)
+    assert _cell(card, "previous pixel", 1) == pytest.approx(base["bigram_ce"], abs=5e-5)
+    assert _cell(card, "previous pixel", 3) == pytest.approx(base["prev_pixel_accuracy"], abs=5e-5)
+    # The training numbers are the log's.
+    with open(out / "train_log.csv") as f:
+        log = list(csv.DictReader(f))
+    train_loss = np.mean([float(r["train_loss"]) for r in log])
+    val_loss = [float(r["val_loss"]) for r in log if r["val_loss"]][-1]
+    m = re.search(r"final train loss ([\d.]+) .* final validation loss ([\d.]+)", card)
+    assert float(m[1]) == pytest.approx(train_loss, abs=5e-5)
+    assert float(m[2]) == pytest.approx(val_loss, abs=5e-5)
+    wall = float(re.search(r"wall time ([\d.]+) s", card)[1])
+    assert wall == pytest.approx(float(log[-1]["seconds"]), abs=0.05)
+    assert ident["command"] in card and "npz:toy.npz" in card
+    assert f"{model.n_params():,} parameters" in card
+    assert "| 0.01 | 2.9000 | yes |" in card  # the sweep table
+    not_below = "is not below the unigram entropy" in card
+    assert not_below == (loss >= base["unigram_ce"])
+    for fig in ("loss_curve", "completions"):
+        assert f"]({fig}.png)" in card
+        assert_png(out / f"{fig}.png")
+        assert_png(tmp_path / "reports" / f"toy-{fig}.png")
+
+
+def test_card_of_a_bert_model_says_why_there_are_no_completions(tmp_path):
+    out = _train(tmp_path / "bert", objective="bert")
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 16, (12, 64)).astype(np.uint16)
+    card = write_model_card(out, train_tokens=tokens, test_tokens=tokens).read_text()
+    assert "No completions: a BERT model" in card
+    assert "not recorded" in card  # no command in this run.json
+    assert not (out / "completions.png").exists()
+    assert_png(out / "loss_curve.png")
+    header = next(ln for ln in card.splitlines() if ln.startswith("| predictor"))
+    assert "accuracy" not in header  # BERT is scored on masked pixels: no next-pixel accuracy
+
+
+def test_card_refuses_tokens_of_the_wrong_length(tmp_path):
+    out = _train(tmp_path / "run")
+    with pytest.raises(ValueError, match="needs"):
+        write_model_card(out, train_tokens=np.zeros((4, 10)), test_tokens=np.zeros((4, 10)))
+
+
+# --------------------------------------------------------------------------- commands
+@pytest.fixture(scope="module")
+def grey_run(tmp_path_factory):
+    """A tiny AR model trained on a grey npz dataset (8×8 gradients), as `pretrain` would."""
+    from igpt_eval.data import load_tokens
+
+    root = tmp_path_factory.mktemp("grey")
+    rng = np.random.default_rng(4)
+    ramp = np.linspace(0, 255, 8)
+    images = (ramp[None, :, None] * rng.uniform(0.3, 1, (60, 1, 1))).repeat(8, 2)
+    images = np.clip(images.transpose(0, 2, 1) + rng.normal(0, 8, images.shape), 0, 255)
+    npz = root / "grey.npz"
+    np.savez(npz, images=images.astype(np.uint8), labels=np.arange(60) % 2)
+    name = f"npz:{npz}"
+    train = load_dataset(name, split="train", n_px=8)
+    palette = Palette.fit(train.images, 16, seed=0)
+    tokens = load_tokens(train, palette, root / "cache", progress=False).tokens
+    ident = {
+        "dataset": name,
+        "train_fingerprint": train.fingerprint,
+        "palette_hash": palette.hash,
+        "command": f"igpt-eval pretrain --dataset {name} --model tiny",
+    }
+    out = _train(root / "run", tokens=tokens, identity=ident, palette=palette)
+    return out, name, root
+
+
+def test_cli_sample_and_complete(grey_run, tmp_path, capsys):
+    out, name, _ = grey_run
+    png = tmp_path / "s.png"
+    assert main(["sample", "--model", str(out), "--n", "4", "--out", str(png)]) == 0
+    assert_png(png)
+    comp = tmp_path / "c.png"
+    args = ["sample", "--model", str(out), "--complete", "--n", "3", "--out", str(comp)]
+    assert main([*args, "--dataset", name, "--top-k", "4"]) == 0
+    assert_png(comp)
+    assert "completions of 3" in capsys.readouterr().out
+    before = comp.read_bytes()
+    assert main(args) == 2  # the dataset comes from run.json; --out exists
+    assert "--overwrite" in one_error_line(capsys)
+    assert comp.read_bytes() == before
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+
+
+def test_cli_sample_errors(grey_run, tmp_path, capsys):
+    out, _, _ = grey_run
+    png = str(tmp_path / "x.png")
+    assert main(["sample", "--model", str(tmp_path / "nothing"), "--out", png]) == 2
+    assert "no checkpoint folder" in one_error_line(capsys)
+    bert = tmp_path / "bert"
+    IGPT(IGPTConfig.preset("tiny", objective="bert")).save(
+        bert, palette=Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
+    )
+    assert main(["sample", "--model", str(bert), "--out", png]) == 2
+    assert "autoregressive" in one_error_line(capsys)
+    assert main(["sample", "--model", str(out), "--n", "0", "--out", png]) == 2
+    one_error_line(capsys)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_model_card(grey_run, tmp_path, capsys):
+    out, name, root = grey_run
+    args = ["model-card", "--model", str(out), "--token-cache", str(root / "cache")]
+    reports = tmp_path / "reports"
+    assert main([*args, "--reports", str(reports), "--name", "grey"]) == 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert name in card and "| this model (AR) |" in card
+    assert_png(reports / "grey-loss_curve.png")
+    assert_png(reports / "grey-completions.png")
+    capsys.readouterr()
+    assert main(args) == 2  # the card exists
+    assert "--overwrite" in one_error_line(capsys)
+    # Another dataset is not the one the model was trained on.
+    other = tmp_path / "other.npz"
+    rng = np.random.default_rng(5)
+    np.savez(
+        other,
+        images=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8),
+        labels=np.zeros(30, dtype=np.int64),
+    )
+    assert main([*args, "--overwrite", "--dataset", f"npz:{other}"]) == 2
+    assert "not the one" in one_error_line(capsys)
