@@ -200,13 +200,17 @@ class IGPT(nn.Module):
         """Input of block 0: token (or SOS-shifted, or masked) embeddings plus positions."""
         tokens = self.check_tokens(tokens)
         B, T = tokens.shape
-        h = self.wte(tokens)  # (B, T, C)
         if self.sos is not None:
             if mask is not None:
                 raise IGPTError("masks are for BERT models; this model is autoregressive")
-            # Position t sees x_{<t}: shift right by one and put the learned sos first.
-            h = torch.cat([self.sos.expand(B, 1, -1), h[:, :-1]], dim=1)
-        elif mask is not None:
+            # Position t sees x_{<t}: shift the ids right by one with id k standing for SOS,
+            # and look them up in [wte; sos] (cheaper than concatenating activations).
+            k = self.config.vocab_size
+            ids = torch.cat([tokens.new_full((B, 1), k), tokens[:, :-1]], dim=1)  # (B, T)
+            h = F.embedding(ids, torch.cat([self.wte.weight, self.sos[None]]))  # (B, T, C)
+            return h + self.wpe[:T]
+        h = self.wte(tokens)  # (B, T, C)
+        if mask is not None:
             if mask.shape != tokens.shape:
                 raise IGPTError(f"mask shape {list(mask.shape)} != tokens {list(tokens.shape)}")
             # A masked position keeps its position embedding; its token embedding is zeroed.

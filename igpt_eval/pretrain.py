@@ -152,7 +152,10 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.model = model.to(cfg.device).train()
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+        # The fused kernel does the whole Adam update in one pass per tensor (CPU and GPU).
+        self.opt = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8, fused=True
+        )
         self.step = 0
         self.steps_per_epoch = len(train_tokens) // cfg.batch_size
         self.warmup = cfg.warmup(self.steps_per_epoch)

@@ -196,7 +196,6 @@ def test_lr_sweep_stops_when_loss_rises_and_keeps_the_best(tmp_path):
     assert all(torch.equal(kept[k], theirs[k]) for k in kept)
 
 
-@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one(tmp_path, tiny_npz):
     common = [
         "pretrain",
