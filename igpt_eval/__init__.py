@@ -14,11 +14,13 @@ from igpt_eval.errors import IGPTError
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ActivationCache": "igpt_eval.cache",
     "IGPT": "igpt_eval.model",
     "IGPTConfig": "igpt_eval.config",
     "ImageDataset": "igpt_eval.data",
     "Palette": "igpt_eval.palette",
     "SITE_KINDS": "igpt_eval.sites",
+    "extract": "igpt_eval.extraction",
     "load_dataset": "igpt_eval.data",
     "site_name": "igpt_eval.sites",
     "tokenize": "igpt_eval.data",

@@ -86,9 +86,43 @@ def _manifest(path: Path) -> str:
         m = json.loads((path / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IGPTError(f"{path / 'manifest.json'} is corrupt: {e}") from None
+    from igpt_eval.cache.reader import FORMAT
+
+    if isinstance(m, dict) and m.get("format") == FORMAT:
+        return _activations(path)
     lines = [f"cache {path}"]
     for k, v in sorted(m.items()):
         if isinstance(v, dict | list) and len(json.dumps(v)) > 80:
             v = f"<{type(v).__name__} of {len(v)}>"
         lines.append(f"  {k:<20} {v}")
     return "\n".join(lines)
+
+
+def _activations(path: Path) -> str:
+    """An activation cache: what it holds, how far it got, and whether its files check out."""
+    from igpt_eval.cache import ActivationCache
+
+    cache = ActivationCache.open(path)  # a missing or truncated file is an error here
+    m = cache.manifest
+    if cache.complete:
+        status = "complete"
+        checked = f"{len(cache.verify())} files match their sha256"  # tampering: an error
+    else:
+        status = f"incomplete: {cache.n}/{m['n']} rows (rerun the extract command to finish)"
+        checked = "not yet computed (written when the cache is complete)"
+    fs = m.get("full_sequence")
+    masks = f"{m['bert_masks']} per image, seed {m['seed']}" if m.get("bert_masks") else "none"
+    lines = [
+        f"activation cache {path}",
+        f"  model       {m.get('model')} ({m.get('objective')}), weights {m.get('weights_hash')}",
+        f"  data        {m.get('dataset')} / {m.get('split')}, {m['n']} images, "
+        f"fingerprint {m.get('dataset_fingerprint')}, palette {m.get('palette_hash')}",
+        f"  features    layers {', '.join(map(str, cache.layers))} @ {cache.site} "
+        f"({cache.sites[0]} .. {cache.sites[-1]}), d={cache.dim}, {m['pooling']}-pooled, "
+        f"{m['dtype']}",
+        f"  BERT masks  {masks}",
+        f"  full seq.   {fs['site']} [N, {m['seq_len']}, d] {fs['dtype']}" if fs else None,
+        f"  status      {status}",
+        f"  checksums   {checked}",
+    ]
+    return "\n".join(x for x in lines if x is not None)

@@ -1,0 +1,45 @@
+"""Activation caches (DESIGN §4, §6): per-layer pooled features of a dataset split, on disk.
+
+:func:`extract` runs a model over a ``[N, T]`` token array and writes, into one folder::
+
+    manifest.json          what the cache holds and how far it got (replaced atomically)
+    blocks.0.ln_1.npy      float32 (or float16) [N, d], one file per layer, named by site
+    ...
+    ln_f.npy               the last layer (the final norm) for the default site
+    labels.npy             int64 [N]
+    <site>.full.npy        optional: one layer's activations at every position [N, T, d]
+    .lock                  held by the writing process (an fcntl lock; empty)
+
+:class:`ActivationCache` opens such a folder: ``cache[layer]`` is a read-only memmap.
+
+**Resuming.** Rows are written in batches with fixed boundaries (``batch_size`` rows from row
+0). After each batch the rows are flushed to disk, *then* ``rows_completed`` in the manifest
+is advanced (write, fsync, rename), so the manifest never claims rows that are not on disk.
+Re-running the same extraction after a crash or SIGKILL continues at the first uncommitted
+batch and ends with arrays bit-equal to an unbroken run. An incomplete cache can only be
+resumed with the batch size it was started with (a different size could change the last bits
+of the features); anything else is refused, and ``overwrite=True`` starts again.
+
+**BERT masks.** BERT models are read masked, as in training, and their features averaged over
+``bert_masks`` masks. Row ``i``'s masks are a pure function of ``(seed, i)`` (see
+:func:`row_masks`), independent of batch size, process count and resumption, so the features
+of every row can be recomputed exactly on their own.
+
+**Identity.** The manifest records the model's weights hash, the palette hash, the dataset
+fingerprint and every extraction setting. A cache asked for with other inputs is refused
+(``overwrite=True`` rebuilds it), never silently reused; a complete matching one is reused
+without running the model.
+
+**Memory.** Only one batch's rows of each file are mapped at a time (a fresh ``np.memmap``
+window per batch, flushed and unmapped), so resident memory does not grow with ``N``; files
+are preallocated when created, so a full disk fails up front rather than with SIGBUS later.
+
+**Processes.** Under ``torchrun``, rank r computes batches ``b`` with ``b % world == r`` into
+the same files; after each round of ``world`` batches all ranks meet at a barrier and rank 0
+commits the round. Rank 0 creates the files and holds the lock.
+"""
+
+from igpt_eval.cache.reader import FORMAT, ActivationCache, read_manifest
+from igpt_eval.cache.writer import extract, row_masks, state_dict_hash
+
+__all__ = ["FORMAT", "ActivationCache", "extract", "read_manifest", "row_masks", "state_dict_hash"]

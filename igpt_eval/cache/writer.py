@@ -1,0 +1,391 @@
+"""Writing activation caches: :func:`extract` (resumable, locked, sharded over ranks)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+from igpt_eval import distributed as dist
+from igpt_eval.cache.reader import (
+    DTYPES,
+    FORMAT,
+    LABELS,
+    LOCK,
+    MANIFEST,
+    VERSION,
+    ActivationCache,
+    data_files,
+    read_manifest,
+)
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import array_hash, file_hash, file_lock, save_npy, write_json
+from igpt_eval.sites import DEFAULT_SITE, check_kind, check_layers, site_name, valid_layers
+
+MASK_SCHEME = "per row i: numpy.random.default_rng([seed, i]).random((n_masks, T)) < mask_prob"
+
+# Manifest fields a cache must share with the request to be reused (label for messages).
+_IDENTITY = {
+    "state_dict_hash": "model weights",
+    "palette_hash": "palette",
+    "dataset_fingerprint": "dataset fingerprint",
+    "n": "number of images",
+    "seq_len": "sequence length",
+    "site": "site",
+    "layers": "layers",
+    "dtype": "dtype",
+    "bert_masks": "number of BERT masks",
+    "seed": "mask seed",
+    "full_sequence": "full-sequence layer",
+}
+
+
+# --------------------------------------------------------------------------- hashes and masks
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex) of a model's parameters: names, dtypes, shapes and bytes.
+
+    Unlike the checkpoint file's hash this is the same however the weights were loaded, so a
+    cache made from ``IGPT.load(dir)`` in a notebook is recognised by the CLI and vice versa.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()[:16]
+
+
+def row_masks(rows, seq_len: int, n_masks: int, seed: int, p: float = 0.15) -> torch.Tensor:
+    """The BERT masks ``[n_masks, len(rows), seq_len]`` (bool) used for image rows ``rows``.
+
+    Row i's masks are ``numpy.random.default_rng([seed, i]).random((n_masks, T)) < p``: a pure
+    function of ``(seed, i)``, so they do not depend on the batch the row falls in, the number
+    of processes, or where a run resumed. (A seed sequence rather than torch's generator, whose
+    ``manual_seed`` keeps only 32 bits and so could not hold both numbers.)
+    """
+    if seed < 0:
+        raise IGPTError(f"the mask seed must be >= 0, got {seed}")
+    u = np.stack([np.random.default_rng([seed, int(r)]).random((n_masks, seq_len)) for r in rows])
+    return torch.from_numpy(u < p).transpose(0, 1).reshape(n_masks, len(rows), seq_len)
+
+
+# --------------------------------------------------------------------------- writing
+def extract(
+    model,
+    tokens,
+    labels,
+    out: str | os.PathLike,
+    *,
+    layers=None,
+    site: str = DEFAULT_SITE,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    bert_masks: int = 1,
+    seed: int = 0,
+    full_sequence_layer: int | None = None,
+    full_sequence_dtype: str = "float16",
+    identity: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ActivationCache:
+    """Write (or resume, or reuse) the activation cache of ``model`` on ``tokens`` in ``out``.
+
+    ``tokens`` is a ``[N, T]`` integer array or memmap (uint16 from a token cache), ``labels``
+    ``[N]``. ``layers`` defaults to every layer of ``site``; features are pooled over positions
+    in float32 and stored as ``dtype``. BERT models are read masked and averaged over
+    ``bert_masks`` masks drawn by :func:`row_masks` from ``seed`` (0: unmasked); AR models use
+    no masks. ``full_sequence_layer=L`` also stores layer L at every position, ``[N, T, d]`` in
+    ``full_sequence_dtype`` (float16 by default: it is ``T`` times larger).
+
+    ``identity`` describes the inputs for the manifest: ``model`` (a name), ``weights_hash``
+    (the checkpoint file's hash; default: :func:`state_dict_hash`), ``palette_hash``,
+    ``dataset``, ``split`` and ``dataset_fingerprint`` (default: a hash of tokens and labels).
+    Returns the opened cache. See the module docstring for resumption and reuse rules.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise IGPTError(f"{out} exists and is not a folder")
+    req = _request(
+        model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
+        full_sequence_layer, full_sequence_dtype, identity,
+    )  # fmt: skip
+    main = dist.is_main()
+    lock = file_lock(out / LOCK, wait=False, what=f"the activation cache {out}")
+    with lock if main else contextlib.nullcontext():
+        try:
+            if main:
+                m = _prepare(out, req, np.asarray(labels), overwrite)
+            dist.barrier()  # the files exist before any other rank opens them
+            if not main:
+                m = read_manifest(out)
+            if not m["complete"]:
+                _fill(model, tokens, out, m, progress and main)
+                if main:
+                    _finish(out, m)
+                dist.barrier()
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            done = (read_manifest(out) or {}).get("rows_completed", 0)
+            raise IGPTError(
+                f"disk full while writing {out} ({done} of {req['n']} rows saved); free some "
+                "space and rerun the same command to continue"
+            ) from None
+    return ActivationCache.open(out)
+
+
+def _request(
+    model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
+    full_layer, full_dtype, identity,
+) -> dict:  # fmt: skip
+    """Validate the arguments of :func:`extract`; the manifest they call for (no progress)."""
+    cfg, L = model.config, model.config.n_layer
+    check_kind(site)
+    layers = check_layers(valid_layers(site, L) if layers is None else layers, site, L)
+    for name, value in (("dtype", dtype), ("full-sequence dtype", full_dtype)):
+        if value not in DTYPES:
+            raise IGPTError(f"unknown {name} {value!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise IGPTError(f"batch size must be >= 1, got {batch_size}")
+    shape = getattr(tokens, "shape", ())
+    if len(shape) != 2 or not np.issubdtype(np.asarray(tokens[:0]).dtype, np.integer):
+        raise IGPTError(f"tokens must be an integer array [N, T], got shape {list(shape)}")
+    n, T = shape
+    if n == 0:
+        raise IGPTError("no images to extract: the split is empty")
+    if T != cfg.n_positions:
+        raise IGPTError(
+            f"tokens have {T} positions but the model reads {cfg.n_px}x{cfg.n_px} = "
+            f"{cfg.n_positions}; tokenise the data at the model's n_px"
+        )
+    if np.shape(labels) != (n,):
+        raise IGPTError(f"labels have shape {list(np.shape(labels))}, expected [{n}]")
+    bert = cfg.objective == "bert"
+    if bert and bert_masks < 0:
+        raise IGPTError(f"bert_masks must be >= 0, got {bert_masks}")
+    full = None
+    if full_layer is not None:
+        (full_layer,) = check_layers([full_layer], site, L)
+        name = site_name(full_layer, site, L)
+        full = {"layer": full_layer, "site": name, "file": f"{name}.full.npy",
+                "dtype": full_dtype, "shape": [n, T, cfg.n_embd]}  # fmt: skip
+    ident = dict(identity or {})
+    sd_hash = state_dict_hash(model)
+    if not ident.get("dataset_fingerprint"):
+        both = array_hash(np.asarray(tokens)) + array_hash(np.asarray(labels))
+        ident["dataset_fingerprint"] = hashlib.sha256(both.encode()).hexdigest()[:16]
+    sites = [site_name(layer, site, L) for layer in layers]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": ident.get("model"),
+        "objective": cfg.objective,
+        "model_config": cfg.to_dict(),
+        "weights_hash": ident.get("weights_hash") or sd_hash,
+        "state_dict_hash": sd_hash,
+        "palette_hash": ident.get("palette_hash"),
+        "dataset": ident.get("dataset"),
+        "split": ident.get("split"),
+        "dataset_fingerprint": ident["dataset_fingerprint"],
+        "site": site,
+        "layers": layers,
+        "sites": sites,
+        "files": {s: f"{s}.npy" for s in sites},
+        "pooling": "mean",
+        "dtype": dtype,
+        "n": n,
+        "seq_len": T,
+        "dim": cfg.n_embd,
+        "shape": [n, cfg.n_embd],
+        "batch_size": batch_size,
+        # AR models are read unmasked: neither setting applies to them.
+        "bert_masks": bert_masks if bert else 0,
+        "seed": seed if bert and bert_masks else None,
+        "mask_scheme": MASK_SCHEME if bert and bert_masks else None,
+        "full_sequence": full,
+        "world_size": dist.world_size(),
+        "rows_completed": 0,
+        "complete": False,
+        "checksums": {},
+    }
+
+
+def _mismatch(m: dict, req: dict) -> str | None:
+    """Why the cache with manifest ``m`` cannot serve ``req`` (None when it can)."""
+    if m.get("format") != FORMAT:
+        return f"of another kind ({m.get('format')!r}, not activations)"
+    if m.get("version") != VERSION:
+        return f"in format version {m.get('version')} (this igpt-eval writes {VERSION})"
+    for key, label in _IDENTITY.items():
+        old, new = m.get(key), req[key]
+        if key == "palette_hash" and (old is None or new is None):
+            continue  # not recorded on one side: nothing to compare
+        if old != new:
+            return f"for another {label}: {old} (asked for {new})"
+    return None
+
+
+def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
+    """Under the lock: the manifest to continue from, creating the cache when needed."""
+    try:
+        old = read_manifest(out)
+    except IGPTError:
+        if not overwrite:
+            raise
+        old = None
+    if old is not None:
+        why = _mismatch(old, req)
+        if why is not None and not overwrite:
+            raise IGPTError(f"{out} holds activations {why}; pass --overwrite to rebuild it")
+        if why is None and old["complete"]:
+            try:
+                ActivationCache.open(out)  # shapes and sizes, not checksums: cheap
+                return old
+            except IGPTError:
+                if not overwrite:
+                    raise
+        elif why is None and old["batch_size"] != req["batch_size"] and not overwrite:
+            raise IGPTError(
+                f"{out} holds an incomplete cache ({old['rows_completed']}/{old['n']} rows) "
+                f"written with batch size {old['batch_size']}; rerun with --batch-size "
+                f"{old['batch_size']} to resume it, or pass --overwrite to start again"
+            )
+        elif why is None and _files_ok(out, old):
+            return old  # resume from old["rows_completed"]
+    elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        if not overwrite:
+            raise IGPTError(
+                f"{out} holds other files and no activation cache; choose an empty --out "
+                "or pass --overwrite"
+            )
+    return _create(out, req, labels, old)
+
+
+def _files_ok(out: Path, m: dict) -> bool:
+    try:
+        ActivationCache(out, m)
+        return True
+    except IGPTError:
+        return False
+
+
+def _create(out: Path, req: dict, labels: np.ndarray, old: dict | None) -> dict:
+    """Start a new cache: manifest first (0 rows), then preallocated files."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = {**req, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    # The manifest lands first, so a kill from here on leaves a cache that reads as
+    # "0 rows done" (rerun resumes) rather than a folder of unexplained files.
+    write_json(out / MANIFEST, m)
+    if old is not None and isinstance(old.get("files"), dict):
+        with contextlib.suppress(KeyError, TypeError):
+            for name in set(data_files(old)) - set(data_files(m)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(out / name)
+    for name in m["sites"]:
+        _allocate(out / m["files"][name], m["dtype"], (m["n"], m["dim"]))
+    if m["full_sequence"]:
+        fs = m["full_sequence"]
+        _allocate(out / fs["file"], fs["dtype"], tuple(fs["shape"]))
+    save_npy(out / LABELS, labels.astype(np.int64))
+    return m
+
+
+def _allocate(path: Path, dtype: str, shape: tuple) -> None:
+    """Create a ``.npy`` of ``shape`` through ``open_memmap`` and reserve its disk blocks."""
+    mm = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = mm.offset + mm.nbytes
+    del mm
+    # A sparse file would meet a full disk only when a page is written back, as SIGBUS;
+    # reserving the blocks now turns that into an ENOSPC here.
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            # The file system cannot preallocate (EINVAL/EOPNOTSUPP): stay sparse.
+
+
+class _Rows:
+    """Writes row ranges of one ``.npy`` through a memmap window covering just those rows."""
+
+    def __init__(self, path: Path):
+        a = np.load(path, mmap_mode="r")
+        self.path, self.dtype, self.row_shape = path, a.dtype, a.shape[1:]
+        self.offset, self.row_bytes = a.offset, a.itemsize * int(np.prod(a.shape[1:]))
+        del a
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        mm = np.memmap(
+            self.path, self.dtype, "r+", offset=self.offset + start * self.row_bytes,
+            shape=(len(rows), *self.row_shape),
+        )  # fmt: skip
+        mm[:] = rows
+        mm.flush()
+        del mm  # unmapped: resident memory stays one batch, whatever N is
+
+
+def _batch(model, tokens: np.ndarray, row0: int, m: dict) -> list[np.ndarray]:
+    """Features of one batch, in the order of :func:`data_files` (labels excluded)."""
+    x = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    B, T = x.shape
+    masks = [None]
+    if m["bert_masks"]:
+        p = model.config.mask_prob
+        masks = list(row_masks(range(row0, row0 + B), T, m["bert_masks"], m["seed"], p))
+    layers, fs = m["layers"], m["full_sequence"]
+    # One forward per mask for the pooled layers, and one more up to the full-sequence layer:
+    # pooled features stay exactly what model.features gives. n_masks=0: the masks are ours
+    # (with bert_masks=0, a BERT model is read unmasked rather than with a fresh mask).
+    pooled = [model.features(x, layers, m["site"], mask=mk, n_masks=0) for mk in masks]
+    pooled = (sum(pooled) / len(masks)).cpu().numpy()  # (n_layers, B, d), as features() averages
+    outs = [pooled[i].astype(m["dtype"]) for i in range(len(layers))]
+    if fs:
+        full = [
+            model.features(x, [fs["layer"]], m["site"], pool=False, mask=mk, n_masks=0)[0]
+            for mk in masks
+        ]
+        outs.append((sum(full) / len(masks)).cpu().numpy().astype(fs["dtype"]))  # (B, T, d)
+    return outs
+
+
+def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
+    """Compute every uncommitted batch (this rank's share) and commit round by round."""
+    n, B = m["n"], m["batch_size"]
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    writers = [_Rows(out / name) for name in data_files(m)[:-1]]
+    n_batches = -(-n // B)
+    start = -(-m["rows_completed"] // B)  # rows_completed is a multiple of B, or n
+    desc = f"extract {m.get('dataset') or ''}/{m.get('split') or ''}".rstrip("/")
+    with tqdm(
+        total=n, initial=min(n, start * B), desc=desc, unit="img", disable=not progress
+    ) as bar:  # noqa: E501
+        for first in range(start, n_batches, world):
+            b = first + rank
+            if b < n_batches:
+                lo, hi = b * B, min(n, (b + 1) * B)
+                for w, rows in zip(writers, _batch(model, tokens[lo:hi], lo, m), strict=True):
+                    w.write(lo, rows)
+            dist.barrier()  # every rank's rows of this round are on disk
+            done = min(n, (first + world) * B)
+            if main:
+                m["rows_completed"] = done
+                write_json(out / MANIFEST, m)
+            bar.update(done - bar.n)
+
+
+def _finish(out: Path, m: dict) -> None:
+    """Checksum every file once, then mark the cache complete."""
+    m["rows_completed"] = m["n"]
+    m["checksums"] = {name: file_hash(out / name) for name in data_files(m)}
+    m["complete"] = True
+    m["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(out / MANIFEST, m)

@@ -1,0 +1,162 @@
+"""``igpt_eval.extract``: a checkpoint and a dataset name in, an activation cache out.
+
+The convenience layer over :func:`igpt_eval.cache.extract` that the ``extract`` command and
+notebooks use: it loads the model and its palette, loads the dataset split at the model's
+``n_px``, reuses (or builds) the token cache, and records the inputs' identity in the
+activation cache's manifest.
+
+    cache = igpt_eval.extract("models/fmnist-ar", "fashion-mnist", split="test")
+    cache[4]          # float32 memmap [10000, d]: layer 4's pooled ln_1 features
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from igpt_eval import distributed as dist
+from igpt_eval.errors import IGPTError
+
+#: Root of the managed caches (token caches under ``tokens/``, activations under
+#: ``activations/``); ``$IGPT_EVAL_CACHE`` moves it.
+CACHE_ROOT = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache"))
+
+
+def open_model(model, palette=None, device: str = "cpu"):
+    """``(IGPT, Palette, identity)`` for a checkpoint folder or an in-memory model.
+
+    ``identity`` holds the model's name, the checkpoint file's hash when there is one, and the
+    dataset and split seed of the run that trained it (from ``run.json``) when known.
+    """
+    from igpt_eval.checkpoint import WEIGHTS, load_model, load_palette
+    from igpt_eval.io import file_hash
+
+    ident: dict = {}
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        loaded = load_model(path, device)
+        if palette is None:
+            palette = load_palette(path)
+            if palette is None:
+                raise IGPTError(f"{path} has no palette.npy; the model's colours are unknown")
+        ident = {"model": str(path), "weights_hash": file_hash(path / WEIGHTS)}
+        try:
+            run = json.loads((path / "run.json").read_text())
+            ident["run_dataset"] = run.get("dataset")
+            ident["run_seed"] = (run.get("train_config") or {}).get("seed")
+        except (OSError, ValueError):
+            pass  # not a pretraining folder (e.g. converted from HF): nothing to default to
+        model = loaded
+    else:
+        model = model.to(device).eval()
+        ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
+    if palette is None:
+        raise IGPTError("give the palette the model was trained with (palette=...)")
+    if palette.k != model.config.vocab_size:
+        raise IGPTError(
+            f"the palette has {palette.k} colours but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+    return model, palette, ident
+
+
+def extract(
+    model,
+    dataset=None,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    *,
+    palette=None,
+    layers=None,
+    site: str = "ln_1",
+    batch_size: int = 64,
+    dtype: str = "float32",
+    bert_masks: int = 1,
+    seed: int = 0,
+    full_sequence_layer: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split_seed: int | None = None,
+    token_cache: str | os.PathLike | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """The activation cache of ``model`` on one split of ``dataset``, built if needed.
+
+    ``model`` is a checkpoint folder (its ``palette.npy`` is used) or an ``IGPT`` with
+    ``palette=``. ``dataset`` is a registry name (default: the one in the folder's
+    ``run.json``) loaded at the model's ``n_px`` and split with ``split_seed`` (default: the
+    training run's seed, else 0), or an :class:`~igpt_eval.data.ImageDataset` (``split`` is
+    then its own). Tokens come from the token cache under ``token_cache`` (default
+    ``runs/cache/tokens``). ``out`` defaults to a folder under ``runs/cache/activations``
+    named after the tokens, the weights and the settings. Other arguments are those of
+    :func:`igpt_eval.cache.extract`.
+    """
+    model, palette, ident = open_model(model, palette, device)
+    return extract_split(
+        model, palette, ident, dataset, split, out,
+        layers=layers, site=site, batch_size=batch_size, dtype=dtype, bert_masks=bert_masks,
+        seed=seed, full_sequence_layer=full_sequence_layer, data_dir=data_dir,
+        split_seed=split_seed, token_cache=token_cache, overwrite=overwrite, progress=progress,
+    )  # fmt: skip
+
+
+def extract_split(
+    model,
+    palette,
+    ident: dict,
+    dataset,
+    split: str,
+    out=None,
+    *,
+    data_dir=None,
+    split_seed: int | None = None,
+    token_cache=None,
+    progress: bool = True,
+    **settings,
+):
+    """:func:`extract` for a model already opened by :func:`open_model` (the CLI reuses one
+    model for several splits). ``settings`` go to :func:`igpt_eval.cache.extract`."""
+    from igpt_eval.cache import extract as extract_tokens
+    from igpt_eval.cache import state_dict_hash
+    from igpt_eval.data import ImageDataset, load_dataset, load_tokens
+
+    n_px = model.config.n_px
+    if dataset is None:
+        dataset = ident.get("run_dataset")
+        if dataset is None:
+            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+    if isinstance(dataset, ImageDataset):
+        ds = dataset
+        if ds.n_px != n_px:
+            raise IGPTError(f"the dataset's images are {ds.n_px} px; the model reads {n_px} px")
+    else:
+        seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+        ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=seed)
+    if len(ds) == 0:
+        raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
+    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
+    # Every process reads the same token cache; rank 0 builds it first.
+    if dist.is_main():
+        tokens = load_tokens(ds, palette, root, progress=progress)
+    dist.barrier()
+    if not dist.is_main():
+        tokens = load_tokens(ds, palette, root, progress=False)
+    identity = {
+        "model": ident.get("model"),
+        "weights_hash": ident.get("weights_hash"),
+        "palette_hash": palette.hash,
+        "dataset": ds.name,
+        "split": ds.split,
+        "dataset_fingerprint": ds.fingerprint,
+    }
+    if out is None:
+        key = json.dumps(sorted(settings.items()), default=str)
+        tag = hashlib.sha256(key.encode()).hexdigest()[:6]
+        weights = state_dict_hash(model)[:8]
+        out = CACHE_ROOT / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
+    return extract_tokens(
+        model, tokens.tokens, tokens.labels, out, identity=identity, progress=progress, **settings
+    )

@@ -1,0 +1,109 @@
+"""Solver backends behind :class:`~igpt_eval.probes.logistic.LogisticProbe`.
+
+Every backend minimises the same objective (scikit-learn's ``LogisticRegression(C)``,
+multinomial, L2, free intercept) and returns the same things, so a probe's numbers do not
+depend on which one ran. ``torch`` is the batched L-BFGS of :mod:`.lbfgs` (CPU or GPU);
+``sklearn`` is scikit-learn's lbfgs; ``cuml`` is RAPIDS cuML on a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from igpt_eval.errors import IGPTError
+
+BACKENDS = ("torch", "sklearn", "cuml")
+
+
+@dataclass
+class Fit:
+    """One solved problem: weights (K, d), intercept (K,), and its convergence record."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: int
+    grad_norm: float  # max |∇f| at the end (NaN where the backend does not expose it)
+    converged: bool
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "float64"):
+        raise IGPTError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is one clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise IGPTError(f"device {device!r} requested but no CUDA GPU is available")
+    return dev
+
+
+def objective(coef, intercept, X, y, C) -> float:
+    """scikit-learn's per-sample objective, in float64 numpy (for comparing backends).
+
+    Multinomial: ``mean CE + ||W||²/(2Cn)``. Two classes: scikit-learn's binomial form on
+    the logit difference ``w = W[1] - W[0]``, ``mean CE + ||w||²/(2Cn)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+    Z = X @ coef.T + intercept
+    Z -= Z.max(1, keepdims=True)
+    lse = np.log(np.exp(Z).sum(1))
+    n = len(X)
+    ce = float((lse - Z[np.arange(n), y]).mean())
+    w = coef[1] - coef[0] if len(coef) == 2 else coef
+    return ce + float((w**2).sum()) / (2 * C * n)
+
+
+def fit_sklearn(X, y, C, K, *, tol, max_iter) -> Fit:
+    from sklearn.linear_model import LogisticRegression
+
+    m = LogisticRegression(C=C, tol=tol, max_iter=max_iter).fit(X, y)
+    coef, b = m.coef_, m.intercept_
+    if K == 2:  # scikit-learn stores one logit for two classes: expand to the softmax form
+        coef = np.vstack([-coef / 2, coef / 2])
+        b = np.array([-b[0] / 2, b[0] / 2])
+    n_iter = int(np.max(m.n_iter_))
+    return Fit(coef, b, n_iter, float("nan"), n_iter < max_iter)
+
+
+def cuml_regularisation(C: float, n: int, accepts_normalized: bool) -> dict:
+    """Map scikit-learn's C onto cuML's arguments.
+
+    cuML's quasi-Newton solver minimises ``mean loss + ½·(1/C)·||w||²``; with
+    ``penalty_normalized=True`` (cuML >= 23.x) the penalty is divided by the sample size,
+    which is exactly scikit-learn's ``mean CE + ||w||²/(2·C·n)``: C carries over unchanged.
+    Older cuML has no normalisation, so the same objective needs ``C·n``.
+    """
+    if accepts_normalized:
+        return {"C": C, "penalty_normalized": True}
+    return {"C": C * n}
+
+
+def fit_cuml(X, y, C, K, *, tol, max_iter) -> Fit:
+    try:
+        from cuml.linear_model import LogisticRegression
+    except ImportError:
+        raise IGPTError(
+            "backend 'cuml' needs RAPIDS cuML on a CUDA GPU: pip install 'igpt-eval[gpu]'"
+        ) from None
+    if not torch.cuda.is_available():
+        raise IGPTError("backend 'cuml' needs a CUDA GPU, and none is available")
+    accepts = "penalty_normalized" in inspect.signature(LogisticRegression).parameters
+    m = LogisticRegression(
+        tol=tol, max_iter=max_iter, **cuml_regularisation(C, len(X), accepts)
+    ).fit(np.asarray(X, np.float32), np.asarray(y))
+    coef, b = np.asarray(m.coef_), np.asarray(m.intercept_).ravel()
+    if coef.shape[0] == 1 and K == 2:  # sigmoid form for two classes, as scikit-learn
+        coef = np.vstack([-coef / 2, coef / 2])
+        b = np.array([-b[0] / 2, b[0] / 2])
+    n_iter = int(np.max(np.asarray(m.n_iter_)))
+    return Fit(coef, b, n_iter, float("nan"), n_iter < max_iter)

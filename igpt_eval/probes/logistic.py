@@ -1,0 +1,166 @@
+"""``LogisticProbe``: a linear probe with scikit-learn's API and a batched torch solver.
+
+The estimator solves exactly ``sklearn.linear_model.LogisticRegression(C=…)``'s problem
+(multinomial, L2 on the weights, free intercept) with a choice of backend, and records how
+the solver ended (``n_iter_``, ``grad_norm_``, ``converged_``) instead of warning. Probing
+many layers × C values at once goes through :func:`fit_grid`, which hands them all to one
+batched L-BFGS call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.probes.backends import (
+    BACKENDS,
+    fit_cuml,
+    fit_sklearn,
+    resolve_device,
+    torch_dtype,
+)
+from igpt_eval.probes.lbfgs import LBFGSResult, fit_lbfgs
+
+
+def solver_C(C, n_classes: int):
+    """The C our softmax solver needs to match scikit-learn's objective at ``C``.
+
+    With two classes scikit-learn fits one logit (binomial); the symmetric softmax optimum
+    ``W = [-w/2, w/2]`` has half the squared norm, so the same problem is softmax at C/2.
+    """
+    return C / 2 if n_classes == 2 else C
+
+
+def fit_grid(
+    X,
+    y,
+    Cs,
+    n_classes: int,
+    *,
+    device="cpu",
+    dtype="float32",
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    init: torch.Tensor | None = None,
+) -> LBFGSResult:
+    """Solve every feature set × every C in one batched L-BFGS call.
+
+    ``X`` (G, N, d) array or tensor; ``Cs`` (nC,) shared by all sets or (G, nC) per set.
+    Returns an :class:`~igpt_eval.probes.lbfgs.LBFGSResult` of shape (G, nC, …).
+    """
+    dev, dt = resolve_device(device), torch_dtype(dtype)
+    if not isinstance(X, torch.Tensor):
+        X = torch.from_numpy(
+            np.array(X, copy=True) if not np.asarray(X).flags.writeable else np.asarray(X)
+        )
+    X = X.to(dev, dt)
+    C = torch.as_tensor(np.asarray(Cs, dtype=np.float64), dtype=dt)
+    if C.ndim == 1:
+        C = C.expand(X.shape[0], -1).contiguous()
+    y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    return fit_lbfgs(X, y, solver_C(C, n_classes), n_classes, tol=tol, max_iter=max_iter, init=init)
+
+
+class LogisticProbe(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression with L2 penalty, scikit-learn's objective.
+
+    Parameters
+    ----------
+    C : inverse regularisation strength, as in scikit-learn.
+    backend : ``"torch"`` (batched L-BFGS, CPU or GPU), ``"sklearn"`` or ``"cuml"``.
+    max_iter, tol : stopping rule (max-abs gradient <= tol, as scipy/scikit-learn).
+    device : ``"cpu"``, ``"cuda"``, or ``"auto"`` (torch backend).
+    dtype : ``"float32"`` or ``"float64"`` (torch backend).
+
+    Fitted attributes: ``classes_``, ``coef_`` (n_classes, d) — two classes keep the softmax
+    form ``[-w/2, w/2]`` — ``intercept_``, ``n_iter_``, ``grad_norm_``, ``converged_``,
+    ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        *,
+        backend: str = "torch",
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
+        self.C = C
+        self.backend = backend
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+
+    def fit(self, X, y):
+        """Fit on features ``X`` (n, d) and labels ``y``; returns self."""
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        if not (np.isscalar(self.C) and self.C > 0):
+            raise IGPTError(f"C must be a positive number, got {self.C!r}")
+        if self.backend not in BACKENDS:
+            raise IGPTError(f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        K = len(self.classes_)
+        if K < 2:
+            raise IGPTError(
+                f"a probe needs at least 2 classes; the labels hold only one class "
+                f"({self.classes_[0]!r})"
+            )
+        if self.backend == "torch":
+            r = fit_grid(
+                X[None],
+                yi,
+                [self.C],
+                K,
+                device=self.device,
+                dtype=self.dtype,
+                tol=self.tol,
+                max_iter=self.max_iter,
+            )
+            self.coef_ = r.coef[0, 0].double().numpy()
+            self.intercept_ = r.intercept[0, 0].double().numpy()
+            self.n_iter_ = int(r.n_iter[0, 0])
+            self.grad_norm_ = float(r.grad_norm[0, 0])
+            self.converged_ = bool(r.converged[0, 0])
+        else:
+            fit = (fit_sklearn if self.backend == "sklearn" else fit_cuml)(
+                X, yi, self.C, K, tol=self.tol, max_iter=self.max_iter
+            )
+            self.coef_, self.intercept_ = fit.coef, fit.intercept
+            self.n_iter_, self.grad_norm_, self.converged_ = (
+                fit.n_iter,
+                fit.grad_norm,
+                fit.converged,
+            )
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "coef_")
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X @ self.coef_.T + self.intercept_  # (n, n_classes)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (n, n_classes); for two classes, scikit-learn's (n,) positive-class score."""
+        Z = self._logits(X)
+        return Z[:, 1] - Z[:, 0] if Z.shape[1] == 2 else Z
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, n_classes), a softmax of the logits."""
+        Z = self._logits(X)
+        Z = np.exp(Z - Z.max(1, keepdims=True))
+        return Z / Z.sum(1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class of each row."""
+        Z = self._logits(X)
+        return self.classes_[Z.argmax(1)]
