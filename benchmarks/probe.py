@@ -1,0 +1,155 @@
+"""The probe sweep (all layers × a C grid): batched torch L-BFGS vs scikit-learn, one run.
+
+Both sides solve the same problems — every cached layer of a model × every C of the grid,
+on the training split — with the same tolerance (max-abs gradient <= tol) and iteration cap;
+scikit-learn one problem at a time (its lbfgs solver), ours in one batched call. Reported:
+the wall-time ratio and, per layer, the validation-accuracy difference at every C.
+
+    python benchmarks/probe.py                                  # models/fmnist-ar, CPU
+    python benchmarks/probe.py --device cuda --cuml             # on a CUDA GPU, plus cuML
+
+Features come from the activation caches (built on first use, as `igpt-eval probe` does).
+Writes ``benchmarks/results/probe.json`` (``probe-<device>.json`` off the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igpt_eval.extraction import extract_split, open_model
+from igpt_eval.probes import COARSE_CS, fit_grid
+from igpt_eval.probes.backends import fit_cuml, fit_sklearn
+from igpt_eval.probes.runner import DEFAULT_MODEL, load_features
+
+
+def accuracy(X, y, coef, intercept) -> float:
+    return float(((X @ coef.T + intercept).argmax(1) == y).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--max-rows", type=int, default=None, help="subsample the train split")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--max-iter", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cuml", action="store_true", help="also time the cuML backend (GPU)")
+    ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    net, palette, ident = open_model(args.model)
+    caches = {
+        s: extract_split(
+            net, palette, ident, None, s, bert_masks=0 if net.config.objective == "ar" else 1
+        )
+        for s in ("train", "val")
+    }
+    feats, layers, _ = load_features(caches, None)
+    Xtr, ytr = feats["train"].X, feats["train"].y
+    if args.max_rows:
+        Xtr, ytr = Xtr[:, : args.max_rows], ytr[: args.max_rows]
+    Xva, yva = feats["val"].X, feats["val"].y
+    G, N, d = Xtr.shape
+    K = len(np.unique(ytr))
+    Cs = COARSE_CS
+    print(
+        f"{args.model.name}: {G} layers x {len(Cs)} C values = {G * len(Cs)} problems, "
+        f"N={N}, d={d}, K={K}, tol={args.tol}, {torch.get_num_threads()} threads"
+    )
+
+    runs: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    res = fit_grid(Xtr, ytr, Cs, K, device=args.device, tol=args.tol, max_iter=args.max_iter)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    ours_s = time.perf_counter() - t0
+    acc = {
+        "torch": np.array(
+            [
+                [
+                    accuracy(Xva[g], yva, res.coef[g, c].numpy(), res.intercept[g, c].numpy())
+                    for c in range(len(Cs))
+                ]
+                for g in range(G)
+            ]
+        )
+    }
+    runs["torch"] = {
+        "seconds": ours_s,
+        "converged": int(res.converged.sum()),
+        "max_n_iter": int(res.n_iter.max()),
+    }
+    others = [] if args.skip_sklearn else [("sklearn", fit_sklearn)]
+    if args.cuml:
+        others.append(("cuml", fit_cuml))
+    for name, fit in others:
+        t0 = time.perf_counter()
+        fits = [
+            [fit(Xtr[g], ytr, float(C), K, tol=args.tol, max_iter=args.max_iter) for C in Cs]
+            for g in range(G)
+        ]
+        secs = time.perf_counter() - t0
+        acc[name] = np.array(
+            [
+                [accuracy(Xva[g], yva, f.coef, f.intercept) for f in row]
+                for g, row in enumerate(fits)
+            ]
+        )
+        runs[name] = {
+            "seconds": secs,
+            "converged": int(sum(f.converged for r in fits for f in r)),
+            "max_n_iter": int(max(f.n_iter for r in fits for f in r)),
+            "speedup_of_torch": secs / ours_s,
+        }
+    diffs = {
+        name: (100 * np.abs(acc["torch"] - a)).tolist()
+        for name, a in acc.items()
+        if name != "torch"
+    }
+    result = {
+        "benchmark": "probe: all layers x C grid",
+        "model": str(args.model),
+        "layers": layers,
+        "Cs": Cs.tolist(),
+        "n_train": N,
+        "dim": d,
+        "tol": args.tol,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "runs": runs,
+        "val_accuracy": {k: v.tolist() for k, v in acc.items()},
+        "abs_accuracy_diff_pp": diffs,
+    }
+    out = args.out or Path("benchmarks/results") / (
+        "probe.json" if args.device == "cpu" else f"probe-{args.device.replace(':', '')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{'solver':<8} {'seconds':>9} {'converged':>10} {'max iters':>10} {'speedup':>8}")
+    for name, r in runs.items():
+        print(
+            f"{name:<8} {r['seconds']:9.1f} {r['converged']:>6}/{G * len(Cs):<3} "
+            f"{r['max_n_iter']:>10} {r.get('speedup_of_torch', 1.0):7.1f}x"
+        )
+    for name, dd in diffs.items():
+        per_layer = np.max(dd, axis=1)
+        print(
+            f"max |val acc diff| per layer vs {name} (pp): "
+            + ", ".join(f"{x:.2f}" for x in per_layer)
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

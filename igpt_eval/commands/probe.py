@@ -1,0 +1,95 @@
+"""``igpt-eval probe``: linear probes on every layer; the toolkit's main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from igpt_eval.commands import subcommand
+from igpt_eval.errors import IGPTError
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """``None``/``all`` → every layer; ``0,4,8`` or ``2-5`` → that list."""
+    if spec is None or spec == "all":
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise IGPTError(f"--layers takes 'all', '0,4,8' or '2-5', not {spec!r}") from None
+    return sorted(set(out))
+
+
+@subcommand
+def _add_probe(sub) -> None:
+    from igpt_eval.probes.runner import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "probe",
+        help="linear probes on every layer (the depth curve)",
+        description="Extract (or reuse) features of a model on train/val/test, fit a linear "
+        "probe per layer (C chosen on val, refit on train+val, test reported once with a "
+        "bootstrap 95%% CI), print the table, write results and depth_curve.png. With no "
+        "arguments: the shipped Fashion-MNIST AR model.",
+    )
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder")
+    p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--layers", default=None, help="all (default), '0,4,8' or '2-5'")
+    p.add_argument("--all-layers", action="store_true", help="probe every layer (default)")
+    p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
+    p.add_argument("--method", choices=["lbfgs", "sgd"], default="lbfgs")
+    p.add_argument("--backend", choices=["torch", "sklearn", "cuml"], default="torch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--standardize", action="store_true", help="standardise features (train)")
+    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
+    p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="activation cache folder (default: under runs/cache/activations)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
+    from igpt_eval.probes.runner import format_summary, probe_model, summary
+    from igpt_eval.report import depth_curve
+
+    if args.all_layers and args.layers not in (None, "all"):
+        raise IGPTError("--all-layers and --layers disagree; give one of them")
+    out = args.out or Path("runs/probe") / args.model.name
+    df = probe_model(
+        args.model,
+        args.dataset,
+        layers=parse_layers(args.layers),
+        site=args.site,
+        method=args.method,
+        backend=args.backend,
+        device=args.device,
+        data_dir=args.data_dir,
+        cache_dir=args.cache,
+        out=out,
+        standardize=args.standardize,
+        bert_masks=args.bert_masks,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    s = summary(df)
+    name = f"{args.model.name} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
+    files = depth_curve(
+        {args.model.name: s}, out / "depth_curve", title=f"{args.method} linear probes: {name}"
+    )
+    print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
+    print(format_summary(s))
+    print(f"results: {out / 'results.parquet'} (+ .csv); figure: {files[0]}")
+    return 0

@@ -1,0 +1,172 @@
+"""Probe a model end to end: caches for train/val/test, a probe per layer, results files.
+
+This is what ``igpt-eval probe`` runs; notebooks can call :func:`probe_model` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.probes.protocol import Features, probe_lbfgs
+from igpt_eval.results import save_results, to_frame
+
+SPLITS = ("train", "val", "test")
+#: The shipped models live beside the package (a source checkout or editable install).
+MODELS_DIR = Path(
+    os.environ.get("IGPT_EVAL_MODELS", Path(__file__).resolve().parents[2] / "models")
+)
+DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
+
+
+def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[int], list[str]]:
+    """Stack each split's cached layers into :class:`Features` (G, N, d) float32."""
+    first = caches["train"]
+    layers = list(first.layers) if layers is None else layers
+    missing = [x for x in layers if x not in first.layers]
+    if missing:
+        raise IGPTError(f"layer {missing[0]} is not in the cache (it has {first.layers})")
+    feats = {
+        name: Features(
+            np.stack([np.asarray(c[x], dtype=np.float32) for x in layers]), np.asarray(c.labels)
+        )
+        for name, c in caches.items()
+    }
+    sites = [first.sites[first.layers.index(x)] for x in layers]
+    return feats, layers, sites
+
+
+def probe_model(
+    model: str | Path = DEFAULT_MODEL,
+    dataset: str | None = None,
+    *,
+    layers: list[int] | None = None,
+    site: str = "ln_1",
+    method: str = "lbfgs",
+    backend: str = "torch",
+    device: str = "cpu",
+    data_dir=None,
+    token_cache=None,
+    cache_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    standardize: bool = False,
+    bert_masks: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Extract (or reuse) the model's features on train/val/test, probe every requested
+    layer with ``method`` (``lbfgs`` or ``sgd``), save ``results.parquet``/``.csv`` into
+    ``out`` (when given) and return the results table."""
+    from igpt_eval.extraction import extract_split, open_model
+
+    if method not in ("lbfgs", "sgd"):
+        raise IGPTError(f"unknown probe method {method!r}; use lbfgs or sgd")
+    path = Path(model)
+    if not path.exists():
+        raise IGPTError(
+            f"no model at {path}"
+            + (
+                " (the shipped models live in models/ of a source checkout; set IGPT_EVAL_MODELS)"
+                if path == DEFAULT_MODEL
+                else ""
+            )
+        )
+    net, palette, ident = open_model(path, device=device)
+    caches = {}
+    t0 = time.perf_counter()
+    for split in SPLITS:
+        out_cache = None if cache_dir is None else Path(cache_dir) / split
+        caches[split] = extract_split(
+            net,
+            palette,
+            ident,
+            dataset,
+            split,
+            out_cache,
+            data_dir=data_dir,
+            token_cache=token_cache,
+            progress=progress,
+            layers=layers,
+            site=site,
+            batch_size=batch_size,
+            bert_masks=bert_masks if net.config.objective == "bert" else 0,
+            seed=seed,
+        )
+    extract_seconds = time.perf_counter() - t0
+    feats, layers, sites = load_features(caches, layers)
+    meta = dict(
+        model=path.name,
+        objective=net.config.objective,
+        dataset=caches["test"].manifest.get("dataset"),
+        site_kind=site,
+    )
+    if method == "lbfgs":
+        rows = probe_lbfgs(
+            feats["train"],
+            feats["val"],
+            feats["test"],
+            layers,
+            meta=meta,
+            sites=sites,
+            backend=backend,
+            device=device,
+            standardize=standardize,
+            seed=seed,
+        )
+    else:
+        from igpt_eval.probes.sgd import probe_sgd
+
+        # SGD always standardises (train statistics): one rate grid then suits every layer.
+        rows = probe_sgd(caches, layers, meta=meta, sites=sites, device=device, seed=seed)
+    df = to_frame(rows)
+    df.attrs["extract_seconds"] = extract_seconds
+    if out is not None:
+        save_results(df, out)
+    return df
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
+
+    ``best`` marks the layer with the highest *validation* accuracy (what a user may select
+    on); ``last`` the final layer.
+    """
+    acc = df[df.metric == "accuracy"]
+    val = acc[(acc.split == "val") & acc.selected.astype(bool)]
+    test = acc[acc.split == "test"]
+    s = test[
+        ["layer", "site", "value", "ci_low", "ci_high", "C", "lr", "n_iter", "converged"]
+    ].rename(columns={"value": "test_acc"})
+    s = s.merge(val[["layer", "value"]].rename(columns={"value": "val_acc"}), on="layer")
+    s = s.sort_values("layer").reset_index(drop=True)
+    s["best"] = s.val_acc == s.val_acc.max()
+    s["last"] = s.layer == s.layer.max()
+    return s
+
+
+def format_summary(s: pd.DataFrame) -> str:
+    """The terminal table of :func:`summary`."""
+    hyper = "C" if s["lr"].isna().all() else "lr"
+    lines = [
+        f"{'layer':>5}  {'site':<18} {'val acc':>8}  {'test acc [95% CI]':<24} "
+        f"{'best ' + hyper:>9} {'iters':>6}"
+    ]
+    for r in s.itertuples():
+        mark = " <- best (val)" if r.best else ""
+        mark += " (last)" if r.last else ""
+        conv = "" if r.converged else "*"
+        h = r.C if hyper == "C" else r.lr
+        lines.append(
+            f"{r.layer:>5}  {r.site:<18} {100 * r.val_acc:7.2f}%  "
+            f"{100 * r.test_acc:6.2f}% [{100 * r.ci_low:5.2f}, {100 * r.ci_high:5.2f}]   "
+            f"{h:9.3g} {r.n_iter:>5}{conv}{mark}"
+        )
+    if not s.converged.all():
+        lines.append("* the solver stopped before its tolerance (recorded in the results)")
+    return "\n".join(lines)

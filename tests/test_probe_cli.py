@@ -1,0 +1,139 @@
+"""``igpt-eval probe`` end to end on a tiny model, the SGD probe, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from igpt_eval.cli import main
+from igpt_eval.config import IGPTConfig
+from igpt_eval.model import IGPT
+from igpt_eval.palette import Palette
+from igpt_eval.probes import probe_lbfgs
+from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.results import COLUMNS, load_results, to_frame
+from tests.test_probes import synthetic
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_model(tmp_path, tiny_npz):
+    torch.manual_seed(0)
+    model = IGPT(IGPTConfig.preset("tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    rng = np.random.default_rng(0)
+    pal = Palette(rng.uniform(-1, 1, (16, 3)).astype(np.float32))
+    return model.save(tmp_path / "model", palette=pal)
+
+
+def probe_args(tmp_path, model, npz, *extra):
+    return [
+        "probe",
+        "--model",
+        str(model),
+        "--dataset",
+        f"npz:{npz}",
+        "--all-layers",
+        "--cache",
+        str(tmp_path / "acts"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # token caches go under ./runs
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 0
+    out = capsys.readouterr().out
+    assert "<- best (val)" in out and "(last)" in out
+    df = load_results(tmp_path / "out/results.parquet")
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    test = df[(df.split == "test") & (df.metric == "accuracy")]
+    assert sorted(test.layer) == [0, 1, 2, 3]
+    assert set(test.site) == {"blocks.0.ln_1", "blocks.1.ln_1", "blocks.2.ln_1", "ln_f"}
+    assert (tmp_path / "out/results.csv").is_file()
+    png = (tmp_path / "out/depth_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second run reuses the caches and gives the same numbers.
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 0
+    again = load_results(tmp_path / "out/results.parquet")
+    np.testing.assert_allclose(again.value.to_numpy(float), df.value.to_numpy(float))
+
+
+def test_probe_cli_sgd_and_layers(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = probe_args(tmp_path, tiny_model, tiny_npz, "--method", "sgd")
+    args.remove("--all-layers")
+    assert main([*args, "--layers", "1,3"]) == 0
+    df = load_results(tmp_path / "out/results.parquet")
+    assert set(df.layer) == {1, 3} and set(df.probe) == {"sgd"}
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--layers", "9"], "out of range"),
+        (["--layers", "x"], "--layers takes"),
+        (["--site", "nope"], "unknown site"),
+        (["--backend", "cuml"], "cuML|GPU"),
+    ],
+)
+def test_probe_cli_bad_input(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch, extra, match):
+    monkeypatch.chdir(tmp_path)
+    args = probe_args(tmp_path, tiny_model, tiny_npz, *extra)
+    if "--layers" in extra:
+        args.remove("--all-layers")
+    if torch.cuda.is_available() and "cuml" in extra:
+        pytest.skip("a GPU is present")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("igpt-eval: error:")
+    import re
+
+    assert re.search(match, err[0])
+
+
+def test_probe_cli_missing_or_corrupt(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(probe_args(tmp_path, tmp_path / "nope", tiny_npz)) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 0
+    capsys.readouterr()
+    (tmp_path / "acts/test/manifest.json").write_text("{broken")
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("igpt-eval: error:")
+
+
+def test_sgd_probe_close_to_lbfgs():
+    tr, va, te = synthetic(900, 0), synthetic(300, 1), synthetic(600, 2)
+    src = {
+        k: ArraySource(f.X, f.y, [0, 1])
+        for k, f in zip(("train", "val", "test"), (tr, va, te), strict=True)
+    }
+    sgd = to_frame(probe_sgd(src, [0, 1], meta={}, sites=["a", "b"], epochs=20, batch_size=64))
+    lb = to_frame(probe_lbfgs(tr, va, te, [0, 1], meta={}, sites=["a", "b"]))
+    pick = lambda d: d[(d.split == "test") & (d.metric == "accuracy")].value.to_numpy()  # noqa: E731
+    assert abs(pick(sgd)[1] - pick(lb)[1]) <= 0.01
+    val = sgd[sgd.split == "val"]
+    assert len(val) == 2 * 8 and val.groupby("layer").selected.sum().tolist() == [1, 1]
+
+
+def test_load_results_errors(tmp_path):
+    from igpt_eval import IGPTError
+
+    with pytest.raises(IGPTError, match="no results files"):
+        load_results(tmp_path)
+    (tmp_path / "r.csv").write_text("model,value\nm,1\n")
+    with pytest.raises(IGPTError, match="lacks results columns"):
+        load_results(tmp_path / "r.csv")

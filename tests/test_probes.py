@@ -1,0 +1,207 @@
+"""Linear probes: agreement with scikit-learn, batching, the protocol, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from igpt_eval import IGPTError
+from igpt_eval.probes import Features, LogisticProbe, fit_grid, probe_lbfgs
+from igpt_eval.probes.backends import cuml_regularisation, objective
+from igpt_eval.results import COLUMNS, to_frame
+
+FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+@pytest.fixture(scope="module")
+def fmnist_pixels():
+    pytest.importorskip("sklearn")
+    import os
+
+    if not os.path.exists(FMNIST):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from igpt_eval.data import load_dataset
+
+    tr = load_dataset("fashion-mnist", "train", n_px=10)
+    te = load_dataset("fashion-mnist", "test", n_px=10)
+    f = lambda d, n: (d.images[:n].reshape(n, -1) / 255.0, d.labels[:n])  # noqa: E731
+    return (*f(tr, 2000), *f(te, 2000))
+
+
+@pytest.mark.parametrize("data", ["digits", "fmnist_pixels"])
+@pytest.mark.parametrize("C", [0.01, 0.3, 3.0])
+def test_matches_sklearn_on_real_data(request, data, C):
+    Xtr, ytr, Xte, yte = request.getfixturevalue(data)
+    ours = LogisticProbe(C=C).fit(Xtr, ytr)
+    ref = LogisticRegression(C=C, max_iter=5000).fit(Xtr, ytr)
+    assert ours.converged_ and ref.n_iter_[0] < 5000
+    assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) <= 0.002 + 1e-12
+    # Tight tolerances on both sides: the same optimum of the same objective.
+    tight = LogisticProbe(C=C, dtype="float64", tol=1e-6).fit(Xtr, ytr)
+    ref = LogisticRegression(C=C, tol=1e-7, max_iter=20000).fit(Xtr, ytr)
+    f_ours = objective(tight.coef_, tight.intercept_, Xtr, ytr, C)
+    f_ref = objective(ref.coef_, ref.intercept_, Xtr, ytr, C)
+    assert abs(f_ours - f_ref) <= 1e-4 * abs(f_ref)
+
+
+def test_binary_problems_use_sklearns_binomial_objective(digits):
+    Xtr, ytr, _, _ = digits
+    keep = ytr < 2
+    X, y = Xtr[keep], ytr[keep]
+    ours = LogisticProbe(C=0.05, dtype="float64", tol=1e-8).fit(X, y)
+    ref = LogisticRegression(C=0.05, tol=1e-10, max_iter=10000).fit(X, y)
+    w = ours.coef_[1] - ours.coef_[0]
+    np.testing.assert_allclose(w, ref.coef_[0], atol=1e-4)
+    np.testing.assert_allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-3)
+
+
+@parametrize_with_checks([LogisticProbe()])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_batched_grid_equals_single_problems(digits):
+    Xtr, ytr, _, _ = digits
+    X = np.stack([Xtr, Xtr[:, ::-1] * 0.5])  # two "layers"
+    Cs = [0.03, 1.0, 10.0]
+    res = fit_grid(X, ytr, Cs, 10, dtype="float64", tol=1e-6)
+    assert res.coef.shape == (2, 3, 10, 64) and res.converged.all()
+    for g in range(2):
+        for c, C in enumerate(Cs):
+            one = LogisticProbe(C=C, dtype="float64", tol=1e-6).fit(X[g], ytr)
+            torch.testing.assert_close(
+                res.coef[g, c].double(), torch.from_numpy(one.coef_), atol=2e-3, rtol=1e-3
+            )
+    # Per-layer C values are allowed, and a warm start from the solution is already done.
+    per_layer = fit_grid(X, ytr, [[1.0], [10.0]], 10, dtype="float64", tol=1e-6)
+    torch.testing.assert_close(per_layer.coef[0, 0], res.coef[0, 1], atol=2e-3, rtol=1e-3)
+    init = torch.cat([res.coef, res.intercept[..., None]], -1)
+    warm = fit_grid(X, ytr, Cs, 10, dtype="float64", tol=1e-6, init=init)
+    assert int(warm.n_iter.max()) <= 2
+
+
+def synthetic(n, seed, informative=1):
+    """Layer 0 is noise; layer 1 separates 3 classes (so a good probe finds layer 1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    noise = rng.normal(size=(n, 8))
+    signal = rng.normal(size=(n, 8)) * 0.5
+    signal[np.arange(n), y] += 2.0 * informative
+    return Features(np.stack([noise, signal]).astype(np.float32), y)
+
+
+def run_protocol(**kw):
+    tr, va, te = synthetic(600, 0), synthetic(200, 1), synthetic(300, 2)
+    rows = probe_lbfgs(
+        tr,
+        va,
+        te,
+        [0, 1],
+        meta=dict(model="m", objective="ar", dataset="syn", site_kind="ln_1"),
+        sites=["blocks.0.ln_1", "ln_f"],
+        **kw,
+    )
+    return to_frame(rows), (tr, va, te)
+
+
+def test_protocol_rows_selection_and_ci():
+    df, _ = run_protocol()
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    test = df[(df.split == "test") & (df.metric == "accuracy")].set_index("layer")
+    assert test.loc[1, "value"] > 0.9 > 0.5 > test.loc[0, "value"]
+    assert (test.ci_low <= test.value).all() and (test.value <= test.ci_high).all()
+    val = df[(df.split == "val") & (df.metric == "accuracy")]
+    assert len(val) == 2 * (7 + 4)  # the whole sweep is on record: 7 coarse + 4 refined
+    chosen = val[val.selected.astype(bool)]
+    assert len(chosen) == 2
+    for layer, row in chosen.set_index("layer").iterrows():
+        layer_val = val[val.layer == layer]
+        assert row["value"] == layer_val.value.max()  # chosen on validation accuracy
+        assert row["C"] == test.loc[layer, "C"]  # and that C is the one refit
+
+
+def test_test_split_never_chooses_anything():
+    df, (tr, va, te) = run_protocol()
+    shuffled = Features(te.X, np.random.default_rng(9).permutation(te.y))
+    rows = probe_lbfgs(tr, va, shuffled, [0, 1], meta={}, sites=["a", "b"])
+    df2 = to_frame(rows)
+    pick = lambda d: d[(d.split == "test") & (d.metric == "accuracy")].C.tolist()  # noqa: E731
+    assert pick(df) == pick(df2)
+
+
+def test_sklearn_backend_runs_the_same_protocol():
+    ours, _ = run_protocol()
+    theirs, _ = run_protocol(backend="sklearn")
+    a = ours[(ours.split == "test") & (ours.metric == "accuracy")].value.to_numpy()
+    b = theirs[(theirs.split == "test") & (theirs.metric == "accuracy")].value.to_numpy()
+    assert np.abs(a - b).max() <= 0.01
+
+
+def test_cuml_mapping_and_missing_gpu():
+    assert cuml_regularisation(0.5, 1000, accepts_normalized=True) == {
+        "C": 0.5,
+        "penalty_normalized": True,
+    }
+    assert cuml_regularisation(0.5, 1000, accepts_normalized=False) == {"C": 500.0}
+    if not torch.cuda.is_available():
+        with pytest.raises(IGPTError, match="cuML|GPU"):
+            LogisticProbe(backend="cuml").fit(np.eye(4), [0, 1, 0, 1])
+        with pytest.raises(IGPTError, match="no CUDA GPU"):
+            LogisticProbe(device="cuda").fit(np.eye(4), [0, 1, 0, 1])
+
+
+@pytest.mark.gpu
+def test_cuml_backend_objective_matches_sklearn(digits):
+    pytest.importorskip("cuml")
+    Xtr, ytr, _, _ = digits
+    for C in (0.01, 1.0):
+        m = LogisticProbe(C=C, backend="cuml", tol=1e-8).fit(Xtr, ytr)
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=20000).fit(Xtr, ytr)
+        f_c = objective(m.coef_, m.intercept_, Xtr, ytr, C)
+        f_r = objective(ref.coef_, ref.intercept_, Xtr, ytr, C)
+        assert abs(f_c - f_r) <= 1e-3 * f_r
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Features(np.full((1, 4, 2), np.nan, np.float32), np.arange(4)), "NaN"),
+        (lambda: Features(np.zeros((1, 4, 2), np.float32), np.arange(3)), "labels"),
+        (lambda: Features(np.zeros((1, 0, 2), np.float32), np.arange(0)), "no rows"),
+        (lambda: LogisticProbe().fit(np.eye(3), [1, 1, 1]), "one class"),
+        (lambda: LogisticProbe(C=0).fit(np.eye(2), [0, 1]), "C must be a positive"),
+        (lambda: LogisticProbe(C=-1.0).fit(np.eye(2), [0, 1]), "C must be a positive"),
+        (lambda: LogisticProbe(backend="magic").fit(np.eye(2), [0, 1]), "unknown backend"),
+        (
+            lambda: probe_lbfgs(
+                synthetic(50, 0),
+                synthetic(20, 1),
+                synthetic(20, 2),
+                [0, 1],
+                meta={},
+                sites=["a", "b"],
+                Cs=[1.0, -1.0],
+            ),
+            "C must be > 0",
+        ),
+    ],
+)
+def test_bad_input(make, match):
+    with pytest.raises(IGPTError, match=match):
+        make()
+
+
+def test_nan_or_infinite_features_to_the_estimator():
+    X = np.eye(4)
+    X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity|NaN"):
+        LogisticProbe().fit(X, [0, 1, 0, 1])
