@@ -65,7 +65,7 @@ def array_hash(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
     h = hashlib.sha256()
     h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.tobytes() if a.size == 0 else memoryview(a).cast("B"))
     return h.hexdigest()[:16]
 
 

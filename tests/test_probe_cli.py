@@ -137,3 +137,15 @@ def test_load_results_errors(tmp_path):
     (tmp_path / "r.csv").write_text("model,value\nm,1\n")
     with pytest.raises(IGPTError, match="lacks results columns"):
         load_results(tmp_path / "r.csv")
+
+
+def test_empty_split_is_one_line(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    npz = tmp_path / "empty_test.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, images=rng.integers(0, 255, (30, 8, 8, 3), dtype=np.uint8),
+             labels=np.arange(30) % 3, test_images=np.zeros((0, 8, 8, 3), np.uint8),
+             test_labels=np.zeros(0, np.int64))
+    assert main(probe_args(tmp_path, tiny_model, npz)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no images" in err[0]

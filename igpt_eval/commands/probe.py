@@ -46,6 +46,7 @@ def _add_probe(sub) -> None:
     p.add_argument("--standardize", action="store_true", help="standardise features (train)")
     p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
     p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for extraction")
     p.add_argument(
         "--cache",
         type=Path,
@@ -82,6 +83,7 @@ def _cmd_probe(args) -> int:
         bert_masks=args.bert_masks,
         batch_size=args.batch_size,
         seed=args.seed,
+        compute="bfloat16" if args.bf16 else "float32",
         progress=not args.no_progress,
     )
     s = summary(df)

@@ -273,7 +273,9 @@ def read_npz(path: Path) -> Source:
         test = _check_pair(arrays["test_images"], arrays["test_labels"], f"{path} (test)")
         if test[0].shape[1:] != train[0].shape[1:]:
             raise IGPTError(f"{path}: test images {test[0].shape} differ from train in shape")
-    n_classes = int(max(train[1].max(initial=-1), -1 if test[1] is None else test[1].max()) + 1)
+    n_classes = int(
+        max(train[1].max(initial=-1), -1 if test[1] is None else test[1].max(initial=-1)) + 1
+    )
     if "classes" in arrays:
         classes = [str(c) for c in arrays["classes"]]
         if len(classes) < n_classes:

@@ -57,6 +57,7 @@ def probe_model(
     standardize: bool = False,
     bert_masks: int = 1,
     batch_size: int = 64,
+    compute: str = "float32",
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -97,6 +98,7 @@ def probe_model(
             batch_size=batch_size,
             bert_masks=bert_masks if net.config.objective == "bert" else 0,
             seed=seed,
+            compute=compute,
         )
     extract_seconds = time.perf_counter() - t0
     feats, layers, sites = load_features(caches, layers)
