@@ -162,7 +162,12 @@ def _sweep_table(path: Path) -> list[str]:
         sweep = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise IGPTError(f"{path} is not a readable sweep table ({e})") from None
-    lines = ["| learning rate | final val loss (nats/token) | chosen |", "| --- | --- | --- |"]
+    lines = []
+    if "steps" in sweep and sweep["steps"].notna().all():
+        steps = ", ".join(str(int(x)) for x in sorted(set(sweep["steps"])))
+        lines += [f"Each sweep run trained for {steps} steps (rates tried in the paper's order, "
+                  "stopping once the validation loss rose).", ""]
+    lines += ["| learning rate | final val loss (nats/token) | chosen |", "| --- | --- | --- |"]
     for r in sweep.itertuples():
         best = "yes" if str(getattr(r, "best", "")).lower() == "true" else ""
         lines.append(f"| {r.lr:g} | {_num(r.val_loss)} | {best} |")

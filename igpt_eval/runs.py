@@ -150,7 +150,7 @@ def lr_sweep(
             if "diverged" not in str(e):
                 raise
             val = math.inf
-        rows.append({"lr": lr, "val_loss": val, "run": str(run_dir)})
+        rows.append({"lr": lr, "val_loss": val, "steps": cfg.steps, "run": str(run_dir)})
         finite = [r["val_loss"] for r in rows[:-1] if math.isfinite(r["val_loss"])]
         if finite and val > finite[-1]:
             break  # the loss started to rise: smaller rates only get worse from here
@@ -161,7 +161,7 @@ def lr_sweep(
         r["best"] = r is best
     if dist.is_main():
         with atomic_write(out / "lr_sweep.csv", "w") as f:
-            w = csv.DictWriter(f, ["lr", "val_loss", "best", "run"])
+            w = csv.DictWriter(f, ["lr", "val_loss", "steps", "best", "run"])
             w.writeheader()
             w.writerows(rows)
         src = Path(best["run"])
