@@ -40,6 +40,17 @@ def barrier() -> None:
         td.barrier()
 
 
+def main_first(fn):
+    """``fn()`` on rank 0, then (after a barrier) on the other ranks: for work such as
+    building a shared cache, which rank 0 writes and the others then only read."""
+    if is_main():
+        result = fn()
+    barrier()
+    if not is_main():
+        result = fn()
+    return result
+
+
 def shard(x: torch.Tensor) -> torch.Tensor:
     """This process's contiguous share of a global batch (rows split evenly by rank)."""
     return x.chunk(world_size())[rank()] if world_size() > 1 else x

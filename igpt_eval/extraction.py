@@ -139,11 +139,9 @@ def extract_split(
         raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
     root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
     # Every process reads the same token cache; rank 0 builds it first.
-    if dist.is_main():
-        tokens = load_tokens(ds, palette, root, progress=progress)
-    dist.barrier()
-    if not dist.is_main():
-        tokens = load_tokens(ds, palette, root, progress=False)
+    tokens = dist.main_first(
+        lambda: load_tokens(ds, palette, root, progress=progress and dist.is_main())
+    )
     identity = {
         "model": ident.get("model"),
         "weights_hash": ident.get("weights_hash"),

@@ -165,8 +165,11 @@ def _sweep_table(path: Path) -> list[str]:
     lines = []
     if "steps" in sweep and sweep["steps"].notna().all():
         steps = ", ".join(str(int(x)) for x in sorted(set(sweep["steps"])))
-        lines += [f"Each sweep run trained for {steps} steps (rates tried in the paper's order, "
-                  "stopping once the validation loss rose).", ""]
+        lines += [
+            f"Each sweep run trained for {steps} steps (rates tried in the paper's order, "
+            "stopping once the validation loss rose).",
+            "",
+        ]
     lines += ["| learning rate | final val loss (nats/token) | chosen |", "| --- | --- | --- |"]
     for r in sweep.itertuples():
         best = "yes" if str(getattr(r, "best", "")).lower() == "true" else ""

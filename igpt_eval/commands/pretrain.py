@@ -109,13 +109,9 @@ def _cmd_pretrain(args) -> int:
             f"{model_cfg.vocab_size}; use a matching --palette or --model"
         )
     # Every process reads the same cache; rank 0 builds it first.
-    if main:
-        tr = load_tokens(train, palette, args.token_cache, progress=progress)
-        va = load_tokens(val, palette, args.token_cache, progress=progress)
-    dist.barrier()
-    if not main:
-        tr = load_tokens(train, palette, args.token_cache, progress=False)
-        va = load_tokens(val, palette, args.token_cache, progress=False)
+    tr, va = dist.main_first(
+        lambda: [load_tokens(s, palette, args.token_cache, progress=progress) for s in (train, val)]
+    )
 
     per_epoch = len(train) // args.batch_size
     steps = args.steps if args.steps is not None else None
