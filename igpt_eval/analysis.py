@@ -92,13 +92,14 @@ def knn_accuracy(
     k = min(k, len(train_y))
     classes, y_idx = np.unique(train_y, return_inverse=True)
     dev = torch.device(device)
+    # torch.tensor copies: caches are read-only memmaps, which torch will not wrap.
     bank = torch.nn.functional.normalize(
-        torch.as_tensor(train_X, dtype=torch.float32, device=dev), dim=1
+        torch.tensor(train_X, dtype=torch.float32, device=dev), dim=1
     )  # (n_train, d)
     labels = torch.as_tensor(y_idx, device=dev)  # (n_train,)
     pred = np.empty(len(test_y), dtype=np.int64)
     for s in range(0, len(test_y), batch_size):
-        q = torch.as_tensor(test_X[s : s + batch_size], dtype=torch.float32, device=dev)
+        q = torch.tensor(test_X[s : s + batch_size], dtype=torch.float32, device=dev)
         q = torch.nn.functional.normalize(q, dim=1)  # (B, d)
         sim, idx = (q @ bank.T).topk(k, dim=1)  # (B, k)
         votes = torch.zeros(len(q), len(classes), device=dev)  # (B, C)

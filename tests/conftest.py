@@ -34,3 +34,44 @@ def tiny_npz(tmp_path):
         classes=np.array(["blue", "red", "green"]),
     )
     return path
+
+
+# --------------------------------------------------------------------------- compare / report
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """Two tiny models (AR and BERT, 3 blocks, 8 px) sharing one grey 16-colour palette, and
+    a grey npz dataset of 4 pattern classes (96 train, 32 test images), on disk.
+
+    Returns ``(root, ar_dir, bert_dir, npz_path)``; module-scoped so that a test module
+    extracts and probes once.
+    """
+    import torch
+
+    from igpt_eval.config import IGPTConfig
+    from igpt_eval.model import IGPT
+    from igpt_eval.palette import Palette
+
+    root = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:8, :8]
+    ring = np.hypot(xx - 3.5, yy - 3.5) * 50
+    patterns = np.stack([xx * 32, yy * 32, ((xx + yy) % 2) * 255, ring])
+
+    def make(n):
+        labels = np.arange(n) % 4
+        img = patterns[labels] + rng.normal(0, 40, (n, 8, 8))
+        return np.clip(img, 0, 255).astype(np.uint8)[..., None], labels.astype(np.int64)
+
+    (x, y), (tx, ty) = make(96), make(32)
+    npz = root / "patterns.npz"
+    np.savez(npz, images=x, labels=y, test_images=tx, test_labels=ty)
+    palette = Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
+    dirs = []
+    for i, objective in enumerate(("ar", "bert")):
+        torch.manual_seed(i)
+        model = IGPT(IGPTConfig.preset("tiny", objective=objective))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(std=0.3)
+        dirs.append(model.save(root / f"tiny-{objective}", palette=palette))
+    return root, dirs[0], dirs[1], npz

@@ -1,0 +1,371 @@
+"""Compare models layer by layer on one dataset: linear probes, kNN, CKA, a pixel baseline.
+
+What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly::
+
+    c = compare_models(["models/fmnist-ar", "models/fmnist-bert"], out="runs/compare")
+    c.table          # best layer / best accuracy / last-layer accuracy / gap, per model
+    c.results        # tidy rows (probe = "lbfgs", "knn" or "pixels"), results.COLUMNS first
+    c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
+
+Every model is probed by :func:`igpt_eval.probes.runner.probe_model` (same protocol, same
+train/val/test split), and the kNN and CKA analyses read the same activation caches:
+
+- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.knn_accuracy`): the memory bank is
+  train + val (nothing is chosen, so nothing needs a held-out split, and the bank is the
+  data the linear probe is refit on), queries are the test split; bootstrap 95% CI.
+- **CKA** (:func:`igpt_eval.analysis.cka_matrix`): on the test split, every pair of layers
+  within each model and between every pair of models (the test images are the same rows in
+  the same order for all models, which is checked).
+- **Pixel baseline**: the same L-BFGS protocol on what the model sees, the palette-quantised
+  image: each token decoded to its palette colour in [-1, 1], flattened to n_px²·channels
+  features. It is shared by all models (their palette and n_px must match) and its rows
+  carry ``model = probe = "pixels"``, ``layer = 0``.
+
+Output folder: ``results.parquet``/``.csv`` (the tidy table), ``cka/cka.parquet``/``.csv``,
+``tables/comparison.md``/``.csv``, ``depth_curve.png``/``.svg`` and ``models.json`` (where
+each model lives, for ``igpt-eval report``'s training curves and palette).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.probes.runner import MODELS_DIR, SPLITS
+from igpt_eval.summaries import (
+    CKA_COLUMNS,
+    MODELS_FILE,
+    PIXELS,
+    comparison_table,
+    probe_summaries,
+    table_markdown,
+)
+
+DEFAULT_MODELS = (MODELS_DIR / "fmnist-ar", MODELS_DIR / "fmnist-bert")
+
+
+@dataclass
+class ModelInfo:
+    """A checkpoint folder as far as a comparison needs it (read without loading weights)."""
+
+    name: str
+    path: Path
+    objective: str
+    n_layer: int
+    n_px: int
+    palette: object  # igpt_eval.palette.Palette
+    dataset: str
+    seed: int
+
+    def to_json(self) -> dict:
+        return dict(
+            path=str(self.path.resolve()),
+            objective=self.objective,
+            n_layer=self.n_layer,
+            n_px=self.n_px,
+            palette_hash=self.palette.hash,
+            dataset=self.dataset,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_models` returns."""
+
+    results: pd.DataFrame
+    cka: pd.DataFrame
+    table: pd.DataFrame
+    models: list[ModelInfo]
+    files: list[Path] = field(default_factory=list)
+
+
+def model_info(path: str | Path, dataset: str | None = None) -> ModelInfo:
+    """Read ``config.json``, ``palette.npy`` and ``run.json`` of a checkpoint folder."""
+    from igpt_eval.checkpoint import CONFIG, load_palette
+    from igpt_eval.config import IGPTConfig
+    from igpt_eval.modelcard import read_run
+
+    path = Path(path)
+    if not path.is_dir():
+        raise IGPTError(f"no model folder at {path}")
+    cfg = IGPTConfig.load(path / CONFIG)
+    palette = load_palette(path)
+    if palette is None:
+        raise IGPTError(f"{path} has no palette.npy; its colours (and pixel baseline) are unknown")
+    run = read_run(path)
+    name = dataset or run.get("dataset")
+    if not name:
+        raise IGPTError(f"{path} records no dataset (no run.json); pass --dataset")
+    seed = (run.get("train_config") or {}).get("seed") or 0
+    return ModelInfo(path.name, path, cfg.objective, cfg.n_layer, cfg.n_px, palette, name, seed)
+
+
+def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
+    """The models of one comparison; they must share dataset, palette, n_px and split seed
+    (else the "same splits, same inputs" premise fails): one :class:`IGPTError` if not."""
+    infos = [model_info(m, dataset) for m in models]
+    if not infos:
+        raise IGPTError("give at least one model folder to compare")
+    names = [m.name for m in infos]
+    if len(set(names)) != len(names) or PIXELS in names:
+        raise IGPTError(f"model folder names must be distinct and not {PIXELS!r}: {names}")
+    first = infos[0]
+    for m in infos[1:]:
+        for what, a, b in (
+            ("datasets", first.dataset, m.dataset),
+            ("palettes", first.palette.hash, m.palette.hash),
+            ("image sizes (n_px)", first.n_px, m.n_px),
+            ("train/val split seeds", first.seed, m.seed),
+        ):
+            if a != b:
+                raise IGPTError(
+                    f"cannot compare {first.name} and {m.name}: different {what} ({a} vs {b}); "
+                    "a comparison needs the same inputs and splits"
+                )
+    return infos
+
+
+def _cache_folder(root: Path, m: ModelInfo, site: str, bert_masks: int, seed: int, compute):
+    from igpt_eval.checkpoint import WEIGHTS
+    from igpt_eval.io import file_hash
+
+    tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}-{site}-s{seed}"
+    tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
+    return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
+
+
+def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
+    return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site)
+
+
+def knn_rows(caches: dict, meta: dict, *, k=20, temperature=0.07, device="cpu", seed=0):
+    """kNN accuracy (bank: train + val, queries: test) of every cached layer, as tidy rows."""
+    from igpt_eval.analysis import bootstrap_accuracy_ci, knn_accuracy
+
+    test = caches["test"]
+    bank_y = np.concatenate([caches["train"].labels, caches["val"].labels])
+    rows = []
+    for layer, site in zip(test.layers, test.sites, strict=True):
+        t0 = time.perf_counter()
+        bank = np.concatenate([np.asarray(caches[s][layer], np.float32) for s in ("train", "val")])
+        r = knn_accuracy(
+            bank, bank_y, test[layer], test.labels, k=k, temperature=temperature, device=device
+        )
+        lo, hi = bootstrap_accuracy_ci(r.correct, seed=seed)
+        rows.append(
+            dict(
+                meta,
+                split="test",
+                layer=layer,
+                site=site,
+                probe="knn",
+                backend="torch",
+                C=np.nan,
+                lr=np.nan,
+                metric="accuracy",
+                value=r.accuracy,
+                ci_low=lo,
+                ci_high=hi,
+                seconds=time.perf_counter() - t0,
+                seed=seed,
+                selected=True,
+                k=k,
+                temperature=temperature,
+                n_train=len(bank_y),
+                n_eval=len(r.correct),
+            )
+        )
+    return rows
+
+
+def cka_rows(caches: dict, dataset: str, max_rows: int | None = 10_000, seed: int = 0):
+    """Linear CKA on the test split: layer × layer within each model and between every pair
+    of models (``caches`` maps a model name to its test cache). ``max_rows`` subsamples the
+    rows (the same rows for every model) to bound the cost."""
+    from igpt_eval.analysis import cka_matrix
+
+    names = list(caches)
+    labels = caches[names[0]].labels
+    for n in names[1:]:
+        if not np.array_equal(caches[n].labels, labels):
+            raise IGPTError(f"the test caches of {names[0]} and {n} hold different images")
+    rows_idx = np.arange(len(labels))
+    if max_rows is not None and len(rows_idx) > max_rows:
+        rng = np.random.default_rng(seed)
+        rows_idx = np.sort(rng.choice(len(labels), max_rows, replace=False))
+
+    def feats(c):
+        return [np.asarray(c[layer][rows_idx], np.float32) for layer in c.layers]
+
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            ca, cb = caches[a], caches[b]
+            M = cka_matrix(feats(ca), None if a == b else feats(cb))
+            for i_a, i_b in np.ndindex(*M.shape):
+                out.append(
+                    dict(
+                        dataset=dataset,
+                        split="test",
+                        model_a=a,
+                        layer_a=ca.layers[i_a],
+                        site_a=ca.sites[i_a],
+                        model_b=b,
+                        layer_b=cb.layers[i_b],
+                        site_b=cb.sites[i_b],
+                        value=M[i_a, i_b],
+                        n=len(rows_idx),
+                    )
+                )
+    return pd.DataFrame(out, columns=CKA_COLUMNS)
+
+
+def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:
+    """The palette-quantised image the model sees: tokens (N, n_px²) → colours in [-1, 1],
+    flattened to (N, n_px² · channels) float32."""
+    tokens = np.asarray(tokens)
+    return palette.centers[tokens.astype(np.int64)].reshape(len(tokens), -1)
+
+
+def pixel_rows(m: ModelInfo, *, data_dir=None, token_cache=None, device="cpu", seed=0):
+    """The raw-pixel linear-probe baseline (same protocol and splits as the models)."""
+    from igpt_eval.data import load_dataset, load_tokens
+    from igpt_eval.extraction import CACHE_ROOT
+    from igpt_eval.probes.protocol import Features, probe_lbfgs
+
+    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
+    feats, name = {}, m.dataset
+    for split in SPLITS:
+        ds = load_dataset(m.dataset, split=split, n_px=m.n_px, data_dir=data_dir, seed=m.seed)
+        tok = load_tokens(ds, m.palette, root, progress=False)
+        feats[split] = Features(pixel_features(m.palette, tok.tokens)[None], np.asarray(tok.labels))
+        name = ds.name
+    meta = dict(model=PIXELS, objective="none", dataset=name, site_kind=PIXELS)
+    rows = probe_lbfgs(
+        feats["train"],
+        feats["val"],
+        feats["test"],
+        [0],
+        meta=meta,
+        sites=[PIXELS],
+        device=device,
+        seed=seed,
+    )
+    for r in rows:
+        r["probe"] = PIXELS
+    return rows
+
+
+# --------------------------------------------------------------------------- files
+def save_comparison(c: Comparison, out: str | Path) -> list[Path]:
+    """Write the results, CKA and table files of a comparison into ``out``."""
+    from igpt_eval.io import atomic_write, write_json
+    from igpt_eval.results import save_results
+
+    out = Path(out)
+    files = [save_results(c.results, out), save_results(c.cka, out / "cka", stem="cka")]
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "tables/comparison.csv", "w") as f:
+        c.table.to_csv(f, index=False)
+    with atomic_write(out / "tables/comparison.md", "w") as f:
+        f.write(table_markdown(c.table) + "\n")
+    write_json(out / MODELS_FILE, {m.name: m.to_json() for m in c.models})
+    return files + [out / "tables/comparison.md", out / MODELS_FILE]
+
+
+# --------------------------------------------------------------------------- driver
+def compare_models(
+    models=DEFAULT_MODELS,
+    dataset: str | None = None,
+    *,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    data_dir=None,
+    token_cache=None,
+    device: str = "cpu",
+    site: str = "ln_1",
+    bert_masks: int = 1,
+    batch_size: int = 64,
+    compute: str = "float32",
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    cka_max_rows: int | None = 10_000,
+    pixels: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> Comparison:
+    """Probe every layer of each model, run kNN and CKA on the same caches, probe the pixel
+    baseline, and (with ``out``) write every file and the depth-curve figure.
+
+    ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
+    folder per model, named after its weights and settings, so reruns reuse them.
+    """
+    from igpt_eval.cache import ActivationCache
+    from igpt_eval.extraction import CACHE_ROOT
+    from igpt_eval.probes.backends import resolve_device
+    from igpt_eval.probes.runner import probe_model
+    from igpt_eval.results import to_frame
+
+    infos = check_models(models, dataset)
+    device = str(resolve_device(device))
+    root = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / "activations/compare"
+    frames, test_caches = [], {}
+    for m in infos:
+        folder = _cache_folder(root, m, site, bert_masks, seed, compute)
+        if progress:
+            print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
+        df = probe_model(
+            m.path,
+            m.dataset,
+            site=site,
+            device=device,
+            data_dir=data_dir,
+            token_cache=token_cache,
+            cache_dir=folder,
+            bert_masks=bert_masks,
+            batch_size=batch_size,
+            compute=compute,
+            seed=seed,
+            progress=progress,
+        )
+        caches = {s: ActivationCache.open(folder / s) for s in SPLITS}
+        dataset_name = df.dataset.iloc[0]
+        if progress:
+            print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
+        meta = _rows_meta(m, dataset_name, site)
+        knn = knn_rows(caches, meta, k=knn_k, temperature=knn_temperature, device=device, seed=seed)
+        frames += [df, to_frame(knn)]
+        test_caches[m.name] = caches["test"]
+    if pixels:
+        if progress:
+            print("[compare] raw-pixel baseline: linear probe of the palette-quantised image")
+        px = pixel_rows(
+            infos[0], data_dir=data_dir, token_cache=token_cache, device=device, seed=seed
+        )
+        frames.append(to_frame(px))
+    if progress:
+        print("[compare] linear CKA between layers (test split)")
+    results = to_frame(pd.concat(frames, ignore_index=True))
+    cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=seed)
+    c = Comparison(results, cka, comparison_table(results), infos)
+    if out is not None:
+        from igpt_eval.report import baseline_of, depth_curve, model_colours
+
+        out = Path(out)
+        c.files = save_comparison(c, out)
+        summaries = probe_summaries(results)
+        c.files += depth_curve(
+            summaries,
+            out / "depth_curve",
+            relative=True,
+            baseline=baseline_of(results),
+            colours=model_colours(list(summaries)),
+            title=f"linear probes of every layer on {dataset_name} ({site})",
+        )
+    return c

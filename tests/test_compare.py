@@ -1,0 +1,160 @@
+"""``igpt-eval compare`` on two tiny models: probes, kNN, CKA, pixel baseline, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from igpt_eval.analysis import knn_accuracy
+from igpt_eval.cache import ActivationCache
+from igpt_eval.cli import build_parser, main
+from igpt_eval.compare import DEFAULT_MODELS, check_models, compare_models, pixel_features
+from igpt_eval.errors import IGPTError
+from igpt_eval.palette import Palette
+from igpt_eval.results import COLUMNS, load_results
+from igpt_eval.summaries import load_cka, load_models
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_pair):
+    """One library run of the comparison, shared by the tests below."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root, ar, bert, npz = tiny_pair
+    c = compare_models(
+        [ar, bert],
+        f"npz:{npz}",
+        out=root / "out",
+        cache_dir=root / "acts",
+        token_cache=root / "runs/cache/tokens",
+        progress=False,
+    )
+    torch.set_num_threads(n)
+    return c
+
+
+def test_results_rows(compared, tiny_pair):
+    root = tiny_pair[0]
+    df = load_results(root / "out/results.parquet")
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    assert set(df.probe) == {"lbfgs", "knn", "pixels"}
+    test = df[(df.split == "test") & (df.metric == "accuracy")]
+    for model in ("tiny-ar", "tiny-bert"):
+        for probe in ("lbfgs", "knn"):
+            rows = test[(test.model == model) & (test.probe == probe)]
+            assert sorted(rows.layer) == [0, 1, 2, 3]
+            assert (rows.ci_low <= rows.value).all() and (rows.value <= rows.ci_high).all()
+    px = test[test.probe == "pixels"]
+    assert len(px) == 1 and px.model.iloc[0] == "pixels" and px.n_eval.iloc[0] == 32
+    # the pixel features of 8x8 grey images: 64 of them, so the probe saw 96 train+val rows
+    assert px.n_train.iloc[0] == 96
+
+
+def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair):
+    root = tiny_pair[0]
+    folder = next((root / "acts").glob("tiny-bert-*"))
+    tr, va, te = (ActivationCache.open(folder / s) for s in ("train", "val", "test"))
+    bank = np.concatenate([tr[2], va[2]])
+    want = knn_accuracy(bank, np.concatenate([tr.labels, va.labels]), te[2], te.labels)
+    r = compared.results
+    got = r[(r.probe == "knn") & (r.model == "tiny-bert") & (r.layer == 2)]
+    assert got.value.iloc[0] == pytest.approx(want.accuracy)
+    assert got.k.iloc[0] == 20 and got.temperature.iloc[0] == pytest.approx(0.07)
+
+
+def test_cka_table(compared, tiny_pair):
+    cka = load_cka(tiny_pair[0] / "out")
+    assert len(cka) == 3 * 16  # ar×ar, ar×bert, bert×bert; 4 layers each
+    own = cka[(cka.model_a == "tiny-ar") & (cka.model_b == "tiny-ar")]
+    assert np.allclose(own[own.layer_a == own.layer_b].value, 1.0)
+    M = own.pivot(index="layer_a", columns="layer_b", values="value").to_numpy()
+    np.testing.assert_allclose(M, M.T)
+    cross = cka[(cka.model_a == "tiny-ar") & (cka.model_b == "tiny-bert")]
+    assert len(cross) == 16 and ((cross.value > 0) & (cross.value <= 1 + 1e-9)).all()
+    assert not np.allclose(cross[cross.layer_a == cross.layer_b].value, 1.0)
+
+
+def test_table_and_files(compared, tiny_pair):
+    root = tiny_pair[0]
+    t = compared.table.set_index("model")
+    assert list(t.index) == ["tiny-ar", "tiny-bert", "pixels"]
+    s = t.loc["tiny-bert"]
+    assert s.gap_pp == pytest.approx(100 * (s.best_acc - s.last_acc))
+    r = compared.results
+    last = r[(r.model == "tiny-bert") & (r.probe == "lbfgs") & (r.split == "test")]
+    last = last[(last.metric == "accuracy") & (last.layer == 3)]
+    assert s.last_acc == pytest.approx(last.value.iloc[0])
+    md = (root / "out/tables/comparison.md").read_text()
+    assert "| tiny-ar | ar |" in md and "raw pixels" in md
+    for f in ("depth_curve.png", "depth_curve.svg", "tables/comparison.csv", "cka/cka.csv"):
+        assert (root / "out" / f).stat().st_size > 0
+    models = load_models(root / "out")
+    assert models["tiny-bert"]["objective"] == "bert" and models["tiny-ar"]["n_layer"] == 3
+
+
+def test_pixel_features_decode_tokens():
+    pal = Palette(np.array([[-1.0, 0, 1], [1, 1, 1], [0, 0.5, -0.5]], np.float32))
+    tokens = np.array([[0, 2], [1, 1]], np.uint16)
+    X = pixel_features(pal, tokens)
+    assert X.shape == (2, 6) and X.dtype == np.float32
+    np.testing.assert_array_equal(X[0], [-1, 0, 1, 0, 0.5, -0.5])
+
+
+def test_compare_cli(compared, tiny_pair, capsys, monkeypatch):
+    root, ar, bert, npz = tiny_pair
+    monkeypatch.chdir(root)  # token caches under ./runs: the library run's are reused
+    args = [
+        "compare",
+        "--models",
+        str(ar),
+        str(bert),
+        "--dataset",
+        f"npz:{npz}",
+        "--out",
+        str(root / "cli"),
+        "--cache",
+        str(root / "acts"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| tiny-bert | bert |" in out and "raw pixels" in out
+    a = load_results(root / "cli/results.parquet")
+    b = compared.results
+    key = ["model", "probe", "split", "layer", "metric", "C"]
+    a, b = (d[d.split == "test"].sort_values(key) for d in (a, b))
+    np.testing.assert_allclose(a.value.to_numpy(float), b.value.to_numpy(float))
+
+
+def test_compare_defaults_to_the_shipped_models():
+    args = build_parser().parse_args(["compare"])
+    assert [p.name for p in args.models] == ["fmnist-ar", "fmnist-bert"]
+    assert list(args.models) == list(DEFAULT_MODELS)
+
+
+def _copy(src, dst, *, dataset=None, palette=None):
+    shutil.copytree(src, dst)
+    if dataset:
+        (dst / "run.json").write_text(json.dumps({"dataset": dataset}))
+    if palette is not None:
+        palette.save(dst / "palette.npy")
+    return dst
+
+
+def test_compare_bad_input(tiny_pair, tmp_path, capsys):
+    _, ar, bert, npz = tiny_pair
+    other = Palette(np.linspace(-1, 1, 16, dtype=np.float32)[::-1, None].copy())
+    with pytest.raises(IGPTError, match="different palettes"):
+        check_models([ar, _copy(bert, tmp_path / "b", palette=other)], "npz:x")
+    a = _copy(ar, tmp_path / "a", dataset="cifar10")
+    b = _copy(bert, tmp_path / "b2", dataset="fashion-mnist")
+    with pytest.raises(IGPTError, match="different datasets"):
+        check_models([a, b])
+    with pytest.raises(IGPTError, match="distinct"):
+        check_models([ar, _copy(ar, tmp_path / "x" / ar.name)], "npz:x")
+    for models, match in (([a, b], "different datasets"), ([tmp_path / "nope"], "no model")):
+        assert main(["compare", "--models", *map(str, models), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0]
