@@ -122,7 +122,7 @@ def table_markdown(table: pd.DataFrame) -> str:
             "–" if pd.isna(r.knn_peak_acc) else f"{_pct(r.knn_peak_acc)} ({int(r.knn_peak_layer)})"
         )
         lines.append(
-            f"| {r.model} | {r.objective} | {r.best_layer} of {r.layers} "
+            f"| {r.model} | {r.objective} | {int(r.best_layer)} of {int(r.layers)} "
             f"({r.best_rel_depth:.2f}) | {_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | "
             f"{_pct(r.last_acc, r.last_ci_low, r.last_ci_high)} | {r.gap_pp:+.2f} | {knn} | "
             f"{_pct(r.knn_last_acc)} |"

@@ -75,3 +75,28 @@ def tiny_pair(tmp_path_factory):
                 p.normal_(std=0.3)
         dirs.append(model.save(root / f"tiny-{objective}", palette=palette))
     return root, dirs[0], dirs[1], npz
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tiny_pair):
+    """``compare_models`` on :func:`tiny_pair`, written to ``<root>/cmp`` (activation caches
+    in ``<root>/acts``, token caches in ``<root>/runs/cache/tokens``, where a CLI run from
+    ``<root>`` finds them); one thread, as on the shared test machine."""
+    import torch
+
+    from igpt_eval.compare import compare_models
+
+    root, ar, bert, npz = tiny_pair
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return compare_models(
+            [ar, bert],
+            f"npz:{npz}",
+            out=root / "cmp",
+            cache_dir=root / "acts",
+            token_cache=root / "runs/cache/tokens",
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(n)

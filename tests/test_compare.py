@@ -5,12 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from igpt_eval.analysis import knn_accuracy
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import build_parser, main
-from igpt_eval.compare import DEFAULT_MODELS, check_models, compare_models, pixel_features
+from igpt_eval.compare import DEFAULT_MODELS, check_models, pixel_features
 from igpt_eval.errors import IGPTError
 from igpt_eval.palette import Palette
 from igpt_eval.results import COLUMNS, load_results
@@ -18,26 +17,13 @@ from igpt_eval.summaries import load_cka, load_models
 
 
 @pytest.fixture(scope="module")
-def compared(tiny_pair):
-    """One library run of the comparison, shared by the tests below."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root, ar, bert, npz = tiny_pair
-    c = compare_models(
-        [ar, bert],
-        f"npz:{npz}",
-        out=root / "out",
-        cache_dir=root / "acts",
-        token_cache=root / "runs/cache/tokens",
-        progress=False,
-    )
-    torch.set_num_threads(n)
-    return c
+def compared(tiny_comparison):
+    return tiny_comparison
 
 
 def test_results_rows(compared, tiny_pair):
     root = tiny_pair[0]
-    df = load_results(root / "out/results.parquet")
+    df = load_results(root / "cmp/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     assert set(df.probe) == {"lbfgs", "knn", "pixels"}
     test = df[(df.split == "test") & (df.metric == "accuracy")]
@@ -65,7 +51,7 @@ def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair):
 
 
 def test_cka_table(compared, tiny_pair):
-    cka = load_cka(tiny_pair[0] / "out")
+    cka = load_cka(tiny_pair[0] / "cmp")
     assert len(cka) == 3 * 16  # ar×ar, ar×bert, bert×bert; 4 layers each
     own = cka[(cka.model_a == "tiny-ar") & (cka.model_b == "tiny-ar")]
     assert np.allclose(own[own.layer_a == own.layer_b].value, 1.0)
@@ -86,11 +72,11 @@ def test_table_and_files(compared, tiny_pair):
     last = r[(r.model == "tiny-bert") & (r.probe == "lbfgs") & (r.split == "test")]
     last = last[(last.metric == "accuracy") & (last.layer == 3)]
     assert s.last_acc == pytest.approx(last.value.iloc[0])
-    md = (root / "out/tables/comparison.md").read_text()
+    md = (root / "cmp/tables/comparison.md").read_text()
     assert "| tiny-ar | ar |" in md and "raw pixels" in md
     for f in ("depth_curve.png", "depth_curve.svg", "tables/comparison.csv", "cka/cka.csv"):
-        assert (root / "out" / f).stat().st_size > 0
-    models = load_models(root / "out")
+        assert (root / "cmp" / f).stat().st_size > 0
+    models = load_models(root / "cmp")
     assert models["tiny-bert"]["objective"] == "bert" and models["tiny-ar"]["n_layer"] == 3
 
 

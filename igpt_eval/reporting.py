@@ -1,0 +1,374 @@
+"""``igpt-eval report``: every figure and ``README.md`` of ``reports/`` from results files.
+
+Reads a comparison folder written by ``igpt-eval compare`` (``results.parquet``,
+``cka/cka.parquet``, ``models.json``) and the training logs of the models it names, and
+writes figures (PNG + SVG) and a README whose every number is computed from those files::
+
+    build_report("runs/compare", "reports")
+
+The words are generated too: :func:`curve_shape` decides whether a depth curve is unimodal
+and, when it is not, by how many percentage points it dips.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write
+from igpt_eval.summaries import (
+    PIXELS,
+    accuracy_rows,
+    comparison_table,
+    load_cka,
+    load_models,
+    probe_summaries,
+    table_markdown,
+)
+
+
+@dataclass
+class Shape:
+    """The shape of a curve ``values`` over ``layers`` (accuracies as fractions)."""
+
+    unimodal: bool
+    peaks: list[int]  # layers of the local maxima (plateaus count once)
+    dip_pp: float  # largest drop below both an earlier and a later layer, in points
+    dip_layer: int | None  # where that drop bottoms out
+    dip_from: int | None  # the earlier layer it drops from
+    dip_to: int | None  # the later layer it recovers to
+
+
+def curve_shape(layers, values) -> Shape:
+    """Whether ``values`` (ordered by ``layers``) rises to one peak and then only falls.
+
+    A curve is unimodal when no point lies below both an earlier and a later point. The
+    *dip* is the largest such shortfall: for each layer j, ``min(max(before j), max(after
+    j)) - value_j``; 0 for a unimodal curve.
+    """
+    layers, v = list(layers), np.asarray(values, dtype=float)
+    best = (0.0, None, None, None)
+    for j in range(1, len(v) - 1):
+        i = int(np.argmax(v[:j]))
+        k = j + 1 + int(np.argmax(v[j + 1 :]))
+        dip = min(v[i], v[k]) - v[j]
+        if dip > best[0] + 1e-12:
+            best = (dip, layers[j], layers[i], layers[k])
+    peaks, prev = [], -np.inf
+    for j in range(len(v)):  # local maxima, a plateau counted at its first point
+        nxt = next((x for x in v[j + 1 :] if x != v[j]), -np.inf)
+        if v[j] > prev and v[j] > nxt:
+            peaks.append(layers[j])
+        if v[j] != prev:
+            prev = v[j]
+    return Shape(best[0] == 0, peaks, 100 * best[0], best[1], best[2], best[3])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def describe_depth_curve(name: str, s: pd.DataFrame, baseline: dict | None) -> str:
+    """A paragraph on one model's linear-probe depth curve (``s`` from
+    :func:`igpt_eval.probes.runner.summary`), every number taken from ``s``."""
+    first, last = s.iloc[0], s.iloc[-1]
+    peak = s.loc[s.test_acc.idxmax()]
+    best = s[s.best].iloc[0]
+    L = int(last.layer)
+    text = [
+        f"**{name}**: test accuracy goes from {_pct(first.test_acc)} at the embeddings "
+        f"(layer 0) to a peak of {_pct(peak.test_acc)} at layer {int(peak.layer)} of {L} "
+        f"(relative depth {peak.layer / L:.2f}) and ends at {_pct(last.test_acc)} at the "
+        f"last layer, {100 * (peak.test_acc - last.test_acc):.2f} points below the peak."
+    ]
+    if best.test_acc < peak.test_acc:
+        text.append(
+            f"Validation picks layer {int(best.layer)} ({_pct(best.test_acc)} on test), not "
+            "the test peak."
+        )
+    sh = curve_shape(s.layer, s.test_acc)
+    half_ci = 100 * float(np.median(s.ci_high - s.ci_low)) / 2
+    if sh.unimodal:
+        text.append(
+            "The curve is unimodal: no layer falls below both an earlier and a later layer."
+        )
+    else:
+        noise = "larger" if sh.dip_pp > half_ci else "no larger"
+        text.append(
+            f"The curve is **not unimodal**: it has {len(sh.peaks)} local maxima (layers "
+            f"{', '.join(map(str, sh.peaks))}), and at layer {sh.dip_layer} it falls "
+            f"{sh.dip_pp:.2f} points below both layer {sh.dip_from} and layer {sh.dip_to}; "
+            f"that dip is {noise} than the typical half-width of a layer's 95% CI "
+            f"({half_ci:.2f} points)."
+        )
+    if baseline is not None:
+        d = 100 * (peak.test_acc - baseline["value"])
+        text.append(
+            f"Its peak is {abs(d):.2f} points {'above' if d >= 0 else 'below'} the "
+            f"raw-pixel baseline ({_pct(baseline['value'])})."
+        )
+    return " ".join(text)
+
+
+def describe_knn(results: pd.DataFrame) -> list[str]:
+    """A sentence per model on its kNN curve, next to its linear-probe peak."""
+    knn, lin = accuracy_rows(results, "knn"), accuracy_rows(results, "lbfgs")
+    out = []
+    for name, g in knn.groupby("model", sort=False):
+        p = g.loc[g.value.idxmax()]
+        lp = lin[lin.model == name]
+        lp = lp.loc[lp.value.idxmax()] if len(lp) else None
+        last = g[g.layer == g.layer.max()].iloc[0]
+        sh = curve_shape(g.layer, g.value)
+        line = (
+            f"- **{name}**: kNN peaks at layer {int(p.layer)} with {_pct(p.value)} "
+            f"(last layer {_pct(last.value)})"
+        )
+        if lp is not None:
+            line += (
+                f"; the linear probe peaks at layer {int(lp.layer)} with {_pct(lp.value)}, "
+                f"{100 * (lp.value - p.value):.2f} points above kNN's peak"
+            )
+        line += "; unimodal." if sh.unimodal else f"; not unimodal (dip {sh.dip_pp:.2f} points)."
+        out.append(line)
+    return out
+
+
+def describe_cka(cka: pd.DataFrame) -> list[str]:
+    """Sentences on CKA: how fast each model's representation drifts with depth, and how
+    alike two models are at the same relative depth."""
+    out = []
+    for (a, b), g in cka.groupby(["model_a", "model_b"], sort=False):
+        M = g.pivot(index="layer_a", columns="layer_b", values="value")
+        if a == b:
+            adj = [M.iloc[i, i + 1] for i in range(len(M) - 1)]
+            out.append(
+                f"- **{a}**: CKA between neighbouring layers is {min(adj):.2f}–{max(adj):.2f} "
+                f"(mean {np.mean(adj):.2f}); embeddings vs last layer {M.iloc[0, -1]:.2f}."
+            )
+        else:
+            # Layers at the same relative depth (nearest when the depths differ).
+            rel_b = M.columns.to_numpy() / M.columns.max()
+            match = [
+                M.iloc[i, int(np.argmin(abs(rel_b - la / M.index.max())))]
+                for i, la in enumerate(M.index)
+            ]
+            lo, hi = int(np.argmin(match)), int(np.argmax(match))
+            out.append(
+                f"- **{a} vs {b}** at the same relative depth: CKA from {match[lo]:.2f} "
+                f"(layer {M.index[lo]} of {a}) to {match[hi]:.2f} (layer {M.index[hi]}); "
+                f"mean {np.mean(match):.2f}."
+            )
+    return out
+
+
+def _model_dirs(results_dir: Path, names: list[str]) -> dict[str, Path | None]:
+    """Where each model's folder is: ``models.json``, else the shipped models' folder."""
+    from igpt_eval.probes.runner import MODELS_DIR
+
+    known = load_models(results_dir)
+    out = {}
+    for n in names:
+        cands = [Path(known[n]["path"])] if n in known else []
+        cands.append(MODELS_DIR / n)
+        out[n] = next((p for p in cands if p.is_dir()), None)
+    return out
+
+
+def load_comparison(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(results, cka)`` of a comparison folder; one clear error when it holds none."""
+    from igpt_eval.results import load_results
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise IGPTError(
+            f"no results folder at {results_dir}; run `igpt-eval compare --out {results_dir}` first"
+        )
+    if not any(results_dir.glob("*.parquet")) and not any(results_dir.glob("*.csv")):
+        raise IGPTError(
+            f"{results_dir} holds no results files (.parquet or .csv); run "
+            f"`igpt-eval compare --out {results_dir}` first"
+        )
+    df = load_results(results_dir)
+    if df.empty:
+        raise IGPTError(f"the results in {results_dir} have no rows")
+    return df, load_cka(results_dir)
+
+
+def _training_lines(logs: dict[str, Path]) -> list[str]:
+    from igpt_eval.figures import read_log
+
+    out = []
+    for name, f in logs.items():
+        log = read_log(f)
+        val = log.dropna(subset=["val_loss"])
+        v = f", final validation loss {val.val_loss.iloc[-1]:.4f}" if len(val) else ""
+        out.append(
+            f"- **{name}**: {int(log.step.max())} optimizer steps, train loss "
+            f"{log.train_loss.iloc[:10].mean():.4f} → {log.train_loss.iloc[-50:].mean():.4f} "
+            f"(mean of the first 10 / last 50 steps){v} (nats per token)."
+        )
+    return out
+
+
+def _figure_line(title: str, stem: str) -> str:
+    return f"### {title}\n\n![{title}]({stem}.png)\n\n([SVG]({stem}.svg))\n"
+
+
+def build_report(
+    results_dir: str | Path = "runs/compare", out: str | Path = "reports", command: str = ""
+) -> list[Path]:
+    """Draw every figure and write ``README.md`` into ``out`` from the comparison folder
+    ``results_dir``; returns the files written."""
+    from igpt_eval import report as fig
+    from igpt_eval.palette import Palette
+
+    results_dir, out = Path(results_dir), Path(out)
+    df, cka = load_comparison(results_dir)
+    summaries = probe_summaries(df)
+    names = list(summaries)
+    colours = fig.model_colours(names)
+    baseline = fig.baseline_of(df)
+    dataset = df.dataset.dropna().iloc[0]
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    figs: list[str] = []  # README sections, in order
+    notes: list[str] = []
+
+    files += fig.depth_curve(
+        summaries,
+        out / "depth_curves",
+        relative=True,
+        baseline=baseline,
+        colours=colours,
+        title=f"linear probes of every layer, {dataset}",
+    )
+    figs.append(_figure_line("Depth curves, all models (relative depth)", "depth_curves"))
+    for n, s in summaries.items():
+        files += fig.depth_curve(
+            {n: s},
+            out / f"depth_curve-{n}",
+            baseline=baseline,
+            colours=colours,
+            title=f"linear probes of {n}, {dataset}",
+        )
+        figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{n}"))
+    if len(accuracy_rows(df, "knn")):
+        files += fig.knn_curve(df, out / "knn", colours=colours)
+        figs.append(_figure_line("kNN accuracy per layer", "knn"))
+    if cka is not None:
+        for (a, b), _ in cka.groupby(["model_a", "model_b"], sort=False):
+            stem = f"cka-{a}" if a == b else f"cka-{a}-vs-{b}"
+            files += fig.cka_heatmap(cka, a, b, out / stem)
+            figs.append(_figure_line(f"CKA, {a if a == b else f'{a} vs {b}'}", stem))
+    else:
+        notes.append(f"No CKA table in {results_dir}/cka: CKA heatmaps not drawn.")
+
+    dirs = _model_dirs(results_dir, names)
+    logs = {
+        n: d / "train_log.csv" for n, d in dirs.items() if d and (d / "train_log.csv").is_file()
+    }
+    notes += [
+        f"No training log for {n}: its training curve is not drawn." for n in names if n not in logs
+    ]
+    if logs:
+        files += fig.training_curves(logs, out / "training_curves", colours=colours)
+        figs.append(_figure_line("Training curves", "training_curves"))
+    pal_dir = next((d for d in dirs.values() if d and (d / "palette.npy").is_file()), None)
+    if pal_dir is not None:
+        files += fig.palette_swatch(Palette.load(pal_dir / "palette.npy"), out / "palette")
+        figs.append(_figure_line("Palette", "palette"))
+    for n, d in dirs.items():
+        src = d / "completions.png" if d else None
+        if src is not None and src.is_file():
+            dst = out / f"{n}-completions.png"
+            if not dst.exists() or not dst.samefile(src):
+                shutil.copyfile(src, dst)
+            files.append(dst)
+            figs.append(
+                f"### Completions by {n}\n\n![completions]({dst.name})\n\n(from the "
+                f"model card: `igpt-eval model-card --model {d}`)\n"
+            )
+
+    table = comparison_table(df)
+    md = _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command)
+    with atomic_write(out / "README.md", "w") as f:
+        f.write(md)
+    return files + [out / "README.md"]
+
+
+def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command):
+    dataset = df.dataset.dropna().iloc[0]
+    knn = accuracy_rows(df, "knn")
+    lb = df[(df.probe == "lbfgs") & (df.split == "test")]
+    n_test = int(lb.n_eval.iloc[0]) if "n_eval" in lb and len(lb) else None
+    lines = [
+        "# Where do the best features live? AR vs BERT, layer by layer",
+        "",
+        f"Generated by `{command or 'igpt-eval report'}` from the results in `{results_dir}` "
+        "(written by `igpt-eval compare`). Every number below is computed from those files; "
+        "rerun both commands to regenerate this page.",
+        "",
+        "## Setup",
+        "",
+        f"- Dataset: `{dataset}`" + (f", {n_test} test images." if n_test else "."),
+        "- Models: "
+        + ", ".join(
+            f"`{n}` ({df.loc[df.model == n, 'objective'].iloc[0]}, {int(s.layer.max())} layers)"
+            for n, s in summaries.items()
+        )
+        + ".",
+        "- Linear probes: multinomial logistic regression (L-BFGS) on each layer's "
+        "mean-pooled features; C chosen on a validation split carved from train, refit on "
+        "train + val, test reported once with a bootstrap 95% CI.",
+    ]
+    if len(knn):
+        lines.append(
+            f"- kNN: cosine similarity, k = {knn.k.iloc[0]:g}, temperature "
+            f"{knn.temperature.iloc[0]:g} (DINO's weighted vote); bank = train + val, queries "
+            "= test."
+        )
+    if baseline is not None:
+        lines.append(
+            "- Baseline: the same linear probe on the raw palette-quantised pixels (what the "
+            "models see), flattened, in [-1, 1]."
+        )
+    if cka is not None:
+        lines.append(f"- CKA: linear, on {int(cka.n.iloc[0])} test images.")
+    lines += ["", "## Linear probes", "", table_markdown(table), ""]
+    lines += [
+        "Best layer = the layer with the highest *validation* accuracy; gap = its test "
+        "accuracy minus the last layer's, in percentage points.",
+        "",
+    ]
+    for n, s in summaries.items():
+        lines += [describe_depth_curve(n, s, baseline), ""]
+    models = [r for r in table.itertuples() if r.model != PIXELS]
+    if len(models) >= 2:
+        a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
+        overlap = a.best_ci_low <= b.best_ci_high
+        lines += [
+            f"At their best layers, **{a.model}** leads **{b.model}** by "
+            f"{100 * (a.best_acc - b.best_acc):.2f} points; the 95% CIs "
+            + (
+                "overlap, so this difference is not resolved at this test-set size."
+                if overlap
+                else "do not overlap."
+            ),
+            "",
+        ]
+    if len(knn):
+        lines += ["## kNN", "", *describe_knn(df), ""]
+    if cka is not None:
+        lines += ["## CKA", "", *describe_cka(cka), ""]
+    if logs:
+        lines += ["## Training", "", *_training_lines(logs), ""]
+    if notes:
+        lines += ["## Not drawn", "", *[f"- {x}" for x in notes], ""]
+    lines += ["## Figures", "", *figs]
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""``igpt-eval report``: figures and README from a comparison folder, curve shapes, bad input."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from igpt_eval.cli import main
+from igpt_eval.errors import IGPTError
+from igpt_eval.reporting import build_report, curve_shape, describe_depth_curve
+
+
+@pytest.fixture(scope="module")
+def compared_dir(tiny_pair, tiny_comparison):
+    """The tiny comparison folder; the AR model gets a training log and a completions
+    image, the BERT one neither."""
+    root, ar = tiny_pair[:2]
+    steps = np.arange(1, 201)
+    log = pd.DataFrame(
+        dict(
+            step=steps,
+            train_loss=3 / np.sqrt(steps),
+            val_loss=np.where(steps % 50 == 0, 2 / np.sqrt(steps), np.nan),
+        )
+    )
+    log.to_csv(ar / "train_log.csv", index=False)
+    shutil.copyfile(root / "cmp/depth_curve.png", ar / "completions.png")  # any PNG will do
+    return root / "cmp"
+
+
+def test_report_files_and_readme(compared_dir, tmp_path):
+    out = tmp_path / "reports"
+    files = build_report(compared_dir, out, command="igpt-eval report")
+    names = {f.name for f in files}
+    for stem in (
+        "depth_curves",
+        "depth_curve-tiny-ar",
+        "depth_curve-tiny-bert",
+        "knn",
+        "cka-tiny-ar",
+        "cka-tiny-bert",
+        "cka-tiny-ar-vs-tiny-bert",
+        "training_curves",
+        "palette",
+    ):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "tiny-ar-completions.png").is_file()
+    assert not (out / "tiny-bert-completions.png").exists()
+    md = (out / "README.md").read_text()
+    # The numbers in the words are the measured ones.
+    table = pd.read_csv(compared_dir / "tables/comparison.csv").set_index("model")
+    for m in ("tiny-ar", "tiny-bert"):
+        assert f"{100 * table.loc[m, 'best_acc']:.2f}%" in md
+        assert f"{table.loc[m, 'gap_pp']:+.2f}" in md
+    assert f"{100 * table.loc['pixels', 'best_acc']:.2f}%" in md
+    assert "No training log for tiny-bert" in md and "## CKA" in md and "## kNN" in md
+    assert md.count("unimodal") >= 2
+    # every image the README shows exists
+    for link in [x.split("](")[1].split(")")[0] for x in md.split("![")[1:]]:
+        assert (out / link).is_file(), link
+
+
+def test_report_cli(compared_dir, tmp_path, capsys):
+    assert main(["report", "--results", str(compared_dir), "--out", str(tmp_path / "r")]) == 0
+    assert "README.md" in capsys.readouterr().out
+    assert (tmp_path / "r/README.md").is_file()
+
+
+def test_curve_shape():
+    up_down = curve_shape([0, 1, 2, 3], [0.5, 0.7, 0.9, 0.8])
+    assert up_down.unimodal and up_down.peaks == [2] and up_down.dip_pp == 0
+    plateau = curve_shape([0, 1, 2, 3], [0.5, 0.8, 0.8, 0.7])
+    assert plateau.unimodal and plateau.peaks == [1]
+    two = curve_shape([0, 1, 2, 3, 4], [0.5, 0.8, 0.7, 0.9, 0.6])
+    assert not two.unimodal and two.peaks == [1, 3]
+    assert two.dip_pp == pytest.approx(10.0)
+    assert (two.dip_from, two.dip_layer, two.dip_to) == (1, 2, 3)
+    deep = curve_shape(range(5), [0.9, 0.5, 0.6, 0.4, 0.85])
+    assert deep.dip_pp == pytest.approx(45.0) and deep.dip_layer == 3
+
+
+def test_describe_says_not_unimodal_and_by_how_much():
+    s = pd.DataFrame(
+        dict(
+            layer=range(5),
+            test_acc=[0.5, 0.8, 0.7, 0.9, 0.6],
+            ci_low=np.full(5, 0.0),
+            ci_high=np.full(5, 0.02),
+        )
+    )
+    s["best"] = s.layer == 3
+    s["last"] = s.layer == 4
+    text = describe_depth_curve("m", s, dict(value=0.55, ci_low=0.5, ci_high=0.6))
+    assert "**not unimodal**" in text and "10.00 points" in text and "layers 1, 3" in text
+    assert "larger than the typical half-width" in text
+    assert "35.00 points above the raw-pixel baseline" in text
+    s["test_acc"] = [0.5, 0.6, 0.7, 0.9, 0.6]
+    assert "The curve is unimodal" in describe_depth_curve("m", s, None)
+
+
+def test_report_bad_input(compared_dir, tmp_path, capsys):
+    def run(results):
+        code = main(["report", "--results", str(results), "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1
+        return err[0]
+
+    assert "no results folder" in run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert "holds no results files" in run(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(compared_dir, broken)
+    df = pd.read_parquet(broken / "results.parquet").drop(columns=["ci_low"])
+    df.to_parquet(broken / "results.parquet")
+    assert "lacks results columns ['ci_low']" in run(broken)
+    shutil.copyfile(compared_dir / "results.parquet", broken / "results.parquet")
+    pd.read_csv(broken / "cka/cka.csv").drop(columns=["value"]).to_parquet(
+        broken / "cka/cka.parquet"
+    )
+    assert "lacks CKA columns ['value']" in run(broken)
+    with pytest.raises(IGPTError, match="no results folder"):
+        build_report(tmp_path / "missing", tmp_path / "r")
