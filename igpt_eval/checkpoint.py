@@ -88,3 +88,62 @@ def load_palette(path: str | Path):
 
     f = Path(path) / PALETTE
     return Palette.load(f) if f.is_file() else None
+
+
+# ------------------------------------------------------------------ resumable training state
+RESUME = "resume"
+LATEST = "LATEST"
+STATE = "state.pt"
+
+
+def save_resume(out: str | Path, step: int, model, state: dict) -> Path:
+    """Write ``out/resume/step-<step>/`` (weights + ``state.pt``) and point ``LATEST`` at it.
+
+    ``state`` holds tensors and plain Python values only (an optimizer's ``state_dict``,
+    counters), so it reads back with ``torch.load(weights_only=True)``. The folder is written
+    under a temporary name and renamed into place, and ``LATEST`` is replaced atomically
+    after it, so a kill mid-checkpoint leaves the previous one in use. Older step folders are
+    removed. Returns the new folder.
+    """
+    import os
+    import shutil
+
+    resume = Path(out) / RESUME
+    final = resume / f"step-{step}"
+    tmp = resume / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tmp)
+    with atomic_write(tmp / STATE) as f:
+        torch.save(state, f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    with atomic_write(resume / LATEST, "w") as f:
+        f.write(final.name + "\n")
+    for old in resume.glob("step-*"):  # keep only the newest
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def has_resume(out: str | Path) -> bool:
+    """Whether ``out`` holds a complete resumable checkpoint (``resume/LATEST``)."""
+    return (Path(out) / RESUME / LATEST).is_file()
+
+
+def load_resume(out: str | Path) -> tuple[dict, dict, Path]:
+    """``(weights, state, folder)`` of the checkpoint ``out/resume/LATEST`` names.
+
+    Weights come from safetensors, the state through ``torch.load(weights_only=True)``;
+    a missing or unreadable checkpoint is one :class:`IGPTError`.
+    """
+    out = Path(out)
+    if not has_resume(out):
+        raise IGPTError(f"nothing to resume in {out}: no resume/LATEST checkpoint")
+    ck = out / RESUME / (out / RESUME / LATEST).read_text().strip()
+    try:
+        state = torch.load(ck / STATE, weights_only=True, map_location="cpu")
+        weights = load_file(ck / WEIGHTS)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise IGPTError(f"checkpoint {ck} is unreadable ({e})") from None
+    return weights, state, ck

@@ -28,19 +28,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from igpt_eval import distributed as dist
-from igpt_eval.checkpoint import save_model
+from igpt_eval.checkpoint import load_resume, save_model, save_resume
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, write_json
 from igpt_eval.model import IGPT
@@ -254,41 +251,19 @@ class Trainer:
         if not dist.is_main():
             dist.barrier()
             return
-        resume = self.out / "resume"
-        final = resume / f"step-{self.step}"
-        tmp = resume / f".tmp-step-{self.step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_model(self.model, tmp)
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
             "optimizer": self.opt.state_dict(),
             "train_config": dataclasses.asdict(self.cfg),
         }
-        with atomic_write(tmp / "state.pt") as f:
-            torch.save(state, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        with atomic_write(resume / "LATEST", "w") as f:
-            f.write(final.name + "\n")
-        for old in resume.glob("step-*"):  # keep only the newest
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        save_resume(self.out, self.step, self.model, state)
         save_model(self.model, self.out)  # the user-facing weights; palette.npy stays as is
         dist.barrier()
 
     def resume(self) -> None:
         """Continue from ``out/resume/LATEST``: weights, optimizer and step."""
-        latest = self.out / "resume" / "LATEST"
-        if not latest.is_file():
-            raise IGPTError(f"nothing to resume in {self.out}: no resume/LATEST checkpoint")
-        ck = self.out / "resume" / latest.read_text().strip()
-        try:
-            state = torch.load(ck / "state.pt", weights_only=True, map_location="cpu")
-            weights = load_file(ck / "model.safetensors")
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
-            raise IGPTError(f"checkpoint {ck} is unreadable ({e})") from None
+        weights, state, ck = load_resume(self.out)
         if state["step"] > self.cfg.steps:
             raise IGPTError(f"checkpoint is at step {state['step']}, past --steps {self.cfg.steps}")
         try:
