@@ -14,7 +14,17 @@ from igpt_eval.errors import IGPTError
 PROG = "igpt-eval"
 
 # Command modules, in the order of the pipeline (each registers its subcommands on import).
-_MODULES = ("data", "pretrain", "extract", "probe", "models", "sample", "compare", "report")
+_MODULES = (
+    "data",
+    "pretrain",
+    "finetune",
+    "extract",
+    "probe",
+    "models",
+    "sample",
+    "compare",
+    "report",
+)
 
 
 def _fail(msg: str, code: int = 2) -> int:

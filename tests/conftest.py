@@ -100,3 +100,15 @@ def tiny_comparison(tiny_pair):
         )
     finally:
         torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (the machine's cores are shared)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

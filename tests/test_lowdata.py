@@ -1,0 +1,121 @@
+"""``igpt-eval lowdata`` on a tiny model: rows, mean ± std, table, figure, reuse, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from igpt_eval.cli import main
+from igpt_eval.lowdata_report import lowdata_figure, lowdata_summary, lowdata_table
+from igpt_eval.palette import Palette
+from igpt_eval.results import COLUMNS, load_results
+from tests.test_finetune import one_error, pretrained
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def tiny_models(tmp_path):
+    pal = Palette(np.random.default_rng(0).uniform(-1, 1, (16, 3)).astype(np.float32))
+    return [pretrained(o).save(tmp_path / f"tiny-{o}", palette=pal) for o in ("ar", "bert")]
+
+
+def ld_args(tmp_path, models, dataset, *extra, out="ld"):
+    args = ["lowdata", "--dataset", dataset, "--out", str(tmp_path / out), "--k", "2", "4",
+            "--seeds", "2", "--steps", "4", "--eval-every", "2", "--batch-size", "8",
+            "--test-images", "0", "--cache", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    args += extra
+    for m in models:
+        args += ["--model", str(m)]
+    return args
+
+
+def test_lowdata_end_to_end(tmp_path, tiny_models, tiny_npz, capsys):
+    assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}")) == 0
+    out = capsys.readouterr().out
+    assert "| linear probe (tiny-ar) |" in out and "±" in out
+    df = load_results(tmp_path / "ld/results.parquet")
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    t = df[(df.split == "test") & (df.metric == "accuracy")]
+    counts = t.groupby(["method", "model"]).size().to_dict()
+    assert counts == {
+        ("fine-tune", "tiny-ar"): 4, ("fine-tune", "tiny-bert"): 4,
+        ("linear probe", "tiny-ar"): 4, ("linear probe", "tiny-bert"): 4,
+        ("raw pixels", "raw pixels"): 4,
+    }  # fmt: skip
+    assert set(t.labels_per_class) == {2, 4} and set(t.seed) == {0, 1}
+    assert (t.n_eval == 12).all()  # every method on the same (here: whole) test set
+    probe = t[t.method == "linear probe"]
+    assert (probe.n_train == 3 * probe.labels_per_class).all()  # refit on all K labels
+    s = lowdata_summary(df)
+    assert len(s) == 10 and (s.n == 2).all() and (s["std"] >= 0).all()
+    one = t[(t.method == "fine-tune") & (t.model == "tiny-ar") & (t.labels_per_class == 4)]
+    row = s[(s.method == "fine-tune") & (s.model == "tiny-ar") & (s.labels_per_class == 4)]
+    assert row["mean"].item() == pytest.approx(one.value.mean())
+    assert row["std"].item() == pytest.approx(one.value.std())
+    assert (tmp_path / "ld/lowdata.md").read_text().startswith("| method | K=2 | K=4 |")
+    assert (tmp_path / "ld/lowdata.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "ld/lowdata.svg").is_file()
+    assert not list((tmp_path / "ld/finetune").glob("*/*/model.safetensors"))  # not kept
+    # The same command again continues: finished fine-tuning runs are read back.
+    assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}")) == 0
+    again = load_results(tmp_path / "ld/results.parquet")
+    pd.testing.assert_series_equal(again.value, df.value)
+
+
+def test_full_split_caches_are_reused(tmp_path, tiny_models, tiny_npz, monkeypatch):
+    from igpt_eval.extraction import extract
+
+    cache = tmp_path / "cache"
+    for split in ("train", "test"):
+        extract(tiny_models[0], f"npz:{tiny_npz}", split=split, bert_masks=0, progress=False,
+                out=cache / "activations" / f"full-{split}",
+                token_cache=tmp_path / "tok")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    args = ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", "--no-finetune",
+                   "--token-cache", str(tmp_path / "tok"))  # fmt: skip
+    assert main(args) == 0
+    made = sorted(p.name for p in (cache / "activations").iterdir())
+    assert made == ["full-test", "full-train"]  # rows indexed, nothing extracted again
+
+
+def test_report_functions_on_a_results_frame(tmp_path):
+    rows = []
+    for method, model in [("linear probe", "ar"), ("fine-tune", "ar"), ("raw pixels", "px")]:
+        for k in (4, 25):
+            for seed in range(3):
+                rows.append(dict(method=method, model=model, labels_per_class=k, seed=seed,
+                                 split="test", metric="accuracy", layer=5,
+                                 value=0.5 + 0.01 * k + 0.01 * seed))  # fmt: skip
+    df = pd.DataFrame(rows)
+    table = lowdata_table(df)
+    assert "| linear probe (ar) | 55.0 ± 1.0 (l5) | 76.0 ± 1.0 (l5) |" in table
+    assert "| raw pixels | 55.0 ± 1.0 | 76.0 ± 1.0 |" in table
+    files = lowdata_figure(df, tmp_path / "fig")
+    assert [f.suffix for f in files] == [".png", ".svg"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--k", "19"], "class 0 has only 18"),
+        (["--layer", "7"], "layer 7 is out of range"),
+        (["--k", "1"], "every K must be >= 2"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_models, tiny_npz, capsys,
+                                                  extra, match):  # fmt: skip
+    assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}", *extra)) == 2
+    assert match in one_error(capsys)
+    assert not (tmp_path / "ld").exists()
+
+
+def test_unlabelled_data_and_foreign_out(tmp_path, tiny_models, tiny_npz, capsys):
+    np.savez(tmp_path / "nolabels.npz", images=np.zeros((20, 8, 8, 3), np.uint8))
+    assert main(ld_args(tmp_path, tiny_models, f"npz:{tmp_path / 'nolabels.npz'}")) == 2
+    assert "labels" in one_error(capsys)
+    assert not (tmp_path / "ld").exists()
+    (tmp_path / "ld").mkdir()
+    (tmp_path / "ld/notes.txt").write_text("mine")
+    assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}")) == 2
+    assert "already holds files" in one_error(capsys)
+    assert sorted(p.name for p in (tmp_path / "ld").iterdir()) == ["notes.txt"]
