@@ -184,9 +184,12 @@ def knn_curve(
     return save_figure(fig, path)
 
 
-def cka_heatmap(cka: pd.DataFrame, model_a: str, model_b: str, path: str | Path) -> list[Path]:
+def cka_heatmap(
+    cka: pd.DataFrame, model_a: str, model_b: str, path: str | Path, *, vmin: float = 0.0
+) -> list[Path]:
     """Linear CKA between the layers of ``model_a`` (rows) and ``model_b`` (columns), on a
-    fixed 0..1 colour scale, annotated when there are few layers."""
+    fixed ``vmin``..1 colour scale (pass the same ``vmin`` to every heatmap of a report so
+    that colours compare), annotated when there are few layers."""
     d = cka[(cka.model_a == model_a) & (cka.model_b == model_b)]
     if d.empty:
         raise IGPTError(f"the CKA table has no rows for {model_a} vs {model_b}")
@@ -194,7 +197,7 @@ def cka_heatmap(cka: pd.DataFrame, model_a: str, model_b: str, path: str | Path)
     M = M.sort_index(axis=1)
     fig = _figure(5.6, 4.6)
     ax = fig.add_subplot()
-    im = ax.imshow(M.to_numpy(float), vmin=0, vmax=1, cmap="viridis", origin="lower")
+    im = ax.imshow(M.to_numpy(float), vmin=vmin, vmax=1, cmap="viridis", origin="lower")
     fig.colorbar(im, ax=ax, label="linear CKA (0 = unrelated, 1 = same up to rotation/scale)")
     if M.size <= 16 * 16:
         for (i, j), v in np.ndenumerate(M.to_numpy(float)):
@@ -205,7 +208,7 @@ def cka_heatmap(cka: pd.DataFrame, model_a: str, model_b: str, path: str | Path)
                 ha="center",
                 va="center",
                 fontsize=6,
-                color="black" if v > 0.6 else "white",
+                color="black" if v > vmin + 0.6 * (1 - vmin) else "white",
             )
     ax.set_xticks(range(M.shape[1]), M.columns)
     ax.set_yticks(range(M.shape[0]), M.index)

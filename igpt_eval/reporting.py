@@ -262,9 +262,12 @@ def build_report(
         files += fig.knn_curve(df, out / "knn", colours=colours)
         figs.append(_figure_line("kNN accuracy per layer", "knn"))
     if cka is not None:
+        # One colour scale for all heatmaps, from 0 or (when every value is high, as for
+        # mean-pooled features) from the tenth below the smallest value.
+        vmin = min(0.5, np.floor(10 * np.nanmin(cka.value)) / 10)
         for (a, b), _ in cka.groupby(["model_a", "model_b"], sort=False):
             stem = f"cka-{a}" if a == b else f"cka-{a}-vs-{b}"
-            files += fig.cka_heatmap(cka, a, b, out / stem)
+            files += fig.cka_heatmap(cka, a, b, out / stem, vmin=max(vmin, 0.0))
             figs.append(_figure_line(f"CKA, {a if a == b else f'{a} vs {b}'}", stem))
     else:
         notes.append(f"No CKA table in {results_dir}/cka: CKA heatmaps not drawn.")
@@ -353,7 +356,7 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
         overlap = a.best_ci_low <= b.best_ci_high
         lines += [
-            f"At their best layers, **{a.model}** leads **{b.model}** by "
+            f"At the layers chosen on validation, **{a.model}** leads **{b.model}** by "
             f"{100 * (a.best_acc - b.best_acc):.2f} points; the 95% CIs "
             + (
                 "overlap, so this difference is not resolved at this test-set size."
@@ -368,6 +371,12 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         lines += ["## CKA", "", *describe_cka(cka), ""]
     if logs:
         lines += ["## Training", "", *_training_lines(logs), ""]
+        if {"ar", "bert"} <= set(df.objective):
+            lines += [
+                "AR and BERT losses are not comparable: BERT's is measured on the masked "
+                "15% of positions only.",
+                "",
+            ]
     if notes:
         lines += ["## Not drawn", "", *[f"- {x}" for x in notes], ""]
     lines += ["## Figures", "", *figs]
