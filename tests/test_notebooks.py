@@ -53,13 +53,13 @@ SMALL = {
             N_TRAIN=200, N_VAL=50, N_TEST=150, CACHE_DIR="{tmp}/cache", OUT_DIR="{tmp}/out"
         ),
         "values": {
-            "models": "list(table.index)",
+            "models": "[m.name for m in models]",
             "layers": "{n: list(s.layer) for n, s in summaries.items()}",
-            "best": "table.best_test_acc.to_dict()",
+            "best": "{r.model: r.best_acc for r in table.itertuples() if r.model != PIXELS}",
             "pixel_acc": "pixel_acc",
-            "knn": "knn.accuracy.tolist()",
-            "cka_diag": "[np.diag(m).tolist() for m in cka.values()][:2]",
-            "files": "sorted(p.name for p in out_dir.iterdir())",
+            "knn": "knn_results.value.tolist()",
+            "cka_self": "cka.query('model_a == model_b and layer_a == layer_b').value.tolist()",
+            "files": "[str(p.relative_to(out_dir)) for p in out_dir.rglob('*') if p.is_file()]",
         },
     },
 }
@@ -153,15 +153,23 @@ def check_02(v):
 def check_03(v):
     assert v["models"] == ["fmnist-ar", "fmnist-bert"]
     assert v["layers"] == {"fmnist-ar": list(range(9)), "fmnist-bert": list(range(9))}
-    # Percent; chance is 10%.
-    assert all(acc > 40 for acc in v["best"].values())
+    # Chance is 10%; the layer chosen on validation does far better even on 200 images.
+    assert all(acc > 0.4 for acc in v["best"].values())
     assert v["pixel_acc"] > 0.4
-    assert len(v["knn"]) == 18 and max(v["knn"]) > 0.4
-    # CKA of a layer with itself is 1.
-    assert all(abs(x - 1) < 1e-9 for diag in v["cka_diag"] for x in diag)
-    assert {"depth_curve.png", "depth_curve.svg", "results.parquet", "results.csv"} <= set(
-        v["files"]
-    )
+    assert len(v["knn"]) == 18 and max(v["knn"]) > 0.3
+    # CKA of a layer with itself is 1 (9 layers in each of the 2 models).
+    assert len(v["cka_self"]) == 18 and all(abs(x - 1) < 1e-9 for x in v["cka_self"])
+    expected = {
+        "depth_curve.png",
+        "results.parquet",
+        "results.csv",
+        "cka/cka.parquet",
+        "tables/comparison.md",
+        "models.json",
+        "report/README.md",
+        "report/depth_curves.png",
+    }
+    assert expected <= set(v["files"])
 
 
 CHECKS = {
