@@ -18,6 +18,7 @@ from pathlib import Path
 
 from igpt_eval import distributed as dist
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import array_hash
 
 #: Root of the managed caches (token caches under ``tokens/``, activations under
 #: ``activations/``); ``$IGPT_EVAL_CACHE`` moves it.
@@ -114,11 +115,16 @@ def extract_split(
     data_dir=None,
     split_seed: int | None = None,
     token_cache=None,
+    max_rows: int | None = None,
     progress: bool = True,
     **settings,
 ):
     """:func:`extract` for a model already opened by :func:`open_model` (the CLI reuses one
-    model for several splits). ``settings`` go to :func:`igpt_eval.cache.extract`."""
+    model for several splits). ``settings`` go to :func:`igpt_eval.cache.extract`.
+
+    ``max_rows`` caps the split at that many images, a stratified sample drawn with the
+    split seed (see :func:`subset_rows`); the token cache still holds the whole split, and
+    the activation cache's fingerprint names the sample."""
     from igpt_eval.cache import extract as extract_tokens
     from igpt_eval.cache import state_dict_hash
     from igpt_eval.data import ImageDataset, load_dataset, load_tokens
@@ -150,11 +156,33 @@ def extract_split(
         "split": ds.split,
         "dataset_fingerprint": ds.fingerprint,
     }
+    token_rows, labels = tokens.tokens, tokens.labels
+    if max_rows is not None and max_rows < len(labels):
+        rows = subset_rows(labels, max_rows, ds.seed)
+        token_rows, labels = token_rows[rows], labels[rows]
+        sample = hashlib.sha256(f"{ds.fingerprint}|{array_hash(rows)}".encode()).hexdigest()
+        identity["split"] = f"{ds.split} ({len(rows)} of {len(ds)} images, stratified)"
+        identity["dataset_fingerprint"] = sample[:16]
+        settings = dict(settings, rows=len(rows))
     if out is None:
         key = json.dumps(sorted(settings.items()), default=str)
         tag = hashlib.sha256(key.encode()).hexdigest()[:6]
         weights = state_dict_hash(model)[:8]
         out = CACHE_ROOT / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
+    settings.pop("rows", None)
     return extract_tokens(
-        model, tokens.tokens, tokens.labels, out, identity=identity, progress=progress, **settings
+        model, token_rows, labels, out, identity=identity, progress=progress, **settings
     )
+
+
+def subset_rows(labels, n: int, seed: int):
+    """Sorted indices of a stratified sample of ``n`` of the rows of ``labels`` (seeded):
+    each class keeps its share, so a capped split has the full split's class balance."""
+    import numpy as np
+
+    from igpt_eval.data.splits import stratified_split
+
+    if n < 1:
+        raise IGPTError(f"a split capped at {n} rows has nothing to probe; give a positive size")
+    _, rows = stratified_split(np.asarray(labels), n / len(labels), seed, n_out=n)
+    return rows

@@ -70,6 +70,30 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     np.testing.assert_allclose(again.value.to_numpy(float), df.value.to_numpy(float))
 
 
+def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # The tiny set's train split has 54 images (18 per class); probe with a sample of 30.
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "30")) == 0
+    assert "after training on 30 (a stratified sample" in capsys.readouterr().out
+    df = load_results(tmp_path / "out/results.parquet")
+    assert set(df[df.split == "val"].n_train) == {30}
+    from igpt_eval.cache import ActivationCache
+
+    train = ActivationCache.open(tmp_path / "acts/train")
+    assert np.bincount(np.asarray(train.labels)).tolist() == [10, 10, 10]  # stratified
+    assert "30 of 54 images" in train.manifest["split"]
+    # The whole split is another input: the cache folder is not silently reused for it.
+    full = probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "all")
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err
+    assert ActivationCache.open(tmp_path / "acts/train").n == 30  # refused: left as it was
+    assert main([*full, "--overwrite"]) == 0
+    assert ActivationCache.open(tmp_path / "acts/train").n == 54
+    assert main([*probe_args(tmp_path, tiny_model, tiny_npz), "--train-size", "0"]) == 2
+    assert "--train-size" in capsys.readouterr().err
+
+
 def test_probe_cli_sgd_and_layers(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = probe_args(tmp_path, tiny_model, tiny_npz, "--method", "sgd")
@@ -143,9 +167,13 @@ def test_empty_split_is_one_line(tmp_path, tiny_model, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     npz = tmp_path / "empty_test.npz"
     rng = np.random.default_rng(0)
-    np.savez(npz, images=rng.integers(0, 255, (30, 8, 8, 3), dtype=np.uint8),
-             labels=np.arange(30) % 3, test_images=np.zeros((0, 8, 8, 3), np.uint8),
-             test_labels=np.zeros(0, np.int64))
+    np.savez(
+        npz,
+        images=rng.integers(0, 255, (30, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(30) % 3,
+        test_images=np.zeros((0, 8, 8, 3), np.uint8),
+        test_labels=np.zeros(0, np.int64),
+    )
     assert main(probe_args(tmp_path, tiny_model, npz)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no images" in err[0]

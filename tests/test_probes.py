@@ -120,13 +120,25 @@ def test_protocol_rows_selection_and_ci():
     assert test.loc[1, "value"] > 0.9 > 0.5 > test.loc[0, "value"]
     assert (test.ci_low <= test.value).all() and (test.value <= test.ci_high).all()
     val = df[(df.split == "val") & (df.metric == "accuracy")]
-    assert len(val) == 2 * (7 + 4)  # the whole sweep is on record: 7 coarse + 4 refined
+    for _, v in val.groupby("layer"):  # the whole sweep is on record: the path, then 4 refined
+        path = v.iloc[:-4]
+        assert path.C.tolist() == sorted(path.C) and path.C.iloc[0] == 1e-3
+        if len(path) < 7:  # it left the path after 2 values without a better val accuracy
+            assert path.value.iloc[-2:].max() <= path.value.iloc[:-2].max()
     chosen = val[val.selected.astype(bool)]
     assert len(chosen) == 2
     for layer, row in chosen.set_index("layer").iterrows():
         layer_val = val[val.layer == layer]
         assert row["value"] == layer_val.value.max()  # chosen on validation accuracy
         assert row["C"] == test.loc[layer, "C"]  # and that C is the one refit
+
+
+def test_protocol_path_patience():
+    full, _ = run_protocol(patience=100)
+    val = full[(full.split == "val") & (full.metric == "accuracy")]
+    assert len(val) == 2 * (7 + 4)  # no early stop: every C of the grid, then 4 refined
+    short, _ = run_protocol(patience=1)
+    assert len(short[(short.split == "val") & (short.metric == "accuracy")]) < len(val)
 
 
 def test_test_split_never_chooses_anything():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
@@ -22,9 +23,24 @@ def parse_layers(spec: str | None) -> list[int] | None:
     return sorted(set(out))
 
 
+def parse_size(spec: str) -> int | None:
+    """``all`` → None (no cap); otherwise a positive number of rows."""
+    if spec == "all":
+        return None
+    try:
+        n = int(spec.replace("_", "").replace(",", ""))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of images or 'all', not {spec!r}"
+        )
+    return n
+
+
 @subcommand
 def _add_probe(sub) -> None:
-    from igpt_eval.probes.runner import DEFAULT_MODEL
+    from igpt_eval.probes.runner import DEFAULT_MODEL, DEFAULT_TRAIN_SIZE
 
     p = sub.add_parser(
         "probe",
@@ -43,10 +59,27 @@ def _add_probe(sub) -> None:
     p.add_argument("--method", choices=["lbfgs", "sgd"], default="lbfgs")
     p.add_argument("--backend", choices=["torch", "sklearn", "cuml"], default="torch")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--standardize", action="store_true", help="standardise features (train)")
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="standardise features with training statistics (default: on)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=parse_size,
+        default=DEFAULT_TRAIN_SIZE,
+        help=f"training images to probe with, a stratified sample, or 'all' "
+        f"(default {DEFAULT_TRAIN_SIZE:,}; validation and test are always whole)",
+    )
     p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
     p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for extraction")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast for extraction (default: on; --no-bf16 for float32)",
+    )
     p.add_argument(
         "--cache",
         type=Path,
@@ -57,6 +90,9 @@ def _add_probe(sub) -> None:
         "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite", action="store_true", help="rebuild caches in --cache made from other inputs"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
 
@@ -84,6 +120,8 @@ def _cmd_probe(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         compute="bfloat16" if args.bf16 else "float32",
+        train_size=args.train_size,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     s = summary(df)
@@ -92,6 +130,14 @@ def _cmd_probe(args) -> int:
         {args.model.name: s}, out / "depth_curve", title=f"{args.method} linear probes: {name}"
     )
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
+    val, test = df[df.split == "val"].iloc[0], df[df.split == "test"].iloc[0]
+    sample = (
+        "" if args.train_size is None else " (a stratified sample; --train-size all for every one)"
+    )
+    print(
+        f"chosen on {val.n_eval:,} val images after training on {val.n_train:,}{sample}; "
+        f"refit on train+val, tested once on {test.n_eval:,}"
+    )
     print(format_summary(s))
     print(f"results: {out / 'results.parquet'} (+ .csv); figure: {files[0]}")
     return 0

@@ -25,19 +25,20 @@ HOLDOUT_SEED = 0
 
 
 def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int
+    labels: np.ndarray, fraction: float, seed: int, n_out: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(labels))`` into (keep, held-out) index arrays, both sorted.
 
-    The held-out part is ``ceil(fraction * n)`` rows, stratified by label where every class
-    has at least two members and the held-out part can hold one of each; otherwise (tiny
-    data) a plain seeded random split.
+    The held-out part is ``n_out`` rows (default ``ceil(fraction * n)``), stratified by label
+    where every class has at least two members and the held-out part can hold one of each;
+    otherwise (tiny data) a plain seeded random split.
     """
     n = len(labels)
     if n < 2:
         raise IGPTError(f"cannot split {n} example(s); a split needs at least 2")
     idx = np.arange(n)
-    n_out = max(1, int(np.ceil(fraction * n)))
+    if n_out is None:
+        n_out = max(1, int(np.ceil(fraction * n)))
     _, counts = np.unique(labels, return_counts=True)
     can_stratify = counts.min() >= 2 and len(counts) <= n_out <= n - len(counts)
     keep, out = train_test_split(

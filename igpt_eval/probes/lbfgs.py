@@ -14,8 +14,11 @@ Why it is fast:
   instead of once per problem;
 - the line search costs no matmul: along D the logits are ``Z + t·(X D)``, so trying a
   step is element-wise work on cached logits;
-- problems are compacted as they finish: each iteration works only on the live ones, so a
-  slow problem (large C) does not make the converged ones pay.
+- problems are compacted as they finish: the state of the finished ones is dropped, so each
+  iteration works only on live problems and a slow one (large C) does not make the
+  converged ones pay;
+- logits are laid out (problem, class, row): the softmax over the K classes is then
+  element-wise work over long contiguous rows, not a reduction over a tiny inner axis.
 
 Every problem keeps its own curvature history, step length and stopping test. Convergence is
 reported per problem (iterations, final max-abs gradient, converged flag) as data, never as a
@@ -45,47 +48,50 @@ class LBFGSResult:
 
 
 class _Problems:
-    """Shared data of the flat problem list: problem p uses feature set ``layer[p]``."""
+    """Data shared by the problems: feature sets X (G, N, d), labels, and each live problem's
+    feature set, kept sorted so that the problems of one set form a contiguous block."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, C: torch.Tensor, K: int):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int):
         self.X = X  # (G, N, d)
         G, self.N, self.d = X.shape
-        self.K, self.nC = K, C.shape[1]
-        self.onehot = torch.nn.functional.one_hot(y, K).to(X.dtype)  # (N, K)
-        self.inv_cn = (1.0 / (C * self.N)).reshape(-1)  # (P,) weight of ½||W||²
-        self.layer = torch.arange(G, device=X.device).repeat_interleave(self.nC)  # (P,)
+        self.K = K
+        self.y = y.view(1, 1, -1)  # (1, 1, N) for gathering the true-class logit
+        self.onehot = torch.nn.functional.one_hot(y, K).T.to(X.dtype)  # (K, N)
 
-    def xw(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Logits X_p W_pᵀ + b_p of problems ``idx``: (N, P', K) from W (P', K, d+1)."""
-        out = W.new_empty(self.N, len(idx), self.K)
-        for g, cols in self._by_layer(idx):
-            Wg = W[cols, :, : self.d].reshape(-1, self.d)  # (n·K, d)
-            out[:, cols] = (self.X[g] @ Wg.T).view(self.N, -1, self.K)
-        return out + W[:, :, self.d]  # + b (P', K)
+    def blocks(self, layer: torch.Tensor) -> list[tuple[int, int, int]]:
+        """(feature set, start, end) of each contiguous run in the sorted ``layer`` (P',)."""
+        sets, counts = torch.unique_consecutive(layer, return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        return [(g, e - c, e) for g, c, e in zip(sets.tolist(), counts.tolist(), ends, strict=True)]
 
-    def xtr(self, R: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Xᵀ R per problem: (P', K, d) from residuals R (N, P', K)."""
-        out = R.new_empty(len(idx), self.K, self.d)
-        for g, cols in self._by_layer(idx):
-            out[cols] = (R[:, cols].reshape(self.N, -1).T @ self.X[g]).view(-1, self.K, self.d)
+    def xw(self, W: torch.Tensor, blocks) -> torch.Tensor:
+        """Logits W_p X_pᵀ + b_p: (P', K, N) from W (P', K, d+1)."""
+        out = W.new_empty(W.shape[0], self.K, self.N)
+        for g, a, b in blocks:
+            Wg = W[a:b, :, : self.d].reshape(-1, self.d)  # (n·K, d)
+            out[a:b] = (Wg @ self.X[g].T).view(b - a, self.K, self.N)
+        return out.add_(W[:, :, self.d, None])
+
+    def xtr(self, R: torch.Tensor, blocks) -> torch.Tensor:
+        """R_p X_p per problem: (P', K, d) from residuals R (P', K, N)."""
+        out = R.new_empty(R.shape[0], self.K, self.d)
+        for g, a, b in blocks:
+            out[a:b] = (R[a:b].reshape(-1, self.N) @ self.X[g]).view(b - a, self.K, self.d)
         return out
 
-    def _by_layer(self, idx: torch.Tensor):
-        """(feature set, positions in ``idx``) for each feature set with live problems."""
-        lay = self.layer[idx]
-        for g in torch.unique(lay).tolist():
-            yield g, (lay == g).nonzero().squeeze(1)
+    def value(self, Z: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor) -> torch.Tensor:
+        """f (P',) from logits Z (P', K, N) and weights W (P', K, d+1)."""
+        m = Z.amax(1, keepdim=True)  # (P', 1, N)
+        lse = (Z - m).exp_().sum(1).log_() + m[:, 0]  # (P', N)
+        zy = Z.gather(1, self.y.expand(Z.shape[0], 1, -1))[:, 0]  # (P', N)
+        ce = (lse - zy).mean(-1)
+        return ce + 0.5 * inv_cn * W[..., : self.d].square().sum((-1, -2))
 
-    def value(self, Z, W, inv_cn) -> torch.Tensor:
-        """f (P',) from logits Z (N, P', K) and weights W (P', K, d+1)."""
-        ce = torch.logsumexp(Z, -1) - (Z * self.onehot[:, None]).sum(-1)  # (N, P')
-        return ce.mean(0) + 0.5 * inv_cn * W[..., : self.d].square().sum((-1, -2))
-
-    def grad(self, Z, W, inv_cn, idx) -> torch.Tensor:
-        """∇f (P', K, d+1) at W from its logits Z."""
-        R = (torch.softmax(Z, -1) - self.onehot[:, None]) / self.N  # (N, P', K)
-        gW = self.xtr(R, idx) + inv_cn[:, None, None] * W[..., : self.d]
-        return torch.cat([gW, R.sum(0).unsqueeze(-1)], -1)
+    def grad(self, Z: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor, blocks) -> torch.Tensor:
+        """∇f (P', K, d+1) at W from its logits Z (P', K, N)."""
+        R = torch.softmax(Z, 1).sub_(self.onehot).div_(self.N)  # (P', K, N)
+        gW = self.xtr(R, blocks).add_(inv_cn[:, None, None] * W[..., : self.d])
+        return torch.cat([gW, R.sum(-1, keepdim=True)], -1)
 
 
 def fit_lbfgs(
@@ -113,103 +119,122 @@ def fit_lbfgs(
     dev, dt = X.device, X.dtype
     G, N, d = X.shape
     nC, K = C.shape[1], n_classes
-    prob = _Problems(X, y.to(dev), C.to(dev, dt), K)
-    P = G * nC
-    if init is None:
-        W = torch.zeros(P, K, d + 1, device=dev, dtype=dt)
-    else:
-        W = init.to(dev, dt).reshape(P, K, d + 1).clone()
-    every = torch.arange(P, device=dev)
-    Z = prob.xw(W, every)  # (N, P, K) cached logits
-    f = prob.value(Z, W, prob.inv_cn)  # (P,)
-    g = prob.grad(Z, W, prob.inv_cn, every)  # (P, K, d+1)
+    P, n = G * nC, K * (d + 1)
+    prob = _Problems(X, y.to(dev), K)
+    # Results, written back as problems finish.
+    W_out = (
+        torch.zeros(P, K, d + 1, device=dev, dtype=dt)
+        if init is None
+        else (init.to(dev, dt).reshape(P, K, d + 1).clone())
+    )
+    f_out = torch.zeros(P, device=dev, dtype=dt)
+    g_out = torch.zeros(P, device=dev, dtype=dt)
+    it_out = torch.zeros(P, dtype=torch.long, device=dev)
+
+    # State of the live problems only (problem ids in ``ids``, sorted by feature set).
+    ids = torch.arange(P, device=dev)
+    layer = ids // nC
+    inv_cn = (1.0 / (C.to(dev, dt) * N)).reshape(-1)  # weight of ½||W||² per problem
+    blocks = prob.blocks(layer)
+    W = W_out.clone()
+    Z = prob.xw(W, blocks)  # (P, K, N) cached logits
+    f = prob.value(Z, W, inv_cn)  # (P,)
+    g = prob.grad(Z, W, inv_cn, blocks)  # (P, K, d+1)
     gmax = g.abs().amax((-1, -2))
     n_iter = torch.zeros(P, dtype=torch.long, device=dev)
     stalled = torch.zeros(P, dtype=torch.bool, device=dev)
-    # Curvature pairs, newest last, over all problems (zero rows: no information).
-    S: list[torch.Tensor] = []
-    Yc: list[torch.Tensor] = []
-    rho: list[torch.Tensor] = []
+    # Curvature pairs, oldest first; a zero pair (rho = 0) carries no information.
+    S = torch.zeros(0, P, n, device=dev, dtype=dt)
+    Yc = torch.zeros(0, P, n, device=dev, dtype=dt)
+    rho = torch.zeros(0, P, device=dev, dtype=dt)
     gamma = torch.ones(P, device=dev, dtype=dt)  # initial inverse-Hessian scale
     slack_eps = 8 * torch.finfo(dt).eps
+    first = True
 
-    for _ in range(max_iter):
-        live = ((gmax > tol) & ~stalled & (n_iter < max_iter)).nonzero().squeeze(1)
-        if live.numel() == 0:
-            break
-        Wl, gl, fl, Zl = W[live], g[live], f[live], Z[:, live]
-        inv_cn = prob.inv_cn[live]
+    while True:
+        done = (gmax <= tol) | stalled | (n_iter >= max_iter)
+        if bool(done.any()):  # write the finished problems back and drop their state
+            fin = ids[done]
+            W_out[fin], f_out[fin], g_out[fin], it_out[fin] = (
+                W[done],
+                f[done],
+                gmax[done],
+                n_iter[done],
+            )
+            keep = ~done
+            ids, layer, inv_cn = ids[keep], layer[keep], inv_cn[keep]
+            W, Z, f, g, gmax = W[keep], Z[keep], f[keep], g[keep], gmax[keep]
+            n_iter, stalled, gamma = n_iter[keep], stalled[keep], gamma[keep]
+            S, Yc, rho = S[:, keep], Yc[:, keep], rho[:, keep]
+            if ids.numel() == 0:
+                break
+            blocks = prob.blocks(layer)
+        L = ids.numel()
 
         # Two-loop recursion: D = -H ∇f, batched over the live problems.
-        q = gl.reshape(len(live), -1).clone()
+        q = g.reshape(L, n).clone()
         alphas = []
-        for s, yv, r in zip(reversed(S), reversed(Yc), reversed(rho), strict=True):
-            s, yv, r = s[live], yv[live], r[live]
-            a = r * (s * q).sum(-1)
-            q -= a[:, None] * yv
+        for j in range(S.shape[0] - 1, -1, -1):
+            a = rho[j] * (S[j] * q).sum(-1)
+            q -= a[:, None] * Yc[j]
             alphas.append(a)
-        q *= gamma[live, None]
-        for s, yv, r, a in zip(S, Yc, rho, reversed(alphas), strict=True):
-            s, yv, r = s[live], yv[live], r[live]
-            q += (a - r * (yv * q).sum(-1))[:, None] * s
-        D = -q.view_as(gl)
-        slope = (D * gl).sum((-1, -2))
+        q *= gamma[:, None]
+        for j, a in zip(range(S.shape[0]), reversed(alphas), strict=True):
+            q += (a - rho[j] * (Yc[j] * q).sum(-1))[:, None] * S[j]
+        D = -q.view_as(g)
+        slope = (D * g).sum((-1, -2))
         bad = slope >= 0  # stale curvature gave no descent direction: use -∇f
-        D = torch.where(bad[:, None, None], -gl, D)
-        slope = torch.where(bad, -(gl * gl).sum((-1, -2)), slope)
+        D = torch.where(bad[:, None, None], -g, D)
+        slope = torch.where(bad, -(g * g).sum((-1, -2)), slope)
         # The very first step is scaled down as scipy does, so it is not absurdly long.
-        t = torch.ones(len(live), device=dev, dtype=dt)
-        if not S:
-            t = torch.clamp(1.0 / gl.abs().sum((-1, -2)).clamp_min(1e-12), max=1.0)
+        t = torch.ones(L, device=dev, dtype=dt)
+        if first:
+            t = torch.clamp(1.0 / g.abs().sum((-1, -2)).clamp_min(1e-12), max=1.0)
+            first = False
 
         # Backtracking (Armijo) line search: logits move linearly along D, so one matmul
         # serves every trial step. A few ulps of slack stop it stalling on rounding noise
         # near the optimum (a standard non-monotone safeguard).
-        dZ = prob.xw(D, live)  # (N, P', K)
-        pending = torch.ones(len(live), dtype=torch.bool, device=dev)
-        f_new = fl.clone()
-        slack = slack_eps * fl.abs()
+        dZ = prob.xw(D, blocks)  # (P', K, N): the logits' change per unit step
+        pending = torch.ones(L, dtype=torch.bool, device=dev)
+        f_new = f.clone()
+        slack = slack_eps * f.abs()
         for _ls in range(max_ls):
-            ft = prob.value(Zl + t[:, None] * dZ, Wl + t[:, None, None] * D, inv_cn)
-            ok = pending & (ft <= fl + 1e-4 * t * slope + slack)
+            ft = prob.value(Z + t[:, None, None] * dZ, W + t[:, None, None] * D, inv_cn)
+            ok = pending & (ft <= f + 1e-4 * t * slope + slack)
             f_new = torch.where(ok, ft, f_new)
             pending &= ~ok
             if not bool(pending.any()):
                 break
             t = torch.where(pending, t * 0.5, t)
         t = torch.where(pending, torch.zeros_like(t), t)  # failed searches stay put
-        Wn = Wl + t[:, None, None] * D
-        Zn = Zl + t[:, None] * dZ
-        gn = prob.grad(Zn, Wn, inv_cn, live)
+        Wn = W + t[:, None, None] * D
+        Zn = Z + t[:, None, None] * dZ
+        gn = prob.grad(Zn, Wn, inv_cn, blocks)
 
-        s_vec = (Wn - Wl).reshape(len(live), -1)
-        y_vec = (gn - gl).reshape(len(live), -1)
+        s_vec = (Wn - W).reshape(L, n)
+        y_vec = (gn - g).reshape(L, n)
         sy, yy = (s_vec * y_vec).sum(-1), (y_vec * y_vec).sum(-1)
         good = ~pending & (sy > 1e-10 * yy.clamp_min(1e-30))
-        pair = [torch.zeros(P, s_vec.shape[1], device=dev, dtype=dt) for _ in range(2)]
-        pair[0][live] = s_vec * good[:, None]
-        pair[1][live] = y_vec * good[:, None]
-        r_full = torch.zeros(P, device=dev, dtype=dt)
-        r_full[live] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        S.append(pair[0])
-        Yc.append(pair[1])
-        rho.append(r_full)
-        if len(S) > history:
-            del S[0], Yc[0], rho[0]
-        gamma[live] = torch.where(good, sy / yy.clamp_min(1e-30), gamma[live])
+        r_new = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        old = S.shape[0] - history + 1  # drop the oldest pair once the history is full
+        S = torch.cat([S[max(old, 0) :], (s_vec * good[:, None])[None]])
+        Yc = torch.cat([Yc[max(old, 0) :], (y_vec * good[:, None])[None]])
+        rho = torch.cat([rho[max(old, 0) :], r_new[None]])
+        gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
 
-        W[live], g[live], f[live] = Wn, gn, torch.where(pending, fl, f_new)
-        Z[:, live] = Zn
-        n_iter[live] += 1
-        gmax[live] = gn.abs().amax((-1, -2))
-        stalled[live] |= pending
+        f = torch.where(pending, f, f_new)
+        W, Z, g = Wn, Zn, gn
+        n_iter += 1
+        gmax = g.abs().amax((-1, -2))
+        stalled |= pending
 
     shape = (G, nC)
     return LBFGSResult(
-        coef=W[..., :d].reshape(G, nC, K, d).cpu(),
-        intercept=W[..., d].reshape(G, nC, K).cpu(),
-        loss=f.reshape(shape).cpu(),
-        grad_norm=gmax.reshape(shape).cpu(),
-        n_iter=n_iter.reshape(shape).cpu(),
-        converged=(gmax <= tol).reshape(shape).cpu(),
+        coef=W_out[..., :d].reshape(G, nC, K, d).cpu(),
+        intercept=W_out[..., d].reshape(G, nC, K).cpu(),
+        loss=f_out.reshape(shape).cpu(),
+        grad_norm=g_out.reshape(shape).cpu(),
+        n_iter=it_out.reshape(shape).cpu(),
+        converged=(g_out <= tol).reshape(shape).cpu(),
     )

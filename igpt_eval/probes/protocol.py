@@ -2,9 +2,13 @@
 
 For every layer at once:
 
-1. *coarse*: fit on ``train`` for each C of a log grid (1e-3 … 1e3), score on ``val``;
-2. *refine*: around each layer's best coarse C, four more values a third of a decade apart,
-   warm-started from that solution;
+1. *path*: fit on ``train`` along a log grid of C (1e-3 … 1e3), from strong to weak
+   regularisation, each fit warm-started from the previous C's solution, and score each on
+   ``val``. A layer leaves the path once its validation accuracy has not improved for
+   ``patience`` consecutive C values (weaker regularisation past that point only overfits,
+   and those are the slowest problems to solve);
+2. *refine*: around each layer's best C on the path, four more values a third of a decade
+   apart, warm-started from that solution;
 3. *select*: the C with the best validation accuracy (ties: lower validation loss);
 4. *refit* on ``train + val`` at the chosen C, warm-started, and score ``test`` once, with a
    bootstrap 95% interval.
@@ -116,11 +120,14 @@ def probe_lbfgs(
     max_iter: int = 1000,
     standardize: bool = False,
     n_boot: int = 10_000,
+    patience: int = 2,
     seed: int = 0,
 ) -> list[dict]:
     """Run the protocol on every layer; returns tidy result rows (see :mod:`igpt_eval.results`).
 
     ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site.
+    ``Cs`` is the path's grid (walked in increasing order); a layer leaves it after
+    ``patience`` values without a better validation accuracy.
     """
     if backend not in BACKENDS:
         raise IGPTError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -145,57 +152,72 @@ def probe_lbfgs(
     base = dict(meta, probe="lbfgs", backend=backend, standardize=standardize, seed=seed, lr=np.nan)
     rows: list[dict] = []
 
-    def record(stage_C, sol, acc, loss, seconds, n):
-        for g in range(G):
+    def record(sets, stage_C, sol, acc, loss, seconds, n):
+        for i, g in enumerate(sets):
             for c in range(stage_C.shape[1]):
                 common = dict(
                     base,
                     split="val",
                     layer=layers[g],
                     site=sites[g],
-                    C=float(stage_C[g, c]),
-                    n_iter=int(sol.n_iter[g, c]),
-                    converged=bool(sol.converged[g, c]),
-                    grad_norm=float(sol.grad_norm[g, c]),
+                    C=float(stage_C[i, c]),
+                    n_iter=int(sol.n_iter[i, c]),
+                    converged=bool(sol.converged[i, c]),
+                    grad_norm=float(sol.grad_norm[i, c]),
                     seconds=seconds,
                     n_train=n,
                     n_eval=len(y_va),
                     selected=False,
                 )
-                rows.append(dict(common, metric="accuracy", value=float(acc[g, c])))
-                rows.append(dict(common, metric="loss", value=float(loss[g, c])))
+                rows.append(dict(common, metric="accuracy", value=float(acc[i, c])))
+                rows.append(dict(common, metric="loss", value=float(loss[i, c])))
 
-    t0 = time.perf_counter()
-    C1 = np.broadcast_to(Cs, (G, len(Cs))).copy()
-    sol1 = _solve(Xtr, y_tr, C1, K, backend, **opts)
-    acc1, loss1, _ = _evaluate(Xva, y_va, sol1, device)
-    record(C1, sol1, acc1, loss1, time.perf_counter() - t0, len(y_tr))
-    all_C, all_acc, all_loss, sols = [C1], [acc1], [loss1], [(sol1, C1)]
-    best1 = _best(acc1, loss1)
-    if refine:
+    def stage(sets: np.ndarray, C: np.ndarray, init) -> _Solution:
+        """Fit layers ``sets`` at C (len(sets), nC) on train, score val, record the rows."""
         t0 = time.perf_counter()
-        C2 = C1[np.arange(G), best1][:, None] * REFINE_STEPS[None]
-        init = sol1.init(best1).expand(-1, C2.shape[1], -1, -1).contiguous()
-        sol2 = _solve(Xtr, y_tr, C2, K, backend, init=init, **opts)
-        acc2, loss2, _ = _evaluate(Xva, y_va, sol2, device)
-        record(C2, sol2, acc2, loss2, time.perf_counter() - t0, len(y_tr))
-        all_C.append(C2)
-        all_acc.append(acc2)
-        all_loss.append(loss2)
-        sols.append((sol2, C2))
-    C_all = np.concatenate(all_C, 1)
-    best = _best(np.concatenate(all_acc, 1), np.concatenate(all_loss, 1))
-    C_best = C_all[np.arange(G), best]
-    for g in range(G):  # mark the chosen validation rows
-        for r in rows:
-            if r["layer"] == layers[g] and r["split"] == "val" and r["C"] == C_best[g]:
-                r["selected"] = True
+        sol = _solve(Xtr[sets], y_tr, C, K, backend, init=init, **opts)
+        acc, loss, _ = _evaluate(Xva[sets], y_va, sol, device)
+        seconds = time.perf_counter() - t0
+        for i, g in enumerate(sets):
+            for c in range(C.shape[1]):
+                cands[g].append(
+                    (acc[i, c], loss[i, c], C[i, c], sol.coef[i, c], sol.intercept[i, c])
+                )
+        record(sets, C, sol, acc, loss, seconds, len(y_tr))
+        return sol
+
+    # 1. The C path, warm-started from one C to the next; each layer stops on its own.
+    cands: list[list[tuple]] = [[] for _ in range(G)]
+    live = np.arange(G)
+    since_best = np.zeros(G, int)
+    init = None
+    for C in np.sort(Cs):
+        sol = stage(live, np.full((len(live), 1), C), init)
+        for g in live:
+            accs = [c[0] for c in cands[g]]
+            since_best[g] = 0 if accs[-1] > max(accs[:-1], default=-1.0) else since_best[g] + 1
+        going = since_best[live] < patience
+        live = live[going]
+        if live.size == 0:
+            break
+        init = sol.init(np.zeros(len(going), int))[torch.from_numpy(going)]
+
+    # 2. Refine around each layer's best C, warm-started from it.
+    best = [_best(c) for c in cands]
+    if refine:
+        C2 = np.array([cands[g][best[g]][2] for g in range(G)])[:, None] * REFINE_STEPS[None]
+        init = torch.stack([_warm(cands[g][best[g]]) for g in range(G)])[:, None]
+        stage(np.arange(G), C2, init.expand(-1, C2.shape[1], -1, -1).contiguous())
+        best = [_best(c) for c in cands]
+
+    # 3. Select on validation.
+    C_best = np.array([cands[g][best[g]][2] for g in range(G)])
+    for r in rows:  # mark the chosen validation rows
+        g = layers.index(r["layer"])
+        r["selected"] = r["C"] == C_best[g]
 
     # Refit on train + val at the chosen C, warm-started from the chosen train solution.
-    coef = torch.cat([sol.coef for sol, _ in sols], 1)  # (G, all C, K, d)
-    icpt = torch.cat([sol.intercept for sol, _ in sols], 1)
-    g_idx = np.arange(G)
-    init = torch.cat([coef[g_idx, best], icpt[g_idx, best, :, None]], -1)[:, None]
+    init = torch.stack([_warm(cands[g][best[g]]) for g in range(G)])[:, None]
     t0 = time.perf_counter()
     X_fit = np.concatenate([Xtr, Xva], 1)
     y_fit = np.concatenate([y_tr, y_va])
@@ -223,6 +245,12 @@ def probe_lbfgs(
     return rows
 
 
-def _best(acc: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """Per layer (row), the column with the highest accuracy; ties go to the lower loss."""
-    return np.array([np.lexsort((loss[g], -acc[g]))[0] for g in range(acc.shape[0])])
+def _best(cands: list[tuple]) -> int:
+    """Index of the candidate (acc, loss, C, coef, intercept) with the highest validation
+    accuracy; ties go to the lower validation loss."""
+    return min(range(len(cands)), key=lambda i: (-cands[i][0], cands[i][1]))
+
+
+def _warm(cand: tuple) -> torch.Tensor:
+    """A candidate's solution as a warm start (K, d+1): weights, then intercept."""
+    return torch.cat([cand[3], cand[4][:, None]], -1)

@@ -22,6 +22,10 @@ MODELS_DIR = Path(
     os.environ.get("IGPT_EVAL_MODELS", Path(__file__).resolve().parents[2] / "models")
 )
 DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
+#: Training images probed by default: a stratified 10,000 (Fashion-MNIST: 1,000 per class).
+#: Extraction is the cost (a 16px, 8-layer model reads ~200 images/s on 2 CPU cores), and
+#: this keeps the whole job within 5 minutes there; ``None`` probes the full split.
+DEFAULT_TRAIN_SIZE = 10_000
 
 
 def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[int], list[str]]:
@@ -54,16 +58,25 @@ def probe_model(
     token_cache=None,
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
-    standardize: bool = False,
+    standardize: bool = True,
     bert_masks: int = 1,
     batch_size: int = 64,
-    compute: str = "float32",
+    compute: str = "bfloat16",
+    train_size: int | None = DEFAULT_TRAIN_SIZE,
     seed: int = 0,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
     layer with ``method`` (``lbfgs`` or ``sgd``), save ``results.parquet``/``.csv`` into
-    ``out`` (when given) and return the results table."""
+    ``out`` (when given) and return the results table.
+
+    ``train_size`` caps the training split at a stratified sample of that many images
+    (``None``: all of it); validation and test are always whole. Extraction runs under
+    ``compute`` (``bfloat16`` autocast by default: pooled features within ~0.15% of
+    float32's, twice the speed on CPU; ``float32`` for the exact forward pass). Features
+    are standardised with training statistics unless ``standardize=False``. A cache in
+    ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
     from igpt_eval.extraction import extract_split, open_model
 
     if method not in ("lbfgs", "sgd"):
@@ -99,6 +112,8 @@ def probe_model(
             bert_masks=bert_masks if net.config.objective == "bert" else 0,
             seed=seed,
             compute=compute,
+            max_rows=train_size if split == "train" else None,
+            overwrite=overwrite,
         )
     extract_seconds = time.perf_counter() - t0
     feats, layers, sites = load_features(caches, layers)
