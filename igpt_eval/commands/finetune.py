@@ -8,7 +8,7 @@ from pathlib import Path
 from igpt_eval.commands import subcommand
 
 
-def _add_common(p, *, steps: int | None, eval_every: int, lr: float) -> None:
+def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset")
     p.add_argument(
         "--split-seed",
@@ -26,7 +26,9 @@ def _add_common(p, *, steps: int | None, eval_every: int, lr: float) -> None:
         "--layer", type=int, default=None, help="attach the head at layer l (default: ln_f)"
     )
     p.add_argument("--lr", type=float, default=lr, help=f"constant learning rate (default {lr})")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step")
+    p.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"images per step ({batch_size})"
+    )
     p.add_argument(
         "--eval-every", type=int, default=eval_every, help="steps between validation scores"
     )
@@ -67,7 +69,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--eval-images", type=int, default=None, help="val images per evaluation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (about 2x faster on CPU)")
-    _add_common(p, steps=500, eval_every=50, lr=1e-3)
+    _add_common(p, eval_every=50, lr=1e-3, batch_size=32)
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -161,7 +163,7 @@ def _add_lowdata(sub) -> None:
     p.add_argument("--cache", type=Path, default=None, help="activation cache root")
     p.add_argument("--fp32", action="store_true", help="float32 instead of bf16 autocast")
     p.add_argument("--no-finetune", action="store_true", help="probes only (fast)")
-    _add_common(p, steps=d.steps, eval_every=d.eval_every, lr=d.lr)
+    _add_common(p, eval_every=d.eval_every, lr=d.lr, batch_size=d.batch_size)
     p.set_defaults(func=_cmd_lowdata)
 
 
