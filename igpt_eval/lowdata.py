@@ -88,7 +88,7 @@ def lowdata_study(
     ``out`` continues it: finished fine-tuning runs are read back, an interrupted one resumes.
     """
     from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.data.subsets import labelled_subset, lowdata_split
+    from igpt_eval.data.subsets import lowdata_split
     from igpt_eval.extraction import CACHE_ROOT, open_model
     from igpt_eval.results import save_results, to_frame
 
@@ -120,10 +120,7 @@ def lowdata_study(
             )
             if len(np.unique(tr.labels)) < 2:
                 raise IGPTError(f"{dataset} has fewer than two classes: it has no labels")
-            per_class = np.bincount(te.labels).max() if cfg.test_images == 0 else max(
-                1, cfg.test_images // len(np.unique(te.labels)))  # fmt: skip
-            per_class = min(per_class, np.bincount(te.labels)[np.unique(te.labels)].min())
-            data[key] = (tr, te, labelled_subset(te.labels, per_class, seed=0))
+            data[key] = (tr, te, _test_rows(te.labels, cfg.test_images))
             # Every draw up front: a K too large for a class fails before any work.
             draws[key] = {
                 (s, k): lowdata_split(tr.labels, k, s) for s in range(cfg.seeds) for k in cfg.ks
@@ -272,6 +269,17 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
     out["index"] = {int(r): i for i, r in enumerate(train[2])}
     out["layers"], out["sites"] = layers, [site_name(x, "ln_1", L) for x in layers]
     return out
+
+
+def _test_rows(labels: np.ndarray, n: int) -> np.ndarray:
+    """The fixed test subset: ``n`` rows, the same number from every class (seed 0), or
+    every row when ``n`` is 0 or covers the whole set."""
+    from igpt_eval.data.subsets import labelled_subset
+
+    classes, counts = np.unique(labels, return_counts=True)
+    if n == 0 or n >= len(labels):
+        return np.arange(len(labels))
+    return labelled_subset(labels, int(min(counts.min(), max(1, n // len(classes)))), seed=0)
 
 
 def _rows_hash(rows: np.ndarray) -> str:
