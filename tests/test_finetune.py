@@ -199,6 +199,14 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys):
     assert load_results(tmp_path / "ft/results.parquet").steps.max() == 9
 
 
+def test_finetune_epochs_budget(tmp_path, tiny_model, tiny_npz):
+    args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--labels-per-class", "8")
+    i = args.index("--steps")
+    args[i : i + 2] = ["--epochs", "1"]
+    assert main(args) == 0  # 18 training images at batch 8: 2.25 steps an epoch
+    assert load_results(tmp_path / "ft/results.parquet").steps.max() == 2
+
+
 def one_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("igpt-eval: error:")

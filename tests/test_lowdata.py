@@ -119,3 +119,26 @@ def test_unlabelled_data_and_foreign_out(tmp_path, tiny_models, tiny_npz, capsys
     assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}")) == 2
     assert "already holds files" in one_error(capsys)
     assert sorted(p.name for p in (tmp_path / "ld").iterdir()) == ["notes.txt"]
+
+
+def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz, monkeypatch,
+                                                 capsys):  # fmt: skip
+    from igpt_eval.probes.runner import summary
+
+    monkeypatch.chdir(tmp_path)
+    probe = ["probe", "--model", str(tiny_models[0]), "--dataset", f"npz:{tiny_npz}",
+             "--cache", str(tmp_path / "acts"), "--out", str(tmp_path / "probe")]  # fmt: skip
+    probe.append("--no-progress")
+    assert main(probe) == 0
+    s = summary(load_results(tmp_path / "probe/results.parquet"))
+    best = int(s[s.best].layer.iloc[0])
+    results = ["--probe-results", str(tmp_path / "probe/results.parquet")]
+    assert (
+        main(ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", "--no-finetune", *results)) == 0
+    )
+    df = load_results(tmp_path / "ld/results.parquet")
+    assert set(df[df.method == "linear probe"].layer) == {best}
+    # A model the results do not cover: one clear error, nothing written.
+    assert main(ld_args(tmp_path, tiny_models[1:], f"npz:{tiny_npz}", *results, out="ld2")) == 2
+    assert "no L-BFGS rows for model 'tiny-bert'" in one_error(capsys)
+    assert not (tmp_path / "ld2").exists()
