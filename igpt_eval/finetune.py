@@ -26,6 +26,7 @@ early-stopping state. Files in ``out/``::
     finetune.json                                 settings, data identity, head layer
     finetune_log.csv                              step, losses, validation accuracy
     results.parquet / results.csv                 tidy rows (probe="finetune"), at the end
+                                                  (written by finetune_runs.run_finetune)
     resume/step-N/, resume/LATEST                 resumable state
 """
 
@@ -150,8 +151,9 @@ class _Best:
 class FineTuner:
     """One fine-tuning run of ``model`` (with a ``wclf`` head) into the folder ``out``."""
 
-    def __init__(self, model: IGPT, train: Labelled, val: Labelled, cfg: FinetuneConfig, out,
-                 palette=None):  # fmt: skip
+    def __init__(
+        self, model: IGPT, train: Labelled, val: Labelled, cfg: FinetuneConfig, out, palette=None
+    ):
         L = model.config.n_layer
         cfg.validate(L, len(train))
         if model.wclf is None:
@@ -195,8 +197,11 @@ class FineTuner:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return {"train_loss": loss.item(), "clf_loss": clf.item(),
-                "gen_loss": "" if gen is None else gen.item()}  # fmt: skip
+        return {
+            "train_loss": loss.item(),
+            "clf_loss": clf.item(),
+            "gen_loss": "" if gen is None else gen.item(),
+        }
 
     @torch.no_grad()
     def evaluate(self, data: Labelled, batch_size: int = 256):
@@ -221,8 +226,11 @@ class FineTuner:
     def fit(self, progress: bool = True) -> _Best:
         """Train until ``cfg.steps`` or early stopping; the best model is in ``out``."""
         cfg, best = self.cfg, self.best
-        val = self.val if cfg.eval_images is None else self.val.take(np.arange(min(
-            cfg.eval_images, len(self.val))))  # fmt: skip
+        val = (
+            self.val
+            if cfg.eval_images is None
+            else self.val.take(np.arange(min(cfg.eval_images, len(self.val))))
+        )
         bar = tqdm(total=cfg.steps, initial=self.step, desc="finetune", disable=not progress)
         t0 = time.perf_counter()
         while self.step < cfg.steps and not best.stopped:
@@ -287,12 +295,24 @@ class FineTuner:
         lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=self.cfg.seed)
         L, b = self.model.config.n_layer, self.best
         common = dict(
-            meta, layer=self.layer, site=site_name(self.layer, "ln_1", L), site_kind="ln_1",
-            probe="finetune", backend="torch", C=np.nan, lr=self.cfg.lr, n_iter=b.step,
-            converged=b.stopped, seconds=self.elapsed, seed=self.cfg.seed, selected=True,
-            n_train=len(self.train), finetune_objective=self.cfg.objective,
-            augment=self.cfg.augment, steps=self.step,
-        )  # fmt: skip
+            meta,
+            layer=self.layer,
+            site=site_name(self.layer, "ln_1", L),
+            site_kind="ln_1",
+            probe="finetune",
+            backend="torch",
+            C=np.nan,
+            lr=self.cfg.lr,
+            n_iter=b.step,
+            converged=b.stopped,
+            seconds=self.elapsed,
+            seed=self.cfg.seed,
+            selected=True,
+            n_train=len(self.train),
+            finetune_objective=self.cfg.objective,
+            augment=self.cfg.augment,
+            steps=self.step,
+        )
         return [
             dict(common, split="val", metric="accuracy", value=b.acc, n_eval=len(self.val)),
             dict(common, split="val", metric="loss", value=b.loss, n_eval=len(self.val)),
@@ -304,166 +324,6 @@ class FineTuner:
                 ci_low=lo,
                 ci_high=hi,
                 n_eval=len(test),
-            ),  # fmt: skip
+            ),
             dict(common, split="test", metric="loss", value=loss, n_eval=len(test)),
         ]
-
-
-# ------------------------------------------------------------------ runs
-# Settings a resumed run must share with the run it continues (the step budget may grow).
-_RESUMABLE = ("batch_size", "lr", "betas", "objective", "layer", "augment", "eval_every",
-              "patience", "eval_images", "bf16", "seed")  # fmt: skip
-
-
-def run_finetune(
-    model: IGPT,
-    palette,
-    train: Labelled,
-    val: Labelled,
-    test: Labelled,
-    cfg: FinetuneConfig,
-    out,
-    *,
-    n_classes: int | None = None,
-    meta: dict | None = None,
-    identity: dict | None = None,
-    resume: bool = False,
-    progress: bool = True,
-):
-    """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on ``train``,
-    early-stopping on ``val``, into the folder ``out``; score the best model on ``test``.
-
-    Returns the tidy results (also saved as ``out/results.parquet``/``.csv``). ``meta`` fills
-    the model/objective/dataset columns, ``identity`` (data fingerprints) goes into
-    ``finetune.json`` and must match when ``resume`` continues the run in ``out``. A new run
-    refuses a folder that already holds files.
-    """
-    from igpt_eval.results import save_results, to_frame
-
-    out = Path(out)
-    if len(np.unique(train.labels)) < 2:
-        raise IGPTError("the training labels hold fewer than two classes: nothing to classify")
-    n_classes = n_classes or int(max(train.labels.max(), val.labels.max(), test.labels.max()) + 1)
-    info = {
-        "finetune_config": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in dataclasses.asdict(cfg).items()},
-        "identity": identity or {},
-        "n_classes": n_classes,
-        "head_layer": model.config.n_layer if cfg.layer is None else cfg.layer,
-    }  # fmt: skip
-    _check_out(out, info, resume)
-    net = with_classifier(model, n_classes)
-    tuner = FineTuner(net, train, val, cfg, out, palette=palette)
-    from igpt_eval.checkpoint import has_resume
-    from igpt_eval.io import write_json
-
-    write_json(out / "finetune.json", info)
-    if resume and has_resume(out):
-        tuner.resume()
-    else:
-        if palette is not None:
-            palette.save(out / "palette.npy")
-        net.config.save(out / "config.json")
-    tuner.fit(progress=progress)
-    df = to_frame(tuner.test_rows(test, dict(meta or {})))
-    save_results(df, out)
-    return df
-
-
-def _check_out(out: Path, info: dict, resume: bool) -> None:
-    import json
-
-    if not resume:
-        if out.exists() and any(out.iterdir()):
-            raise IGPTError(
-                f"{out} already holds files; use --resume to continue the run there, "
-                "or choose a new --out"
-            )
-        return
-    try:
-        old = json.loads((out / "finetune.json").read_text())
-    except FileNotFoundError:
-        raise IGPTError(f"nothing to resume in {out}: it holds no fine-tuning run") from None
-    except ValueError as e:
-        raise IGPTError(f"{out / 'finetune.json'} is corrupt ({e})") from None
-    if old.get("identity") != info["identity"] or old.get("n_classes") != info["n_classes"]:
-        raise IGPTError(f"cannot resume {out}: it was fine-tuned from another model or data")
-    for key in _RESUMABLE:
-        was = old["finetune_config"].get(key)
-        if was != info["finetune_config"][key]:
-            raise IGPTError(f"cannot resume {out}: {key.replace('_', '-')} was {was} there")
-
-
-def finetune_model(
-    model,
-    dataset: str | None,
-    out,
-    cfg: FinetuneConfig,
-    *,
-    labels_per_class: int | None = None,
-    split_seed: int | None = None,
-    data_dir=None,
-    token_cache=None,
-    resume: bool = False,
-    progress: bool = True,
-    epochs: float | None = None,
-):
-    """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
-    runs): train on the train split, early-stop on val, report test.
-
-    With ``labels_per_class=K`` only K labelled images per class of the train split are
-    used (drawn with ``cfg.seed``): a quarter of them (at most 20 per class) is held out
-    for early stopping, the rest trained on (:func:`~igpt_eval.data.subsets.lowdata_split`);
-    the standard val split is not used then, so the run sees K labels per class in all.
-    ``split_seed`` is the train/val split's seed (default: the model's pretraining run's).
-    ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given.
-    """
-    from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.data.subsets import lowdata_split
-    from igpt_eval.extraction import CACHE_ROOT, open_model
-
-    net, palette, ident = open_model(model, device=cfg.device)
-    L = net.config.n_layer
-    cfg.validate(L, 1)  # a bad layer is an error before any data is read
-    dataset = dataset or ident.get("run_dataset")
-    if dataset is None:
-        raise IGPTError("no --dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
-    n_px = net.config.n_px
-
-    def split(name):
-        return load_dataset(dataset, split=name, n_px=n_px, data_dir=data_dir, seed=seed)
-
-    ds_train, ds_test = split("train"), split("test")
-    if len(np.unique(ds_train.labels)) < 2:
-        raise IGPTError(f"{dataset} has fewer than two classes: it has no labels to learn")
-    rows = val_rows = None
-    if labels_per_class is not None:
-        rows, val_rows = lowdata_split(ds_train.labels, labels_per_class, cfg.seed)
-    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
-    tok = {s.split: load_tokens(s, palette, root, progress=progress) for s in (ds_train, ds_test)}
-    full = Labelled(tok["train"].tokens, ds_train.labels, ds_train.images)
-    if rows is None:
-        ds_val = split("val")
-        val = Labelled(load_tokens(ds_val, palette, root, progress=progress).tokens, ds_val.labels)
-        train = full
-    else:
-        train, val = full.take(rows), full.take(val_rows)
-    if not cfg.augment:
-        train.images = None
-    test = Labelled(tok["test"].tokens, ds_test.labels)
-    if epochs is not None:
-        per_epoch = len(train) / min(cfg.batch_size, len(train))
-        cfg = dataclasses.replace(cfg, steps=max(1, round(epochs * per_epoch)))
-    meta = dict(
-        model=Path(ident.get("model", "model")).name, objective=net.config.objective,
-        dataset=dataset, labels_per_class=labels_per_class,
-    )  # fmt: skip
-    identity = dict(
-        weights_hash=ident.get("weights_hash"), palette_hash=palette.hash, dataset=dataset,
-        train_fingerprint=ds_train.fingerprint, labels_per_class=labels_per_class,
-    )  # fmt: skip
-    return run_finetune(
-        net, palette, train, val, test, cfg, out, n_classes=len(ds_train.classes), meta=meta,
-        identity=identity, resume=resume, progress=progress,
-    )  # fmt: skip

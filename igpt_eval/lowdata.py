@@ -339,7 +339,8 @@ def _finetune(net, palette, t_tok, e_tok, tr, test_labels, tr_rows, va_rows, tes
               cfg, run_dir: Path, meta, extra, ident, progress) -> list[dict]:  # fmt: skip
     """One fine-tuning run (read back when it already finished, resumed when interrupted)."""
     from igpt_eval.data.subsets import Labelled
-    from igpt_eval.finetune import FinetuneConfig, run_finetune
+    from igpt_eval.finetune import FinetuneConfig
+    from igpt_eval.finetune_runs import run_finetune
     from igpt_eval.results import load_results
 
     done = run_dir / "results.parquet"

@@ -9,7 +9,8 @@ from igpt_eval.cli import main
 from igpt_eval.config import IGPTConfig
 from igpt_eval.data.subsets import Labelled, augment_images, labelled_subset, lowdata_split
 from igpt_eval.errors import IGPTError
-from igpt_eval.finetune import FinetuneConfig, FineTuner, run_finetune, with_classifier
+from igpt_eval.finetune import FinetuneConfig, FineTuner, with_classifier
+from igpt_eval.finetune_runs import run_finetune
 from igpt_eval.model import IGPT
 from igpt_eval.palette import Palette
 from igpt_eval.results import COLUMNS, load_results

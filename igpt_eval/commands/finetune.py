@@ -75,7 +75,8 @@ def _add_finetune(sub) -> None:
 
 def _cmd_finetune(args) -> int:
     from igpt_eval.errors import IGPTError
-    from igpt_eval.finetune import FinetuneConfig, finetune_model
+    from igpt_eval.finetune import FinetuneConfig
+    from igpt_eval.finetune_runs import finetune_model
 
     steps = args.steps if args.steps is not None else 500
     if args.epochs is not None:
