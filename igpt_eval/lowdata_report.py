@@ -89,6 +89,6 @@ def lowdata_figure(df: pd.DataFrame, path: str | Path) -> list[Path]:
     ax.set_xlabel("labelled images per class (K)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no overlap
     ax.set_title("low-data: linear probe vs fine-tuning vs raw pixels", fontsize=10)
     return save_figure(fig, path)
