@@ -55,9 +55,9 @@ def lowdata_table(df: pd.DataFrame) -> str:
         lines.append(f"| {_label(m, model)} | " + " | ".join(cells) + " |")
     n = int(s.n.max())
     note = (
-        f"\nTest accuracy (%), mean ± std over {n} seed{'s' if n > 1 else ''}; K labelled "
-        "images per class (a quarter held out to choose C, the probe layer (lN) and the "
-        "fine-tuning stopping point)."
+        f"\n\nTest accuracy (%), mean ± std over {n} seed{'s' if n > 1 else ''}; K labelled "
+        "images per class (a quarter of them, at most 20, held out to choose C, the probe layer "
+        "(lN) and the fine-tuning stopping point); one fixed stratified test subset for all."
     )
     return "\n".join(lines) + note
 
