@@ -9,6 +9,7 @@ notebook computed, and checks them.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -65,18 +66,13 @@ SMALL = {
 }
 
 
-def _fashion_mnist_available() -> bool:
+@functools.cache
+def fashion_mnist_available() -> bool:
     try:
-        read_source("fashion-mnist")
+        read_source("fashion-mnist")  # reads the files: checked once, when a notebook runs
     except IGPTError:
         return False
     return True
-
-
-needs_data = pytest.mark.skipif(
-    not _fashion_mnist_available(),
-    reason="Fashion-MNIST not found (install Debian's dataset-fashion-mnist, as .ci/run does)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +195,12 @@ def test_notebook_stored_clean(path):
     assert parameters_cell(nb) == code[0]
 
 
-@needs_data
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, kernel_manager_factory):
+    if not fashion_mnist_available():
+        pytest.skip(
+            "Fashion-MNIST not found (install Debian's dataset-fashion-mnist, as .ci/run does)"
+        )
     spec = SMALL[path.name]
     params = {
         k: (v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v)
