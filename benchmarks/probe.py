@@ -42,14 +42,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cuml", action="store_true", help="also time the cuML backend (GPU)")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--raw", action="store_true", help="do not standardise the features")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     net, palette, ident = open_model(args.model)
+    # The caches `igpt-eval probe --train-size all --no-bf16` builds (exact float32 features).
+    settings = dict(layers=None, site="ln_1", batch_size=64, seed=0, compute="float32")
+    bert_masks = 0 if net.config.objective == "ar" else 1
     caches = {
-        s: extract_split(
-            net, palette, ident, None, s, bert_masks=0 if net.config.objective == "ar" else 1
-        )
+        s: extract_split(net, palette, ident, None, s, bert_masks=bert_masks, **settings)
         for s in ("train", "val")
     }
     feats, layers, _ = load_features(caches, None)
@@ -57,6 +59,9 @@ def main() -> None:
     if args.max_rows:
         Xtr, ytr = Xtr[:, : args.max_rows], ytr[: args.max_rows]
     Xva, yva = feats["val"].X, feats["val"].y
+    if not args.raw:  # as the protocol does: standardise with training statistics
+        mu, sd = Xtr.mean(1, keepdims=True), Xtr.std(1, keepdims=True) + 1e-6
+        Xtr, Xva = (Xtr - mu) / sd, (Xva - mu) / sd
     G, N, d = Xtr.shape
     K = len(np.unique(ytr))
     Cs = COARSE_CS
@@ -122,6 +127,7 @@ def main() -> None:
         "n_train": N,
         "dim": d,
         "tol": args.tol,
+        "standardized": not args.raw,
         "device": args.device,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),

@@ -20,6 +20,7 @@ winner (``selected=True``).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -122,12 +123,14 @@ def probe_lbfgs(
     n_boot: int = 10_000,
     patience: int = 2,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[dict]:
     """Run the protocol on every layer; returns tidy result rows (see :mod:`igpt_eval.results`).
 
     ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site.
     ``Cs`` is the path's grid (walked in increasing order); a layer leaves it after
-    ``patience`` values without a better validation accuracy.
+    ``patience`` values without a better validation accuracy. ``progress`` prints a line per
+    stage to stderr.
     """
     if backend not in BACKENDS:
         raise IGPTError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -172,6 +175,10 @@ def probe_lbfgs(
                 rows.append(dict(common, metric="accuracy", value=float(acc[i, c])))
                 rows.append(dict(common, metric="loss", value=float(loss[i, c])))
 
+    def say(what: str, seconds: float) -> None:
+        if progress:
+            print(f"[probe] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
     def stage(sets: np.ndarray, C: np.ndarray, init) -> _Solution:
         """Fit layers ``sets`` at C (len(sets), nC) on train, score val, record the rows."""
         t0 = time.perf_counter()
@@ -184,6 +191,7 @@ def probe_lbfgs(
                     (acc[i, c], loss[i, c], C[i, c], sol.coef[i, c], sol.intercept[i, c])
                 )
         record(sets, C, sol, acc, loss, seconds, len(y_tr))
+        say(f"{len(sets)} layer(s) x C = {', '.join(f'{c:.3g}' for c in np.unique(C))}", seconds)
         return sol
 
     # 1. The C path, warm-started from one C to the next; each layer stops on its own.
@@ -223,6 +231,7 @@ def probe_lbfgs(
     y_fit = np.concatenate([y_tr, y_va])
     final = _solve(X_fit, y_fit, C_best[:, None], K, backend, init=init, **opts)
     seconds = time.perf_counter() - t0
+    say(f"refit {G} layer(s) on train+val ({len(y_fit):,} rows)", seconds)
     acc, loss, correct = _evaluate(Xte, y_te, final, device)
     for g in range(G):
         lo, hi = bootstrap_accuracy_ci(correct[g, 0], n_boot=n_boot, seed=seed)

@@ -135,6 +135,7 @@ def probe_model(
             device=device,
             standardize=standardize,
             seed=seed,
+            progress=progress,
         )
     else:
         from igpt_eval.probes.sgd import probe_sgd
@@ -143,6 +144,7 @@ def probe_model(
         rows = probe_sgd(caches, layers, meta=meta, sites=sites, device=device, seed=seed)
     df = to_frame(rows)
     df.attrs["extract_seconds"] = extract_seconds
+    df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
     if out is not None:
         save_results(df, out)
     return df
