@@ -35,7 +35,7 @@ COLUMNS = [
     "seed",
 ]
 #: Extra columns some rows carry (NaN elsewhere).
-EXTRA = ["site_kind", "selected", "standardize", "grad_norm", "n_train", "n_eval"]
+EXTRA = ["site_kind", "selected", "standardize", "preprocess", "grad_norm", "n_train", "n_eval"]
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from igpt_eval import IGPTError
 from igpt_eval.cli import main
 from igpt_eval.config import IGPTConfig
 from igpt_eval.model import IGPT
 from igpt_eval.palette import Palette
 from igpt_eval.probes import probe_lbfgs
+from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.results import COLUMNS, load_results, to_frame
 from tests.test_probes import synthetic
@@ -151,6 +153,44 @@ def test_sgd_probe_close_to_lbfgs():
     assert abs(pick(sgd)[1] - pick(lb)[1]) <= 0.01
     val = sgd[sgd.split == "val"]
     assert len(val) == 2 * 8 and val.groupby("layer").selected.sum().tolist() == [1, 1]
+
+
+def test_whitening_is_zca():
+    from igpt_eval.probes.sgd import feature_stats
+
+    rng = np.random.default_rng(0)
+    # Correlated features with scales 1..30: covariance eigenvalues spread by ~1e3.
+    A = np.linalg.qr(rng.normal(size=(12, 12)))[0] * np.logspace(0, 1.5, 12)
+    X = (rng.normal(size=(2000, 12)) @ A + 5.0)[None].astype(np.float32)
+    src = ArraySource(X, np.arange(2000) % 3, [0])
+    mean, W = feature_stats(src, [0])
+    white = (X[0] - mean[0]) @ W[0]
+    np.testing.assert_allclose(white.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(white.T, bias=True), np.eye(12), atol=2e-3)
+    np.testing.assert_allclose(W[0], W[0].T, atol=1e-5)  # ZCA: the symmetric whitening
+    mean, S = feature_stats(src, [0], "standardize")
+    np.testing.assert_allclose(np.diag(S[0]) * X[0].std(0), 1, rtol=1e-3)
+    with pytest.raises(IGPTError, match="preprocessing"):
+        feature_stats(src, [0], "pca")
+
+
+@pytest.mark.slow
+def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatch):
+    """Issue 5's bar, on the real thing: the shipped AR model's Fashion-MNIST features
+    (the default 10,000-image training sample), every layer (≈5 min on 2 cores)."""
+    from igpt_eval.data.registry import read_source
+    from igpt_eval.probes.runner import probe_model
+
+    try:
+        read_source("fashion-mnist")
+    except IGPTError:
+        pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(2)
+    kw = dict(cache_dir=tmp_path / "acts", progress=False)
+    lb = summary(probe_model(method="lbfgs", **kw)).set_index("layer").test_acc
+    sgd = summary(probe_model(method="sgd", **kw)).set_index("layer").test_acc
+    assert (abs(sgd - lb) <= 0.01).all(), (100 * (sgd - lb)).round(2).to_dict()
 
 
 def test_load_results_errors(tmp_path):

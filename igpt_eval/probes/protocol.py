@@ -152,7 +152,15 @@ def probe_lbfgs(
         Xtr, Xva, Xte = ((x - mu) / sd for x in (Xtr, Xva, Xte))
     G = len(layers)
     opts = dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter)
-    base = dict(meta, probe="lbfgs", backend=backend, standardize=standardize, seed=seed, lr=np.nan)
+    base = dict(
+        meta,
+        probe="lbfgs",
+        backend=backend,
+        standardize=standardize,
+        preprocess="standardize" if standardize else "none",
+        seed=seed,
+        lr=np.nan,
+    )
     rows: list[dict] = []
 
     def record(sets, stage_C, sol, acc, loss, seconds, n):

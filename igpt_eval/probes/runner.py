@@ -28,20 +28,24 @@ DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
 DEFAULT_TRAIN_SIZE = 10_000
 
 
+def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:
+    """The requested ``layers`` (default: all) of a cache, checked, and their site names."""
+    layers = list(cache.layers) if layers is None else layers
+    missing = [x for x in layers if x not in cache.layers]
+    if missing:
+        raise IGPTError(f"layer {missing[0]} is not in the cache (it has {cache.layers})")
+    return layers, [cache.sites[cache.layers.index(x)] for x in layers]
+
+
 def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[int], list[str]]:
     """Stack each split's cached layers into :class:`Features` (G, N, d) float32."""
-    first = caches["train"]
-    layers = list(first.layers) if layers is None else layers
-    missing = [x for x in layers if x not in first.layers]
-    if missing:
-        raise IGPTError(f"layer {missing[0]} is not in the cache (it has {first.layers})")
+    layers, sites = select_layers(caches["train"], layers)
     feats = {
         name: Features(
             np.stack([np.asarray(c[x], dtype=np.float32) for x in layers]), np.asarray(c.labels)
         )
         for name, c in caches.items()
     }
-    sites = [first.sites[first.layers.index(x)] for x in layers]
     return feats, layers, sites
 
 
@@ -75,7 +79,8 @@ def probe_model(
     (``None``: all of it); validation and test are always whole. Extraction runs under
     ``compute`` (``bfloat16`` autocast by default: pooled features within ~0.15% of
     float32's, twice the speed on CPU; ``float32`` for the exact forward pass). Features
-    are standardised with training statistics unless ``standardize=False``. A cache in
+    are standardised (L-BFGS) or whitened (SGD) with training statistics unless
+    ``standardize=False``. A cache in
     ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
     from igpt_eval.extraction import extract_split, open_model
 
@@ -116,7 +121,7 @@ def probe_model(
             overwrite=overwrite,
         )
     extract_seconds = time.perf_counter() - t0
-    feats, layers, sites = load_features(caches, layers)
+    layers, sites = select_layers(caches["train"], layers)
     meta = dict(
         model=path.name,
         objective=net.config.objective,
@@ -124,6 +129,7 @@ def probe_model(
         site_kind=site,
     )
     if method == "lbfgs":
+        feats, _, _ = load_features(caches, layers)  # in memory: full-batch L-BFGS
         rows = probe_lbfgs(
             feats["train"],
             feats["val"],
@@ -140,8 +146,17 @@ def probe_model(
     else:
         from igpt_eval.probes.sgd import probe_sgd
 
-        # SGD always standardises (train statistics): one rate grid then suits every layer.
-        rows = probe_sgd(caches, layers, meta=meta, sites=sites, device=device, seed=seed)
+        # SGD whitens (train statistics) unless told not to touch the features: one rate
+        # grid then suits every layer, and it converges in a few epochs.
+        rows = probe_sgd(
+            caches,
+            layers,
+            meta=meta,
+            sites=sites,
+            device=device,
+            seed=seed,
+            preprocess="whiten" if standardize else "none",
+        )
     df = to_frame(rows)
     df.attrs["extract_seconds"] = extract_seconds
     df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
