@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.probes.runner import MODELS_DIR, SPLITS
+from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE, MODELS_DIR, SPLITS
 from igpt_eval.summaries import (
     CKA_COLUMNS,
     MODELS_FILE,
@@ -131,11 +131,12 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
     return infos
 
 
-def _cache_folder(root: Path, m: ModelInfo, site: str, bert_masks: int, seed: int, compute):
+def _cache_folder(root: Path, m: ModelInfo, site, bert_masks, seed, compute, train_size=None):
     from igpt_eval.checkpoint import WEIGHTS
     from igpt_eval.io import file_hash
 
     tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}-{site}-s{seed}"
+    tag += f"-n{train_size}" if train_size is not None else ""
     tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
     return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
 
@@ -233,10 +234,13 @@ def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:
     return palette.centers[tokens.astype(np.int64)].reshape(len(tokens), -1)
 
 
-def pixel_rows(m: ModelInfo, *, data_dir=None, token_cache=None, device="cpu", seed=0):
-    """The raw-pixel linear-probe baseline (same protocol and splits as the models)."""
+def pixel_rows(
+    m: ModelInfo, *, data_dir=None, token_cache=None, device="cpu", seed=0, train_size=None
+):
+    """The raw-pixel linear-probe baseline (same protocol and splits as the models; with
+    ``train_size``, the same stratified training sample as their caches)."""
     from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.extraction import CACHE_ROOT
+    from igpt_eval.extraction import CACHE_ROOT, subset_rows
     from igpt_eval.probes.protocol import Features, probe_lbfgs
 
     root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
@@ -244,7 +248,11 @@ def pixel_rows(m: ModelInfo, *, data_dir=None, token_cache=None, device="cpu", s
     for split in SPLITS:
         ds = load_dataset(m.dataset, split=split, n_px=m.n_px, data_dir=data_dir, seed=m.seed)
         tok = load_tokens(ds, m.palette, root, progress=False)
-        feats[split] = Features(pixel_features(m.palette, tok.tokens)[None], np.asarray(tok.labels))
+        tokens, labels = tok.tokens, np.asarray(tok.labels)
+        if split == "train" and train_size is not None and train_size < len(labels):
+            rows = subset_rows(labels, train_size, ds.seed)
+            tokens, labels = tokens[rows], labels[rows]
+        feats[split] = Features(pixel_features(m.palette, tokens)[None], labels)
         name = ds.name
     meta = dict(model=PIXELS, objective="none", dataset=name, site_kind=PIXELS)
     rows = probe_lbfgs(
@@ -292,7 +300,8 @@ def compare_models(
     site: str = "ln_1",
     bert_masks: int = 1,
     batch_size: int = 64,
-    compute: str = "float32",
+    compute: str = "bfloat16",
+    train_size: int | None = DEFAULT_TRAIN_SIZE,
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
@@ -305,6 +314,7 @@ def compare_models(
 
     ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
     folder per model, named after its weights and settings, so reruns reuse them.
+    ``compute`` and ``train_size`` are :func:`~igpt_eval.probes.runner.probe_model`'s.
     """
     from igpt_eval.cache import ActivationCache
     from igpt_eval.extraction import CACHE_ROOT
@@ -317,7 +327,7 @@ def compare_models(
     root = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / "activations/compare"
     frames, test_caches = [], {}
     for m in infos:
-        folder = _cache_folder(root, m, site, bert_masks, seed, compute)
+        folder = _cache_folder(root, m, site, bert_masks, seed, compute, train_size)
         if progress:
             print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
         df = probe_model(
@@ -331,6 +341,7 @@ def compare_models(
             bert_masks=bert_masks,
             batch_size=batch_size,
             compute=compute,
+            train_size=train_size,
             seed=seed,
             progress=progress,
         )
@@ -346,7 +357,12 @@ def compare_models(
         if progress:
             print("[compare] raw-pixel baseline: linear probe of the palette-quantised image")
         px = pixel_rows(
-            infos[0], data_dir=data_dir, token_cache=token_cache, device=device, seed=seed
+            infos[0],
+            data_dir=data_dir,
+            token_cache=token_cache,
+            device=device,
+            seed=seed,
+            train_size=train_size,
         )
         frames.append(to_frame(px))
     if progress:

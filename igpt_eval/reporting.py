@@ -221,10 +221,14 @@ def _figure_line(title: str, stem: str) -> str:
 
 
 def build_report(
-    results_dir: str | Path = "runs/compare", out: str | Path = "reports", command: str = ""
+    results_dir: str | Path = "runs/compare",
+    out: str | Path = "reports",
+    command: str = "",
+    lowdata_dir: str | Path | None = "runs/lowdata",
 ) -> list[Path]:
     """Draw every figure and write ``README.md`` into ``out`` from the comparison folder
-    ``results_dir``; returns the files written."""
+    ``results_dir`` (and, when it holds results, the ``igpt-eval lowdata`` folder
+    ``lowdata_dir``); returns the files written."""
     from igpt_eval import report as fig
     from igpt_eval.palette import Palette
 
@@ -298,8 +302,28 @@ def build_report(
                 f"model card: `igpt-eval model-card --model {d}`)\n"
             )
 
+    low = None
+    if lowdata_dir is not None and any(Path(lowdata_dir).glob("results.*")):
+        from igpt_eval.lowdata_report import lowdata_figure, lowdata_table
+        from igpt_eval.results import load_results
+
+        low_df = load_results(Path(lowdata_dir) / "results.parquet")
+        files += lowdata_figure(low_df, out / "lowdata")
+        figs.append(_figure_line("Low-data: linear probe vs fine-tuning vs pixels", "lowdata"))
+        low = (lowdata_table(low_df), lowdata_dir)
+    elif lowdata_dir is not None:
+        notes.append(f"No low-data results in {lowdata_dir} (`igpt-eval lowdata`): not drawn.")
+
     table = comparison_table(df)
     md = _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command)
+    if low is not None:  # its own section, before the figures
+        head, sep, tail = md.partition("## Figures")
+        md = (
+            head
+            + (f"## Low data (`igpt-eval lowdata`, results in `{low[1]}`)\n\n{low[0]}\n\n")
+            + sep
+            + tail
+        )
     with atomic_write(out / "README.md", "w") as f:
         f.write(md)
     return files + [out / "README.md"]

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from igpt_eval import IGPTError
-from igpt_eval.probes import Features, LogisticProbe, fit_grid, probe_lbfgs
+from igpt_eval.probes import Features, LogisticProbe, fit_grid, fit_path, probe_lbfgs
 from igpt_eval.probes.backends import cuml_regularisation, objective
 from igpt_eval.results import COLUMNS, to_frame
 
@@ -217,3 +217,18 @@ def test_nan_or_infinite_features_to_the_estimator():
     X[0, 0] = np.inf
     with pytest.raises(ValueError, match="infinity|NaN"):
         LogisticProbe().fit(X, [0, 1, 0, 1])
+
+
+def test_fit_path_reaches_the_same_optima_as_cold_solves():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2, 300, 6))
+    y = (X[0, :, 0] + 0.5 * X[1, :, 1] + 0.3 * rng.normal(size=300) > 0).astype(int)
+    y += (X[0, :, 2] > 1).astype(int)  # three classes
+    Cs = [10.0, 0.01, 1.0]  # out of order on purpose: columns follow Cs
+    kw = dict(dtype="float64", tol=1e-8, max_iter=5000)
+    cold, path = fit_grid(X, y, Cs, 3, **kw), fit_path(X, y, Cs, 3, **kw)
+    assert bool(path.converged.all()) and bool(cold.converged.all())
+    np.testing.assert_allclose(path.coef, cold.coef, atol=1e-5)
+    np.testing.assert_allclose(path.loss, cold.loss, rtol=1e-10)
+    # warm starts along the path: fewer iterations in all than cold solves
+    assert int(path.n_iter.sum()) < int(cold.n_iter.sum())

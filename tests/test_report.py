@@ -62,6 +62,29 @@ def test_report_files_and_readme(compared_dir, tmp_path):
         assert (out / link).is_file(), link
 
 
+def test_report_includes_the_lowdata_study(compared_dir, tmp_path):
+    from igpt_eval.results import save_results, to_frame
+
+    rows = [
+        dict(method=m, model=model, labels_per_class=k, seed=seed, split="test",
+             metric="accuracy", layer=2, value=0.3 + 0.01 * k + 0.01 * seed)
+        for m, model in [("linear probe", "tiny-ar"), ("fine-tune", "tiny-ar"),
+                         ("raw pixels", "pixels")]
+        for k in (4, 25)
+        for seed in range(2)
+    ]  # fmt: skip
+    save_results(to_frame(rows), tmp_path / "low")
+    out = tmp_path / "reports"
+    files = build_report(compared_dir, out, lowdata_dir=tmp_path / "low")
+    assert out / "lowdata.png" in files
+    md = (out / "README.md").read_text()
+    assert "## Low data" in md and "| linear probe (tiny-ar) | 34.5 ± 0.7 (l2) |" in md
+    assert md.index("## Low data") < md.index("## Figures")
+    build_report(compared_dir, out, lowdata_dir=tmp_path / "none")
+    md = (out / "README.md").read_text()
+    assert "No low-data results" in md and "## Low data" not in md
+
+
 def test_report_cli(compared_dir, tmp_path, capsys):
     assert main(["report", "--results", str(compared_dir), "--out", str(tmp_path / "r")]) == 0
     assert "README.md" in capsys.readouterr().out

@@ -25,6 +25,12 @@ def _add_report(sub) -> None:
         help=f"folder written by igpt-eval compare (default {DEFAULT_OUT})",
     )
     p.add_argument("--out", type=Path, default=Path("reports"), help="default reports/")
+    p.add_argument(
+        "--lowdata",
+        type=Path,
+        default=Path("runs/lowdata"),
+        help="folder written by igpt-eval lowdata (default runs/lowdata; skipped if empty)",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -32,6 +38,6 @@ def _cmd_report(args) -> int:
     from igpt_eval.reporting import build_report
 
     command = f"igpt-eval report --results {args.results} --out {args.out}"
-    files = build_report(args.results, args.out, command=command)
+    files = build_report(args.results, args.out, command=command, lowdata_dir=args.lowdata)
     print(f"{len(files)} files written to {args.out}; summary: {args.out / 'README.md'}")
     return 0

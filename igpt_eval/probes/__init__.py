@@ -1,6 +1,6 @@
 """Linear probes (DESIGN §5): batched L-BFGS logistic regression and streaming SGD heads."""
 
-from igpt_eval.probes.logistic import LogisticProbe, fit_grid
+from igpt_eval.probes.logistic import LogisticProbe, fit_grid, fit_path
 from igpt_eval.probes.protocol import COARSE_CS, Features, probe_lbfgs
 
-__all__ = ["COARSE_CS", "Features", "LogisticProbe", "fit_grid", "probe_lbfgs"]
+__all__ = ["COARSE_CS", "Features", "LogisticProbe", "fit_grid", "fit_path", "probe_lbfgs"]

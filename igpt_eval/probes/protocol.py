@@ -199,7 +199,8 @@ def probe_lbfgs(
                     (acc[i, c], loss[i, c], C[i, c], sol.coef[i, c], sol.intercept[i, c])
                 )
         record(sets, C, sol, acc, loss, seconds, len(y_tr))
-        say(f"{len(sets)} layer(s) x C = {', '.join(f'{c:.3g}' for c in np.unique(C))}", seconds)
+        shown = sorted({float(f"{c:.3g}") for c in C.ravel()})
+        say(f"{len(sets)} layer(s) x C = {', '.join(f'{c:g}' for c in shown)}", seconds)
         return sol
 
     # 1. The C path, warm-started from one C to the next; each layer stops on its own.
