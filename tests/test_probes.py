@@ -116,6 +116,7 @@ def run_protocol(**kw):
 def test_protocol_rows_selection_and_ci():
     df, _ = run_protocol()
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    assert df.standardize.all() and set(df.preprocess) == {"standardize"}  # the default
     test = df[(df.split == "test") & (df.metric == "accuracy")].set_index("layer")
     assert test.loc[1, "value"] > 0.9 > 0.5 > test.loc[0, "value"]
     assert (test.ci_low <= test.value).all() and (test.value <= test.ci_high).all()

@@ -119,7 +119,7 @@ def probe_lbfgs(
     dtype: str = "float32",
     tol: float = 1e-4,
     max_iter: int = 1000,
-    standardize: bool = False,
+    standardize: bool = True,
     n_boot: int = 10_000,
     patience: int = 2,
     seed: int = 0,
