@@ -50,7 +50,7 @@ from igpt_eval.data.subsets import Labelled, augment_images
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.model import IGPT
-from igpt_eval.pretrain import _mask_generator, batch_rows
+from igpt_eval.pretrain import batch_rows, mask_generator
 from igpt_eval.sites import site_name
 
 OBJECTIVES = ("joint", "clf")
@@ -185,7 +185,7 @@ class FineTuner:
         y = torch.from_numpy(np.asarray(self.train.labels[rows])).to(cfg.device)  # (B,)
         mask = None
         if model.config.objective == "bert":
-            mask = model.sample_mask(*x.shape, generator=_mask_generator(cfg.seed, self.step))
+            mask = model.sample_mask(*x.shape, generator=mask_generator(cfg.seed, self.step))
         with self._autocast():
             if cfg.objective == "joint":
                 gen, logits = joint_losses(model, x, self.layer, mask)

@@ -113,7 +113,9 @@ def batch_rows(step: int, n: int, batch: int, seed: int) -> np.ndarray:
     return np.sort(perm[i * batch : (i + 1) * batch])  # sorted: kinder to memmap reads
 
 
-def _mask_generator(seed: int, step: int) -> torch.Generator:
+def mask_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step ``step``'s BERT masks: a function of (seed, step) only, so a
+    resumed run draws exactly the masks an unbroken one would."""
     return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * step + 1)
 
 
@@ -171,7 +173,7 @@ class Trainer:
         x = torch.from_numpy(np.asarray(self.train_tokens[rows], dtype=np.int64))
         mask = None
         if model.config.objective == "bert":  # drawn for the global batch: rank-independent
-            mask = model.sample_mask(*x.shape, generator=_mask_generator(cfg.seed, self.step))
+            mask = model.sample_mask(*x.shape, generator=mask_generator(cfg.seed, self.step))
         # This process's share of the batch, then micro-batches of it.
         x = dist.shard(x)
         mask = dist.shard(mask) if mask is not None else None
