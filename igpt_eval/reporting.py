@@ -167,6 +167,14 @@ def describe_cka(cka: pd.DataFrame) -> list[str]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user typed it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _model_dirs(results_dir: Path, names: list[str]) -> dict[str, Path | None]:
     """Where each model's folder is: ``models.json``, else the shipped models' folder."""
     from igpt_eval.probes.runner import MODELS_DIR
@@ -299,7 +307,7 @@ def build_report(
             files.append(dst)
             figs.append(
                 f"### Completions by {n}\n\n![completions]({dst.name})\n\n(from the "
-                f"model card: `igpt-eval model-card --model {d}`)\n"
+                f"model card: `igpt-eval model-card --model {_shown(d)}`)\n"
             )
 
     low = None
