@@ -81,6 +81,8 @@ def extract(
     split_seed: int | None = None,
     token_cache: str | os.PathLike | None = None,
     device: str = "cpu",
+    compute: str = "float32",
+    max_rows: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ):
@@ -92,8 +94,9 @@ def extract(
     training run's seed, else 0), or an :class:`~igpt_eval.data.ImageDataset` (``split`` is
     then its own). Tokens come from the token cache under ``token_cache`` (default
     ``runs/cache/tokens``). ``out`` defaults to a folder under ``runs/cache/activations``
-    named after the tokens, the weights and the settings. Other arguments are those of
-    :func:`igpt_eval.cache.extract`.
+    named after the tokens, the weights and the settings. ``max_rows`` caps the split at a
+    stratified sample (see :func:`extract_split`). Other arguments are those of
+    :func:`igpt_eval.cache.extract` (``compute="bfloat16"``: bf16 autocast).
     """
     model, palette, ident = open_model(model, palette, device)
     return extract_split(
@@ -101,6 +104,7 @@ def extract(
         layers=layers, site=site, batch_size=batch_size, dtype=dtype, bert_masks=bert_masks,
         seed=seed, full_sequence_layer=full_sequence_layer, data_dir=data_dir,
         split_seed=split_seed, token_cache=token_cache, overwrite=overwrite, progress=progress,
+        compute=compute, max_rows=max_rows,
     )  # fmt: skip
 
 

@@ -217,3 +217,15 @@ def test_empty_split_is_one_line(tmp_path, tiny_model, capsys, monkeypatch):
     assert main(probe_args(tmp_path, tiny_model, npz)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no images" in err[0]
+
+
+def test_summary_marks_one_best_layer_on_ties():
+    rows = []
+    for layer, val in enumerate([0.8, 0.9, 0.9, 0.7]):
+        common = dict(layer=layer, site=f"s{layer}", metric="accuracy", C=1.0, lr=np.nan)
+        common.update(n_iter=5, converged=True, ci_low=0.5, ci_high=0.9)
+        rows.append(dict(common, split="val", value=val, selected=True))
+        rows.append(dict(common, split="test", value=0.6 + 0.01 * layer, selected=True))
+    s = summary(to_frame(rows))
+    assert s.best.tolist() == [False, True, False, False]  # the earlier of the tied layers
+    assert s["last"].tolist() == [False, False, False, True]

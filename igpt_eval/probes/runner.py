@@ -169,7 +169,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
 
     ``best`` marks the layer with the highest *validation* accuracy (what a user may select
-    on); ``last`` the final layer.
+    on; among equal ones, the earliest); ``last`` the final layer.
     """
     acc = df[df.metric == "accuracy"]
     val = acc[(acc.split == "val") & acc.selected.astype(bool)]
@@ -179,7 +179,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ].rename(columns={"value": "test_acc"})
     s = s.merge(val[["layer", "value"]].rename(columns={"value": "val_acc"}), on="layer")
     s = s.sort_values("layer").reset_index(drop=True)
-    s["best"] = s.val_acc == s.val_acc.max()
+    s["best"] = s.index == s.val_acc.idxmax()  # ties: the earliest such layer, one mark only
     s["last"] = s.layer == s.layer.max()
     return s
 
