@@ -404,3 +404,61 @@ def _results(m: dict, b: dict, objective: str, n_test: int) -> list[str]:
             "",
         ]
     return L
+
+
+PROBE_HEADING = "## Linear probes"
+
+
+def probe_section(results, model: str, source: str) -> str:
+    """The card's linear-probe section for ``model``: one row per layer (test accuracy with
+    its 95% CI, the C chosen on validation), the layer chosen on validation marked, from the
+    tidy ``results`` (``source`` names the file, ``igpt-eval probe``/``compare`` output)."""
+    from igpt_eval.probes.runner import summary
+
+    df = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
+    if df.empty:
+        raise IGPTError(f"{source} holds no probe results for {model!r}")
+    s = summary(df)
+    val = df[df.split == "val"].iloc[0]
+    test = df[df.split == "test"].iloc[0]
+    lines = [
+        PROBE_HEADING,
+        "",
+        f"Linear probes on every layer ({df.probe.iloc[0]}, mean-pooled {val.site_kind} "
+        f"features): C chosen on {int(val.n_eval):,} validation images after training on "
+        f"{int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
+        f"images (from `{source}`).",
+        "",
+        "| layer | site | test accuracy [95% CI] | C |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in s.itertuples():
+        mark = " (best on val)" if r.best else ""
+        lines.append(
+            f"| {r.layer}{mark} | {r.site} | {100 * r.test_acc:.2f}% "
+            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | {r.C:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def set_probe_section(model_dir: str | Path, results, model: str, source: str) -> Path:
+    """Replace (or add, before the figures) the linear-probe section of ``model_dir``'s
+    ``MODEL_CARD.md``; the rest of the card is left as it was."""
+    card = Path(model_dir) / CARD
+    if not card.is_file():
+        raise IGPTError(f"{card} does not exist; write the card first (igpt-eval model-card)")
+    text = card.read_text()
+    section = probe_section(results, model, source)
+    if PROBE_HEADING in text:
+        head, _, rest = text.partition(PROBE_HEADING)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+        text = head + section + ("\n" + tail if tail else "")
+    elif "\n## Figures" in text:
+        head, _, tail = text.partition("\n## Figures")
+        text = head + "\n" + section + "\n## Figures" + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with atomic_write(card, "w") as f:
+        f.write(text)
+    return card

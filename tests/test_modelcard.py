@@ -276,3 +276,35 @@ def test_cli_model_card(grey_run, tmp_path, capsys):
     )
     assert main([*args, "--overwrite", "--dataset", f"npz:{other}"]) == 2
     assert "not the one" in one_error_line(capsys)
+
+
+def _probe_rows(model="m"):
+    from igpt_eval.results import to_frame
+
+    rows = []
+    for layer, val in enumerate([0.7, 0.9, 0.8]):
+        common = dict(model=model, probe="lbfgs", layer=layer, site=f"blocks.{layer}.ln_1")
+        common.update(metric="accuracy", C=0.5 * (layer + 1), lr=float("nan"), n_iter=9)
+        common.update(converged=True, site_kind="ln_1", selected=True, ci_low=0.1, ci_high=0.9)
+        rows.append(dict(common, split="val", value=val, n_train=100, n_eval=20))
+        rows.append(dict(common, split="test", value=0.5 + layer / 10, n_train=120, n_eval=30))
+    return to_frame(rows)
+
+
+def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
+    from igpt_eval.errors import IGPTError
+    from igpt_eval.modelcard import set_probe_section
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# m\n\n## Results\n\nloss 1.0\n\n## Figures\n\n![x](x.png)\n")
+    set_probe_section(tmp_path, _probe_rows(), "m", "runs/compare")
+    text = card.read_text()
+    assert text.index("## Results") < text.index("## Linear probes") < text.index("## Figures")
+    assert "| 1 (best on val) | blocks.1.ln_1 | 60.00% [10.00, 90.00] | 1 |" in text
+    assert "on 20 validation images after training on 100" in text and "loss 1.0" in text
+    set_probe_section(tmp_path, _probe_rows(), "m", "runs/compare")  # again: still one section
+    assert card.read_text() == text
+    with pytest.raises(IGPTError, match="no probe results for 'other'"):
+        set_probe_section(tmp_path, _probe_rows(), "other", "f")
+    with pytest.raises(IGPTError, match="write the card first"):
+        set_probe_section(tmp_path / "nowhere", _probe_rows(), "m", "f")

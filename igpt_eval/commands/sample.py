@@ -109,12 +109,29 @@ def _add_model_card(sub) -> None:
         help=f"where token caches live (default: {TOKEN_CACHE})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing card and figures")
+    p.add_argument(
+        "--probe-results",
+        type=Path,
+        default=None,
+        help="only (re)write the card's linear-probe section from this results file or folder "
+        "(igpt-eval probe/compare output); nothing is re-measured",
+    )
     p.set_defaults(func=_cmd_model_card)
 
 
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.modelcard import CARD, write_model_card
+    from igpt_eval.modelcard import CARD, set_probe_section, write_model_card
+
+    if args.probe_results is not None:
+        from igpt_eval.results import load_results
+
+        name = args.name or args.model.resolve().name
+        card = set_probe_section(
+            args.model, load_results(args.probe_results), name, str(args.probe_results)
+        )
+        print(f"linear-probe section of {card} written from {args.probe_results}")
+        return 0
 
     model, palette, run = _load(args.model)
     name = args.name or args.model.resolve().name
