@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
-from igpt_eval.commands.probe import parse_size
+from igpt_eval.commands.probe import add_extraction_flags
 from igpt_eval.errors import IGPTError
 
 DEFAULT_OUT = Path("runs/compare")
@@ -15,7 +14,6 @@ DEFAULT_OUT = Path("runs/compare")
 @subcommand
 def _add_compare(sub) -> None:
     from igpt_eval.compare import DEFAULT_MODELS
-    from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE
 
     p = sub.add_parser(
         "compare",
@@ -45,21 +43,7 @@ def _add_compare(sub) -> None:
     )
     p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
-    p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast for extraction (default: on; --no-bf16 for float32)",
-    )
-    p.add_argument(
-        "--train-size",
-        type=parse_size,
-        default=DEFAULT_TRAIN_SIZE,
-        help=f"training images per probe, a stratified sample, or 'all' (default "
-        f"{DEFAULT_TRAIN_SIZE:,}, as igpt-eval probe)",
-    )
+    add_extraction_flags(p)
     p.add_argument("--knn-k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="kNN temperature")
     p.add_argument(

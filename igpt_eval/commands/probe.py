@@ -38,9 +38,30 @@ def parse_size(spec: str) -> int | None:
     return n
 
 
+def add_extraction_flags(p) -> None:
+    """The feature flags ``probe`` and ``compare`` share (the defaults of ``probe_model``)."""
+    from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE
+
+    p.add_argument(
+        "--train-size",
+        type=parse_size,
+        default=DEFAULT_TRAIN_SIZE,
+        help=f"training images to probe with, a stratified sample, or 'all' "
+        f"(default {DEFAULT_TRAIN_SIZE:,}; validation and test are always whole)",
+    )
+    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
+    p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast for extraction (default: on; --no-bf16 for float32)",
+    )
+
+
 @subcommand
 def _add_probe(sub) -> None:
-    from igpt_eval.probes.runner import DEFAULT_MODEL, DEFAULT_TRAIN_SIZE
+    from igpt_eval.probes.runner import DEFAULT_MODEL
 
     p = sub.add_parser(
         "probe",
@@ -65,21 +86,7 @@ def _add_probe(sub) -> None:
         default=True,
         help="standardise features with training statistics (default: on)",
     )
-    p.add_argument(
-        "--train-size",
-        type=parse_size,
-        default=DEFAULT_TRAIN_SIZE,
-        help=f"training images to probe with, a stratified sample, or 'all' "
-        f"(default {DEFAULT_TRAIN_SIZE:,}; validation and test are always whole)",
-    )
-    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
-    p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast for extraction (default: on; --no-bf16 for float32)",
-    )
+    add_extraction_flags(p)
     p.add_argument(
         "--cache",
         type=Path,
