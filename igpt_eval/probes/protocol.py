@@ -190,8 +190,10 @@ def probe_lbfgs(
     def stage(sets: np.ndarray, C: np.ndarray, init) -> _Solution:
         """Fit layers ``sets`` at C (len(sets), nC) on train, score val, record the rows."""
         t0 = time.perf_counter()
-        sol = _solve(Xtr[sets], y_tr, C, K, backend, init=init, **opts)
-        acc, loss, _ = _evaluate(Xva[sets], y_va, sol, device)
+        # Every layer still on the path (the common case): the arrays themselves, no copy.
+        everyone = len(sets) == G
+        sol = _solve(Xtr if everyone else Xtr[sets], y_tr, C, K, backend, init=init, **opts)
+        acc, loss, _ = _evaluate(Xva if everyone else Xva[sets], y_va, sol, device)
         seconds = time.perf_counter() - t0
         for i, g in enumerate(sets):
             for c in range(C.shape[1]):
