@@ -418,6 +418,11 @@ def probe_section(results, model: str, source: str) -> str:
     df = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
     if df.empty:
         raise IGPTError(f"{source} holds no probe results for {model!r}")
+    if df[df.split == "test"].duplicated(["layer", "metric"]).any():
+        raise IGPTError(
+            f"{source} holds several probe runs of {model!r} (e.g. a low-data study's seeds); "
+            "give the results of one igpt-eval probe or compare run"
+        )
     s = summary(df)
     val = df[df.split == "val"].iloc[0]
     test = df[df.split == "test"].iloc[0]

@@ -306,5 +306,11 @@ def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
     assert card.read_text() == text
     with pytest.raises(IGPTError, match="no probe results for 'other'"):
         set_probe_section(tmp_path, _probe_rows(), "other", "f")
+    import pandas as pd
+
+    twice = pd.concat([_probe_rows(), _probe_rows()], ignore_index=True)
+    with pytest.raises(IGPTError, match="several probe runs"):
+        set_probe_section(tmp_path, twice, "m", "f")
+    assert card.read_text() == text  # refused: the card is left as it was
     with pytest.raises(IGPTError, match="write the card first"):
         set_probe_section(tmp_path / "nowhere", _probe_rows(), "m", "f")
