@@ -83,7 +83,9 @@ def _cmd_finetune(args) -> int:
     from igpt_eval.errors import IGPTError
     from igpt_eval.finetune import FinetuneConfig
     from igpt_eval.finetune_runs import finetune_model
+    from igpt_eval.malloc import keep_freed_memory
 
+    keep_freed_memory()  # a training process: no page faults for every step's activations
     steps = args.steps if args.steps is not None else 500
     if args.epochs is not None:
         if not args.epochs > 0:
@@ -182,7 +184,9 @@ def _add_lowdata(sub) -> None:
 def _cmd_lowdata(args) -> int:
     from igpt_eval.lowdata import LowDataConfig, lowdata_study
     from igpt_eval.lowdata_report import lowdata_figure, lowdata_table
+    from igpt_eval.malloc import keep_freed_memory
 
+    keep_freed_memory()  # many fine-tuning runs in one process
     cfg = LowDataConfig(
         ks=tuple(args.k),
         seeds=args.seeds,

@@ -77,6 +77,7 @@ def _cmd_pretrain(args) -> int:
     from igpt_eval import distributed as dist
     from igpt_eval.config import IGPTConfig
     from igpt_eval.data import load_dataset, load_tokens
+    from igpt_eval.malloc import keep_freed_memory
     from igpt_eval.palette import Palette
     from igpt_eval.pretrain import TrainConfig
     from igpt_eval.runs import lr_sweep, pretrain
@@ -87,6 +88,7 @@ def _cmd_pretrain(args) -> int:
     if args.n_px:
         overrides["n_px"] = args.n_px
     model_cfg = IGPTConfig.resolve(args.model, **overrides)
+    keep_freed_memory()  # a training process: no page faults for every step's activations
     dist.init(args.device)
     main = dist.is_main()
     progress = main and not args.no_progress
