@@ -1,69 +1,98 @@
-"""CPU attention at the shipped models' shape: SDPA in float32, in bf16, and bf16 inputs run
-through the float32 kernel (a candidate fix for slow bf16 training, rejected: see below).
+"""CPU attention for training at the shipped models' shape: PyTorch's SDPA vs our blocked
+bf16 attention (``igpt_eval.ops``, the path a bf16 training step takes).
 
-    python benchmarks/attention.py [--batch 64 --heads 4 --seq 256 --head-dim 32 --threads 2]
+    python benchmarks/attention.py [--batch 32 --heads 4 --seq 256 --head-dim 32]
 
-Times ``F.scaled_dot_product_attention`` (causal) forward and forward+backward and prints
-milliseconds per call. On this project's idle 2-core machine the three are within 10% of
-each other (benchmarks/results/attention.json): an earlier 4x bf16-backward penalty was an
-artefact of a shared CPU, so the model keeps plain SDPA under autocast.
+Times forward+backward of causal self-attention from packed ``q|k|v`` projections
+``(B, T, 3C)`` to ``(B, T, C)``, as the model calls it: SDPA in float32, SDPA in bf16, and the
+blocked kernel in bf16. Variants are interleaved, one call each in turn, and the median is
+reported, so that all see the same machine load. Before timing, the bf16 outputs and input
+gradients are compared with float32 SDPA (largest error relative to the largest value).
+Writes ``benchmarks/results/attention.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from igpt_eval import ops
+from igpt_eval.malloc import keep_freed_memory
 
-def _time(fn, seconds: float) -> float:
-    fn()  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return 1000 * (time.perf_counter() - t0) / n
+
+def sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Split, SDPA (causal), concatenate heads: the model's attention without our kernel."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, 2))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+def blocked(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Our training path (autograd on, CPU, bf16)."""
+    return ops.self_attention(qkv, n_head, causal=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--head-dim", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    shape = (a.batch, a.heads, a.seq, a.head_dim)
+    keep_freed_memory()  # as the pretrain command runs
+    B, H, T, hd = a.batch, a.heads, a.seq, a.head_dim
+    g = torch.Generator().manual_seed(0)
+    qkv32 = torch.randn(B, T, 3 * H * hd, generator=g)
+    dy32 = torch.randn(B, T, H * hd, generator=g)
     variants = {
-        "float32": (torch.float32, False),
-        "bf16": (torch.bfloat16, False),
-        "bf16 via float32 kernel": (torch.bfloat16, True),
+        "sdpa float32": (sdpa, torch.float32),
+        "sdpa bf16": (sdpa, torch.bfloat16),
+        "ours bf16 (blocked)": (blocked, torch.bfloat16),
     }
+
+    def run(fn, dtype):
+        x = qkv32.to(dtype).detach().requires_grad_()
+        y = fn(x, H)
+        y.backward(dy32.to(dtype))
+        return y.detach().float(), x.grad.float()
+
+    y_ref, dx_ref = run(sdpa, torch.float32)
     results = {}
-    for name, (dtype, upcast) in variants.items():
-        q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
-
-        def attend(q=q, k=k, v=v, upcast=upcast, dtype=dtype):
-            if upcast:
-                return F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), is_causal=True
-                ).to(dtype)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        with torch.inference_mode():
-            fwd = _time(attend, a.seconds)
-        fwd_bwd = _time(lambda attend=attend: attend().float().sum().backward(), a.seconds)
-        results[name] = {"forward_ms": fwd, "forward_backward_ms": fwd_bwd}
-        print(f"{name:<24} forward {fwd:7.1f} ms   forward+backward {fwd_bwd:7.1f} ms")
+    for name, (fn, dtype) in variants.items():
+        y, dx = run(fn, dtype)
+        results[name] = {
+            "max_rel_err_out": ((y - y_ref).abs().max() / y_ref.abs().max()).item(),
+            "max_rel_err_grad": ((dx - dx_ref).abs().max() / dx_ref.abs().max()).item(),
+            "times": [],
+        }
+    for _ in range(a.repeats):
+        for name, (fn, dtype) in variants.items():
+            t0 = time.perf_counter()
+            run(fn, dtype)
+            results[name]["times"].append(time.perf_counter() - t0)
+    base = statistics.median(results["sdpa bf16"]["times"])
+    print(f"B={B} H={H} T={T} hd={hd}, causal, {torch.get_num_threads()} threads")
+    print(f"{'variant':<22} {'fwd+bwd ms':>10} {'vs sdpa bf16':>13} {'err out':>8} {'err grad':>8}")
+    for name, r in results.items():
+        r["forward_backward_ms"] = 1000 * statistics.median(r.pop("times"))
+        r["speedup_vs_sdpa_bf16"] = 1000 * base / r["forward_backward_ms"]
+        print(
+            f"{name:<22} {r['forward_backward_ms']:10.1f} {r['speedup_vs_sdpa_bf16']:12.2f}x "
+            f"{r['max_rel_err_out']:8.1e} {r['max_rel_err_grad']:8.1e}"
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"shape": shape, "threads": a.threads, **results}, indent=2))
+    out = {"shape": [B, H, T, hd], "threads": torch.get_num_threads(), **results}
+    a.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
