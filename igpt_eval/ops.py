@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,9 @@ MAX_SAVED_BYTES = 1 << 30
 BLOCKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
-# Off: the literal path everywhere, autograd included (tests use it as the reference).
-TRAINING_PATH = True
+# Off: the literal path everywhere, autograd included: the tests' reference, and a switch
+# for anyone who suspects the fast path (environment IGPT_EVAL_LITERAL_OPS=1).
+TRAINING_PATH = os.environ.get("IGPT_EVAL_LITERAL_OPS", "") != "1"
 
 
 def training_path(x: torch.Tensor) -> bool:
@@ -138,11 +140,11 @@ class _BlockedAttention(torch.autograd.Function):
     gradients as ``(row block, B·H, rows, hd)``, keys and values as packed copies of each
     prefix.
 
-    Forward, per block: ``S = (q/√hd) kᵀ`` (+ mask on the diagonal tile), ``P = softmax(S)``,
+    Forward, per block: ``S = q kᵀ/√hd`` (+ mask on the diagonal tile), ``P = softmax(S)``,
     ``o = P v``; ``P`` is kept for the backward in the compute dtype, as an eager attention
     under autocast keeps it. Backward: ``dv = Pᵀ do``, ``dP = do vᵀ``, ``dS = P (dP -
-    rowsum(dP·P))`` (the softmax backward kernel), ``dq = dS k/√hd``, ``dk = dSᵀ (q/√hd)``,
-    the key-side gradients summed over row blocks.
+    rowsum(dP·P))`` (the softmax backward kernel), ``dq = dS k/√hd``, ``dk = dSᵀ q/√hd``,
+    the key-side gradients summed over row blocks. The 1/√hd rides on the matmuls (alpha).
     """
 
     @staticmethod
@@ -151,12 +153,9 @@ class _BlockedAttention(torch.autograd.Function):
         H, hd = n_head, C3 // 3 // n_head
         BH, nb = B * H, _row_blocks(T, causal)
         tb = T // nb
+        scale = 1 / math.sqrt(hd)
         x = qkv.view(B, T, 3, H, hd)
-        # Queries, scaled by 1/√hd on the way: (nb, B·H, tb, hd).
-        q = torch.empty(nb, B, H, tb, hd, dtype=qkv.dtype)
-        q_src = x[:, :, 0].view(B, nb, tb, H, hd).permute(1, 0, 3, 2, 4)
-        torch.mul(q_src, 1 / math.sqrt(hd), out=q)
-        q = q.view(nb, BH, tb, hd)
+        q = x[:, :, 0].view(B, nb, tb, H, hd).permute(1, 0, 3, 2, 4).reshape(nb, BH, tb, hd)
         k, v = (x[:, :, i].transpose(1, 2).reshape(BH, T, hd) for i in (1, 2))  # (B·H, T, hd)
         widths = [(r + 1) * tb if causal else T for r in range(nb)]
         k_pre = [k[:, :w].contiguous() for w in widths]  # the last is k itself
@@ -168,19 +167,21 @@ class _BlockedAttention(torch.autograd.Function):
         for r in range(nb):
             for h0 in range(0, BH, hb):
                 hs = slice(h0, h0 + hb)
-                s = torch.bmm(q[r, hs], k_pre[r][hs].transpose(1, 2))  # (h, tb, w)
+                s = torch.empty(q[r, hs].shape[0], tb, k_pre[r].shape[1], dtype=qkv.dtype)
+                # The scale rides on the matmul (alpha); beta=0 ignores s's contents.
+                torch.baddbmm(s, q[r, hs], k_pre[r][hs].transpose(1, 2), beta=0, alpha=scale, out=s)
                 if causal:
                     s[:, :, r * tb :].add_(tile)  # the diagonal tile
                 p = torch.softmax(s, dim=-1)
                 torch.bmm(p, v_pre[r][hs], out=o[r, hs])
                 probs.append(p)
         ctx.save_for_backward(q, *k_pre, *v_pre, *probs)
-        ctx.dims = (B, T, H, hd, nb, hb, causal)
+        ctx.dims = (B, T, H, hd, nb, hb, causal, scale)
         return o.view(nb, B, H, tb, hd).permute(1, 0, 3, 2, 4).reshape(B, T, H * hd)
 
     @staticmethod
     def backward(ctx, dy):
-        B, T, H, hd, nb, hb, causal = ctx.dims
+        B, T, H, hd, nb, hb, causal, scale = ctx.dims
         BH, tb = B * H, T // nb
         q, *rest = ctx.saved_tensors
         k_pre, v_pre, probs = rest[:nb], rest[nb : 2 * nb], rest[2 * nb :]
@@ -195,16 +196,16 @@ class _BlockedAttention(torch.autograd.Function):
                 p, do_r = probs[r * len(groups) + g], do[r, hs]
                 dp = torch.bmm(do_r, v_pre[r][hs].transpose(1, 2))  # (h, tb, w)
                 ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-                torch.bmm(ds, k_pre[r][hs], out=dq[r, hs])
+                torch.baddbmm(dq[r, hs], ds, k_pre[r][hs], beta=0, alpha=scale, out=dq[r, hs])
                 if r == nb - 1:
                     torch.bmm(p.transpose(1, 2), do_r, out=dv[hs])
-                    torch.bmm(ds.transpose(1, 2), q[r, hs], out=dk[hs])
+                    dk_h = dk[hs]
+                    torch.baddbmm(dk_h, ds.transpose(1, 2), q[r, hs], beta=0, alpha=scale, out=dk_h)
                 else:
                     dv[hs, :w].add_(torch.bmm(p.transpose(1, 2), do_r))
-                    dk[hs, :w].add_(torch.bmm(ds.transpose(1, 2), q[r, hs]))
+                    dk[hs, :w].add_(torch.bmm(ds.transpose(1, 2), q[r, hs]), alpha=scale)
         dqkv = torch.empty(B, T, 3, H, hd, dtype=q.dtype)
-        dq_dst = dqkv[:, :, 0].view(B, nb, tb, H, hd).permute(1, 0, 3, 2, 4)
-        torch.mul(dq.view(nb, B, H, tb, hd), 1 / math.sqrt(hd), out=dq_dst)
+        dqkv[:, :, 0].view(B, nb, tb, H, hd).copy_(dq.view(nb, B, H, tb, hd).permute(1, 0, 3, 2, 4))
         dqkv[:, :, 1] = dk.view(B, H, T, hd).transpose(1, 2)
         dqkv[:, :, 2] = dv.view(B, H, T, hd).transpose(1, 2)
         return dqkv.view(B, T, 3 * H * hd), None, None
