@@ -86,3 +86,26 @@ def test_console_entry_point_error_has_no_traceback(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip() == f"igpt-eval: error: {tmp_path / 'missing'} does not exist"
+
+
+def test_finetune_and_lowdata_flags_reach_their_configs():
+    # config_from_args fills each config field from the flag of the same name.
+    from igpt_eval.cli import build_parser
+    from igpt_eval.commands import config_from_args
+    from igpt_eval.finetune import FinetuneConfig
+    from igpt_eval.lowdata import LowDataConfig
+
+    parser = build_parser()
+    args = parser.parse_args(
+        "finetune --model m --out o --lr 0.01 --bf16 --layer 3 --patience 2 --objective clf "
+        "--batch-size 16 --eval-every 7 --seed 5 --augment".split()
+    )
+    cfg = config_from_args(FinetuneConfig, args, steps=9)
+    assert (cfg.steps, cfg.lr, cfg.bf16, cfg.layer, cfg.patience) == (9, 0.01, True, 3, 2)
+    assert (cfg.objective, cfg.batch_size, cfg.eval_every, cfg.seed) == ("clf", 16, 7, 5)
+    assert cfg.augment and cfg.betas == FinetuneConfig().betas  # no flag: the default
+
+    args = parser.parse_args("lowdata --model m --out o --k 4 10 --seeds 2 --no-bf16".split())
+    cfg = config_from_args(LowDataConfig, args, ks=tuple(args.k), finetune=False)
+    assert (cfg.ks, cfg.seeds, cfg.bf16, cfg.finetune) == ((4, 10), 2, False, False)
+    assert cfg.select_iter == LowDataConfig().select_iter

@@ -8,6 +8,7 @@ logic of its own). Library imports happen inside ``_cmd_*`` so the CLI starts fa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,15 @@ def subcommand(add: Callable[[argparse._SubParsersAction], None]):
     """Register ``_add_<name>`` as the parser builder of subcommand ``<name>``."""
     SUBCOMMANDS[add.__name__.removeprefix("_add_")] = add
     return add
+
+
+def config_from_args(cls, args: argparse.Namespace, **overrides):
+    """The config dataclass ``cls`` from the parsed flags named as its fields; ``overrides``
+    win, and fields with no flag keep their defaults."""
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    return cls(**{**given, **overrides})
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.commands import subcommand
+from igpt_eval.commands import config_from_args, subcommand
 
 
 def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
@@ -91,20 +91,7 @@ def _cmd_finetune(args) -> int:
         if not args.epochs > 0:
             raise IGPTError(f"--epochs must be positive, got {args.epochs}")
         steps = -1  # resolved once the training set's size is known (below)
-    cfg = FinetuneConfig(
-        steps=max(steps, 1),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        objective=args.objective,
-        layer=args.layer,
-        augment=args.augment,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        eval_images=args.eval_images,
-        bf16=args.bf16,
-        seed=args.seed,
-        device=args.device,
-    )
+    cfg = config_from_args(FinetuneConfig, args, steps=max(steps, 1))
     df = finetune_model(
         args.model,
         args.dataset,
@@ -187,22 +174,7 @@ def _cmd_lowdata(args) -> int:
     from igpt_eval.malloc import keep_freed_memory
 
     keep_freed_memory()  # many fine-tuning runs in one process
-    cfg = LowDataConfig(
-        ks=tuple(args.k),
-        seeds=args.seeds,
-        steps=args.steps,
-        test_images=args.test_images,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        objective=args.objective,
-        layer=args.layer,
-        augment=args.augment,
-        bf16=args.bf16,
-        finetune=not args.no_finetune,
-        device=args.device,
-    )
+    cfg = config_from_args(LowDataConfig, args, ks=tuple(args.k), finetune=not args.no_finetune)
     df = lowdata_study(
         args.model,
         args.dataset,
