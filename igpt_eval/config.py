@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import read_json
 
 OBJECTIVES = ("ar", "bert")
 
@@ -100,11 +100,9 @@ class IGPTConfig:
         """Read a ``config.json``; a missing or malformed file is one clear error."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = read_json(path)
         except FileNotFoundError:
             raise IGPTError(f"no model config at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IGPTError(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
     @classmethod

@@ -9,7 +9,6 @@ training itself is :class:`igpt_eval.finetune.FineTuner`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from igpt_eval.checkpoint import has_resume
 from igpt_eval.data.subsets import Labelled
 from igpt_eval.errors import IGPTError
 from igpt_eval.finetune import FinetuneConfig, FineTuner, with_classifier
-from igpt_eval.io import write_json
+from igpt_eval.io import read_json, write_json
 from igpt_eval.model import IGPT
 from igpt_eval.results import save_results, to_frame
 
@@ -100,11 +99,9 @@ def _check_out(out: Path, info: dict, resume: bool) -> None:
             )
         return
     try:
-        old = json.loads((out / "finetune.json").read_text())
+        old = read_json(out / "finetune.json")
     except FileNotFoundError:
         raise IGPTError(f"nothing to resume in {out}: it holds no fine-tuning run") from None
-    except ValueError as e:
-        raise IGPTError(f"{out / 'finetune.json'} is corrupt ({e})") from None
     if old.get("identity") != info["identity"] or old.get("n_classes") != info["n_classes"]:
         raise IGPTError(f"cannot resume {out}: it was fine-tuned from another model or data")
     for key in _RESUMABLE:

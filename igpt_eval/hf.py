@@ -29,7 +29,7 @@ from safetensors.torch import save as st_save
 from igpt_eval.checkpoint import check_state_dict
 from igpt_eval.config import IGPTConfig
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, write_json
+from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model import IGPT
 
 # (our suffix, HF suffix, transpose) for the per-block weights.
@@ -53,10 +53,7 @@ def _read_hf_folder(path: Path) -> tuple[dict, dict, np.ndarray | None]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise IGPTError(f"{path} is not a Hugging Face checkpoint folder (no config.json)")
-    try:
-        hf_cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IGPTError(f"{cfg_file} is not valid JSON: {e}") from None
+    hf_cfg = read_json(cfg_file)
     if not isinstance(hf_cfg, dict) or hf_cfg.get("model_type") != "imagegpt":
         got = hf_cfg.get("model_type") if isinstance(hf_cfg, dict) else None
         raise IGPTError(f"{path} is not an ImageGPT checkpoint (model_type {got!r})")

@@ -47,6 +47,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             os.close(dfd)
 
 
+def read_json(path: str | os.PathLike, hint: str = "") -> Any:
+    """Parse a JSON file. A corrupt one is one :class:`~igpt_eval.errors.IGPTError` line
+    naming it (plus ``hint``, what to do about it); a missing one raises
+    ``FileNotFoundError``, for the caller to word."""
+    from igpt_eval.errors import IGPTError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IGPTError(f"{path} is not valid JSON ({e}){hint}") from None
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_write(path, "w") as f:

@@ -25,7 +25,6 @@ set with 0) so they compare like for like. Rows carry ``method``, ``labels_per_c
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import read_json
 
 METHODS = ("linear probe", "fine-tune", "raw pixels")
 
@@ -188,10 +188,7 @@ def _guard(out: Path, settings: dict) -> None:
 
     f = out / "lowdata.json"
     if f.is_file():
-        try:
-            old = json.loads(f.read_text())
-        except ValueError as e:
-            raise IGPTError(f"{f} is corrupt ({e})") from None
+        old = read_json(f)
         if old != settings:
             raise IGPTError(f"{out} holds a low-data study with other settings; choose a new --out")
     elif out.exists() and any(out.iterdir()):

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.figures import completion_grid, loss_curve, read_log, sample_grid
-from igpt_eval.io import atomic_write
+from igpt_eval.io import atomic_write, read_json
 
 __all__ = [
     "completion_grid",
@@ -130,10 +129,7 @@ def read_run(model_dir: str | Path) -> dict:
     f = Path(model_dir) / "run.json"
     if not f.is_file():
         return {}
-    try:
-        run = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IGPTError(f"{f} is not valid JSON: {e}") from None
+    run = read_json(f)
     if not isinstance(run, dict):
         raise IGPTError(f"{f} must hold a JSON object")
     return run

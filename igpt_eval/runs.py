@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from igpt_eval import distributed as dist
 from igpt_eval.config import IGPTConfig
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, write_json
+from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model import IGPT
 from igpt_eval.pretrain import TrainConfig, Trainer
 
@@ -90,10 +89,7 @@ def _check_resumable(out: Path, info: dict) -> None:
     run = out / "run.json"
     if not run.is_file():
         raise IGPTError(f"nothing to resume in {out}: it holds no run (no run.json)")
-    try:
-        old = json.loads(run.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IGPTError(f"{run} is corrupt ({e})") from None
+    old = read_json(run)
     for key in _IDENTITY:
         if old.get(key) != info.get(key):
             what = key.replace("_", " ")

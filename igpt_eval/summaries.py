@@ -8,13 +8,13 @@ draws everything from them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import read_json
 
 PIXELS = "pixels"  # model and probe name of the raw-pixel baseline rows
 CKA_COLUMNS = [
@@ -149,7 +149,4 @@ def load_models(folder: str | Path) -> dict:
     f = Path(folder) / MODELS_FILE
     if not f.is_file():
         return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise IGPTError(f"{f} is not valid JSON ({e})") from None
+    return read_json(f)
