@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.figures import completion_grid, loss_curve, read_log, sample_grid
@@ -100,27 +101,33 @@ def token_baselines(train_tokens, test_tokens, k: int) -> dict:
 
 @torch.no_grad()
 def model_metrics(model, tokens, batch_size: int = 256) -> dict:
-    """Test loss of ``model`` on ``tokens`` in nats per token (``pretrain.evaluate``: the same
-    measure as the validation loss in training, BERT masks from its fixed seed) and bits per
-    dimension; for AR models also the next-pixel accuracy of the argmax colour."""
+    """Test loss of ``model`` on ``tokens`` in nats per token (the same measure as the
+    validation loss in training: ``pretrain.evaluate``, BERT masks from its fixed seed) and
+    bits per dimension; for AR models also the next-pixel accuracy of the argmax colour,
+    from the same forward pass as the loss."""
     from igpt_eval.pretrain import evaluate
 
     if len(tokens) == 0:
         raise IGPTError("no test tokens to measure the model on")
-    loss = evaluate(model, tokens, batch_size=batch_size)
-    out = {"loss": loss, "bits_per_dim": loss / math.log(2), "accuracy": None}
-    if model.config.objective == "ar":
-        was_training = model.training
-        model.eval()
-        hits = total = 0
-        for s in range(0, len(tokens), batch_size):
-            x = torch.from_numpy(np.asarray(tokens[s : s + batch_size], dtype=np.int64))
-            x = x.to(model.device)
-            hits += (model(x).argmax(-1) == x).sum().item()
-            total += x.numel()
-        model.train(was_training)
-        out["accuracy"] = hits / total
-    return out
+    if model.config.objective != "ar":
+        loss = evaluate(model, tokens, batch_size=batch_size)
+        return {"loss": loss, "bits_per_dim": loss / math.log(2), "accuracy": None}
+    was_training = model.training
+    model.eval()
+    nll = hits = total = 0.0
+    for s in range(0, len(tokens), batch_size):
+        x = torch.from_numpy(np.asarray(tokens[s : s + batch_size], dtype=np.int64))
+        x = x.to(model.device)
+        logits = model(x).flatten(0, 1).float()  # (B·T, k): the AR loss's logits
+        nll += F.cross_entropy(logits, x.flatten(), reduction="sum").item()
+        hits += (logits.argmax(-1) == x.flatten()).sum().item()
+        total += x.numel()
+    model.train(was_training)
+    return {
+        "loss": nll / total,
+        "bits_per_dim": nll / total / math.log(2),
+        "accuracy": hits / total,
+    }
 
 
 # ------------------------------------------------------------------ the run's files
