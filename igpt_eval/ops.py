@@ -111,10 +111,17 @@ def self_attention(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor
     if training_path(qkv) and qkv.dtype in BLOCKED_DTYPES and T > 1:
         saved = B * n_head * T * T * qkv.element_size() // (2 if causal else 1)  # probabilities
         if saved <= MAX_SAVED_BYTES:
-            return _BlockedAttention.apply(qkv, n_head, causal)
+            return _blocked_attention(qkv, n_head, causal)
     q, k, v = (t.view(B, T, n_head, hd).transpose(1, 2) for t in qkv.split(C, dim=2))
     y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)  # (B, H, T, hd)
     return y.transpose(1, 2).reshape(B, T, C)
+
+
+# torch.compile leaves the kernel whole (a graph break): it is already a sequence of large
+# batched matmuls, and tracing its ~20 calls per block would only lengthen compilation.
+@torch.compiler.disable
+def _blocked_attention(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
+    return _BlockedAttention.apply(qkv, n_head, causal)
 
 
 @functools.lru_cache(maxsize=8)
