@@ -89,11 +89,14 @@ def test_folded_norm_writes_the_autocast_dtype():
         assert ops.rms_norm(x, torch.ones(8), 1e-5).dtype == torch.float32  # Norm.forward
 
 
-@pytest.mark.parametrize("objective", ["ar", "bert"])
-def test_training_forward_matches_literal_model(monkeypatch, objective):
-    # Block._train_forward folds the norm gains and quick-GELU's slope into the weights; in
-    # float64 the loss and every parameter's gradient must equal the literal model's.
-    cfg = IGPTConfig(vocab_size=7, n_px=4, n_embd=16, n_head=2, n_layer=2, objective=objective)
+@pytest.mark.parametrize("objective,bias", [("ar", False), ("bert", False), ("ar", True)])
+def test_training_forward_matches_literal_model(monkeypatch, objective, bias):
+    # Block._train_forward folds the norm gains and quick-GELU's slope into the weights (and
+    # the fc bias); in float64 the loss and every parameter's gradient must equal the literal
+    # model's.
+    cfg = IGPTConfig(
+        vocab_size=7, n_px=4, n_embd=16, n_head=2, n_layer=2, objective=objective, bias=bias
+    )
     torch.manual_seed(0)
     model = IGPT(cfg).double()
     with torch.no_grad():  # non-trivial gains and head, so that folding them matters
