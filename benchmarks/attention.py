@@ -20,24 +20,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from igpt_eval import ops
 from igpt_eval.malloc import keep_freed_memory
 
 
-def sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Split, SDPA (causal), concatenate heads: the model's attention without our kernel."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, 2))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return y.transpose(1, 2).reshape(B, T, C)
-
-
 def blocked(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     """Our training path (autograd on, CPU, bf16)."""
     return ops.self_attention(qkv, n_head, causal=True)
+
+
+def sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """PyTorch's SDPA (causal): the model's literal path."""
+    return ops.sdpa_attention(qkv, n_head, causal=True)
 
 
 def main() -> None:

@@ -83,9 +83,8 @@ class _RMSNorm(torch.autograd.Function):
         ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc)  # (N, 1)
         r = torch.rsqrt(ss.square_().div_(C).add_(eps))
         ctx.save_for_backward(x, r, g)
-        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        if g is None:
-            return torch.mul(x, r, out=y)  # one pass, straight into the output dtype
+        if g is None:  # one pass, straight into the output dtype
+            return torch.mul(x, r, out=torch.empty(x.shape, dtype=out_dtype, device=x.device))
         return torch.mul(x, r).mul_(g)
 
     @staticmethod
@@ -105,14 +104,19 @@ class _RMSNorm(torch.autograd.Function):
 def self_attention(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
     """Multi-head attention of the packed ``q|k|v`` projections ``(B, T, 3C)``; returns
     ``(B, T, C)``, heads concatenated. Scaled by ``1/sqrt(hd)``, as iGPT does."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hd = C // n_head
+    B, T, _ = qkv.shape
     if training_path(qkv) and qkv.dtype in BLOCKED_DTYPES and T > 1:
         saved = B * n_head * T * T * qkv.element_size() // (2 if causal else 1)  # probabilities
         if saved <= MAX_SAVED_BYTES:
             return _blocked_attention(qkv, n_head, causal)
-    q, k, v = (t.view(B, T, n_head, hd).transpose(1, 2) for t in qkv.split(C, dim=2))
+    return sdpa_attention(qkv, n_head, causal)
+
+
+def sdpa_attention(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
+    """The literal path of :func:`self_attention`: split the heads, SDPA, concatenate."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
     y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)  # (B, H, T, hd)
     return y.transpose(1, 2).reshape(B, T, C)
 

@@ -11,15 +11,6 @@ from igpt_eval.config import IGPTConfig
 from igpt_eval.model import IGPT
 
 
-def _sdpa(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor:
-    """The literal attention: split, SDPA, concatenate heads."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, 2))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return y.transpose(1, 2).reshape(B, T, C)
-
-
 def _value_and_grad(fn, x: torch.Tensor, gy: torch.Tensor):
     x = x.detach().requires_grad_()
     y = fn(x)
@@ -38,7 +29,7 @@ def test_blocked_attention_is_exact_attention(monkeypatch, causal, T, score_byte
     qkv = torch.randn(B, T, 3 * C, generator=g, dtype=torch.float64)
     gy = torch.randn(B, T, C, generator=g, dtype=torch.float64)
     y, dqkv = _value_and_grad(lambda x: ops._BlockedAttention.apply(x, H, causal), qkv, gy)
-    y_ref, dqkv_ref = _value_and_grad(lambda x: _sdpa(x, H, causal), qkv, gy)
+    y_ref, dqkv_ref = _value_and_grad(lambda x: ops.sdpa_attention(x, H, causal), qkv, gy)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(dqkv, dqkv_ref, rtol=1e-10, atol=1e-12)
 
@@ -53,13 +44,15 @@ def test_bf16_training_attention_takes_the_blocked_path_and_stays_close(causal):
     y = ops.self_attention(x, H, causal)
     assert y.grad_fn is not None and "BlockedAttention" in type(y.grad_fn).__name__
     (dx,) = torch.autograd.grad(y, x, gy.bfloat16())
-    y_ref, dx_ref = _value_and_grad(lambda t: _sdpa(t, H, causal), qkv, gy)
+    y_ref, dx_ref = _value_and_grad(lambda t: ops.sdpa_attention(t, H, causal), qkv, gy)
     # bf16 keeps 8 bits of mantissa: errors of a few parts in a thousand of the scale.
     torch.testing.assert_close(y.float(), y_ref, rtol=0, atol=0.02 * y_ref.abs().max().item())
     torch.testing.assert_close(dx.float(), dx_ref, rtol=0, atol=0.03 * dx_ref.abs().max().item())
     # Without autograd (inference) the literal SDPA path runs, bit for bit.
     with torch.no_grad():
-        assert torch.equal(ops.self_attention(x, H, causal), _sdpa(x.detach(), H, causal))
+        assert torch.equal(
+            ops.self_attention(x, H, causal), ops.sdpa_attention(x.detach(), H, causal)
+        )
 
 
 @pytest.mark.parametrize("with_gain", [True, False])
