@@ -147,3 +147,49 @@ def load_resume(out: str | Path) -> tuple[dict, dict, Path]:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
         raise IGPTError(f"checkpoint {ck} is unreadable ({e})") from None
     return weights, state, ck
+
+
+# ------------------------------------------------------------------ training snapshots
+SNAPSHOTS = "snapshots"
+SNAPSHOT_INFO = "snapshot.json"
+
+
+def save_snapshot(out: str | Path, step: int, model, info: dict, palette_file=None) -> Path:
+    """Keep the weights of step ``step`` as ``out/snapshots/step-XXXXXX/``: a full checkpoint
+    folder (``model.safetensors``, ``config.json``, ``palette.npy``) plus ``snapshot.json``
+    (``info``: the step, the validation loss there, …).
+
+    Written under a temporary name and renamed into place, so a folder that exists is
+    complete; writing the same step again (a resumed run passing it a second time) replaces
+    it with the same weights.
+    """
+    import os
+    import shutil
+
+    from igpt_eval.io import write_json
+
+    root = Path(out) / SNAPSHOTS
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tmp)
+    if palette_file is not None and Path(palette_file).is_file():
+        shutil.copy2(palette_file, tmp / PALETTE)
+    write_json(tmp / SNAPSHOT_INFO, {"step": step, **info})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def list_snapshots(run: str | Path) -> list[tuple[int, Path, dict]]:
+    """``(step, folder, info)`` of every complete snapshot in ``run/snapshots``, by step."""
+    from igpt_eval.io import read_json
+
+    root = Path(run) / SNAPSHOTS
+    found = []
+    for d in sorted(root.glob("step-*")) if root.is_dir() else []:
+        if (d / SNAPSHOT_INFO).is_file() and (d / WEIGHTS).is_file():
+            info = read_json(d / SNAPSHOT_INFO)
+            found.append((int(info["step"]), d, info))
+    return sorted(found, key=lambda t: t[0])

@@ -2,7 +2,10 @@
 
 The recipe (Chen et al. 2020, §3): Adam with β1 = 0.9, β2 = 0.95, no weight decay, no
 dropout; the learning rate rises linearly for one epoch of warm-up, then decays to 0 at the
-last step on a cosine. The learning rate itself is picked by :func:`lr_sweep`.
+last step on a cosine. Warm-up is capped at 10% of the steps, so a run of 10 epochs or more
+warms up for exactly the paper's one epoch and a short run (a sweep, a pilot) still spends
+90% of its steps at useful rates. The learning rate itself is picked by
+:func:`~igpt_eval.runs.lr_sweep`.
 
 Runs are resumable *exactly*. Every random choice is a pure function of ``(seed, step)``:
 the order of images in epoch e is a permutation seeded by ``(seed, e)``, and step s's BERT
@@ -18,6 +21,8 @@ On disk (``out/``)::
     resume/step-N/                                weights + optimizer (torch.save'd tensors
                                                   only, read back with weights_only=True)
     resume/LATEST                                 the newest complete resume/step-N
+    snapshots/step-XXXXXX/                        kept weights of chosen steps (optional):
+                                                  a checkpoint folder + snapshot.json
 
 A resume folder is written under a temporary name and renamed into place, and ``LATEST`` is
 replaced atomically after it, so a kill during a checkpoint leaves the previous one in use.
@@ -37,9 +42,9 @@ import torch
 from tqdm.auto import tqdm
 
 from igpt_eval import distributed as dist
-from igpt_eval.checkpoint import load_resume, save_model, save_resume
+from igpt_eval.checkpoint import PALETTE, load_resume, save_model, save_resume, save_snapshot
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, write_json
+from igpt_eval.io import atomic_write
 from igpt_eval.model import IGPT
 
 LOG_FIELDS = ["step", "epoch", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds"]
@@ -62,6 +67,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between validation losses
     eval_images: int = 2000  # validation images scored each time (a fixed subset)
     checkpoint_every: int = 500  # steps between resumable checkpoints
+    snapshot_steps: tuple[int, ...] = ()  # steps whose weights are kept (for igpt-eval track)
     device: str = "cpu"
 
     def validate(self, n_train: int) -> None:
@@ -88,11 +94,30 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_images"):
             if getattr(self, name) < 1:
                 raise IGPTError(f"{name} must be >= 1, got {getattr(self, name)}")
+        bad = [s for s in self.snapshot_steps if not 1 <= s <= self.steps]
+        if bad:
+            raise IGPTError(f"snapshot steps must lie in 1..{self.steps} (the run's steps), got {bad}")
 
     def warmup(self, steps_per_epoch: int) -> int:
         if self.warmup_steps is not None:
             return self.warmup_steps
         return max(1, min(steps_per_epoch, self.steps // 10))
+
+
+def log_spaced_steps(n: int, steps: int, first_fraction: float = 0.01) -> tuple[int, ...]:
+    """``n`` steps spaced evenly in log(step) from ``first_fraction · steps`` up to, but not
+    including, the last step, followed by the last step itself (so ``n + 1`` in all, fewer
+    when a short run makes some coincide).
+
+    Log spacing because the loss moves fastest early: the paper's Figure 3 needs points
+    across orders of magnitude of training, not a dense tail.
+    """
+    if n < 1:
+        raise IGPTError(f"the number of snapshots must be a positive integer, got {n}")
+    first = max(1.0, first_fraction * steps)
+    grid = np.geomspace(first, steps, n + 1)[:-1] if steps > first else np.array([])
+    chosen = {int(round(float(s))) for s in grid}
+    return tuple(sorted(s for s in chosen if 1 <= s < steps)) + (steps,)
 
 
 def lr_at(step: int, cfg: TrainConfig, warmup: int) -> float:
@@ -159,6 +184,7 @@ class Trainer:
         self.steps_per_epoch = len(train_tokens) // cfg.batch_size
         self.warmup = cfg.warmup(self.steps_per_epoch)
         self.elapsed = 0.0  # training seconds before this process (for resumed runs)
+        self.snapshot_steps = frozenset(cfg.snapshot_steps)
         # The loss as a module's forward, so that DDP and torch.compile can wrap it.
         objective: torch.nn.Module = Objective(model)
         if dist.world_size() > 1:
@@ -230,8 +256,11 @@ class Trainer:
                 "tokens_per_s": round(cfg.batch_size * T / dt, 1),
                 "seconds": round(self.elapsed + time.perf_counter() - t_start, 2),
             }
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            snapshot = self.step in self.snapshot_steps
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps or snapshot:
                 row["val_loss"] = last = self.validate()
+            if snapshot and main:
+                self.snapshot(row)
             if main:
                 log.write(row)
                 bar.update(1)
@@ -262,6 +291,12 @@ class Trainer:
         save_resume(self.out, self.step, self.model, state)
         save_model(self.model, self.out)  # the user-facing weights; palette.npy stays as is
         dist.barrier()
+
+    def snapshot(self, row: dict) -> None:
+        """Keep this step's weights under ``snapshots/`` with its validation loss."""
+        info = {k: row[k] for k in ("epoch", "lr", "train_loss", "val_loss", "seconds")}
+        info["tokens_seen"] = self.step * self.cfg.batch_size * self.model.config.n_positions
+        save_snapshot(self.out, self.step, self.model, info, self.out / PALETTE)
 
     def resume(self) -> None:
         """Continue from ``out/resume/LATEST``: weights, optimizer and step."""
@@ -305,7 +340,3 @@ class _Log:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
 
-
-def save_run_info(out: Path, info: dict) -> None:
-    """``run.json``: the settings and data identity of a run, checked again on resume."""
-    write_json(out / "run.json", info)

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from igpt_eval.checkpoint import list_snapshots
 from igpt_eval.cli import main
 from igpt_eval.config import IGPTConfig
 from igpt_eval.model import IGPT
-from igpt_eval.pretrain import TrainConfig, Trainer, batch_rows, lr_at
+from igpt_eval.pretrain import TrainConfig, Trainer, batch_rows, log_spaced_steps, lr_at
 from igpt_eval.runs import lr_sweep, pretrain, sweep_lrs
 
 CFG = IGPTConfig.preset("tiny")  # 8×8 px, 16 colours, 3 blocks
@@ -40,6 +41,17 @@ def test_schedule_warms_up_then_decays_to_zero():
     # Default warm-up: one epoch, but never more than 10% of a short run.
     assert TrainConfig(steps=1000).warmup(steps_per_epoch=50) == 50
     assert TrainConfig(steps=100).warmup(steps_per_epoch=50) == 10
+
+
+def test_snapshot_steps_are_log_spaced_and_end_at_the_last_step():
+    steps = log_spaced_steps(8, 10_000)
+    assert steps[0] == 100 and steps[-1] == 10_000 and len(steps) == 9
+    ratios = np.diff(np.log(steps[:-1]))
+    assert np.allclose(ratios, ratios[0], atol=0.01)  # evenly spaced in log(step)
+    assert log_spaced_steps(5, 3) == (1, 2, 3)  # a short run: fewer, no repeats
+    assert log_spaced_steps(1, 1) == (1,)
+    with pytest.raises(Exception, match="positive integer"):
+        log_spaced_steps(0, 100)
 
 
 def test_paper_lr_sweep_sequence():
@@ -123,6 +135,10 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_npz, objective, kil
         "--token-cache",
         str(tmp_path / "cache"),
         "--no-progress",
+        "--snapshots",
+        "3",
+        "--snapshot-steps",
+        "17",
     ]
     ref = _run_cli([*common, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
@@ -145,6 +161,19 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_npz, objective, kil
     with open(tmp_path / "run/train_log.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(1, 31))  # the log has each step once, in order
+    # The resumed run ends with the same snapshots, bit for bit, as the unbroken one.
+    ref_snaps, run_snaps = list_snapshots(tmp_path / "ref"), list_snapshots(tmp_path / "run")
+    assert [s for s, _, _ in ref_snaps] == [1, 3, 10, 17, 30]
+    assert [s for s, _, _ in run_snaps] == [1, 3, 10, 17, 30]
+    for (_, a_dir, a_info), (_, b_dir, b_info) in zip(ref_snaps, run_snaps, strict=True):
+        a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert a_info["val_loss"] == b_info["val_loss"]
+        assert (b_dir / "palette.npy").is_file() and (b_dir / "config.json").is_file()
+    assert not list((tmp_path / "run/snapshots").glob(".tmp*"))
+    # The last snapshot is the final model.
+    last = load_file(run_snaps[-1][1] / "model.safetensors")
+    assert all(torch.equal(last[k], b[k]) for k in b)
 
 
 def test_crash_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch):
@@ -285,6 +314,10 @@ def run_args(tmp_path, tiny_npz):
         (["--batch-size", "4096"], "fewer than one batch"),
         (["--model", "nope"], "neither a preset"),
         (["--resume"], "nothing to resume"),
+        (["--snapshots", "0"], "positive integer"),
+        (["--snapshots", "two"], "positive integer"),
+        (["--snapshot-steps", "1,x"], "comma-separated positive integers"),
+        (["--snapshot-steps", "5"], "snapshot steps must lie in 1..2"),
     ],
 )
 def test_bad_settings_are_one_line(run_args, capsys, extra, match, tmp_path):

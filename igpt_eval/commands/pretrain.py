@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -60,6 +61,21 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--eval-every", type=int, default=200, help="steps between val losses")
     p.add_argument("--eval-images", type=int, default=2000, help="val images per evaluation")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument(
+        "--snapshots",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="keep the weights of N log-spaced steps plus the last under OUT/snapshots/ "
+        "(for igpt-eval track)",
+    )
+    p.add_argument(
+        "--snapshot-steps",
+        type=_step_list,
+        default=None,
+        metavar="S1,S2,...",
+        help="keep the weights of these steps too (comma-separated)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--token-cache",
@@ -73,13 +89,32 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=_cmd_pretrain)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({_positive_int(t.strip()) for t in text.split(",") if t.strip()}))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated positive integers, got {text!r}"
+        ) from None
+
+
 def _cmd_pretrain(args) -> int:
     from igpt_eval import distributed as dist
     from igpt_eval.config import IGPTConfig
     from igpt_eval.data import load_dataset, load_tokens
     from igpt_eval.malloc import keep_freed_memory
     from igpt_eval.palette import Palette
-    from igpt_eval.pretrain import TrainConfig
+    from igpt_eval.pretrain import TrainConfig, log_spaced_steps
     from igpt_eval.runs import lr_sweep, pretrain
 
     overrides = {}
@@ -121,6 +156,9 @@ def _cmd_pretrain(args) -> int:
         steps = max(1, round(args.epochs * per_epoch))
     if steps is None:
         steps = per_epoch
+    snapshot_steps = set(args.snapshot_steps or ())
+    if args.snapshots:
+        snapshot_steps |= set(log_spaced_steps(args.snapshots, steps))
     cfg = TrainConfig(
         steps=steps,
         batch_size=args.batch_size,
@@ -134,6 +172,7 @@ def _cmd_pretrain(args) -> int:
         eval_every=args.eval_every,
         eval_images=args.eval_images,
         checkpoint_every=args.checkpoint_every,
+        snapshot_steps=tuple(sorted(snapshot_steps)),
         device=args.device,
     )
     identity = {
