@@ -96,7 +96,9 @@ class TrainConfig:
                 raise IGPTError(f"{name} must be >= 1, got {getattr(self, name)}")
         bad = [s for s in self.snapshot_steps if not 1 <= s <= self.steps]
         if bad:
-            raise IGPTError(f"snapshot steps must lie in 1..{self.steps} (the run's steps), got {bad}")
+            raise IGPTError(
+                f"snapshot steps must lie in 1..{self.steps} (the run's steps), got {bad}"
+            )
 
     def warmup(self, steps_per_epoch: int) -> int:
         if self.warmup_steps is not None:
@@ -339,4 +341,3 @@ class _Log:
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writerow(row)
-
