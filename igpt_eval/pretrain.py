@@ -67,7 +67,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between validation losses
     eval_images: int = 2000  # validation images scored each time (a fixed subset)
     checkpoint_every: int = 500  # steps between resumable checkpoints
-    snapshot_steps: tuple[int, ...] = ()  # steps whose weights are kept (for igpt-eval track)
+    snapshot_steps: tuple[int, ...] = ()  # steps whose weights are kept (0: the initialisation)
     device: str = "cpu"
 
     def validate(self, n_train: int) -> None:
@@ -94,10 +94,10 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_images"):
             if getattr(self, name) < 1:
                 raise IGPTError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = [s for s in self.snapshot_steps if not 1 <= s <= self.steps]
+        bad = [s for s in self.snapshot_steps if not 0 <= s <= self.steps]
         if bad:
             raise IGPTError(
-                f"snapshot steps must lie in 1..{self.steps} (the run's steps), got {bad}"
+                f"snapshot steps must lie in 0..{self.steps} (the run's steps), got {bad}"
             )
 
     def warmup(self, steps_per_epoch: int) -> int:
@@ -241,6 +241,12 @@ class Trainer:
             total=cfg.steps, initial=self.step, desc="pretrain", disable=not (progress and main)
         )
         t_start, last = time.perf_counter(), None
+        if self.step == 0 and 0 in self.snapshot_steps:  # the untrained network: a control
+            last = self.validate()
+            if main:
+                self.snapshot(
+                    {"epoch": 0.0, "lr": 0.0, "train_loss": "", "val_loss": last, "seconds": 0.0}
+                )
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             loss = self.train_step()

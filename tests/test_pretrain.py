@@ -138,7 +138,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_npz, objective, kil
         "--snapshots",
         "3",
         "--snapshot-steps",
-        "17",
+        "0,17",
     ]
     ref = _run_cli([*common, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
@@ -163,8 +163,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_npz, objective, kil
     assert steps == list(range(1, 31))  # the log has each step once, in order
     # The resumed run ends with the same snapshots, bit for bit, as the unbroken one.
     ref_snaps, run_snaps = list_snapshots(tmp_path / "ref"), list_snapshots(tmp_path / "run")
-    assert [s for s, _, _ in ref_snaps] == [1, 3, 10, 17, 30]
-    assert [s for s, _, _ in run_snaps] == [1, 3, 10, 17, 30]
+    assert [s for s, _, _ in ref_snaps] == [0, 1, 3, 10, 17, 30]
+    assert [s for s, _, _ in run_snaps] == [0, 1, 3, 10, 17, 30]
+    assert ref_snaps[0][2]["val_loss"] == pytest.approx(math.log(16), abs=1e-4)  # zero head
     for (_, a_dir, a_info), (_, b_dir, b_info) in zip(ref_snaps, run_snaps, strict=True):
         a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -316,8 +317,9 @@ def run_args(tmp_path, tiny_npz):
         (["--resume"], "nothing to resume"),
         (["--snapshots", "0"], "positive integer"),
         (["--snapshots", "two"], "positive integer"),
-        (["--snapshot-steps", "1,x"], "comma-separated positive integers"),
-        (["--snapshot-steps", "5"], "snapshot steps must lie in 1..2"),
+        (["--snapshot-steps", "1,x"], "comma-separated steps"),
+        (["--snapshot-steps", "-1"], "comma-separated steps"),
+        (["--snapshot-steps", "5"], "snapshot steps must lie in 0..2"),
     ],
 )
 def test_bad_settings_are_one_line(run_args, capsys, extra, match, tmp_path):

@@ -74,7 +74,8 @@ def _add_pretrain(sub) -> None:
         type=_step_list,
         default=None,
         metavar="S1,S2,...",
-        help="keep the weights of these steps too (comma-separated)",
+        help="keep the weights of these steps too (comma-separated; 0 = the untrained "
+        "initialisation, a random-weights control)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -101,11 +102,14 @@ def _positive_int(text: str) -> int:
 
 def _step_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(sorted({_positive_int(t.strip()) for t in text.split(",") if t.strip()}))
-    except argparse.ArgumentTypeError:
+        steps = {int(t) for t in text.split(",") if t.strip()}
+    except ValueError:
+        steps = {-1}
+    if not steps or min(steps) < 0:
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated positive integers, got {text!r}"
-        ) from None
+            f"must be comma-separated steps (integers >= 0), got {text!r}"
+        )
+    return tuple(sorted(steps))
 
 
 def _cmd_pretrain(args) -> int:
