@@ -240,7 +240,8 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="pretrain", disable=not (progress and main)
         )
-        t_start, last = time.perf_counter(), None
+        t_start = time.perf_counter()
+        last = log.last_val_loss if main else None  # a resumed run reports its last one
         if self.step == 0 and 0 in self.snapshot_steps:  # the untrained network: a control
             last = self.validate()
             if main:
@@ -339,6 +340,8 @@ class _Log:
         if path.exists() and resume_step > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        vals = [r["val_loss"] for r in rows if r.get("val_loss")]
+        self.last_val_loss = float(vals[-1]) if vals else None
         with atomic_write(path, "w") as f:
             w = csv.DictWriter(f, LOG_FIELDS)
             w.writeheader()

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -60,11 +61,16 @@ def pretrain(
         **(identity or {}),
         "train_config": _jsonable(dataclasses.asdict(train_cfg)),
     }
+    if resume and not (out / "run.json").is_file() and not _holds_files(out):
+        # The same command serves the first start and every restart of a requeued job.
+        if dist.is_main():
+            print(f"no run in {out} yet: starting it", file=sys.stderr)
+        resume = False
     if resume:
         _check_resumable(out, info)
         # Killed before its first checkpoint: the run starts again from step 0.
         resume = (out / "resume" / "LATEST").is_file()
-    elif out.exists() and any(out.iterdir()) and dist.is_main():
+    elif _holds_files(out) and dist.is_main():
         raise IGPTError(
             f"{out} already holds files; use --resume to continue the run there, "
             "or choose a new --out"
@@ -77,12 +83,18 @@ def pretrain(
         write_json(out / "run.json", info)
     if resume:
         trainer.resume()
+        if trainer.step >= train_cfg.steps and dist.is_main():
+            print(f"the run in {out} already finished (step {trainer.step})", file=sys.stderr)
     elif dist.is_main():
         if palette is not None:
             palette.save(out / "palette.npy")
         model.config.save(out / "config.json")
     summary = trainer.fit(progress=progress)
     return {**summary, "out": str(out), "n_params": model.n_params()}
+
+
+def _holds_files(out: Path) -> bool:
+    return out.exists() and any(out.iterdir())
 
 
 def _check_resumable(out: Path, info: dict) -> None:

@@ -314,7 +314,6 @@ def run_args(tmp_path, tiny_npz):
         (["--steps", "0"], "steps must be >= 1"),
         (["--batch-size", "4096"], "fewer than one batch"),
         (["--model", "nope"], "neither a preset"),
-        (["--resume"], "nothing to resume"),
         (["--snapshots", "0"], "positive integer"),
         (["--snapshots", "two"], "positive integer"),
         (["--snapshot-steps", "1,x"], "comma-separated steps"),
@@ -344,6 +343,23 @@ def test_palette_channel_mismatch(run_args, capsys, tmp_path):
     Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None]).save(grey)
     assert main(run_args("--palette", str(grey))) == 2  # tiny_npz is RGB
     assert "channels" in _one_error(capsys)
+
+
+def test_resume_starts_a_new_run_and_finishes_a_finished_one(run_args, capsys, tmp_path):
+    # The same command serves the first start and every restart of a requeued job.
+    assert main(run_args("--resume")) == 0
+    err = capsys.readouterr().err
+    assert "starting it" in err
+    weights = (tmp_path / "run/model.safetensors").read_bytes()
+    assert main(run_args("--resume")) == 0  # finished already: says so, exit 0
+    captured = capsys.readouterr()
+    assert "already finished" in captured.err and "final val loss" in captured.out
+    assert (tmp_path / "run/model.safetensors").read_bytes() == weights
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    assert main(run_args("--resume", out="other")) == 2  # files, but no run: never touched
+    assert "no run.json" in _one_error(capsys)
+    assert (tmp_path / "other/notes.txt").read_text() == "mine"
 
 
 def test_existing_run_is_never_lost(run_args, capsys, tmp_path):
