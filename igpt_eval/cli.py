@@ -23,6 +23,7 @@ _MODULES = (
     "models",
     "sample",
     "compare",
+    "track",
     "report",
 )
 

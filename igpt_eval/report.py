@@ -276,3 +276,112 @@ def palette_swatch(palette, path: str | Path, *, title: str = "") -> list[Path]:
     ax.set_yticks([])
     ax.set_title(title or f"palette: {palette.k} colours (token id on each)", fontsize=9)
     return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------ training dynamics (track)
+def track_loss_accuracy(
+    summ: pd.DataFrame,
+    path: str | Path,
+    *,
+    baseline: dict | None = None,
+    colours: dict | None = None,
+    title: str = "",
+) -> list[Path]:
+    """The paper's Figure 3: the best layer's (chosen on validation) linear-probe test
+    accuracy against the generative validation loss, one line per run.
+
+    ``summ`` is :func:`igpt_eval.track.track_summary` output. The loss axis runs from high
+    to low, so training moves to the right; step 0 (the untrained network, a
+    random-weights control) is drawn hollow.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    colours = colours or model_colours(list(summ.run.unique()))
+    _draw_baseline(ax, baseline)
+    for run, g in summ.groupby("run", sort=False):
+        g = g.sort_values("step")
+        c = colours[run]
+        err = 100 * np.vstack([g.best_test_acc - g.best_ci_low, g.best_ci_high - g.best_test_acc])
+        ax.errorbar(
+            g.val_loss, 100 * g.best_test_acc, yerr=err, fmt="-o", ms=4, color=c, capsize=2,
+            label=run,
+        )  # fmt: skip
+        init = g[g.step == 0]
+        if len(init):
+            ax.plot(
+                init.val_loss, 100 * init.best_test_acc, "o", ms=9, mfc="white", mec=c, mew=1.5,
+                label=f"{run}: untrained (step 0)",
+            )  # fmt: skip
+    ax.invert_xaxis()
+    ax.set_xlabel("generative validation loss (nats/token; training moves right)")
+    ax.set_ylabel("best layer (chosen on val): probe test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title or "Representation quality vs generative loss", fontsize=10)
+    return save_figure(fig, path)
+
+
+def track_heatmap(results: pd.DataFrame, run: str, path: str | Path) -> list[Path]:
+    """Layer × snapshot heatmap of one run's probe test accuracy, the layer chosen on
+    validation at each step outlined: where the peak sits as training goes on."""
+    from igpt_eval.track import track_summary
+
+    acc = results[(results.run == run) & (results.split == "test")]
+    acc = acc[(acc.metric == "accuracy") & (acc.probe != "pixels")]
+    grid = acc.pivot_table(index="layer", columns="step", values="value").sort_index()
+    best = track_summary(results[results.run == run]).set_index("step").best_layer
+    fig = _figure(width=max(4.0, 0.9 * grid.shape[1] + 2), height=max(3.0, 0.35 * len(grid) + 1.5))
+    ax = fig.add_subplot()
+    im = ax.imshow(100 * grid.values, origin="lower", aspect="auto", cmap="viridis")
+    mid = np.nanmean(grid.values)
+    for j, step in enumerate(grid.columns):
+        for i in range(len(grid)):
+            v = grid.values[i, j]
+            colour = "white" if v < mid else "black"
+            ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=6, color=colour)
+        i = list(grid.index).index(best[step])
+        ax.add_patch(_outline(j, i))
+    ax.set_xticks(range(grid.shape[1]), [str(s) for s in grid.columns], fontsize=7)
+    ax.set_yticks(range(len(grid)), [str(x) for x in grid.index], fontsize=7)
+    ax.set_xlabel("training step (snapshot)")
+    ax.set_ylabel("layer (0 = embeddings, last = ln_f)")
+    fig.colorbar(im, ax=ax, label="probe test accuracy (%)")
+    ax.set_title(f"{run}: probe accuracy by layer and step (outlined: chosen on val)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def _outline(x: float, y: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, ec="red", lw=1.8)
+
+
+def track_depth_curves(results: pd.DataFrame, run: str, path: str | Path) -> list[Path]:
+    """One run's depth curves, one per snapshot, coloured from early (light) to late (dark),
+    each with its validation-chosen layer starred."""
+    import matplotlib as mpl
+
+    from igpt_eval.probes.runner import summary
+
+    sub = results[(results.run == run) & (results.probe != "pixels")]
+    steps = sorted(sub.step.unique())
+    cmap = mpl.colormaps["viridis_r"]
+    fig = _figure()
+    ax = fig.add_subplot()
+    _draw_baseline(ax, baseline_of(results[results.run == run]))
+    for i, step in enumerate(steps):
+        g = sub[sub.step == step]
+        s = summary(g)
+        c = cmap(0.15 + 0.85 * i / max(1, len(steps) - 1))
+        loss = g.val_loss.iloc[0]
+        ax.plot(
+            s.layer, 100 * s.test_acc, "-o", ms=3, color=c, label=f"step {step} (loss {loss:.3f})"
+        )
+        b = s[s.best].iloc[0]
+        ax.plot(b.layer, 100 * b.test_acc, "*", ms=11, color=c, mec="black")
+    _depth_axis(ax, False)
+    ax.set_ylabel("linear probe test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    ax.set_title(f"{run}: depth curve at each snapshot (star: chosen on val)", fontsize=10)
+    return save_figure(fig, path)

@@ -67,6 +67,8 @@ def probe_model(
     batch_size: int = 64,
     compute: str = "bfloat16",
     train_size: int | None = DEFAULT_TRAIN_SIZE,
+    val_size: int | None = None,
+    test_size: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -76,7 +78,9 @@ def probe_model(
     ``out`` (when given) and return the results table.
 
     ``train_size`` caps the training split at a stratified sample of that many images
-    (``None``: all of it); validation and test are always whole. Extraction runs under
+    (``None``: all of it); ``val_size`` and ``test_size`` cap validation and test the same
+    way (default: whole; :mod:`igpt_eval.track` samples them to probe many snapshots).
+    Extraction runs under
     ``compute`` (``bfloat16`` autocast by default: pooled features within ~0.15% of
     float32's, twice the speed on CPU; ``float32`` for the exact forward pass). Features
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
@@ -117,7 +121,7 @@ def probe_model(
             bert_masks=bert_masks if net.config.objective == "bert" else 0,
             seed=seed,
             compute=compute,
-            max_rows=train_size if split == "train" else None,
+            max_rows={"train": train_size, "val": val_size, "test": test_size}[split],
             overwrite=overwrite,
         )
     extract_seconds = time.perf_counter() - t0

@@ -1,0 +1,114 @@
+"""``igpt-eval track``: probe every layer of every training snapshot (the paper's Figure 3)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from igpt_eval.commands import refuse_overwrite, subcommand
+from igpt_eval.commands.probe import parse_size
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps, not {text!r}")
+    return steps
+
+
+@subcommand
+def _add_track(sub) -> None:
+    from igpt_eval.track import TrackSettings
+
+    d = TrackSettings()
+    p = sub.add_parser(
+        "track",
+        help="probe every layer of every training snapshot (probe accuracy vs loss)",
+        description="For each run folder (trained with pretrain --snapshots), probe every "
+        "layer of every snapshot with one protocol, sample and seed (activation caches are "
+        "reused), then write tidy results with step and val_loss columns and three figures: "
+        "the best layer's test accuracy against validation loss (all runs on one axis), a "
+        "layer x step heatmap, and the depth curves of all snapshots.",
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a pretraining run folder with snapshots/ (repeat for several runs)",
+    )
+    p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
+    p.add_argument("--steps", type=_steps, default=None, help="only these snapshot steps")
+    for split, size in (("train", d.train_size), ("val", d.val_size), ("test", d.test_size)):
+        p.add_argument(
+            f"--{split}-size",
+            type=parse_size,
+            default=size,
+            help=f"{split} images per snapshot, a stratified sample, or 'all' (default {size:,})",
+        )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="extraction batch size")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast for extraction (default: off; on only pays on CPUs with bf16 units)",
+    )
+    p.add_argument("--bert-masks", type=int, default=d.bert_masks, help="masks (BERT runs)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_track)
+
+
+def _cmd_track(args) -> int:
+    from igpt_eval.report import (
+        baseline_of,
+        model_colours,
+        track_depth_curves,
+        track_heatmap,
+        track_loss_accuracy,
+    )
+    from igpt_eval.results import save_results
+    from igpt_eval.track import (
+        TrackSettings,
+        format_track,
+        loss_accuracy_correlation,
+        track_runs,
+        track_summary,
+    )
+
+    refuse_overwrite(args.out / "results.parquet", args.overwrite)
+    settings = TrackSettings(
+        dataset=args.dataset,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        compute="bfloat16" if args.bf16 else "float32",
+        batch_size=args.batch_size,
+        bert_masks=args.bert_masks,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    df = track_runs(args.run, settings, progress=not args.no_progress)
+    summ = track_summary(df)
+    corr = loss_accuracy_correlation(summ)
+    save_results(df, args.out)
+    save_results(summ, args.out, stem="track_summary")
+    save_results(corr, args.out, stem="track_correlation")
+    colours = model_colours(list(summ.run.unique()))
+    files = track_loss_accuracy(
+        summ, args.out / "track_loss_vs_probe", baseline=baseline_of(df), colours=colours
+    )
+    for run in summ.run.unique():
+        stem = run.replace("/", "-")
+        files += track_heatmap(df, run, args.out / f"track_heatmap-{stem}")
+        files += track_depth_curves(df, run, args.out / f"track_depth_curves-{stem}")
+    print(format_track(summ, corr))
+    print(f"results: {args.out / 'results.parquet'} (+ track_summary, track_correlation)")
+    print(f"figures: {', '.join(str(f) for f in files if f.suffix == '.png')}")
+    return 0
