@@ -25,14 +25,19 @@ from igpt_eval.io import array_hash
 CACHE_ROOT = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache"))
 
 
-def open_model(model, palette=None, device: str = "cpu"):
+def open_model(model, palette=None, device: str = "cpu", *, random_weights: bool = False):
     """``(IGPT, Palette, identity)`` for a checkpoint folder or an in-memory model.
 
     ``identity`` holds the model's name, the checkpoint file's hash when there is one, and the
     dataset and split seed of the run that trained it (from ``run.json``) when known.
+    ``random_weights`` replaces a folder's trained weights by the initialisation its run
+    started from (:meth:`IGPT.initialised` with the run's seed): the same architecture,
+    untrained, the control every probe result should beat.
     """
+    from igpt_eval.cache import state_dict_hash
     from igpt_eval.checkpoint import WEIGHTS, load_model, load_palette
     from igpt_eval.io import file_hash
+    from igpt_eval.model import IGPT
 
     ident: dict = {}
     if isinstance(model, str | os.PathLike):
@@ -50,7 +55,14 @@ def open_model(model, palette=None, device: str = "cpu"):
         except (OSError, ValueError):
             pass  # not a pretraining folder (e.g. converted from HF): nothing to default to
         model = loaded
+        if random_weights:
+            seed = ident.get("run_seed") or 0
+            model = IGPT.initialised(loaded.config, seed).to(device).eval()
+            ident["model"] = f"{path} (random weights, seed {seed})"
+            ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
     else:
+        if random_weights:
+            raise IGPTError("random_weights needs a checkpoint folder (its config and run seed)")
         model = model.to(device).eval()
         ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
     if palette is None:

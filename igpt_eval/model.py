@@ -153,6 +153,15 @@ class IGPT(nn.Module):
         self.wclf = nn.Linear(d, cfg.n_classes, bias=False) if cfg.n_classes else None
         self.reset_parameters()
 
+    @classmethod
+    def initialised(cls, config: IGPTConfig, seed: int = 0) -> IGPT:
+        """The network a pretraining run with ``seed`` starts from, bit for bit (its step-0
+        snapshot): the random-weights control for that run's architecture. The global RNG
+        is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config)
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """OpenAI's iGPT initialisation."""

@@ -163,3 +163,25 @@ def test_bad_input_is_one_line_and_overwrites_nothing(runs, tmp_path, capsys, mo
     # --snapshots must be a positive integer (pretrain's side of the same feature).
     assert main(["pretrain", "--snapshots", "-2", "--out", str(tmp_path / "p")]) == 2
     assert "positive integer" in _one_error(capsys)
+
+
+def test_random_weights_control_is_the_runs_own_initialisation(runs):
+    import torch
+    from safetensors.torch import load_file
+
+    from igpt_eval.extraction import open_model
+    from igpt_eval.model import IGPT
+
+    b = runs[3]  # trained with --seed 1
+    step0 = load_file(b / "snapshots" / "step-000000" / "model.safetensors")
+    trained, _, ident = open_model(b)
+    control, palette, cident = open_model(b, random_weights=True)
+    init = IGPT.initialised(trained.config, 1).state_dict()
+    for k, v in control.state_dict().items():
+        assert torch.equal(v, step0[k]) and torch.equal(v, init[k])
+    assert not torch.equal(trained.wte.weight, control.wte.weight)
+    assert "random weights, seed 1" in cident["model"]
+    assert cident["weights_hash"] != ident["weights_hash"]
+    state = torch.get_rng_state()
+    IGPT.initialised(trained.config, 5)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
