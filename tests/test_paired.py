@@ -5,6 +5,17 @@ import pytest
 
 from igpt_eval.analysis import mcnemar_exact, paired_bootstrap, paired_difference
 from igpt_eval.errors import IGPTError
+from igpt_eval.paired import DIFF, paired_rows
+from igpt_eval.probes import Features, probe_lbfgs
+from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.results import (
+    PIXELS,
+    Predictions,
+    load_predictions,
+    prediction_key,
+    save_results,
+    to_frame,
+)
 
 
 def pair(n11, n10, n01, n00):
@@ -74,3 +85,118 @@ def test_paired_bad_input():
     with pytest.raises(IGPTError, match="same examples"):
         paired_bootstrap(np.ones(3, bool), np.ones(4, bool))
     assert np.isnan(paired_bootstrap(np.ones(0, bool), np.ones(0, bool))[0])
+
+
+# --------------------------------------------------------------------------- predictions
+def layers_first_informative(n, seed):
+    """Features of two layers: layer 0 carries the class, layer 1 is noise (3 classes)."""
+    from tests.test_probes import synthetic
+
+    f = synthetic(n, seed)
+    return Features(f.X[::-1].copy(), f.y)
+
+
+def probe(model="m", informative=True, probe_name="lbfgs"):
+    """probe_lbfgs rows and predictions of ``model`` on the synthetic problem."""
+    tr, va, te = (layers_first_informative(n, s) for n, s in ((450, 0), (150, 1), (300, 2)))
+    if not informative:  # both layers noise
+        tr, va, te = (Features(f.X[[1, 1]], f.y) for f in (tr, va, te))
+    return probe_lbfgs(
+        tr,
+        va,
+        te,
+        [0, 1],
+        meta=dict(model=model, objective="ar", dataset="syn", site_kind="ln_1"),
+        sites=["blocks.0.ln_1", "ln_f"],
+        probe=probe_name,
+        n_boot=1000,
+        return_predictions=True,
+    )
+
+
+def test_lbfgs_predictions_round_trip(tmp_path):
+    rows, pred = probe()
+    df = to_frame(rows)
+    save_results(df, tmp_path, predictions=pred)
+    back = load_predictions(tmp_path)
+    assert set(back.pred) == {"m/lbfgs/blocks.0.ln_1", "m/lbfgs/ln_f"}
+    assert back.labels.dtype == np.uint8 and back.pred["m/lbfgs/ln_f"].dtype == np.uint8
+    np.testing.assert_array_equal(back.labels, pred.labels)
+    test = df[(df.split == "test") & (df.metric == "accuracy")]
+    for r in test.itertuples():
+        key = prediction_key(r.model, r.probe, r.site)
+        np.testing.assert_array_equal(back.pred[key], pred.pred[key])
+        assert back.correct(key).mean() == pytest.approx(r.value)  # the row's accuracy
+    assert load_predictions(tmp_path / "nowhere") is None  # older results: no file
+
+
+def test_lbfgs_predictions_are_the_probes():
+    """The stored predictions are what a probe fitted by hand at the chosen C predicts."""
+    from igpt_eval.probes import LogisticProbe
+
+    rows, pred = probe()
+    tr, va, te = (layers_first_informative(n, s) for n, s in ((450, 0), (150, 1), (300, 2)))
+    chosen = to_frame(rows).query("split == 'test' and metric == 'accuracy' and layer == 0")
+    X = np.concatenate([tr.X[0], va.X[0]])
+    mu, sd = tr.X[0].mean(0), tr.X[0].std(0) + 1e-6  # the protocol standardises on train
+    p = LogisticProbe(C=float(chosen.C.iloc[0]), tol=1e-8, max_iter=5000)
+    p.fit((X - mu) / sd, np.concatenate([tr.y, va.y]))
+    agree = p.predict((te.X[0] - mu) / sd) == pred.pred["m/lbfgs/blocks.0.ln_1"]
+    assert agree.mean() >= 0.98
+
+
+def test_sgd_predictions_match_its_rows():
+    src = {
+        k: ArraySource(f.X, f.y, [0, 1])
+        for k, f in zip(
+            ("train", "val", "test"),
+            (layers_first_informative(n, s) for n, s in ((450, 0), (150, 1), (300, 2))),
+            strict=True,
+        )
+    }
+    rows, pred = probe_sgd(
+        src, [0, 1], meta=dict(model="m"), sites=["a", "b"], epochs=3, return_predictions=True
+    )
+    test = to_frame(rows).query("split == 'test'").set_index("site")
+    for site in ("a", "b"):
+        assert pred.correct(f"m/sgd/{site}").mean() == pytest.approx(test.value[site])
+    np.testing.assert_array_equal(pred.labels, src["test"].labels)
+
+
+def test_predictions_refuse_other_test_images():
+    p = Predictions()
+    p.add("a/lbfgs/x", [0, 1, 2], [0, 1, 1])
+    with pytest.raises(IGPTError, match="other images"):
+        p.add("b/lbfgs/x", [0, 1, 2], [1, 1, 1])
+    with pytest.raises(IGPTError, match="predictions for"):
+        p.add("c/lbfgs/x", [0, 1], [0, 1, 1])
+
+
+# --------------------------------------------------------------------------- difference rows
+def test_difference_rows_signs():
+    """Layer 0 informative, layer 1 noise; pixels = noise; model B = noise everywhere."""
+    rows_a, pred = probe("A")
+    rows_b, pred_b = probe("B", informative=False)
+    rows_px, pred_px = probe(PIXELS, informative=False, probe_name=PIXELS)
+    rows_px = [r for r in rows_px if r["layer"] == 0]  # one "layer", as the real baseline
+    pred.update(pred_b).update(pred_px)
+    results = to_frame(rows_a + rows_b + rows_px)
+    diffs = to_frame(paired_rows(results, pred, n_boot=2000)).set_index(["model", "contrast"])
+    assert set(diffs.metric) == {DIFF} and set(diffs.split) == {"test"}
+
+    last = diffs.loc[("A", "best_vs_last")]
+    assert (last.layer, last.vs_layer, last.vs_model) == (0, 1, "A")
+    assert last.value > 0.3 and last.ci_low > 0 and last.p_value < 1e-6
+    px = diffs.loc[("A", "best_vs_pixels")]
+    assert (px.vs_model, px.vs_probe, px.vs_site) == (PIXELS, PIXELS, "blocks.0.ln_1")
+    assert px.ci_low > 0
+    ab = diffs.loc[("A", "best_vs_best")]
+    assert ab.vs_model == "B" and ab.value > 0.3 and ab.ci_low > 0
+    # Noise against noise: no difference is claimed.
+    noise = diffs.loc[("B", "best_vs_pixels")]
+    assert noise.ci_low < 0 < noise.ci_high or noise.value == 0
+    # The value is the difference of the two test accuracies in the rows.
+    acc = results.query("split == 'test' and metric == 'accuracy'").set_index(["model", "layer"])
+    assert last.value == pytest.approx(acc.value[("A", 0)] - acc.value[("A", 1)])
+    assert last.n10 - last.n01 == round(last.value * last.n_eval)
+    assert paired_rows(results, None) == []  # results without predictions: no rows
