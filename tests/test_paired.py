@@ -7,7 +7,9 @@ from igpt_eval.analysis import mcnemar_exact, paired_bootstrap, paired_differenc
 from igpt_eval.errors import IGPTError
 from igpt_eval.paired import DIFF, paired_rows
 from igpt_eval.probes import Features, probe_lbfgs
+from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.reporting import describe_depth_curve, describe_knn
 from igpt_eval.results import (
     PIXELS,
     Predictions,
@@ -16,6 +18,7 @@ from igpt_eval.results import (
     save_results,
     to_frame,
 )
+from igpt_eval.summaries import comparison_table
 
 
 def pair(n11, n10, n01, n00):
@@ -200,3 +203,38 @@ def test_difference_rows_signs():
     assert last.value == pytest.approx(acc.value[("A", 0)] - acc.value[("A", 1)])
     assert last.n10 - last.n01 == round(last.value * last.n_eval)
     assert paired_rows(results, None) == []  # results without predictions: no rows
+
+
+def test_best_is_chosen_on_validation_not_test():
+    """A constructed table where validation picks layer 1 and test peaks at layer 2: every
+    "best" follows validation."""
+    rows = []
+    val, test = [0.70, 0.90, 0.85, 0.60], [0.70, 0.80, 0.88, 0.60]
+    for layer in range(4):
+        common = dict(model="m", probe="lbfgs", objective="ar", dataset="d", layer=layer)
+        common.update(site=f"s{layer}", metric="accuracy", C=1.0, n_iter=5, converged=True)
+        rows.append(dict(common, split="val", value=val[layer], selected=True))
+        rows.append(
+            dict(common, split="test", value=test[layer], ci_low=0.5, ci_high=0.9, selected=True)
+        )
+        knn = dict(common, probe="knn", C=np.nan, selected=True)
+        rows.append(dict(knn, split="val", value=val[layer] - 0.1))
+        rows.append(dict(knn, split="test", value=test[layer] - 0.1, ci_low=0.4, ci_high=0.8))
+    df = to_frame(rows)
+    n = 100
+    labels = np.zeros(n, int)
+    pred = Predictions()
+    for layer, acc in enumerate(test):
+        for p in ("lbfgs", "knn"):
+            right = int(round((acc - (p == "knn") * 0.1) * n))
+            pred.add(f"m/{p}/s{layer}", np.r_[np.zeros(right), np.ones(n - right)], labels)
+    diffs = to_frame(paired_rows(df, pred, n_boot=500))
+    assert set(diffs.layer) == {1} and set(diffs.vs_layer) == {3}  # best on val, last
+    table = comparison_table(df).set_index("model")
+    assert table.loc["m", "best_layer"] == 1 and table.loc["m", "knn_best_layer"] == 1
+    assert "peak_test_layer" not in table
+    assert table.loc["m", "knn_best_acc"] == pytest.approx(0.70)
+    text = describe_depth_curve("m", summary(df[df.probe == "lbfgs"]), None)
+    assert "layer 1 of 3" in text and "peak" not in text
+    knn = " ".join(describe_knn(df))
+    assert "chosen on validation: layer 1" in knn and "layer 2" not in knn
