@@ -189,8 +189,8 @@ def probe_model(
         rows += px
         predictions.update(px_pred)  # refuses test images other than the caches'
     df = to_frame(rows)
-    df = to_frame(pd.concat([df, to_frame(paired_rows(df, predictions, seed=seed))]))
-    df = df.reset_index(drop=True)
+    diffs = to_frame(paired_rows(df, predictions, seed=seed))
+    df = to_frame(pd.concat([df, diffs], ignore_index=True))
     df.attrs["extract_seconds"] = extract_seconds
     df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
     if out is not None:
@@ -206,7 +206,8 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     ``best`` marks the layer with the highest *validation* accuracy (what a user may select
     on; among equal ones, the earliest); ``last`` the final layer.
     """
-    df = df[df.probe == probe] if probe is not None else df[~df.probe.isin([PIXELS])]
+    if "probe" in df:
+        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin([PIXELS])]
     acc = df[df.metric == "accuracy"]
     val = acc[(acc.split == "val") & acc.selected.astype(bool)]
     test = acc[acc.split == "test"]
