@@ -6,13 +6,15 @@ What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly:
     c.table          # best layer / best accuracy / last-layer accuracy / gap, per model
     c.results        # tidy rows (probe = "lbfgs", "knn" or "pixels"), results.COLUMNS first
     c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
+    c.predictions    # per-example test predictions of every probe (results.Predictions)
 
 Every model is probed by :func:`igpt_eval.probes.runner.probe_model` (same protocol, same
 train/val/test split), and the kNN and CKA analyses read the same activation caches:
 
-- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.knn_accuracy`): the memory bank is
-  train + val (nothing is chosen, so nothing needs a held-out split, and the bank is the
-  data the linear probe is refit on), queries are the test split; bootstrap 95% CI.
+- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.knn_accuracy`): reported with the
+  memory bank train + val (the data the linear probe is refit on) and the test split as
+  queries, bootstrap 95% CI; a layer is chosen by validation queries against a train-only
+  bank (``split = "val"`` rows), never by test.
 - **CKA** (:func:`igpt_eval.analysis.cka_matrix`): on the test split, every pair of layers
   within each model and between every pair of models (the test images are the same rows in
   the same order for all models, which is checked).
@@ -20,8 +22,13 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   image: each token decoded to its palette colour in [-1, 1], flattened to n_px²·channels
   features. It is shared by all models (their palette and n_px must match) and its rows
   carry ``model = probe = "pixels"``, ``layer = 0``.
+- **Paired differences** (:mod:`igpt_eval.paired`): from the per-example test predictions
+  of every probe, best (on validation) − last layer of each model and probe, best − pixels,
+  and model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
+  exact p-values (``metric = "accuracy_diff"`` rows).
 
-Output folder: ``results.parquet``/``.csv`` (the tidy table), ``cka/cka.parquet``/``.csv``,
+Output folder: ``results.parquet``/``.csv`` (the tidy table), ``predictions.npz`` (the
+per-example test predictions, see :mod:`igpt_eval.results`), ``cka/cka.parquet``/``.csv``,
 ``tables/comparison.md``/``.csv``, ``depth_curve.png``/``.svg`` and ``models.json`` (where
 each model lives, for ``igpt-eval report``'s training curves and palette).
 """
@@ -36,7 +43,9 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.probes.pixels import pixel_features, probe_pixels  # noqa: F401 - public here too
 from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE, MODELS_DIR, SPLITS
+from igpt_eval.results import Predictions
 from igpt_eval.summaries import (
     CKA_COLUMNS,
     MODELS_FILE,
@@ -82,6 +91,7 @@ class Comparison:
     cka: pd.DataFrame
     table: pd.DataFrame
     models: list[ModelInfo]
+    predictions: Predictions | None = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -145,44 +155,74 @@ def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
     return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site)
 
 
-def knn_rows(caches: dict, meta: dict, *, k=20, temperature=0.07, device="cpu", seed=0):
-    """kNN accuracy (bank: train + val, queries: test) of every cached layer, as tidy rows."""
+def knn_rows(
+    caches: dict,
+    meta: dict,
+    *,
+    k=20,
+    temperature=0.07,
+    device="cpu",
+    seed=0,
+    return_predictions: bool = False,
+):
+    """kNN accuracy of every cached layer, as tidy rows: test queries against a train + val
+    bank (``split = "test"``, with a bootstrap 95% CI: the reported number), and validation
+    queries against a train-only bank (``split = "val"``: what a kNN layer is chosen by, so
+    that the test split chooses nothing). With ``return_predictions``, returns ``(rows,
+    predictions)``: every layer's predicted test labels, named ``{model}/knn/{site}``."""
     from igpt_eval.analysis import bootstrap_accuracy_ci, knn_accuracy
+    from igpt_eval.results import Predictions, prediction_key
 
-    test = caches["test"]
-    bank_y = np.concatenate([caches["train"].labels, caches["val"].labels])
-    rows = []
+    train, val, test = (caches[s] for s in SPLITS)
+    bank_y = np.concatenate([train.labels, val.labels])
+    knn = dict(k=k, temperature=temperature, device=device)
+    rows, predictions = [], Predictions()
     for layer, site in zip(test.layers, test.sites, strict=True):
-        t0 = time.perf_counter()
-        bank = np.concatenate([np.asarray(caches[s][layer], np.float32) for s in ("train", "val")])
-        r = knn_accuracy(
-            bank, bank_y, test[layer], test.labels, k=k, temperature=temperature, device=device
+        common = dict(
+            meta,
+            layer=layer,
+            site=site,
+            probe="knn",
+            backend="torch",
+            C=np.nan,
+            lr=np.nan,
+            metric="accuracy",
+            seed=seed,
+            selected=True,
+            k=k,
+            temperature=temperature,
         )
+        t0 = time.perf_counter()
+        X_train = np.asarray(train[layer], np.float32)
+        bank = np.concatenate([X_train, np.asarray(val[layer], np.float32)])
+        r = knn_accuracy(bank, bank_y, test[layer], test.labels, **knn)
         lo, hi = bootstrap_accuracy_ci(r.correct, seed=seed)
+        t1 = time.perf_counter()
         rows.append(
             dict(
-                meta,
+                common,
                 split="test",
-                layer=layer,
-                site=site,
-                probe="knn",
-                backend="torch",
-                C=np.nan,
-                lr=np.nan,
-                metric="accuracy",
                 value=r.accuracy,
                 ci_low=lo,
                 ci_high=hi,
-                seconds=time.perf_counter() - t0,
-                seed=seed,
-                selected=True,
-                k=k,
-                temperature=temperature,
+                seconds=t1 - t0,
                 n_train=len(bank_y),
                 n_eval=len(r.correct),
             )
         )
-    return rows
+        v = knn_accuracy(X_train, train.labels, val[layer], val.labels, **knn)
+        rows.append(
+            dict(
+                common,
+                split="val",
+                value=v.accuracy,
+                seconds=time.perf_counter() - t1,
+                n_train=len(train.labels),
+                n_eval=len(v.correct),
+            )
+        )
+        predictions.add(prediction_key(meta.get("model", ""), "knn", site), r.pred, test.labels)
+    return (rows, predictions) if return_predictions else rows
 
 
 def cka_rows(caches: dict, dataset: str, max_rows: int | None = 10_000, seed: int = 0):
@@ -227,47 +267,31 @@ def cka_rows(caches: dict, dataset: str, max_rows: int | None = 10_000, seed: in
     return pd.DataFrame(out, columns=CKA_COLUMNS)
 
 
-def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:
-    """The palette-quantised image the model sees: tokens (N, n_px²) → colours in [-1, 1],
-    flattened to (N, n_px² · channels) float32."""
-    tokens = np.asarray(tokens)
-    return palette.centers[tokens.astype(np.int64)].reshape(len(tokens), -1)
-
-
 def pixel_rows(
-    m: ModelInfo, *, data_dir=None, token_cache=None, device="cpu", seed=0, train_size=None
+    m: ModelInfo,
+    *,
+    data_dir=None,
+    token_cache=None,
+    device="cpu",
+    seed=0,
+    train_size=None,
+    return_predictions: bool = False,
 ):
     """The raw-pixel linear-probe baseline (same protocol and splits as the models; with
-    ``train_size``, the same stratified training sample as their caches)."""
-    from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.extraction import CACHE_ROOT, subset_rows
-    from igpt_eval.probes.protocol import Features, probe_lbfgs
-
-    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
-    feats, name = {}, m.dataset
-    for split in SPLITS:
-        ds = load_dataset(m.dataset, split=split, n_px=m.n_px, data_dir=data_dir, seed=m.seed)
-        tok = load_tokens(ds, m.palette, root, progress=False)
-        tokens, labels = tok.tokens, np.asarray(tok.labels)
-        if split == "train" and train_size is not None and train_size < len(labels):
-            rows = subset_rows(labels, train_size, ds.seed)
-            tokens, labels = tokens[rows], labels[rows]
-        feats[split] = Features(pixel_features(m.palette, tokens)[None], labels)
-        name = ds.name
-    meta = dict(model=PIXELS, objective="none", dataset=name, site_kind=PIXELS)
-    rows = probe_lbfgs(
-        feats["train"],
-        feats["val"],
-        feats["test"],
-        [0],
-        meta=meta,
-        sites=[PIXELS],
+    ``train_size``, the same stratified training sample as their caches): rows, or
+    ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixels`."""
+    return probe_pixels(
+        m.palette,
+        m.dataset,
+        n_px=m.n_px,
+        split_seed=m.seed,
+        data_dir=data_dir,
+        token_cache=token_cache,
         device=device,
         seed=seed,
+        train_size=train_size,
+        return_predictions=return_predictions,
     )
-    for r in rows:
-        r["probe"] = PIXELS
-    return rows
 
 
 # --------------------------------------------------------------------------- files
@@ -277,7 +301,10 @@ def save_comparison(c: Comparison, out: str | Path) -> list[Path]:
     from igpt_eval.results import save_results
 
     out = Path(out)
-    files = [save_results(c.results, out), save_results(c.cka, out / "cka", stem="cka")]
+    files = [
+        save_results(c.results, out, predictions=c.predictions),
+        save_results(c.cka, out / "cka", stem="cka"),
+    ]
     (out / "tables").mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "tables/comparison.csv", "w") as f:
         c.table.to_csv(f, index=False)
@@ -318,6 +345,7 @@ def compare_models(
     """
     from igpt_eval.cache import ActivationCache
     from igpt_eval.extraction import CACHE_ROOT
+    from igpt_eval.paired import DIFF, paired_rows
     from igpt_eval.probes.backends import resolve_device
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.results import to_frame
@@ -325,12 +353,12 @@ def compare_models(
     infos = check_models(models, dataset)
     device = str(resolve_device(device))
     root = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / "activations/compare"
-    frames, test_caches = [], {}
+    frames, test_caches, predictions = [], {}, Predictions()
     for m in infos:
         folder = _cache_folder(root, m, site, bert_masks, seed, compute, train_size)
         if progress:
             print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
-        df = probe_model(
+        df, pred = probe_model(
             m.path,
             m.dataset,
             site=site,
@@ -344,32 +372,49 @@ def compare_models(
             train_size=train_size,
             seed=seed,
             progress=progress,
+            pixels=False,  # once for all models, below
+            return_predictions=True,
         )
+        predictions.update(pred)
         caches = {s: ActivationCache.open(folder / s) for s in SPLITS}
         dataset_name = df.dataset.iloc[0]
         if progress:
             print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
         meta = _rows_meta(m, dataset_name, site)
-        knn = knn_rows(caches, meta, k=knn_k, temperature=knn_temperature, device=device, seed=seed)
-        frames += [df, to_frame(knn)]
+        knn, pred = knn_rows(
+            caches,
+            meta,
+            k=knn_k,
+            temperature=knn_temperature,
+            device=device,
+            seed=seed,
+            return_predictions=True,
+        )
+        predictions.update(pred)
+        # Its paired rows are recomputed below, with every contrast of the comparison.
+        frames += [df[df.metric != DIFF], to_frame(knn)]
         test_caches[m.name] = caches["test"]
     if pixels:
         if progress:
             print("[compare] raw-pixel baseline: linear probe of the palette-quantised image")
-        px = pixel_rows(
+        px, pred = pixel_rows(
             infos[0],
             data_dir=data_dir,
             token_cache=token_cache,
             device=device,
             seed=seed,
             train_size=train_size,
+            return_predictions=True,
         )
+        predictions.update(pred)  # refuses test images other than the models'
         frames.append(to_frame(px))
     if progress:
         print("[compare] linear CKA between layers (test split)")
     results = to_frame(pd.concat(frames, ignore_index=True))
+    diffs = to_frame(paired_rows(results, predictions, seed=seed))
+    results = to_frame(pd.concat([results, diffs], ignore_index=True))
     cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=seed)
-    c = Comparison(results, cka, comparison_table(results), infos)
+    c = Comparison(results, cka, comparison_table(results), infos, predictions)
     if out is not None:
         from igpt_eval.report import baseline_of, depth_curve, model_colours
 

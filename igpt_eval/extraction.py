@@ -146,16 +146,12 @@ def extract_split(
     from igpt_eval.data import ImageDataset, load_dataset, load_tokens
 
     n_px = model.config.n_px
-    if dataset is None:
-        dataset = ident.get("run_dataset")
-        if dataset is None:
-            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+    dataset, seed = run_defaults(dataset, ident, split_seed)
     if isinstance(dataset, ImageDataset):
         ds = dataset
         if ds.n_px != n_px:
             raise IGPTError(f"the dataset's images are {ds.n_px} px; the model reads {n_px} px")
     else:
-        seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=seed)
     if len(ds) == 0:
         raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
@@ -189,6 +185,17 @@ def extract_split(
     return extract_tokens(
         model, token_rows, labels, out, identity=identity, progress=progress, **settings
     )
+
+
+def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
+    """``(dataset, split_seed)`` a model is read on: those given, else those of the run
+    that trained it (``ident`` from :func:`open_model`), else (the seed) 0."""
+    if dataset is None:
+        dataset = ident.get("run_dataset")
+        if dataset is None:
+            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+    seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+    return dataset, seed
 
 
 def subset_rows(labels, n: int, seed: int):

@@ -414,11 +414,15 @@ PROBE_HEADING = "## Linear probes"
 
 def probe_section(results, model: str, source: str) -> str:
     """The card's linear-probe section for ``model``: one row per layer (test accuracy with
-    its 95% CI, the C chosen on validation), the layer chosen on validation marked, from the
-    tidy ``results`` (``source`` names the file, ``igpt-eval probe``/``compare`` output)."""
+    its 95% CI, the C (L-BFGS) or learning rate (SGD) chosen on validation), the layer
+    chosen on validation marked, then its paired differences to the last layer and to the
+    raw pixels when the results hold them; from the tidy ``results`` (``source`` names the
+    file, ``igpt-eval probe``/``compare`` output)."""
+    from igpt_eval.paired import DIFF
     from igpt_eval.probes.runner import summary
 
-    df = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
+    mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
+    df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
     if df.empty:
         raise IGPTError(f"{source} holds no probe results for {model!r}")
     if df[df.split == "test"].duplicated(["layer", "metric"]).any():
@@ -429,23 +433,32 @@ def probe_section(results, model: str, source: str) -> str:
     s = summary(df)
     val = df[df.split == "val"].iloc[0]
     test = df[df.split == "test"].iloc[0]
+    probe = df.probe.iloc[0]
+    hyper = "learning rate" if probe == "sgd" else "C"
     lines = [
         PROBE_HEADING,
         "",
-        f"Linear probes on every layer ({df.probe.iloc[0]}, mean-pooled {val.site_kind} "
-        f"features): C chosen on {int(val.n_eval):,} validation images after training on "
-        f"{int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
+        f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
+        f"features): {hyper} chosen on {int(val.n_eval):,} validation images after training "
+        f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
         f"images (from `{source}`).",
         "",
-        "| layer | site | test accuracy [95% CI] | C |",
+        f"| layer | site | test accuracy [95% CI] | {hyper} |",
         "| --- | --- | --- | --- |",
     ]
     for r in s.itertuples():
         mark = " (best on val)" if r.best else ""
         lines.append(
             f"| {r.layer}{mark} | {r.site} | {100 * r.test_acc:.2f}% "
-            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | {r.C:.3g} |"
+            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | "
+            f"{r.lr if probe == 'sgd' else r.C:.3g} |"
         )
+    diffs = mine[(mine.metric == DIFF) & (mine.probe == probe)]
+    if len(diffs):
+        from igpt_eval.paired import paired_lines
+
+        lines += ["", "Paired on the same test images (95% CI, McNemar's exact test):", ""]
+        lines += [f"- {x}" for x in paired_lines(diffs)]
     return "\n".join(lines) + "\n"
 
 

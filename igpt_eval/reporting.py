@@ -73,23 +73,60 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def describe_depth_curve(name: str, s: pd.DataFrame, baseline: dict | None) -> str:
+def _diff_row(diffs: pd.DataFrame | None, contrast: str):
+    """The first paired-difference row of ``contrast`` in ``diffs`` (None when absent)."""
+    if diffs is None or diffs.empty:
+        return None
+    d = diffs[diffs.contrast == contrast]
+    return None if d.empty else d.iloc[0]
+
+
+def _reversed(r: pd.Series) -> pd.Series:
+    """The paired row ``r`` (a − b) read as b − a: value and interval negated."""
+    out = r.copy()
+    out["value"], out["ci_low"], out["ci_high"] = -r.value, -r.ci_high, -r.ci_low
+    return out
+
+
+def compare_words(r, subject: str, other: str) -> str:
+    """``subject`` against ``other`` in words, from the paired-difference row ``r``
+    (subject − other): "significantly below/above" only when the 95% CI excludes 0, else
+    "not distinguishable from"; the difference, its CI and McNemar's p follow."""
+    from igpt_eval.paired import format_difference, resolved
+
+    if not resolved(r):
+        return f"{subject} is not distinguishable from {other} ({format_difference(r)})"
+    way = "above" if r.value > 0 else "below"
+    return f"{subject} is significantly {way} {other} ({format_difference(r)})"
+
+
+def describe_depth_curve(
+    name: str, s: pd.DataFrame, baseline: dict | None, diffs: pd.DataFrame | None = None
+) -> str:
     """A paragraph on one model's linear-probe depth curve (``s`` from
-    :func:`igpt_eval.probes.runner.summary`), every number taken from ``s``."""
+    :func:`igpt_eval.probes.runner.summary`), every number taken from ``s`` and from the
+    model's paired-difference rows ``diffs`` (:mod:`igpt_eval.paired`; ``None`` or empty for
+    results without per-example predictions: gaps are then given but said to be untested).
+    The layer it names is the one chosen on validation, never the test maximum."""
     first, last = s.iloc[0], s.iloc[-1]
-    peak = s.loc[s.test_acc.idxmax()]
     best = s[s.best].iloc[0]
     L = int(last.layer)
     text = [
         f"**{name}**: test accuracy goes from {_pct(first.test_acc)} at the embeddings "
-        f"(layer 0) to a peak of {_pct(peak.test_acc)} at layer {int(peak.layer)} of {L} "
-        f"(relative depth {peak.layer / L:.2f}) and ends at {_pct(last.test_acc)} at the "
-        f"last layer, {100 * (peak.test_acc - last.test_acc):.2f} points below the peak."
+        f"(layer 0) to {_pct(best.test_acc)} at layer {int(best.layer)} of {L}, the layer "
+        f"chosen on validation (relative depth {best.layer / L:.2f}), and ends at "
+        f"{_pct(last.test_acc)} at the last layer."
     ]
-    if best.test_acc < peak.test_acc:
+    r = _diff_row(diffs, "best_vs_last")
+    if int(best.layer) == L:
+        text.append("The layer chosen on validation is the last layer.")
+    elif r is not None:
+        text.append(compare_words(_reversed(r), "The last layer", "the chosen layer") + ".")
+    else:
+        gap = 100 * (best.test_acc - last.test_acc)
         text.append(
-            f"Validation picks layer {int(best.layer)} ({_pct(best.test_acc)} on test), not "
-            "the test peak."
+            f"The last layer is {abs(gap):.2f} points {'below' if gap >= 0 else 'above'} it on "
+            "test; untested (these results hold no per-example predictions)."
         )
     sh = curve_shape(s.layer, s.test_acc)
     half_ci = 100 * float(np.median(s.ci_high - s.ci_low)) / 2
@@ -106,36 +143,64 @@ def describe_depth_curve(name: str, s: pd.DataFrame, baseline: dict | None) -> s
             f"that dip is {noise} than the typical half-width of a layer's 95% CI "
             f"({half_ci:.2f} points)."
         )
-    if baseline is not None:
-        d = 100 * (peak.test_acc - baseline["value"])
+    r = _diff_row(diffs, "best_vs_pixels")
+    if r is not None:
+        text.append(compare_words(r, "Its chosen layer", "the raw pixels") + ".")
+    elif baseline is not None:
+        d = 100 * (best.test_acc - baseline["value"])
         text.append(
-            f"Its peak is {abs(d):.2f} points {'above' if d >= 0 else 'below'} the "
-            f"raw-pixel baseline ({_pct(baseline['value'])})."
+            f"Its chosen layer is {abs(d):.2f} points {'above' if d >= 0 else 'below'} the "
+            f"raw-pixel baseline ({_pct(baseline['value'])}); untested (no per-example "
+            "predictions)."
         )
     return " ".join(text)
 
 
 def describe_knn(results: pd.DataFrame) -> list[str]:
-    """A sentence per model on its kNN curve, next to its linear-probe peak."""
-    knn, lin = accuracy_rows(results, "knn"), accuracy_rows(results, "lbfgs")
+    """A sentence per model on its kNN curve: the layer chosen on validation (validation
+    queries against a train-only bank), its test accuracy, the last layer's with the
+    paired difference, and the linear probe's chosen layer beside it. Results without
+    validation kNN rows (written by earlier versions) name no kNN layer."""
+    from igpt_eval.paired import chosen, differences
+
+    knn = accuracy_rows(results, "knn")
+    sides = chosen(results)
+    diffs = differences(results, "best_vs_last")
     out = []
     for name, g in knn.groupby("model", sort=False):
-        p = g.loc[g.value.idxmax()]
-        lp = lin[lin.model == name]
-        lp = lp.loc[lp.value.idxmax()] if len(lp) else None
         last = g[g.layer == g.layer.max()].iloc[0]
         sh = curve_shape(g.layer, g.value)
-        line = (
-            f"- **{name}**: kNN peaks at layer {int(p.layer)} with {_pct(p.value)} "
-            f"(last layer {_pct(last.value)})"
-        )
-        if lp is not None:
-            line += (
-                f"; the linear probe peaks at layer {int(lp.layer)} with {_pct(lp.value)}, "
-                f"{100 * (lp.value - p.value):.2f} points above kNN's peak"
+        shape = "unimodal" if sh.unimodal else f"not unimodal (dip {sh.dip_pp:.2f} points)"
+        s = sides.get((name, "knn"))
+        if s is None:
+            out.append(
+                f"- **{name}**: kNN test accuracy goes from {_pct(g.value.iloc[0])} (layer "
+                f"{int(g.layer.iloc[0])}) to {_pct(last.value)} (last layer); {shape}. These "
+                "results have no validation kNN rows (an earlier version wrote them), so no "
+                "kNN layer is named; rerun `igpt-eval compare`."
             )
-        line += "; unimodal." if sh.unimodal else f"; not unimodal (dip {sh.dip_pp:.2f} points)."
-        out.append(line)
+            continue
+        b = s[s.best].iloc[0]
+        line = (
+            f"- **{name}**: kNN layer chosen on validation: layer {int(b.layer)}, "
+            f"{_pct(b.test_acc)} on test"
+        )
+        last_words = f"the last layer ({_pct(last.value)})"
+        r = _diff_row(diffs[(diffs.model == name) & (diffs.probe == "knn")], "best_vs_last")
+        if int(b.layer) == int(last.layer):
+            line += ", the last layer"
+        elif r is not None:
+            line += "; " + compare_words(_reversed(r), last_words, "it")
+        else:
+            line += f"; {last_words}, untested"
+        lp = sides.get((name, "lbfgs"))
+        if lp is not None:
+            lb = lp[lp.best].iloc[0]
+            line += (
+                f"; the linear probe's layer chosen on validation (layer {int(lb.layer)}) has "
+                f"{_pct(lb.test_acc)}"
+            )
+        out.append(line + f"; the kNN curve is {shape}.")
     return out
 
 
@@ -337,8 +402,35 @@ def build_report(
     return files + [out / "README.md"]
 
 
+def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
+    """Sentences comparing the models' linear probes at their layers chosen on validation:
+    paired (``best_vs_best`` rows) when the results have them, else the gap, untested."""
+    pairs = diffs[(diffs.contrast == "best_vs_best") & (diffs.probe == "lbfgs")]
+    if len(pairs):
+        out = []
+        for _, r in pairs.iterrows():
+            a = f"**{r.model}** (layer {int(r.layer)})"
+            b = f"**{r.vs_model}** (layer {int(r.vs_layer)})"
+            out += [f"At the layers chosen on validation, {compare_words(r, a, b)}.", ""]
+        return out
+    models = [r for r in table.itertuples() if r.model != PIXELS]
+    if len(models) < 2:
+        return []
+    a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
+    return [
+        f"At the layers chosen on validation, **{a.model}** is "
+        f"{100 * (a.best_acc - b.best_acc):.2f} points above **{b.model}** on test; untested "
+        "(no per-example predictions), and overlapping or separate marginal CIs do not "
+        "decide it.",
+        "",
+    ]
+
+
 def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command):
+    from igpt_eval.paired import differences
+
     dataset = df.dataset.dropna().iloc[0]
+    diffs = differences(df)
     knn = accuracy_rows(df, "knn")
     lb = df[(df.probe == "lbfgs") & (df.split == "test")]
     n_test = int(lb.n_eval.iloc[0]) if "n_eval" in lb and len(lb) else None
@@ -366,7 +458,7 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         lines.append(
             f"- kNN: cosine similarity, k = {knn.k.iloc[0]:g}, temperature "
             f"{knn.temperature.iloc[0]:g} (DINO's weighted vote); bank = train + val, queries "
-            "= test."
+            "= test; the layer is chosen by validation queries against a train-only bank."
         )
     if baseline is not None:
         lines.append(
@@ -375,28 +467,29 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         )
     if cka is not None:
         lines.append(f"- CKA: linear, on {int(cka.n.iloc[0])} test images.")
+    if len(diffs):
+        lines.append(
+            "- Differences are paired, on the same test images: a bootstrap 95% CI of the "
+            "accuracy difference (the same resampled images for both sides) and McNemar's "
+            "exact test, from the per-example test predictions in `predictions.npz`. A "
+            "difference whose CI includes 0 is not called one."
+        )
     lines += ["", "## Linear probes", "", table_markdown(table), ""]
     lines += [
-        "Best layer = the layer with the highest *validation* accuracy; gap = its test "
-        "accuracy minus the last layer's, in percentage points.",
+        "Best layer = the layer with the highest *validation* accuracy; best − last and "
+        "best − pixels are test-accuracy differences in percentage points, "
+        + (
+            "with paired 95% CIs and McNemar p-values."
+            if len(diffs)
+            else "untested: these results hold no per-example test predictions (written "
+            "by an earlier version); rerun `igpt-eval compare` for paired CIs."
+        ),
         "",
     ]
     for n, s in summaries.items():
-        lines += [describe_depth_curve(n, s, baseline), ""]
-    models = [r for r in table.itertuples() if r.model != PIXELS]
-    if len(models) >= 2:
-        a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
-        overlap = a.best_ci_low <= b.best_ci_high
-        lines += [
-            f"At the layers chosen on validation, **{a.model}** leads **{b.model}** by "
-            f"{100 * (a.best_acc - b.best_acc):.2f} points; the 95% CIs "
-            + (
-                "overlap, so this difference is not resolved at this test-set size."
-                if overlap
-                else "do not overlap."
-            ),
-            "",
-        ]
+        mine = diffs[(diffs.model == n) & (diffs.probe == "lbfgs")]
+        lines += [describe_depth_curve(n, s, baseline, mine), ""]
+    lines += _model_pairs(table, diffs)
     if len(knn):
         lines += ["## kNN", "", *describe_knn(df), ""]
     if cka is not None:

@@ -1,13 +1,25 @@
-"""Tidy results tables: one row per (model, split, layer, probe, hyper-parameter, metric).
+"""Tidy results tables: one row per (model, split, layer, probe, hyper-parameter, metric),
+and the per-example test predictions kept beside them.
 
 Every probe and analysis writes rows with the same columns, saved as parquet and CSV side by
 side; every figure and table in ``reports/`` is drawn from these files only.
+
+Per-example test predictions (DESIGN §5: differences are judged on the same test images)
+live in memory as a :class:`Predictions` (the test labels once, and one small integer array
+of predicted labels per probed layer) and on disk as ``predictions.npz`` beside
+``results.parquet``: an array ``labels`` and one array per probe, named
+``{model}/{probe}/{site}`` (:func:`prediction_key`), e.g. ``fmnist-ar/lbfgs/blocks.4.ln_1``
+or ``pixels/pixels/pixels``; the ``model``, ``probe`` and ``site`` columns of a test row name
+its array. Rows themselves carry no arrays. Results written before predictions were kept
+have no such file: :func:`load_predictions` returns ``None`` for them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
@@ -29,13 +41,32 @@ COLUMNS = [
     "value",
     "ci_low",
     "ci_high",
+    "p_value",
     "n_iter",
     "converged",
     "seconds",
     "seed",
 ]
+#: Standard columns that results files written by earlier versions lack; reading such a
+#: file fills them with NaN.
+ADDED_COLUMNS = ["p_value"]
+#: The columns paired-difference rows (``metric = "accuracy_diff"``, see
+#: :mod:`igpt_eval.paired`) add: which contrast, the other side, the discordant counts.
+DIFF_COLUMNS = ["contrast", "vs_model", "vs_probe", "vs_layer", "vs_site", "n01", "n10"]
 #: Extra columns some rows carry (NaN elsewhere).
-EXTRA = ["site_kind", "selected", "standardize", "preprocess", "grad_norm", "n_train", "n_eval"]
+EXTRA = [
+    "site_kind",
+    "selected",
+    "standardize",
+    "preprocess",
+    "grad_norm",
+    "n_train",
+    "n_eval",
+    *DIFF_COLUMNS,
+]
+#: Model and probe name of the raw-pixel baseline rows.
+PIXELS = "pixels"
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
@@ -48,14 +79,22 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return df[COLUMNS + rest]
 
 
-def save_results(df: pd.DataFrame, out_dir: str | Path, stem: str = "results") -> Path:
-    """Write ``<stem>.parquet`` and ``<stem>.csv`` into ``out_dir`` (atomically)."""
+def save_results(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    stem: str = "results",
+    predictions: Predictions | None = None,
+) -> Path:
+    """Write ``<stem>.parquet`` and ``<stem>.csv`` into ``out_dir`` (atomically), and the
+    per-example test ``predictions`` as ``predictions.npz`` when given."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / f"{stem}.parquet") as f:
         df.to_parquet(f, index=False)
     with atomic_write(out / f"{stem}.csv", "w") as f:
         df.to_csv(f, index=False)
+    if predictions is not None:
+        save_predictions(predictions, out)
     return out / f"{stem}.parquet"
 
 
@@ -73,7 +112,102 @@ def load_results(path: str | Path) -> pd.DataFrame:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
         raise IGPTError(f"{path} is not a readable results file ({e})") from None
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in ADDED_COLUMNS]
     if missing:
         raise IGPTError(f"{path} lacks results columns {missing}")
+    if any(c not in df.columns for c in ADDED_COLUMNS):  # an older file: same column order
+        df = to_frame(df.assign(**{c: np.nan for c in ADDED_COLUMNS if c not in df.columns}))
     return df
+
+
+# --------------------------------------------------------------------------- predictions
+def prediction_key(model: str, probe: str, site: str) -> str:
+    """The name of one probe's test predictions: ``{model}/{probe}/{site}``."""
+    return f"{model}/{probe}/{site}"
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """Integer labels in the smallest of uint8 / int16 that holds them (else as they are)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu" or a.size == 0:
+        return a
+    for dt in (np.uint8, np.int16):
+        info = np.iinfo(dt)
+        if info.min <= a.min() and a.max() <= info.max:
+            return a.astype(dt)
+    return a
+
+
+@dataclass
+class Predictions:
+    """Per-example test predictions of probes that share one test split.
+
+    ``labels`` (N,) holds the test labels once; ``pred`` maps :func:`prediction_key` names
+    to (N,) predicted labels (the same label values as ``labels``). Both are stored as
+    small integers (uint8 for up to 256 classes)."""
+
+    labels: np.ndarray | None = None
+    pred: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, key: str, pred, labels) -> None:
+        """Record ``pred`` under ``key``; ``labels`` must be the test labels already held
+        (the same images in the same order), or become them when none are yet."""
+        pred, labels = _compact(pred), _compact(labels)
+        if pred.shape != labels.shape or pred.ndim != 1:
+            raise IGPTError(f"{key}: {pred.shape} predictions for {labels.shape} labels")
+        if self.labels is None:
+            self.labels = labels
+        elif not np.array_equal(self.labels, labels):
+            raise IGPTError(
+                f"{key} was tested on other images than the predictions already held; "
+                "paired statistics need one test split"
+            )
+        self.pred[key] = pred
+
+    def update(self, other: Predictions | None) -> Predictions:
+        """Add every array of ``other`` (same test labels); returns self."""
+        if other is not None:
+            for key, p in other.pred.items():
+                self.add(key, p, other.labels)
+        return self
+
+    def correct(self, key: str) -> np.ndarray:
+        """Per-example correctness (N,) bool of the predictions named ``key``."""
+        if key not in self.pred:
+            raise IGPTError(f"no test predictions named {key!r}")
+        return self.pred[key] == self.labels
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.pred
+
+    def __len__(self) -> int:
+        return len(self.pred)
+
+
+def save_predictions(predictions: Predictions, out_dir: str | Path) -> Path:
+    """Write ``predictions.npz`` (``labels`` plus one array per key) into ``out_dir``."""
+    out = Path(out_dir) / PREDICTIONS_FILE
+    arrays = dict(predictions.pred)
+    if predictions.labels is not None:
+        arrays["labels"] = predictions.labels
+    with atomic_write(out) as f:
+        np.savez_compressed(f, **arrays)
+    return out
+
+
+def load_predictions(path: str | Path) -> Predictions | None:
+    """The :class:`Predictions` of a results folder (or a ``predictions.npz``); ``None``
+    when there is none (results written before predictions were kept)."""
+    path = Path(path)
+    f = path / PREDICTIONS_FILE if path.is_dir() else path
+    if not f.is_file():
+        return None
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise IGPTError(f"{f} is not a readable predictions file ({e})") from None
+    if "labels" not in arrays:
+        raise IGPTError(f"{f} holds no test labels")
+    labels = arrays.pop("labels")
+    return Predictions(labels, arrays)

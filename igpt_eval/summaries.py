@@ -15,8 +15,8 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
+from igpt_eval.results import PIXELS  # model and probe name of the pixel rows (re-exported)
 
-PIXELS = "pixels"  # model and probe name of the raw-pixel baseline rows
 CKA_COLUMNS = [
     "dataset",
     "split",
@@ -50,18 +50,39 @@ def accuracy_rows(results: pd.DataFrame, probe: str) -> pd.DataFrame:
     return r[r.metric == "accuracy"].sort_values(["model", "layer"])
 
 
+def _paired(diffs: pd.DataFrame, model: str, probe: str, contrast: str) -> dict:
+    """One paired-difference row as ``{diff_pp, ci_low_pp, ci_high_pp, p}`` (NaN if none)."""
+    d = diffs[(diffs.model == model) & (diffs.probe == probe) & (diffs.contrast == contrast)]
+    if d.empty:
+        return dict(diff_pp=np.nan, ci_low_pp=np.nan, ci_high_pp=np.nan, p=np.nan)
+    r = d.iloc[0]
+    return dict(
+        diff_pp=100 * r.value, ci_low_pp=100 * r.ci_low, ci_high_pp=100 * r.ci_high, p=r.p_value
+    )
+
+
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: the layer chosen on validation and its test accuracy, the
-    last layer's, the gap between them (percentage points), the layer of peak test
-    accuracy, and the kNN peak; then a row for the pixel baseline when present.
-    Accuracies are fractions; CIs are bootstrap 95%."""
+    """One row per model: the layer chosen on validation and its test accuracy, the last
+    layer's, the gap between them (percentage points) with its paired 95% CI and McNemar p
+    (``gap_*``), the chosen layer against the raw pixels likewise (``pixels_*``), and the
+    kNN layer chosen on validation with its test accuracy; then a row for the pixel
+    baseline when present. Accuracies are fractions, CIs of accuracies bootstrap 95%. Paired
+    columns are NaN for results written before per-example predictions were kept, and the
+    kNN ones for results without validation kNN rows."""
+    from igpt_eval.paired import chosen, differences
+
     rows = []
+    diffs = differences(results)
+    sides = chosen(results)
     knn = accuracy_rows(results, "knn")
+    pixels = accuracy_rows(results, PIXELS)
     for name, s in probe_summaries(results).items():
         best, last = s[s.best].iloc[0], s[s["last"]].iloc[0]
-        peak = s.loc[s.test_acc.idxmax()]
         k = knn[knn.model == name]
-        kb = k.loc[k.value.idxmax()] if len(k) else None
+        kb = sides.get((name, "knn"))
+        kb = None if kb is None else kb[kb.best].iloc[0]
+        gap = _paired(diffs, name, "lbfgs", "best_vs_last")
+        px = _paired(diffs, name, "lbfgs", "best_vs_pixels")
         rows.append(
             dict(
                 model=name,
@@ -76,16 +97,22 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
                 last_ci_low=last.ci_low,
                 last_ci_high=last.ci_high,
                 gap_pp=100 * (best.test_acc - last.test_acc),
-                peak_test_layer=int(peak.layer),
-                peak_test_acc=peak.test_acc,
-                knn_peak_layer=np.nan if kb is None else int(kb.layer),
-                knn_peak_acc=np.nan if kb is None else kb.value,
-                knn_last_acc=np.nan if kb is None else k[k.layer == k.layer.max()].value.iloc[0],
+                gap_ci_low_pp=gap["ci_low_pp"],
+                gap_ci_high_pp=gap["ci_high_pp"],
+                gap_p=gap["p"],
+                pixels_gap_pp=(
+                    100 * (best.test_acc - pixels.value.iloc[0]) if len(pixels) else np.nan
+                ),
+                pixels_ci_low_pp=px["ci_low_pp"],
+                pixels_ci_high_pp=px["ci_high_pp"],
+                pixels_p=px["p"],
+                knn_best_layer=np.nan if kb is None else int(kb.layer),
+                knn_best_acc=np.nan if kb is None else kb.test_acc,
+                knn_last_acc=np.nan if k.empty else k[k.layer == k.layer.max()].value.iloc[0],
             )
         )
-    px = accuracy_rows(results, PIXELS)
-    if len(px):
-        p = px.iloc[0]
+    if len(pixels):
+        p = pixels.iloc[0]
         rows.append(
             dict(
                 model=PIXELS,
@@ -104,27 +131,45 @@ def _pct(x, lo=None, hi=None) -> str:
     return f"{100 * x:.2f}%" + ("" if lo is None else f" [{100 * lo:.2f}, {100 * hi:.2f}]")
 
 
+def _pp(diff_pp, lo_pp, hi_pp, p) -> str:
+    """A paired difference cell: ``+0.28 [−0.10, +0.66], p = 0.15`` (points)."""
+    from igpt_eval.paired import format_p, signed_pp
+
+    if pd.isna(diff_pp):
+        return "–"
+    if pd.isna(lo_pp):  # no per-example predictions: the gap alone, untested
+        return f"{signed_pp(diff_pp / 100)} (untested)"
+    return (
+        f"{signed_pp(diff_pp / 100)} [{signed_pp(lo_pp / 100)}, {signed_pp(hi_pp / 100)}], "
+        f"{format_p(p)}"
+    )
+
+
 def table_markdown(table: pd.DataFrame) -> str:
-    """:func:`comparison_table` as a markdown table (accuracies in %, 95% CIs)."""
+    """:func:`comparison_table` as a markdown table (accuracies in %, 95% CIs; differences
+    in percentage points with paired 95% CIs and McNemar p-values)."""
     head = (
         "| model | objective | best layer (val) | best test acc [95% CI] | "
-        "last layer test acc [95% CI] | gap (pp) | kNN peak (layer) | kNN last |"
+        "last layer test acc [95% CI] | best − last (pp) | best − pixels (pp) | "
+        "kNN best on val (layer) | kNN last |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in table.itertuples():
         if r.model == PIXELS:
             lines.append(
                 f"| raw pixels (linear probe) | – | – | "
-                f"{_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | – | – | – | – |"
+                f"{_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | – | – | – | – | – |"
             )
             continue
         knn = (
-            "–" if pd.isna(r.knn_peak_acc) else f"{_pct(r.knn_peak_acc)} ({int(r.knn_peak_layer)})"
+            "–" if pd.isna(r.knn_best_acc) else f"{_pct(r.knn_best_acc)} ({int(r.knn_best_layer)})"
         )
+        gap = _pp(r.gap_pp, r.gap_ci_low_pp, r.gap_ci_high_pp, r.gap_p)
+        px = _pp(r.pixels_gap_pp, r.pixels_ci_low_pp, r.pixels_ci_high_pp, r.pixels_p)
         lines.append(
             f"| {r.model} | {r.objective} | {int(r.best_layer)} of {int(r.layers)} "
             f"({r.best_rel_depth:.2f}) | {_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | "
-            f"{_pct(r.last_acc, r.last_ci_low, r.last_ci_high)} | {r.gap_pp:+.2f} | {knn} | "
+            f"{_pct(r.last_acc, r.last_ci_low, r.last_ci_high)} | {gap} | {px} | {knn} | "
             f"{_pct(r.knn_last_acc)} |"
         )
     return "\n".join(lines)

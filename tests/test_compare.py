@@ -12,7 +12,7 @@ from igpt_eval.cli import build_parser, main
 from igpt_eval.compare import DEFAULT_MODELS, check_models, pixel_features
 from igpt_eval.errors import IGPTError
 from igpt_eval.palette import Palette
-from igpt_eval.results import COLUMNS, load_results
+from igpt_eval.results import COLUMNS, load_predictions, load_results
 from igpt_eval.summaries import load_cka, load_models
 
 
@@ -48,6 +48,48 @@ def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair):
     got = r[(r.probe == "knn") & (r.model == "tiny-bert") & (r.layer == 2)]
     assert got.value.iloc[0] == pytest.approx(want.accuracy)
     assert got.k.iloc[0] == 20 and got.temperature.iloc[0] == pytest.approx(0.07)
+    # The layer is chosen on validation: val queries against a train-only bank.
+    val = got[got.split == "val"]
+    assert val.value.iloc[0] == pytest.approx(knn_accuracy(tr[2], tr.labels, va[2], va.labels)[0])
+    assert val.n_train.iloc[0] == len(tr.labels) and val.n_eval.iloc[0] == len(va.labels)
+    np.testing.assert_array_equal(
+        compared.predictions.pred["tiny-bert/knn/blocks.2.ln_1"], want.pred
+    )
+
+
+def test_paired_rows_and_predictions(compared, tiny_pair):
+    root = tiny_pair[0]
+    df = load_results(root / "cmp/results.parquet")
+    pred = load_predictions(root / "cmp")
+    # Every test row has its predictions, and they give its accuracy.
+    test = df[(df.split == "test") & (df.metric == "accuracy")]
+    assert len(pred) == len(test) == 2 * 4 * 2 + 1  # 2 models x 4 layers x (lbfgs, knn) + px
+    for r in test.itertuples():
+        assert pred.correct(f"{r.model}/{r.probe}/{r.site}").mean() == pytest.approx(r.value)
+    diffs = df[df.metric == "accuracy_diff"]
+    got = sorted(zip(diffs.contrast, diffs.model, diffs.probe, diffs.vs_model, strict=True))
+    assert got == [
+        ("best_vs_best", "tiny-ar", "knn", "tiny-bert"),
+        ("best_vs_best", "tiny-ar", "lbfgs", "tiny-bert"),
+        ("best_vs_last", "tiny-ar", "knn", "tiny-ar"),
+        ("best_vs_last", "tiny-ar", "lbfgs", "tiny-ar"),
+        ("best_vs_last", "tiny-bert", "knn", "tiny-bert"),
+        ("best_vs_last", "tiny-bert", "lbfgs", "tiny-bert"),
+        ("best_vs_pixels", "tiny-ar", "lbfgs", "pixels"),
+        ("best_vs_pixels", "tiny-bert", "lbfgs", "pixels"),
+    ]
+    assert ((diffs.ci_low <= diffs.value) & (diffs.value <= diffs.ci_high)).all()
+    assert ((diffs.p_value > 0) & (diffs.p_value <= 1)).all()
+    # Each difference is the difference of the two test rows it names; "best" is on val.
+    acc = test.set_index(["model", "probe", "layer"]).value
+    t = compared.table.set_index("model")
+    for r in diffs.itertuples():
+        b = acc[(r.model, r.probe, r.layer)] - acc[(r.vs_model, r.vs_probe, int(r.vs_layer))]
+        assert r.value == pytest.approx(b)
+        if r.probe == "lbfgs":
+            assert r.layer == t.loc[r.model, "best_layer"]
+    gap = diffs[(diffs.contrast == "best_vs_last") & (diffs.probe == "lbfgs")]
+    assert t.loc["tiny-ar", "gap_p"] == gap[gap.model == "tiny-ar"].p_value.iloc[0]
 
 
 def test_cka_table(compared, tiny_pair):

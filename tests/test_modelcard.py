@@ -314,3 +314,19 @@ def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
     assert card.read_text() == text  # refused: the card is left as it was
     with pytest.raises(IGPTError, match="write the card first"):
         set_probe_section(tmp_path / "nowhere", _probe_rows(), "m", "f")
+
+
+def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
+    from igpt_eval.modelcard import probe_section
+    from igpt_eval.results import to_frame
+
+    df = _probe_rows()
+    df["probe"], df["lr"], df["C"] = "sgd", 3.0, float("nan")
+    diff = dict(model="m", probe="sgd", split="test", layer=1, site="blocks.1.ln_1")
+    diff.update(metric="accuracy_diff", value=0.012, ci_low=0.006, ci_high=0.018, p_value=0.02)
+    diff.update(contrast="best_vs_last", vs_model="m", vs_probe="sgd", vs_layer=2, vs_site="x")
+    text = probe_section(to_frame([*df.to_dict("records"), diff]), "m", "f")
+    assert "learning rate chosen on 20 validation images" in text and "C chosen" not in text
+    assert "| 1 (best on val) | blocks.1.ln_1 | 60.00% [10.00, 90.00] | 3 |" in text
+    assert "nan" not in text
+    assert "- best (layer 1) − last (layer 2): +1.20 pp [+0.60, +1.80], McNemar p = 0.02" in text

@@ -58,7 +58,7 @@ SMALL = {
             "layers": "{n: list(s.layer) for n, s in summaries.items()}",
             "best": "{r.model: r.best_acc for r in table.itertuples() if r.model != PIXELS}",
             "pixel_acc": "pixel_acc",
-            "knn": "knn_results.value.tolist()",
+            "knn": "knn_test.value.tolist()",
             "cka_self": "cka.query('model_a == model_b and layer_a == layer_b').value.tolist()",
             "files": "[str(p.relative_to(out_dir)) for p in out_dir.rglob('*') if p.is_file()]",
         },

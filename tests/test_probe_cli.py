@@ -8,11 +8,12 @@ from igpt_eval import IGPTError
 from igpt_eval.cli import main
 from igpt_eval.config import IGPTConfig
 from igpt_eval.model import IGPT
+from igpt_eval.paired import format_difference
 from igpt_eval.palette import Palette
 from igpt_eval.probes import probe_lbfgs
 from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
-from igpt_eval.results import COLUMNS, load_results, to_frame
+from igpt_eval.results import COLUMNS, load_predictions, load_results, to_frame
 from tests.test_probes import synthetic
 
 
@@ -60,9 +61,28 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     assert "<- best (val)" in out and "(last)" in out
     df = load_results(tmp_path / "out/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
-    test = df[(df.split == "test") & (df.metric == "accuracy")]
+    assert set(df.probe) == {"lbfgs", "pixels"}
+    test = df[(df.split == "test") & (df.metric == "accuracy") & (df.probe == "lbfgs")]
     assert sorted(test.layer) == [0, 1, 2, 3]
     assert set(test.site) == {"blocks.0.ln_1", "blocks.1.ln_1", "blocks.2.ln_1", "ln_f"}
+    # The two paired lines under the table, from the validation-chosen layer.
+    s = summary(df)
+    best, last = int(s[s.best].layer.iloc[0]), 3
+    diffs = df[df.metric == "accuracy_diff"].set_index("contrast")
+    assert set(diffs.index) == {"best_vs_last", "best_vs_pixels"}
+    assert (diffs.layer == best).all() and diffs.vs_layer["best_vs_last"] == last
+    px = diffs.loc["best_vs_pixels"]
+    line = f"best (layer {best}) − raw pixels: {format_difference(px)}"
+    assert line in out and "McNemar p" in line
+    if best != last:
+        assert f"best (layer {best}) − last (layer {last}): " in out
+    else:
+        assert f"best (layer {best}) is the last layer" in out
+    # Per-example test predictions beside the results: their accuracy is the rows'.
+    pred = load_predictions(tmp_path / "out")
+    assert len(pred.labels) == 12 and len(pred) == 5  # 4 layers + pixels
+    for r in df[(df.split == "test") & (df.metric == "accuracy")].itertuples():
+        assert pred.correct(f"{r.model}/{r.probe}/{r.site}").mean() == pytest.approx(r.value)
     assert (tmp_path / "out/results.csv").is_file()
     png = (tmp_path / "out/depth_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -98,7 +118,7 @@ def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
 
 def test_probe_cli_sgd_and_layers(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = probe_args(tmp_path, tiny_model, tiny_npz, "--method", "sgd")
+    args = probe_args(tmp_path, tiny_model, tiny_npz, "--method", "sgd", "--no-pixels")
     args.remove("--all-layers")
     assert main([*args, "--layers", "1,3"]) == 0
     df = load_results(tmp_path / "out/results.parquet")
@@ -187,7 +207,7 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
-    kw = dict(cache_dir=tmp_path / "acts", progress=False)
+    kw = dict(cache_dir=tmp_path / "acts", progress=False, pixels=False)
     lb = summary(probe_model(method="lbfgs", **kw)).set_index("layer").test_acc
     sgd = summary(probe_model(method="sgd", **kw)).set_index("layer").test_acc
     assert (abs(sgd - lb) <= 0.01).all(), (100 * (sgd - lb)).round(2).to_dict()

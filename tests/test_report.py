@@ -8,7 +8,9 @@ import pytest
 
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
-from igpt_eval.reporting import build_report, curve_shape, describe_depth_curve
+from igpt_eval.paired import signed_pp
+from igpt_eval.reporting import build_report, curve_shape, describe_depth_curve, describe_knn
+from igpt_eval.results import PREDICTIONS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def test_report_files_and_readme(compared_dir, tmp_path):
     table = pd.read_csv(compared_dir / "tables/comparison.csv").set_index("model")
     for m in ("tiny-ar", "tiny-bert"):
         assert f"{100 * table.loc[m, 'best_acc']:.2f}%" in md
-        assert f"{table.loc[m, 'gap_pp']:+.2f}" in md
+        assert signed_pp(table.loc[m, "gap_pp"] / 100) in md
+        assert "McNemar p" in md and "paired" in md
     assert f"{100 * table.loc['pixels', 'best_acc']:.2f}%" in md
     assert "No training log for tiny-bert" in md and "## CKA" in md and "## kNN" in md
     assert md.count("unimodal") >= 2
@@ -145,3 +148,66 @@ def test_report_bad_input(compared_dir, tmp_path, capsys):
     assert "lacks CKA columns ['value']" in run(broken)
     with pytest.raises(IGPTError, match="no results folder"):
         build_report(tmp_path / "missing", tmp_path / "r")
+
+
+def diff_row(contrast, value, lo, hi, p, layer=3, vs_layer=4):
+    return dict(
+        contrast=contrast, value=value, ci_low=lo, ci_high=hi, p_value=p, layer=layer,
+        vs_layer=vs_layer, model="m", probe="lbfgs", metric="accuracy_diff",
+    )  # fmt: skip
+
+
+def test_describe_uses_the_paired_intervals():
+    s = pd.DataFrame(
+        dict(
+            layer=range(5),
+            test_acc=[0.5, 0.8, 0.85, 0.9, 0.888],
+            ci_low=np.full(5, 0.0),
+            ci_high=np.full(5, 0.02),
+        )
+    )
+    s["best"] = s.layer == 3
+    s["last"] = s.layer == 4
+    diffs = pd.DataFrame(
+        [
+            diff_row("best_vs_last", 0.012, 0.006, 0.018, 0.0004),
+            diff_row("best_vs_pixels", 0.003, -0.004, 0.010, 0.41, vs_layer=0),
+        ]
+    )
+    text = describe_depth_curve("m", s, dict(value=0.897, ci_low=0.89, ci_high=0.9), diffs)
+    assert "layer 3 of 4, the layer chosen on validation" in text
+    assert (
+        "The last layer is significantly below the chosen layer "
+        "(−1.20 pp [−1.80, −0.60], McNemar p < 0.001)" in text
+    )
+    assert (
+        "Its chosen layer is not distinguishable from the raw pixels "
+        "(+0.30 pp [−0.40, +1.00], McNemar p = 0.41)" in text
+    )
+    # A CI that includes 0 is never called a difference, however large the point value.
+    diffs.loc[0, ["value", "ci_low", "ci_high", "p_value"]] = [0.05, -0.001, 0.1, 0.06]
+    text = describe_depth_curve("m", s, None, diffs)
+    assert "The last layer is not distinguishable from the chosen layer (−5.00 pp" in text
+    assert "significantly" not in text.split("raw pixels")[0]
+    # Without paired rows (older results) the gap is given, and said to be untested.
+    text = describe_depth_curve("m", s, None)
+    assert "1.20 points below it on test; untested" in text
+
+
+def test_report_on_results_without_predictions(compared_dir, tmp_path):
+    """Results written before paired statistics (no predictions.npz, no p_value column, no
+    paired rows, no validation kNN rows) still make a report, with notes instead."""
+    old = tmp_path / "old"
+    shutil.copytree(compared_dir, old)
+    (old / PREDICTIONS_FILE).unlink()
+    (old / "results.csv").unlink()
+    df = pd.read_parquet(old / "results.parquet")
+    df = df[(df.metric != "accuracy_diff") & ~((df.probe == "knn") & (df.split == "val"))]
+    df = df.drop(columns=["p_value", "contrast", "vs_model", "vs_probe", "vs_layer", "vs_site"])
+    df.to_parquet(old / "results.parquet")
+    build_report(old, tmp_path / "r", lowdata_dir=None)
+    md = (tmp_path / "r/README.md").read_text()
+    assert "untested: these results hold no per-example test predictions" in md
+    assert "no validation kNN rows" in md and "kNN layer chosen on validation" not in md
+    assert "McNemar" not in md
+    assert describe_knn(df)[0].startswith("- **tiny-ar**: kNN test accuracy goes from")

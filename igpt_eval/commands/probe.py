@@ -68,8 +68,11 @@ def _add_probe(sub) -> None:
         help="linear probes on every layer (the depth curve)",
         description="Extract (or reuse) features of a model on train/val/test, fit a linear "
         "probe per layer (C chosen on val, refit on train+val, test reported once with a "
-        "bootstrap 95%% CI), print the table, write results and depth_curve.png. With no "
-        "arguments: the shipped Fashion-MNIST AR model.",
+        "bootstrap 95%% CI) and the same probe on the raw pixels, print the table and the "
+        "paired differences (best layer on val minus the last layer, and minus the pixels: "
+        "paired bootstrap 95%% CI, McNemar's exact test), write results, per-example test "
+        "predictions and depth_curve.png. With no arguments: the shipped Fashion-MNIST AR "
+        "model.",
     )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder")
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
@@ -96,6 +99,11 @@ def _add_probe(sub) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"
     )
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="skip the raw-pixel baseline (and the best − pixels difference)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--overwrite", action="store_true", help="rebuild caches in --cache made from other inputs"
@@ -106,7 +114,7 @@ def _add_probe(sub) -> None:
 
 def _cmd_probe(args) -> int:
     from igpt_eval.probes.runner import format_summary, probe_model, summary
-    from igpt_eval.report import depth_curve
+    from igpt_eval.report import baseline_of, depth_curve
 
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")
@@ -130,21 +138,29 @@ def _cmd_probe(args) -> int:
         train_size=args.train_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        pixels=not args.no_pixels,
     )
     s = summary(df)
     name = f"{args.model.name} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
     files = depth_curve(
-        {args.model.name: s}, out / "depth_curve", title=f"{args.method} linear probes: {name}"
+        {args.model.name: s},
+        out / "depth_curve",
+        title=f"{args.method} linear probes: {name}",
+        baseline=baseline_of(df),
     )
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
-    val, test = df[df.split == "val"].iloc[0], df[df.split == "test"].iloc[0]
+    own = df[df.probe == args.method]
+    val, test = own[own.split == "val"].iloc[0], own[own.split == "test"].iloc[0]
     sample = (
         "" if args.train_size is None else " (a stratified sample; --train-size all for every one)"
     )
     print(
-        f"chosen on {val.n_eval:,} val images after training on {val.n_train:,}{sample}; "
-        f"refit on train+val, tested once on {test.n_eval:,}"
+        f"chosen on {int(val.n_eval):,} val images after training on {int(val.n_train):,}{sample}; "
+        f"refit on train+val, tested once on {int(test.n_eval):,}"
     )
-    print(format_summary(s))
-    print(f"results: {out / 'results.parquet'} (+ .csv); figure: {files[0]}")
+    print(format_summary(s, differences=own))
+    print(
+        f"results: {out / 'results.parquet'} (+ .csv, predictions.npz: per-example test "
+        f"predictions); figure: {files[0]}"
+    )
     return 0

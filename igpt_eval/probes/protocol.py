@@ -11,7 +11,9 @@ For every layer at once:
    apart, warm-started from that solution;
 3. *select*: the C with the best validation accuracy (ties: lower validation loss);
 4. *refit* on ``train + val`` at the chosen C, warm-started, and score ``test`` once, with a
-   bootstrap 95% interval.
+   bootstrap 95% interval; with ``return_predictions``, each layer's per-example test
+   predictions come back too (a :class:`~igpt_eval.results.Predictions`), for paired
+   comparisons (:mod:`igpt_eval.paired`).
 
 The test split is never used to choose anything. Every fit is a row of the results table,
 so the whole regularisation sweep is on record (rows with ``split="val"``), not only its
@@ -31,6 +33,7 @@ from igpt_eval.analysis import bootstrap_accuracy_ci
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.backends import BACKENDS, resolve_device
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid
+from igpt_eval.results import Predictions, prediction_key
 
 COARSE_CS = 10.0 ** np.arange(-3, 4)  # 1e-3 … 1e3
 REFINE_STEPS = 10.0 ** np.array([-2 / 3, -1 / 3, 1 / 3, 2 / 3])
@@ -92,7 +95,7 @@ def _solve(X, y, C, K, backend, *, device, dtype, tol, max_iter, init=None) -> _
 
 
 def _evaluate(X, y, sol: _Solution, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Accuracy (G, nC), mean cross-entropy (G, nC) and correctness (G, nC, N)."""
+    """Accuracy (G, nC), mean cross-entropy (G, nC) and predicted class indices (G, nC, N)."""
     dev = resolve_device(device)
     Xt = torch.as_tensor(X, device=dev, dtype=torch.float32)
     G, nC, K, d = sol.coef.shape
@@ -100,8 +103,9 @@ def _evaluate(X, y, sol: _Solution, device) -> tuple[np.ndarray, np.ndarray, np.
     Z = torch.bmm(Xt, W).view(G, -1, nC, K) + sol.intercept.to(dev, torch.float32)[:, None]
     yt = torch.as_tensor(y, device=dev, dtype=torch.long)
     ce = torch.logsumexp(Z, -1) - Z.gather(-1, yt[None, :, None, None].expand(G, -1, nC, 1))[..., 0]
-    correct = (Z.argmax(-1) == yt[None, :, None]).permute(0, 2, 1)  # (G, nC, N)
-    return (correct.float().mean(-1).cpu().numpy(), ce.mean(1).cpu().numpy(), correct.cpu().numpy())
+    pred = Z.argmax(-1).permute(0, 2, 1)  # (G, nC, N)
+    acc = (pred == yt).float().mean(-1)
+    return acc.cpu().numpy(), ce.mean(1).cpu().numpy(), pred.cpu().numpy()
 
 
 def probe_lbfgs(
@@ -124,13 +128,17 @@ def probe_lbfgs(
     patience: int = 2,
     seed: int = 0,
     progress: bool = False,
-) -> list[dict]:
+    probe: str = "lbfgs",
+    return_predictions: bool = False,
+) -> list[dict] | tuple[list[dict], Predictions]:
     """Run the protocol on every layer; returns tidy result rows (see :mod:`igpt_eval.results`).
 
-    ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site.
+    ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site;
+    ``probe`` is the rows' probe name (``pixels`` for the raw-pixel baseline).
     ``Cs`` is the path's grid (walked in increasing order); a layer leaves it after
     ``patience`` values without a better validation accuracy. ``progress`` prints a line per
-    stage to stderr.
+    stage to stderr. With ``return_predictions``, returns ``(rows, predictions)``: every
+    layer's predicted test labels, named ``{model}/{probe}/{site}``.
     """
     if backend not in BACKENDS:
         raise IGPTError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -154,7 +162,7 @@ def probe_lbfgs(
     opts = dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter)
     base = dict(
         meta,
-        probe="lbfgs",
+        probe=probe,
         backend=backend,
         standardize=standardize,
         preprocess="standardize" if standardize else "none",
@@ -243,9 +251,9 @@ def probe_lbfgs(
     final = _solve(X_fit, y_fit, C_best[:, None], K, backend, init=init, **opts)
     seconds = time.perf_counter() - t0
     say(f"refit {G} layer(s) on train+val ({len(y_fit):,} rows)", seconds)
-    acc, loss, correct = _evaluate(Xte, y_te, final, device)
+    acc, loss, pred = _evaluate(Xte, y_te, final, device)
     for g in range(G):
-        lo, hi = bootstrap_accuracy_ci(correct[g, 0], n_boot=n_boot, seed=seed)
+        lo, hi = bootstrap_accuracy_ci(pred[g, 0] == y_te, n_boot=n_boot, seed=seed)
         common = dict(
             base,
             split="test",
@@ -262,7 +270,13 @@ def probe_lbfgs(
         )
         rows.append(dict(common, metric="accuracy", value=float(acc[g, 0]), ci_low=lo, ci_high=hi))
         rows.append(dict(common, metric="loss", value=float(loss[g, 0])))
-    return rows
+    if not return_predictions:
+        return rows
+    predictions = Predictions()
+    for g in range(G):
+        key = prediction_key(meta.get("model", ""), probe, sites[g])
+        predictions.add(key, classes[pred[g, 0]], test.y)
+    return rows, predictions
 
 
 def _best(cands: list[tuple]) -> int:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.protocol import Features, probe_lbfgs
-from igpt_eval.results import save_results, to_frame
+from igpt_eval.results import PIXELS, Predictions, save_results, to_frame
 
 SPLITS = ("train", "val", "test")
 #: The shipped models live beside the package (a source checkout or editable install).
@@ -72,10 +72,20 @@ def probe_model(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-) -> pd.DataFrame:
+    pixels: bool = True,
+    return_predictions: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, Predictions]:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
-    layer with ``method`` (``lbfgs`` or ``sgd``), save ``results.parquet``/``.csv`` into
-    ``out`` (when given) and return the results table.
+    layer with ``method`` (``lbfgs`` or ``sgd``), save ``results.parquet``/``.csv`` and the
+    per-example test predictions ``predictions.npz`` into ``out`` (when given) and return
+    the results table (with ``return_predictions``: ``(table, predictions)``).
+
+    With ``pixels`` (the default), the raw-pixel baseline is probed too (L-BFGS on the
+    palette-quantised images, from the same token caches, splits and training sample:
+    :func:`igpt_eval.probes.pixels.probe_pixels`; its rows have ``model = probe =
+    "pixels"``). The table then ends with paired-difference rows (``metric =
+    "accuracy_diff"``, :mod:`igpt_eval.paired`): the layer chosen on validation − the last
+    layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
 
     ``train_size`` caps the training split at a stratified sample of that many images
     (``None``: all of it); ``val_size`` and ``test_size`` cap validation and test the same
@@ -86,7 +96,8 @@ def probe_model(
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``. A cache in
     ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
-    from igpt_eval.extraction import extract_split, open_model
+    from igpt_eval.extraction import extract_split, open_model, run_defaults
+    from igpt_eval.paired import paired_rows
 
     if method not in ("lbfgs", "sgd"):
         raise IGPTError(f"unknown probe method {method!r}; use lbfgs or sgd")
@@ -134,7 +145,7 @@ def probe_model(
     )
     if method == "lbfgs":
         feats, _, _ = load_features(caches, layers)  # in memory: full-batch L-BFGS
-        rows = probe_lbfgs(
+        rows, predictions = probe_lbfgs(
             feats["train"],
             feats["val"],
             feats["test"],
@@ -146,13 +157,14 @@ def probe_model(
             standardize=standardize,
             seed=seed,
             progress=progress,
+            return_predictions=True,
         )
     else:
         from igpt_eval.probes.sgd import probe_sgd
 
         # SGD whitens (train statistics) unless told not to touch the features: one rate
         # grid then suits every layer, and it converges in a few epochs.
-        rows = probe_sgd(
+        rows, predictions = probe_sgd(
             caches,
             layers,
             meta=meta,
@@ -160,21 +172,46 @@ def probe_model(
             device=device,
             seed=seed,
             preprocess="whiten" if standardize else "none",
+            return_predictions=True,
         )
+    if pixels:
+        from igpt_eval.probes.pixels import probe_pixels
+
+        name, split_seed = run_defaults(dataset, ident)
+        px, px_pred = probe_pixels(
+            palette,
+            name,
+            n_px=net.config.n_px,
+            split_seed=split_seed,
+            data_dir=data_dir,
+            token_cache=token_cache,
+            device=device,
+            seed=seed,
+            train_size=train_size,
+            return_predictions=True,
+        )
+        rows += px
+        predictions.update(px_pred)  # refuses test images other than the caches'
     df = to_frame(rows)
+    diffs = to_frame(paired_rows(df, predictions, seed=seed))
+    df = to_frame(pd.concat([df, diffs], ignore_index=True))
     df.attrs["extract_seconds"] = extract_seconds
     df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
     if out is not None:
-        save_results(df, out)
-    return df
+        save_results(df, out, predictions=predictions)
+    return (df, predictions) if return_predictions else df
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
 
+    ``df`` holds one model's results; ``probe`` picks one probe's rows (default: every probe
+    but the raw-pixel baseline, which :func:`probe_model` adds to a model's results).
     ``best`` marks the layer with the highest *validation* accuracy (what a user may select
     on; among equal ones, the earliest); ``last`` the final layer.
     """
+    if "probe" in df:
+        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin([PIXELS])]
     acc = df[df.metric == "accuracy"]
     val = acc[(acc.split == "val") & acc.selected.astype(bool)]
     test = acc[acc.split == "test"]
@@ -183,13 +220,17 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ].rename(columns={"value": "test_acc"})
     s = s.merge(val[["layer", "value"]].rename(columns={"value": "val_acc"}), on="layer")
     s = s.sort_values("layer").reset_index(drop=True)
+    if s.empty:
+        raise IGPTError("no layer has both validation and test accuracy rows to summarise")
     s["best"] = s.index == s.val_acc.idxmax()  # ties: the earliest such layer, one mark only
     s["last"] = s.layer == s.layer.max()
     return s
 
 
-def format_summary(s: pd.DataFrame) -> str:
-    """The terminal table of :func:`summary`."""
+def format_summary(s: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
+    """The terminal table of :func:`summary`; with ``differences`` (the model's results, or
+    their paired-difference rows), two lines under it: best − last layer and best − raw
+    pixels, with paired 95% CIs and McNemar's p (:func:`igpt_eval.paired.paired_lines`)."""
     hyper = "C" if s["lr"].isna().all() else "lr"
     lines = [
         f"{'layer':>5}  {'site':<18} {'val acc':>8}  {'test acc [95% CI]':<24} "
@@ -207,4 +248,8 @@ def format_summary(s: pd.DataFrame) -> str:
         )
     if not s.converged.all():
         lines.append("* the solver stopped before its tolerance (recorded in the results)")
+    if differences is not None:
+        from igpt_eval.paired import paired_lines
+
+        lines += paired_lines(differences)
     return "\n".join(lines)

@@ -13,8 +13,9 @@ One learning-rate grid then suits every layer. ``preprocess="standardize"`` (per
 scale only; d instead of d² numbers per layer at very large widths) and ``"none"`` remain.
 
 Protocol as for L-BFGS: train on ``train``, choose each layer's rate on ``val``, retrain on
-``train + val`` at that rate, report ``test`` once with a bootstrap interval. A head whose
-loss goes non-finite is frozen and recorded as diverged; it is never chosen.
+``train + val`` at that rate, report ``test`` once with a bootstrap interval (and, when asked,
+the per-example test predictions). A head whose loss goes non-finite is frozen and recorded
+as diverged; it is never chosen.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from igpt_eval.analysis import bootstrap_accuracy_ci
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.backends import resolve_device
+from igpt_eval.results import Predictions, prediction_key
 
 SGD_LRS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)
 
@@ -168,17 +170,22 @@ def train_heads(
     return W, diverged
 
 
-def _accuracy(stream: _Stream, W: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Correctness (G, nLR, N) of every head on a whole stream."""
+def _predict(stream: _Stream, W: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Predicted class indices (G, nLR, N) of every head on a whole stream."""
     G, nLR, K, d1 = W.shape
     d = d1 - 1
     Wm = W[..., :d].permute(0, 3, 1, 2).reshape(G, d, nLR * K)
     out = []
     for s in range(0, stream.n, chunk):
-        X, y = stream.rows(np.arange(s, min(s + chunk, stream.n)))
+        X, _ = stream.rows(np.arange(s, min(s + chunk, stream.n)))
         Z = torch.bmm(X, Wm).view(G, -1, nLR, K) + W[..., d].unsqueeze(1)
-        out.append(Z.argmax(-1) == torch.as_tensor(y, device=W.device)[None, :, None])
+        out.append(Z.argmax(-1))
     return torch.cat(out, 1).permute(0, 2, 1)
+
+
+def _accuracy(stream: _Stream, W: torch.Tensor) -> torch.Tensor:
+    """Correctness (G, nLR, N) of every head on a whole stream."""
+    return _predict(stream, W) == torch.as_tensor(stream.labels, device=W.device)
 
 
 def probe_sgd(
@@ -194,11 +201,14 @@ def probe_sgd(
     seed: int = 0,
     n_boot: int = 10_000,
     preprocess: str = "whiten",
-) -> list[dict]:
+    return_predictions: bool = False,
+) -> list[dict] | tuple[list[dict], Predictions]:
     """The SGD probe protocol on ``splits`` = {train, val, test} caches (or ArraySources).
 
     ``preprocess`` (``whiten``, ``standardize`` or ``none``) maps the features with
-    training-split statistics before the heads see them."""
+    training-split statistics before the heads see them. With ``return_predictions``,
+    returns ``(rows, predictions)``: every layer's predicted test labels, named
+    ``{model}/sgd/{site}``."""
     dev = resolve_device(device)
     train, val, test = (splits[k] for k in ("train", "val", "test"))
     classes = np.unique(np.asarray(train.labels))
@@ -265,7 +275,8 @@ def probe_sgd(
     W2, div2 = train_heads(fit, chosen, K, epochs=epochs, batch_size=batch_size, seed=seed + 1)
     seconds = time.perf_counter() - t0
     te = stream(test)
-    correct = _accuracy(te, W2)[:, 0].cpu().numpy()  # (G, N)
+    pred = _predict(te, W2)[:, 0].cpu().numpy()  # (G, N) class indices
+    correct = pred == te.labels
     for g in range(G):
         lo, hi = bootstrap_accuracy_ci(correct[g], n_boot=n_boot, seed=seed)
         rows.append(
@@ -287,4 +298,10 @@ def probe_sgd(
                 n_eval=te.n,
             )
         )
-    return rows
+    if not return_predictions:
+        return rows
+    predictions = Predictions()
+    for g in range(G):
+        key = prediction_key(meta.get("model", ""), "sgd", sites[g])
+        predictions.add(key, classes[pred[g]], classes[te.labels])
+    return rows, predictions
