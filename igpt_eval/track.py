@@ -209,9 +209,8 @@ def format_track(summ: pd.DataFrame, corr: pd.DataFrame) -> str:
             f"{100 * r.best_ci_high:5.2f}]   {100 * r.last_test_acc:6.2f}%"
         )
     for r in corr.itertuples():
-        rho = (
-            "n/a (fewer than 3 snapshots)" if np.isnan(r.spearman_rho) else f"{r.spearman_rho:+.2f}"
-        )
+        # Undefined with fewer than 3 snapshots or a constant accuracy (or loss).
+        rho = f"{r.spearman_rho:+.2f}" if np.isfinite(r.spearman_rho) else "undefined"
         lines.append(
             f"{r.run}: Spearman rho(val loss, best-layer test acc) = {rho} over "
             f"{r.n_snapshots} snapshots"
