@@ -327,7 +327,7 @@ def compare_models(
     site: str = "ln_1",
     bert_masks: int = 1,
     batch_size: int = 64,
-    compute: str = "bfloat16",
+    compute: str = "float32",
     train_size: int | None = DEFAULT_TRAIN_SIZE,
     knn_k: int = 20,
     knn_temperature: float = 0.07,

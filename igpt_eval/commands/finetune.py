@@ -160,8 +160,8 @@ def _add_lowdata(sub) -> None:
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast (default: on; --no-bf16 for float32)",
+        default=False,
+        help="bf16 autocast (default: off; pays only on CPUs with bf16 units or GPUs)",
     )
     p.add_argument("--no-finetune", action="store_true", help="probes only (fast)")
     _add_common(p, eval_every=d.eval_every, lr=d.lr, batch_size=d.batch_size)

@@ -65,7 +65,7 @@ def probe_model(
     standardize: bool = True,
     bert_masks: int = 1,
     batch_size: int = 64,
-    compute: str = "bfloat16",
+    compute: str = "float32",
     train_size: int | None = DEFAULT_TRAIN_SIZE,
     val_size: int | None = None,
     test_size: int | None = None,
@@ -91,8 +91,9 @@ def probe_model(
     (``None``: all of it); ``val_size`` and ``test_size`` cap validation and test the same
     way (default: whole; :mod:`igpt_eval.track` samples them to probe many snapshots).
     Extraction runs under
-    ``compute`` (``bfloat16`` autocast by default: pooled features within ~0.15% of
-    float32's, twice the speed on CPU; ``float32`` for the exact forward pass). Features
+    ``compute``: ``float32`` by default (exact, and the same on every machine);
+    ``bfloat16`` autocast gives pooled features within ~0.15% of float32's, twice as fast on
+    CPUs with bf16 units (AMX, AVX512-BF16) and 2.5x slower on AVX2-only ones. Features
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``. A cache in
     ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
