@@ -298,15 +298,22 @@ def build_report(
     out: str | Path = "reports",
     command: str = "",
     lowdata_dir: str | Path | None = "runs/lowdata",
+    track_dir: str | Path | None = None,
 ) -> list[Path]:
     """Draw every figure and write ``README.md`` into ``out`` from the comparison folder
-    ``results_dir`` (and, when it holds results, the ``igpt-eval lowdata`` folder
-    ``lowdata_dir``); returns the files written."""
+    ``results_dir`` (and, when they hold results, the ``igpt-eval lowdata`` folder
+    ``lowdata_dir`` and the ``igpt-eval track`` folder ``track_dir``); returns the files
+    written."""
     from igpt_eval import report as fig
     from igpt_eval.palette import Palette
 
     results_dir, out = Path(results_dir), Path(out)
     df, cka = load_comparison(results_dir)
+    track_df = None
+    if track_dir is not None:  # read (and checked) before anything is written
+        from igpt_eval.track import load_track
+
+        track_df = load_track(track_dir)
     summaries = probe_summaries(df)
     names = list(summaries)
     colours = fig.model_colours(names)
@@ -387,6 +394,13 @@ def build_report(
     elif lowdata_dir is not None:
         notes.append(f"No low-data results in {lowdata_dir} (`igpt-eval lowdata`): not drawn.")
 
+    track_md = None
+    if track_df is not None:
+        from igpt_eval.track import track_figures, track_markdown
+
+        files += track_figures(track_df, out)
+        track_md = track_markdown(track_df, source=_shown(Path(track_dir)))
+
     table = comparison_table(df)
     md = _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command)
     if low is not None:  # its own section, before the figures
@@ -397,6 +411,9 @@ def build_report(
             + sep
             + tail
         )
+    if track_md is not None:  # its own section, before the figures
+        head, sep, tail = md.partition("## Figures")
+        md = head + track_md + "\n" + sep + tail
     with atomic_write(out / "README.md", "w") as f:
         f.write(md)
     return files + [out / "README.md"]

@@ -216,3 +216,83 @@ def format_track(summ: pd.DataFrame, corr: pd.DataFrame) -> str:
             f"{r.n_snapshots} snapshots"
         )
     return "\n".join(lines)
+
+
+def load_track(folder: str | Path) -> pd.DataFrame:
+    """The results ``igpt-eval track`` wrote into ``folder``; one clear error otherwise."""
+    from igpt_eval.results import load_results
+
+    path = Path(folder) / "results.parquet"
+    df = load_results(path)
+    if "step" not in df or "run" not in df:
+        raise IGPTError(f"{path} holds no track results (no run/step columns)")
+    return df
+
+
+def track_figures(results: pd.DataFrame, out: str | Path) -> list[Path]:
+    """The three track figures into ``out``: best-layer accuracy against validation loss
+    (every run), and per run the layer × step heatmap and the overlaid depth curves."""
+    from igpt_eval import report as fig
+
+    out = Path(out)
+    summ = track_summary(results)
+    colours = fig.model_colours(list(summ.run.unique()))
+    files = fig.track_loss_accuracy(
+        summ, out / "track_loss_vs_probe", baseline=fig.baseline_of(results), colours=colours
+    )
+    for run in summ.run.unique():
+        stem = run.replace("/", "-")
+        files += fig.track_heatmap(results, run, out / f"track_heatmap-{stem}")
+        files += fig.track_depth_curves(results, run, out / f"track_depth_curves-{stem}")
+    return files
+
+
+def describe_correlation(corr: pd.DataFrame) -> list[str]:
+    """One sentence per run on whether probe accuracy rises as the loss falls."""
+    out = []
+    for r in corr.itertuples():
+        if not np.isfinite(r.spearman_rho):
+            out.append(f"- **{r.run}**: too few distinct snapshots ({r.n_snapshots}) for a trend.")
+            continue
+        if r.spearman_rho <= -0.8:
+            words = "the best layer's probe accuracy rises as the validation loss falls"
+        elif r.spearman_rho < 0:
+            words = "accuracy tends to rise as the loss falls, but not monotonically"
+        else:
+            words = "no sign that accuracy rises as the loss falls"
+        out.append(
+            f"- **{r.run}**: {words} (Spearman ρ = {r.spearman_rho:+.2f} over "
+            f"{r.n_snapshots} snapshots)."
+        )
+    return out
+
+
+def track_markdown(results: pd.DataFrame, source: str = "") -> str:
+    """The report section for track results: the per-snapshot table and the trend words."""
+    summ = track_summary(results)
+    corr = loss_accuracy_correlation(summ)
+    n_test = results[(results.split == "test") & (results.probe == "lbfgs")].n_eval
+    lines = [
+        "## Training dynamics (`igpt-eval track`)",
+        "",
+        f"Every layer of every training snapshot probed with one protocol and image sample"
+        f"{f' ({int(n_test.iloc[0]):,} test images)' if len(n_test) else ''}"
+        f"{f', results in `{source}`' if source else ''}. Best layer chosen on validation; "
+        "step 0 is the untrained network (the random-weights control).",
+        "",
+        "| run | step | val loss | best layer (val) | test acc [95% CI] | last layer |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in summ.itertuples():
+        lines.append(
+            f"| {r.run} | {r.step} | {r.val_loss:.4f} | {r.best_layer} of {r.n_layers} | "
+            f"{100 * r.best_test_acc:.2f}% [{100 * r.best_ci_low:.2f}, "
+            f"{100 * r.best_ci_high:.2f}] | {100 * r.last_test_acc:.2f}% |"
+        )
+    lines += ["", *describe_correlation(corr), ""]
+    for stem, title in [("track_loss_vs_probe", "Probe accuracy vs generative loss")] + [
+        (f"track_heatmap-{run.replace('/', '-')}", f"Layer × step, {run}")
+        for run in summ.run.unique()
+    ]:
+        lines += [f"![{title}]({stem}.png)", ""]
+    return "\n".join(lines)

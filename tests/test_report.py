@@ -211,3 +211,43 @@ def test_report_on_results_without_predictions(compared_dir, tmp_path):
     assert "no validation kNN rows" in md and "kNN layer chosen on validation" not in md
     assert "McNemar" not in md
     assert describe_knn(df)[0].startswith("- **tiny-ar**: kNN test accuracy goes from")
+
+
+def _track_rows():
+    """Track results of one run: 3 snapshots x 3 layers, accuracy rising as loss falls."""
+    rows = []
+    for step, loss in [(0, 2.77), (10, 2.0), (20, 1.5)]:
+        for layer in range(3):
+            acc = 0.5 + 0.1 * (step / 10) + (0.05 if layer == 1 else 0.0)
+            common = dict(model=f"r@{step}", run="r", step=step, val_loss=loss,
+                          tokens_seen=step * 64, layer=layer, site=f"blocks.{layer}.ln_1",
+                          probe="lbfgs", metric="accuracy", C=1.0, n_iter=5, converged=True,
+                          n_eval=100, dataset="d", objective="ar")  # fmt: skip
+            rows.append(dict(common, split="val", value=acc, selected=True))
+            rows.append(dict(common, split="test", value=acc, ci_low=acc - 0.02,
+                             ci_high=acc + 0.02, selected=True))  # fmt: skip
+    return rows
+
+
+def test_report_includes_track_results(compared_dir, tmp_path, capsys):
+    from igpt_eval.results import save_results, to_frame
+
+    save_results(to_frame(_track_rows()), tmp_path / "track")
+    out = tmp_path / "reports"
+    args = ["report", "--results", str(compared_dir), "--out", str(out)]
+    assert main([*args, "--track", str(tmp_path / "track")]) == 0
+    md = (out / "README.md").read_text()
+    assert "## Training dynamics" in md and md.index("## Training dynamics") < md.index(
+        "## Figures"
+    )
+    assert "| r | 20 | 1.5000 | 1 of 2 | 75.00% [73.00, 77.00] | 70.00% |" in md
+    assert "rises as the validation loss falls (Spearman ρ = -1.00 over 3 snapshots)" in md
+    for stem in ("track_loss_vs_probe", "track_heatmap-r", "track_depth_curves-r"):
+        assert (out / f"{stem}.png").is_file()
+    capsys.readouterr()
+    save_results(to_frame([dict(r, run=None) for r in _track_rows()]).drop(columns="run"),
+                 tmp_path / "notrack")  # fmt: skip
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*args, "--track", str(tmp_path / "notrack")]) == 2
+    assert "no track results" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing rewritten

@@ -31,6 +31,12 @@ def _add_report(sub) -> None:
         default=Path("runs/lowdata"),
         help="folder written by igpt-eval lowdata (default runs/lowdata; skipped if empty)",
     )
+    p.add_argument(
+        "--track",
+        type=Path,
+        default=None,
+        help="folder written by igpt-eval track: adds its figures and a training-dynamics section",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -38,6 +44,10 @@ def _cmd_report(args) -> int:
     from igpt_eval.reporting import build_report
 
     command = f"igpt-eval report --results {args.results} --out {args.out}"
-    files = build_report(args.results, args.out, command=command, lowdata_dir=args.lowdata)
+    if args.track is not None:
+        command += f" --track {args.track}"
+    files = build_report(
+        args.results, args.out, command=command, lowdata_dir=args.lowdata, track_dir=args.track
+    )
     print(f"{len(files)} files written to {args.out}; summary: {args.out / 'README.md'}")
     return 0

@@ -66,18 +66,12 @@ def _add_track(sub) -> None:
 
 
 def _cmd_track(args) -> int:
-    from igpt_eval.report import (
-        baseline_of,
-        model_colours,
-        track_depth_curves,
-        track_heatmap,
-        track_loss_accuracy,
-    )
     from igpt_eval.results import save_results
     from igpt_eval.track import (
         TrackSettings,
         format_track,
         loss_accuracy_correlation,
+        track_figures,
         track_runs,
         track_summary,
     )
@@ -100,14 +94,7 @@ def _cmd_track(args) -> int:
     save_results(df, args.out)
     save_results(summ, args.out, stem="track_summary")
     save_results(corr, args.out, stem="track_correlation")
-    colours = model_colours(list(summ.run.unique()))
-    files = track_loss_accuracy(
-        summ, args.out / "track_loss_vs_probe", baseline=baseline_of(df), colours=colours
-    )
-    for run in summ.run.unique():
-        stem = run.replace("/", "-")
-        files += track_heatmap(df, run, args.out / f"track_heatmap-{stem}")
-        files += track_depth_curves(df, run, args.out / f"track_depth_curves-{stem}")
+    files = track_figures(df, args.out)
     print(format_track(summ, corr))
     print(f"results: {args.out / 'results.parquet'} (+ track_summary, track_correlation)")
     print(f"figures: {', '.join(str(f) for f in files if f.suffix == '.png')}")
