@@ -261,10 +261,15 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     return s
 
 
-def format_summary(s: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
-    """The terminal table of :func:`summary`; with ``differences`` (the model's results, or
-    their paired-difference rows), two lines under it: best − last layer and best − raw
-    pixels, with paired 95% CIs and McNemar's p (:func:`igpt_eval.paired.paired_lines`)."""
+def format_summary(
+    s: pd.DataFrame, differences: pd.DataFrame | None = None, concat: pd.Series | None = None
+) -> str:
+    """The terminal table of :func:`summary`; with ``concat`` (the multi-layer probe's
+    summary row, :func:`igpt_eval.summaries.concat_summaries`), one line for it under the
+    table; with ``differences`` (the model's results, or their paired-difference rows), the
+    paired lines under it: best − last layer, best − each pixel control and − the
+    random-weights twin, the multi-layer probe − best, with paired 95% CIs and McNemar's p
+    (:func:`igpt_eval.paired.paired_lines`)."""
     hyper = "C" if s["lr"].isna().all() else "lr"
     lines = [
         f"{'layer':>5}  {'site':<18} {'val acc':>8}  {'test acc [95% CI]':<24} "
@@ -280,7 +285,15 @@ def format_summary(s: pd.DataFrame, differences: pd.DataFrame | None = None) -> 
             f"{100 * r.test_acc:6.2f}% [{100 * r.ci_low:5.2f}, {100 * r.ci_high:5.2f}]   "
             f"{h:9.3g} {r.n_iter:>5}{conv}{mark}"
         )
-    if not s.converged.all():
+    if concat is not None:
+        conv = "" if concat.converged else "*"
+        lines.append(
+            f"multi-layer probe {concat.site}, centred on layer {concat.layer}: val "
+            f"{100 * concat.val_acc:.2f}%, test {100 * concat.test_acc:.2f}% "
+            f"[{100 * concat.ci_low:.2f}, {100 * concat.ci_high:.2f}], best C "
+            f"{concat.C:.3g}, {concat.n_iter}{conv} iters"
+        )
+    if not (s.converged.all() and (concat is None or concat.converged)):
         lines.append("* the solver stopped before its tolerance (recorded in the results)")
     if differences is not None:
         from igpt_eval.paired import paired_lines
