@@ -8,9 +8,11 @@ Per-example test predictions (DESIGN §5: differences are judged on the same tes
 live in memory as a :class:`Predictions` (the test labels once, and one small integer array
 of predicted labels per probed layer) and on disk as ``predictions.npz`` beside
 ``results.parquet``: an array ``labels`` and one array per probe, named
-``{model}/{probe}/{site}`` (:func:`prediction_key`), e.g. ``fmnist-ar/lbfgs/blocks.4.ln_1``
-or ``pixels/pixels/pixels``; the ``model``, ``probe`` and ``site`` columns of a test row name
-its array. Rows themselves carry no arrays. Results written before predictions were kept
+``{model}/{probe}/{site}`` (:func:`prediction_key`), e.g. ``fmnist-ar/lbfgs/blocks.4.ln_1``,
+``pixels/pixels/pixels``, ``fmnist-ar (random weights)/lbfgs/ln_f`` (a random-weights twin,
+:func:`random_twin`) or ``fmnist-ar/lbfgs_concat/concat(blocks.2.ln_1..blocks.6.ln_1)`` (the
+multi-layer probe); the ``model``, ``probe`` and ``site`` columns of a test row name its
+array. Rows themselves carry no arrays. Results written before predictions were kept
 have no such file: :func:`load_predictions` returns ``None`` for them.
 """
 

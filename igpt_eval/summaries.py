@@ -103,35 +103,30 @@ def _gap(value: str, prefix: str, gap_pp: float, paired: dict) -> dict:
     }
 
 
+def _acc(prefix: str, r: pd.Series | None) -> dict:
+    """``{prefix}_acc``, ``{prefix}_ci_low``, ``{prefix}_ci_high`` from the summary row
+    ``r`` (NaN when there is none)."""
+    cols = dict(acc="test_acc", ci_low="ci_low", ci_high="ci_high")
+    return {f"{prefix}_{c}": np.nan if r is None else r[k] for c, k in cols.items()}
+
+
 def _control_columns(name: str, best: pd.Series, diffs, controls: dict) -> dict:
     """A model's columns against its controls: each pixel control, the random-weights twin
     (its layer chosen on validation and that layer's test accuracy) and the multi-layer
     probe; NaN where the results lack one."""
-    nan = np.nan
     out = {}
     for prefix, px in (("pixels", controls[PIXELS]), ("pixels_native", controls[PIXELS_NATIVE])):
-        gap = 100 * (best.test_acc - px.value.iloc[0]) if len(px) else nan
-        out |= _gap(
-            f"{prefix}_gap_pp", prefix, gap, _paired(diffs, name, "lbfgs", f"best_vs_{prefix}")
-        )
+        gap = 100 * (best.test_acc - px.value.iloc[0]) if len(px) else np.nan
+        paired = _paired(diffs, name, "lbfgs", f"best_vs_{prefix}")
+        out |= _gap(f"{prefix}_gap_pp", prefix, gap, paired)
     twin = controls["random"].get(name)
     tb = None if twin is None else twin[twin.best].iloc[0]
-    out |= dict(
-        random_best_layer=nan if tb is None else int(tb.layer),
-        random_acc=nan if tb is None else tb.test_acc,
-        random_ci_low=nan if tb is None else tb.ci_low,
-        random_ci_high=nan if tb is None else tb.ci_high,
-    )
-    gap = nan if tb is None else 100 * (best.test_acc - tb.test_acc)
+    out |= dict(random_best_layer=np.nan if tb is None else int(tb.layer), **_acc("random", tb))
+    gap = np.nan if tb is None else 100 * (best.test_acc - tb.test_acc)
     out |= _gap("random_gap_pp", "random", gap, _paired(diffs, name, "lbfgs", "best_vs_random"))
     cat = controls["concat"].get(name)
-    out |= dict(
-        concat_site=None if cat is None else cat.site,
-        concat_acc=nan if cat is None else cat.test_acc,
-        concat_ci_low=nan if cat is None else cat.ci_low,
-        concat_ci_high=nan if cat is None else cat.ci_high,
-    )
-    gap = nan if cat is None else 100 * (cat.test_acc - best.test_acc)
+    out |= dict(concat_site=None if cat is None else cat.site, **_acc("concat", cat))
+    gap = np.nan if cat is None else 100 * (cat.test_acc - best.test_acc)
     out |= _gap("concat_gap_pp", "concat", gap, _paired(diffs, name, CONCAT, "concat_vs_best"))
     return out
 

@@ -130,8 +130,8 @@ def _add_probe(sub) -> None:
         "--random-weights",
         action="store_true",
         help="probe the model's random-weights control instead: the same architecture at "
-        "the initialisation its training run started from (default out: "
-        "runs/probe/<model>-random-weights)",
+        "the initialisation its training run started from (its own caches: give it another "
+        "--cache than the model's; default out: runs/probe/<model>-random-weights)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

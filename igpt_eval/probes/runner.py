@@ -288,7 +288,7 @@ def format_summary(
     if concat is not None:
         conv = "" if concat.converged else "*"
         lines.append(
-            f"multi-layer probe {concat.site}, centred on layer {concat.layer}: val "
+            f"multi-layer probe {concat.site}, around layer {concat.layer} (best on val): val "
             f"{100 * concat.val_acc:.2f}%, test {100 * concat.test_acc:.2f}% "
             f"[{100 * concat.ci_low:.2f}, {100 * concat.ci_high:.2f}], best C "
             f"{concat.C:.3g}, {concat.n_iter}{conv} iters"
