@@ -4,7 +4,7 @@ What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly:
 
     c = compare_models(["models/fmnist-ar", "models/fmnist-bert"], out="runs/compare")
     c.table          # best layer / best accuracy / last-layer accuracy / gap, per model
-    c.results        # tidy rows (probe = "lbfgs", "knn" or "pixels"), results.COLUMNS first
+    c.results        # tidy rows (probe = "lbfgs", "knn", "pixels", ...), results.COLUMNS first
     c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
     c.predictions    # per-example test predictions of every probe (results.Predictions)
 
@@ -18,13 +18,23 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
 - **CKA** (:func:`igpt_eval.analysis.cka_matrix`): on the test split, every pair of layers
   within each model and between every pair of models (the test images are the same rows in
   the same order for all models, which is checked).
-- **Pixel baseline**: the same L-BFGS protocol on what the model sees, the palette-quantised
-  image: each token decoded to its palette colour in [-1, 1], flattened to n_px²·channels
-  features. It is shared by all models (their palette and n_px must match) and its rows
-  carry ``model = probe = "pixels"``, ``layer = 0``.
+- **Pixel controls** (:mod:`igpt_eval.probes.pixels`): the same L-BFGS protocol on what the
+  model sees, the palette-quantised image (each token decoded to its palette colour in
+  [-1, 1], flattened to n_px²·channels features; ``model = probe = "pixels"``), and on the
+  dataset's own pixels at native resolution (``"pixels_native"``; ``native_pixels``, on by
+  default: no extraction, so cheap). Shared by all models (their palette and n_px must
+  match); ``layer = 0``.
+- **Random-weights control** (``random_control``, on by default): each model's twin, the
+  same architecture at the initialisation its run started from
+  (:func:`igpt_eval.extraction.open_model` with ``random_weights``), probed alike: same
+  protocol, splits and training sample, its own activation caches (cached like the
+  others). Its rows are named ``"<model> (random weights)"``; no kNN or CKA for it.
+- **Multi-layer probe** (``concat_layers`` = K, off by default): per model, the K layers
+  around the one chosen on validation, concatenated (:mod:`igpt_eval.probes.concat`).
 - **Paired differences** (:mod:`igpt_eval.paired`): from the per-example test predictions
-  of every probe, best (on validation) − last layer of each model and probe, best − pixels,
-  and model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
+  of every probe, best (on validation) − last layer of each model and probe, best − each
+  pixel control, best − the random-weights twin's best, the multi-layer probe − best, and
+  model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
   exact p-values (``metric = "accuracy_diff"`` rows).
 
 Output folder: ``results.parquet``/``.csv`` (the tidy table), ``predictions.npz`` (the
@@ -43,15 +53,20 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.probes.pixels import pixel_features, probe_pixels  # noqa: F401 - public here too
+from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
+    pixel_features,
+    probe_pixel_controls,
+    probe_pixels,
+)
 from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE, MODELS_DIR, SPLITS
-from igpt_eval.results import Predictions
+from igpt_eval.results import PIXEL_CONTROLS, Predictions, model_names
 from igpt_eval.summaries import (
     CKA_COLUMNS,
     MODELS_FILE,
-    PIXELS,
     comparison_table,
+    concat_summaries,
     probe_summaries,
+    random_summaries,
     table_markdown,
 )
 
@@ -123,8 +138,11 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
     if not infos:
         raise IGPTError("give at least one model folder to compare")
     names = [m.name for m in infos]
-    if len(set(names)) != len(names) or PIXELS in names:
-        raise IGPTError(f"model folder names must be distinct and not {PIXELS!r}: {names}")
+    if len(set(names)) != len(names) or model_names(names) != names:
+        raise IGPTError(
+            "model folder names must be distinct, none a control's name "
+            f"({', '.join(PIXEL_CONTROLS)} or '... (random weights)'): {names}"
+        )
     first = infos[0]
     for m in infos[1:]:
         for what, a, b in (
@@ -141,11 +159,17 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
     return infos
 
 
-def _cache_folder(root: Path, m: ModelInfo, site, bert_masks, seed, compute, train_size=None):
-    from igpt_eval.checkpoint import WEIGHTS
+def _cache_folder(
+    root: Path, m: ModelInfo, site, bert_masks, seed, compute, train_size=None, random=False
+):
+    from igpt_eval.checkpoint import CONFIG, WEIGHTS
     from igpt_eval.io import file_hash
 
-    tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}-{site}-s{seed}"
+    if random:  # the twin is a function of the architecture and the run's seed only
+        tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
+    else:
+        tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}"
+    tag += f"-{site}-s{seed}"
     tag += f"-n{train_size}" if train_size is not None else ""
     tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
     return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
@@ -275,23 +299,28 @@ def pixel_rows(
     device="cpu",
     seed=0,
     train_size=None,
+    pixels: bool = True,
+    native: bool = False,
     return_predictions: bool = False,
 ):
-    """The raw-pixel linear-probe baseline (same protocol and splits as the models; with
-    ``train_size``, the same stratified training sample as their caches): rows, or
-    ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixels`."""
-    return probe_pixels(
+    """The raw-pixel linear-probe controls (same protocol and splits as the models; with
+    ``train_size``, the same stratified training sample as their caches): the
+    palette-quantised image (``pixels``) and the native-resolution one (``native``); rows,
+    or ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
+    rows, pred = probe_pixel_controls(
         m.palette,
         m.dataset,
         n_px=m.n_px,
+        pixels=pixels,
+        native=native,
         split_seed=m.seed,
         data_dir=data_dir,
         token_cache=token_cache,
         device=device,
         seed=seed,
         train_size=train_size,
-        return_predictions=return_predictions,
     )
+    return (rows, pred) if return_predictions else rows
 
 
 # --------------------------------------------------------------------------- files
@@ -333,15 +362,22 @@ def compare_models(
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
     pixels: bool = True,
+    native_pixels: bool = True,
+    random_control: bool = True,
+    concat_layers: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> Comparison:
-    """Probe every layer of each model, run kNN and CKA on the same caches, probe the pixel
-    baseline, and (with ``out``) write every file and the depth-curve figure.
+    """Probe every layer of each model, run kNN and CKA on the same caches, probe the
+    controls (the pixel baseline; with ``native_pixels`` the native-resolution pixels; with
+    ``random_control`` each model's random-weights twin), with ``concat_layers`` = K the
+    multi-layer probe of each model, and (with ``out``) write every file and the
+    depth-curve figure.
 
     ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
-    folder per model, named after its weights and settings, so reruns reuse them.
-    ``compute`` and ``train_size`` are :func:`~igpt_eval.probes.runner.probe_model`'s.
+    folder per model (and per random-weights twin), named after its weights and settings,
+    so reruns reuse them. ``compute`` and ``train_size`` are
+    :func:`~igpt_eval.probes.runner.probe_model`'s.
     """
     from igpt_eval.cache import ActivationCache
     from igpt_eval.extraction import CACHE_ROOT
@@ -351,52 +387,52 @@ def compare_models(
     from igpt_eval.results import to_frame
 
     infos = check_models(models, dataset)
+    if concat_layers is not None:  # before any extraction: a bad K fails at once
+        from igpt_eval.probes.concat import check_concat
+
+        for m in infos:
+            check_concat(concat_layers, m.n_layer + 1)
     device = str(resolve_device(device))
     root = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / "activations/compare"
     frames, test_caches, predictions = [], {}, Predictions()
+    # The pixel controls are probed once for all models, below.
+    common = dict(
+        site=site, device=device, data_dir=data_dir, token_cache=token_cache,
+        bert_masks=bert_masks, batch_size=batch_size, compute=compute, train_size=train_size,
+        seed=seed, progress=progress, pixels=False, return_predictions=True,
+    )  # fmt: skip
+    folder_args = (site, bert_masks, seed, compute, train_size)
+    knn = dict(k=knn_k, temperature=knn_temperature, device=device, seed=seed)
     for m in infos:
-        folder = _cache_folder(root, m, site, bert_masks, seed, compute, train_size)
+        folder = _cache_folder(root, m, *folder_args)
         if progress:
             print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
         df, pred = probe_model(
-            m.path,
-            m.dataset,
-            site=site,
-            device=device,
-            data_dir=data_dir,
-            token_cache=token_cache,
-            cache_dir=folder,
-            bert_masks=bert_masks,
-            batch_size=batch_size,
-            compute=compute,
-            train_size=train_size,
-            seed=seed,
-            progress=progress,
-            pixels=False,  # once for all models, below
-            return_predictions=True,
+            m.path, m.dataset, cache_dir=folder, concat_layers=concat_layers, **common
         )
-        predictions.update(pred)
         caches = {s: ActivationCache.open(folder / s) for s in SPLITS}
         dataset_name = df.dataset.iloc[0]
         if progress:
             print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
-        meta = _rows_meta(m, dataset_name, site)
-        knn, pred = knn_rows(
-            caches,
-            meta,
-            k=knn_k,
-            temperature=knn_temperature,
-            device=device,
-            seed=seed,
-            return_predictions=True,
+        k_rows, k_pred = knn_rows(
+            caches, _rows_meta(m, dataset_name, site), **knn, return_predictions=True
         )
-        predictions.update(pred)
         # Its paired rows are recomputed below, with every contrast of the comparison.
-        frames += [df[df.metric != DIFF], to_frame(knn)]
+        frames += [df[df.metric != DIFF], to_frame(k_rows)]
+        predictions.update(pred).update(k_pred)
         test_caches[m.name] = caches["test"]
-    if pixels:
+        if random_control:
+            folder = _cache_folder(root, m, *folder_args, random=True)
+            if progress:
+                print(f"[compare] {m.name}: the random-weights control (caches in {folder})")
+            df, pred = probe_model(
+                m.path, m.dataset, cache_dir=folder, random_weights=True, **common
+            )
+            frames.append(df[df.metric != DIFF])
+            predictions.update(pred)
+    if pixels or native_pixels:
         if progress:
-            print("[compare] raw-pixel baseline: linear probe of the palette-quantised image")
+            print("[compare] raw-pixel controls: linear probes of the images")
         px, pred = pixel_rows(
             infos[0],
             data_dir=data_dir,
@@ -404,6 +440,8 @@ def compare_models(
             device=device,
             seed=seed,
             train_size=train_size,
+            pixels=pixels,
+            native=native_pixels,
             return_predictions=True,
         )
         predictions.update(pred)  # refuses test images other than the models'
@@ -416,7 +454,7 @@ def compare_models(
     cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=seed)
     c = Comparison(results, cka, comparison_table(results), infos, predictions)
     if out is not None:
-        from igpt_eval.report import baseline_of, depth_curve, model_colours
+        from igpt_eval.report import baselines_of, depth_curve, model_colours
 
         out = Path(out)
         c.files = save_comparison(c, out)
@@ -425,8 +463,10 @@ def compare_models(
             summaries,
             out / "depth_curve",
             relative=True,
-            baseline=baseline_of(results),
+            baseline=baselines_of(results),
             colours=model_colours(list(summaries)),
+            random=random_summaries(results),
+            concat=concat_summaries(results),
             title=f"linear probes of every layer on {dataset_name} ({site})",
         )
     return c

@@ -13,8 +13,16 @@ the highest validation accuracy, the earliest among equals), never on test. The 
 
 - ``best_vs_last``: for each model and probe (``lbfgs``, ``sgd``, ``knn``), best − last layer;
 - ``best_vs_pixels``: for each model's linear probe, best layer − the raw-pixel baseline;
+- ``best_vs_pixels_native``: likewise against the raw pixels at native resolution;
+- ``best_vs_random``: for each model's linear probe, best layer − the best layer (chosen on
+  validation too) of its random-weights twin, probed alike;
+- ``concat_vs_best``: the multi-layer probe (``lbfgs_concat``, the layers around the best
+  one concatenated) − the best single layer;
 - ``best_vs_best``: for each pair of models (in order of appearance) and each probe both
   have, model A's best − model B's best.
+
+Controls are never the subject of a contrast: the pixel controls, and a random-weights twin
+whose trained model is in the same results (:func:`igpt_eval.results.model_names`).
 
 A row names side a in ``model``/``probe``/``layer``/``site`` and side b in ``vs_model``/
 ``vs_probe``/``vs_layer``/``vs_site``; ``metric = "accuracy_diff"``, ``split = "test"``,
@@ -27,10 +35,21 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.results import DIFF_COLUMNS, PIXELS, Predictions, prediction_key
+from igpt_eval.results import (
+    CONCAT,
+    DIFF_COLUMNS,
+    PIXELS,
+    PIXELS_NATIVE,
+    Predictions,
+    model_names,
+    prediction_key,
+    random_twin,
+)
 
 DIFF = "accuracy_diff"
 LINEAR = ("lbfgs", "sgd")
+#: The contrast of each pixel control: a model's best layer − that control.
+PIXEL_CONTRASTS = {"best_vs_pixels": PIXELS, "best_vs_pixels_native": PIXELS_NATIVE}
 MINUS = "\N{MINUS SIGN}"  # typeset differences: "best − last", "−0.10"
 
 
@@ -110,15 +129,22 @@ def paired_rows(
             )
         )
 
-    pixels = sides.get((PIXELS, PIXELS))
-    models = [key for key in sides if key[0] != PIXELS]
-    for key in models:
-        s = sides[key]
-        add("best_vs_last", key, _side(s, "best"), key, _side(s, "last"))
-        if pixels is not None and key[1] in LINEAR:
-            add("best_vs_pixels", key, _side(s, "best"), (PIXELS, PIXELS), _side(pixels, "best"))
-    for i, a in enumerate(models):
-        for b in models[i + 1 :]:
+    models = set(model_names(m for m, _ in sides))
+    # The multi-layer probe has one "layer": its only contrast is to the best single layer.
+    subjects = [key for key in sides if key[0] in models and key[1] != CONCAT]
+    for key in subjects:
+        best = _side(sides[key], "best")
+        add("best_vs_last", key, best, key, _side(sides[key], "last"))
+        others = {c: (px, px) for c, px in PIXEL_CONTRASTS.items()} if key[1] in LINEAR else {}
+        others["best_vs_random"] = (random_twin(key[0]), key[1])
+        for contrast, other in others.items():
+            if other in sides:
+                add(contrast, key, best, other, _side(sides[other], "best"))
+        concat = (key[0], CONCAT)
+        if key[1] == "lbfgs" and concat in sides:
+            add("concat_vs_best", concat, _side(sides[concat], "best"), key, best)
+    for i, a in enumerate(subjects):
+        for b in subjects[i + 1 :]:
             if a[1] == b[1] and a[0] != b[0]:
                 add("best_vs_best", a, _side(sides[a], "best"), b, _side(sides[b], "best"))
     return out
@@ -159,23 +185,39 @@ def format_difference(row) -> str:
     )
 
 
+#: Contrasts :func:`paired_lines` prints, in this order, and what each compares with.
+LINES = {
+    "best_vs_last": "last",
+    "best_vs_pixels": "raw pixels",
+    "best_vs_pixels_native": "raw pixels at native resolution",
+    "best_vs_random": "random weights",
+    "concat_vs_best": "best",
+}
+
+
+def _line(r) -> str:
+    """One paired-difference row as its terminal line (see :func:`paired_lines`)."""
+    best, other = int(r.layer), int(r.vs_layer)  # floats once a frame has NaN in them
+    if r.contrast == "concat_vs_best":
+        return f"{r.site} {MINUS} best (layer {other}): {format_difference(r)}"
+    if r.contrast == "best_vs_last" and best == other:
+        return f"best (layer {best}) is the last layer: no difference to test"
+    what = LINES[r.contrast]
+    if r.contrast in ("best_vs_last", "best_vs_random"):
+        what += f" (layer {other})"
+    return f"best (layer {best}) {MINUS} {what}: {format_difference(r)}"
+
+
 def paired_lines(diffs: pd.DataFrame) -> list[str]:
-    """Terminal lines for the ``best_vs_last`` and ``best_vs_pixels`` rows of ``diffs`` (one
-    model's probe): ``best (layer 4) − last (layer 8): +0.28 pp [−0.10, +0.66], McNemar
-    p = 0.15``; a note when there are none (results written before predictions were kept)."""
+    """Terminal lines for the paired-difference rows of ``diffs`` (one model) of the
+    contrasts in :data:`LINES`: ``best (layer 4) − last (layer 8): +0.28 pp [−0.10, +0.66],
+    McNemar p = 0.15``, likewise against the raw pixels, the random-weights twin, and the
+    multi-layer probe against the best layer; a note when there are none (results written
+    before predictions were kept)."""
     d = differences(diffs)
-    d = d[d.contrast.isin(["best_vs_last", "best_vs_pixels"])]
+    d = d[d.contrast.isin(list(LINES))]
     if d.empty:
         return ["no paired differences (these results hold no per-example test predictions)"]
-    lines = []
-    for r in d.itertuples():
-        best = int(r.layer)  # layer columns hold floats once a frame has NaN in them
-        if r.contrast == "best_vs_pixels":
-            what = "raw pixels"
-        elif best == int(r.vs_layer):
-            lines.append(f"best (layer {best}) is the last layer: no difference to test")
-            continue
-        else:
-            what = f"last (layer {int(r.vs_layer)})"
-        lines.append(f"best (layer {best}) {MINUS} {what}: {format_difference(r)}")
-    return lines
+    order = {c: i for i, c in enumerate(LINES)}
+    d = d.iloc[d.contrast.map(order).argsort(kind="stable")]
+    return [_line(r) for r in d.itertuples()]

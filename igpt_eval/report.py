@@ -14,6 +14,7 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.results import PIXEL_CONTROLS, PIXELS, PIXELS_NATIVE
 
 
 def _figure(width=6.4, height=4.0):
@@ -39,21 +40,27 @@ def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
 
 
 PIXEL_COLOUR = (0.45, 0.45, 0.45)
+#: How each pixel control is drawn: colour, line style and label.
+BASELINE_STYLE = {
+    PIXELS: (PIXEL_COLOUR, "--", "raw pixels (palette-quantised), linear probe"),
+    PIXELS_NATIVE: ((0.2, 0.2, 0.2), ":", "raw pixels (native resolution), linear probe"),
+}
 
 
 def model_colours(names) -> dict:
     """A colour per model name, in the given order (seaborn's colour-blind palette)."""
     import seaborn as sns
 
-    names = [n for n in dict.fromkeys(names) if n != "pixels"]
+    names = [n for n in dict.fromkeys(names) if n not in PIXEL_CONTROLS]
     colours = dict(zip(names, sns.color_palette("colorblind", max(len(names), 1)), strict=False))
-    colours["pixels"] = PIXEL_COLOUR
+    colours |= {px: style[0] for px, style in BASELINE_STYLE.items()}
     return colours
 
 
-def baseline_of(results: pd.DataFrame) -> dict | None:
-    """The raw-pixel baseline's test accuracy and CI (``None`` when the results have none)."""
-    px = results[(results.probe == "pixels") & (results.split == "test")]
+def baseline_of(results: pd.DataFrame, probe: str = PIXELS) -> dict | None:
+    """A pixel control's test accuracy and CI (``probe``: ``pixels``, the raw-pixel
+    baseline, or ``pixels_native``); ``None`` when the results have none."""
+    px = results[(results.probe == probe) & (results.split == "test")]
     px = px[px.metric == "accuracy"]
     if px.empty:
         return None
@@ -62,23 +69,23 @@ def baseline_of(results: pd.DataFrame) -> dict | None:
         value=float(r.value),
         ci_low=float(r.ci_low),
         ci_high=float(r.ci_high),
-        label="raw pixels (palette-quantised), linear probe",
+        label=BASELINE_STYLE[probe][2],
+        probe=probe,
     )
 
 
-def _draw_baseline(ax, baseline: dict | None) -> None:
-    if baseline is None:
-        return
-    ax.axhline(
-        100 * baseline["value"],
-        color=PIXEL_COLOUR,
-        ls="--",
-        lw=1.2,
-        label=f"{baseline['label']}: {100 * baseline['value']:.1f}%",
-    )
-    ax.axhspan(
-        100 * baseline["ci_low"], 100 * baseline["ci_high"], color=PIXEL_COLOUR, alpha=0.12, lw=0
-    )
+def baselines_of(results: pd.DataFrame) -> list[dict]:
+    """:func:`baseline_of` of every pixel control the results hold."""
+    return [b for px in PIXEL_CONTROLS if (b := baseline_of(results, px)) is not None]
+
+
+def _draw_baseline(ax, baseline: dict | list[dict] | None) -> None:
+    """A horizontal line with its CI band per baseline (one dict or a list of them)."""
+    for b in [baseline] if isinstance(baseline, dict) else baseline or []:
+        colour, ls, _ = BASELINE_STYLE[b.get("probe", PIXELS)]
+        label = f"{b['label']}: {100 * b['value']:.1f}%"
+        ax.axhline(100 * b["value"], color=colour, ls=ls, lw=1.2, label=label)
+        ax.axhspan(100 * b["ci_low"], 100 * b["ci_high"], color=colour, alpha=0.12, lw=0)
 
 
 def _depth_axis(ax, relative: bool) -> None:
@@ -95,16 +102,22 @@ def depth_curve(
     *,
     title: str = "",
     relative: bool = False,
-    baseline: dict | None = None,
+    baseline: dict | list[dict] | None = None,
     colours: dict | None = None,
+    random: dict[str, pd.DataFrame] | None = None,
+    concat: dict[str, pd.Series] | None = None,
 ) -> list[Path]:
     """Test accuracy (with its 95% CI band) against layer for one or more models.
 
     ``summaries`` maps a model name to :func:`igpt_eval.probes.runner.summary` output. The
     layer chosen on validation is starred and the last layer drawn hollow. ``relative``
     puts models of different depths on a shared 0..1 axis. ``baseline`` (see
-    :func:`baseline_of`) is drawn as a dashed horizontal line with its CI band; ``colours``
-    maps model names to colours (default :func:`model_colours`).
+    :func:`baseline_of`; a list: :func:`baselines_of`) is drawn as a horizontal line with
+    its CI band; ``colours`` maps model names to colours (default :func:`model_colours`).
+    ``random`` maps a model name to its random-weights twin's summary
+    (:func:`igpt_eval.summaries.random_summaries`), drawn dotted in the model's colour;
+    ``concat`` to its multi-layer probe's summary row
+    (:func:`igpt_eval.summaries.concat_summaries`), a diamond at the centre layer.
     """
     fig = _figure()
     ax = fig.add_subplot()
@@ -137,6 +150,7 @@ def depth_curve(
             mew=2,
             label=f"{name}: last layer ({last.layer})",
         )
+        _draw_controls(ax, name, c, depth if relative else 1, random, concat)
     _depth_axis(ax, relative)
     ax.set_ylabel("linear probe test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -144,6 +158,24 @@ def depth_curve(
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def _draw_controls(ax, name: str, colour, scale, random, concat) -> None:
+    """A model's random-weights twin (dotted) and multi-layer probe (a diamond with its CI)
+    on a depth-curve axis, x divided by ``scale``."""
+    if random and name in random:
+        t = random[name]
+        ax.plot(
+            t.layer / scale, 100 * t.test_acc, ":x", ms=4, lw=1.2, color=colour,
+            label=f"{name}: random weights",
+        )  # fmt: skip
+    if concat and name in concat:
+        r = concat[name]
+        err = 100 * np.array([[r.test_acc - r.ci_low], [r.ci_high - r.test_acc]])
+        ax.errorbar(
+            r.layer / scale, 100 * r.test_acc, yerr=err, fmt="D", ms=7, color=colour,
+            mec="black", capsize=3, label=f"{name}: {r.site}",
+        )  # fmt: skip
 
 
 def knn_curve(
@@ -158,7 +190,7 @@ def knn_curve(
     colours = colours or model_colours(list(knn.model.unique()))
     fig = _figure()
     ax = fig.add_subplot()
-    _draw_baseline(ax, baseline_of(results))
+    _draw_baseline(ax, baselines_of(results))
     for name, g in knn.groupby("model", sort=False):
         g = g.sort_values("layer")
         x = g.layer / g.layer.max()
@@ -327,7 +359,7 @@ def track_heatmap(results: pd.DataFrame, run: str, path: str | Path) -> list[Pat
     from igpt_eval.track import track_summary
 
     acc = results[(results.run == run) & (results.split == "test")]
-    acc = acc[(acc.metric == "accuracy") & (acc.probe != "pixels")]
+    acc = acc[(acc.metric == "accuracy") & ~acc.probe.isin(PIXEL_CONTROLS)]
     grid = acc.pivot_table(index="layer", columns="step", values="value").sort_index()
     best = track_summary(results[results.run == run]).set_index("step").best_layer
     fig = _figure(width=max(4.0, 0.9 * grid.shape[1] + 2), height=max(3.0, 0.35 * len(grid) + 1.5))
@@ -363,7 +395,7 @@ def track_depth_curves(results: pd.DataFrame, run: str, path: str | Path) -> lis
 
     from igpt_eval.probes.runner import summary
 
-    sub = results[(results.run == run) & (results.probe != "pixels")]
+    sub = results[(results.run == run) & ~results.probe.isin(PIXEL_CONTROLS)]
     steps = sorted(sub.step.unique())
     cmap = mpl.colormaps["viridis_r"]
     fig = _figure()

@@ -22,12 +22,16 @@ import pandas as pd
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.summaries import (
+    CONCAT,
     PIXELS,
+    PIXELS_NATIVE,
     accuracy_rows,
     comparison_table,
+    concat_summaries,
     load_cka,
     load_models,
     probe_summaries,
+    random_summaries,
     table_markdown,
 )
 
@@ -153,7 +157,41 @@ def describe_depth_curve(
             f"raw-pixel baseline ({_pct(baseline['value'])}); untested (no per-example "
             "predictions)."
         )
+    r = _diff_row(diffs, "best_vs_pixels_native")
+    if r is not None:
+        text.append(compare_words(r, "It", "the raw pixels at native resolution") + ".")
+    text += [w for w in (random_words(diffs), concat_words(diffs)) if w]
     return " ".join(text)
+
+
+def random_words(diffs: pd.DataFrame | None) -> str:
+    """Whether a model beats its random-weights twin, from its ``best_vs_random`` row
+    (empty when there is none): "beats" or "falls below" only when the paired 95% CI
+    excludes 0, else "is not distinguishable from"."""
+    from igpt_eval.paired import format_difference, resolved
+
+    r = _diff_row(diffs, "best_vs_random")
+    if r is None:
+        return ""
+    twin = (
+        f"its random-weights twin (the same architecture untrained, probed alike; layer "
+        f"{int(r.vs_layer)} chosen on validation)"
+    )
+    if not resolved(r):
+        verb = "It does not beat"
+        twin += ": the two are not distinguishable"
+    else:
+        verb = "It beats" if r.value > 0 else "It falls below"
+    return f"{verb} {twin} ({format_difference(r)})."
+
+
+def concat_words(diffs: pd.DataFrame | None) -> str:
+    """The multi-layer probe against the chosen layer alone, from its ``concat_vs_best``
+    row (empty when there is none)."""
+    r = _diff_row(diffs, "concat_vs_best")
+    if r is None:
+        return ""
+    return compare_words(r, f"The multi-layer probe ({r.site})", "the chosen layer alone") + "."
 
 
 def describe_knn(results: pd.DataFrame) -> list[str]:
@@ -318,6 +356,9 @@ def build_report(
     names = list(summaries)
     colours = fig.model_colours(names)
     baseline = fig.baseline_of(df)
+    controls = dict(
+        baseline=fig.baselines_of(df), random=random_summaries(df), concat=concat_summaries(df)
+    )
     dataset = df.dataset.dropna().iloc[0]
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -328,18 +369,18 @@ def build_report(
         summaries,
         out / "depth_curves",
         relative=True,
-        baseline=baseline,
         colours=colours,
         title=f"linear probes of every layer, {dataset}",
+        **controls,
     )
     figs.append(_figure_line("Depth curves, all models (relative depth)", "depth_curves"))
     for n, s in summaries.items():
         files += fig.depth_curve(
             {n: s},
             out / f"depth_curve-{n}",
-            baseline=baseline,
             colours=colours,
             title=f"linear probes of {n}, {dataset}",
+            **controls,
         )
         figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{n}"))
     if len(accuracy_rows(df, "knn")):
@@ -430,7 +471,7 @@ def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
             b = f"**{r.vs_model}** (layer {int(r.vs_layer)})"
             out += [f"At the layers chosen on validation, {compare_words(r, a, b)}.", ""]
         return out
-    models = [r for r in table.itertuples() if r.model != PIXELS]
+    models = [r for r in table.itertuples() if r.model not in (PIXELS, PIXELS_NATIVE)]
     if len(models) < 2:
         return []
     a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
@@ -441,6 +482,34 @@ def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
         "decide it.",
         "",
     ]
+
+
+def _control_setup(df: pd.DataFrame) -> list[str]:
+    """Setup lines for the controls the results hold beyond the pixel baseline: native
+    pixels, random-weights twins, the multi-layer probe."""
+    out = []
+    native = accuracy_rows(df, PIXELS_NATIVE)
+    if len(native):
+        n = native.n_features.iloc[0] if "n_features" in native else np.nan
+        size = "" if pd.isna(n) else f" ({int(n)} numbers an image)"
+        out.append(
+            "- Baseline: the same linear probe on the dataset's own pixels at native "
+            f"resolution{size}, neither resized nor quantised, in [-1, 1]."
+        )
+    if random_summaries(df):
+        out.append(
+            "- Control: each model's random-weights twin, the same architecture at the "
+            "initialisation its training run started from, probed alike (same protocol, "
+            "splits and samples; its own layer chosen on validation)."
+        )
+    cat = df[(df.probe == CONCAT) & (df.split == "test")]
+    if len(cat):
+        out.append(
+            f"- Multi-layer probe: the {int(cat.concat_layers.iloc[0])} layers centred on "
+            "the layer chosen on validation (shifted inwards at the ends), concatenated and "
+            "probed with the same protocol."
+        )
+    return out
 
 
 def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command):
@@ -482,6 +551,7 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
             "- Baseline: the same linear probe on the raw palette-quantised pixels (what the "
             "models see), flattened, in [-1, 1]."
         )
+    lines += _control_setup(df)
     if cka is not None:
         lines.append(f"- CKA: linear, on {int(cka.n.iloc[0])} test images.")
     if len(diffs):
@@ -493,8 +563,9 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         )
     lines += ["", "## Linear probes", "", table_markdown(table), ""]
     lines += [
-        "Best layer = the layer with the highest *validation* accuracy; best − last and "
-        "best − pixels are test-accuracy differences in percentage points, "
+        "Best layer = the layer with the highest *validation* accuracy (the random-weights "
+        "twin's too); the − columns (best − last, best − pixels, …) are test-accuracy "
+        "differences in percentage points, "
         + (
             "with paired 95% CIs and McNemar p-values."
             if len(diffs)
@@ -504,7 +575,7 @@ def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir,
         "",
     ]
     for n, s in summaries.items():
-        mine = diffs[(diffs.model == n) & (diffs.probe == "lbfgs")]
+        mine = diffs[(diffs.model == n) & diffs.probe.isin(["lbfgs", CONCAT])]
         lines += [describe_depth_curve(n, s, baseline, mine), ""]
     lines += _model_pairs(table, diffs)
     if len(knn):

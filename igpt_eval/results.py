@@ -8,9 +8,11 @@ Per-example test predictions (DESIGN §5: differences are judged on the same tes
 live in memory as a :class:`Predictions` (the test labels once, and one small integer array
 of predicted labels per probed layer) and on disk as ``predictions.npz`` beside
 ``results.parquet``: an array ``labels`` and one array per probe, named
-``{model}/{probe}/{site}`` (:func:`prediction_key`), e.g. ``fmnist-ar/lbfgs/blocks.4.ln_1``
-or ``pixels/pixels/pixels``; the ``model``, ``probe`` and ``site`` columns of a test row name
-its array. Rows themselves carry no arrays. Results written before predictions were kept
+``{model}/{probe}/{site}`` (:func:`prediction_key`), e.g. ``fmnist-ar/lbfgs/blocks.4.ln_1``,
+``pixels/pixels/pixels``, ``fmnist-ar (random weights)/lbfgs/ln_f`` (a random-weights twin,
+:func:`random_twin`) or ``fmnist-ar/lbfgs_concat/concat(blocks.2.ln_1..blocks.6.ln_1)`` (the
+multi-layer probe); the ``model``, ``probe`` and ``site`` columns of a test row name its
+array. Rows themselves carry no arrays. Results written before predictions were kept
 have no such file: :func:`load_predictions` returns ``None`` for them.
 """
 
@@ -62,11 +64,43 @@ EXTRA = [
     "grad_norm",
     "n_train",
     "n_eval",
+    "n_features",
+    "concat_layers",
     *DIFF_COLUMNS,
 ]
-#: Model and probe name of the raw-pixel baseline rows.
+#: Model and probe name of the raw-pixel baseline rows (the palette-quantised image the
+#: models read, at their resolution).
 PIXELS = "pixels"
+#: Model and probe name of the native-resolution raw-pixel control (the dataset's own
+#: pixels, not quantised or resized).
+PIXELS_NATIVE = "pixels_native"
+#: The pixel controls: shared by every model of a results table, one "layer" each.
+PIXEL_CONTROLS = (PIXELS, PIXELS_NATIVE)
+#: Probe name of the multi-layer probe (the layers around the best one, concatenated).
+CONCAT = "lbfgs_concat"
+#: What a model's random-weights twin adds to its name (:func:`random_twin`).
+RANDOM_SUFFIX = " (random weights)"
 PREDICTIONS_FILE = "predictions.npz"
+
+
+# --------------------------------------------------------------------------- controls
+def random_twin(model: str) -> str:
+    """The model name of ``model``'s random-weights control: ``"fmnist-ar (random
+    weights)"`` (the same architecture at its initialisation, probed alike)."""
+    return model + RANDOM_SUFFIX
+
+
+def trained_of(name: str) -> str | None:
+    """The model a random-weights twin stands for (``None`` when ``name`` is no twin)."""
+    return name.removesuffix(RANDOM_SUFFIX) if name.endswith(RANDOM_SUFFIX) else None
+
+
+def model_names(names) -> list[str]:
+    """The names among ``names`` (in order, once each) that are models rather than
+    controls: not a pixel control, and not the random-weights twin of another name there
+    (a twin probed alone, as ``igpt-eval probe --random-weights`` does, is the model)."""
+    names = list(dict.fromkeys(names))
+    return [n for n in names if n not in PIXEL_CONTROLS and trained_of(n) not in names]
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:

@@ -15,7 +15,13 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
-from igpt_eval.results import PIXELS  # model and probe name of the pixel rows (re-exported)
+from igpt_eval.results import (  # PIXELS, PIXELS_NATIVE: the pixel controls (re-exported)
+    CONCAT,
+    PIXELS,
+    PIXELS_NATIVE,
+    model_names,
+    random_twin,
+)
 
 CKA_COLUMNS = [
     "dataset",
@@ -35,13 +41,37 @@ MODELS_FILE = "models.json"
 # --------------------------------------------------------------------------- tables
 def probe_summaries(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per model (in order of appearance), :func:`igpt_eval.probes.runner.summary` of its
-    L-BFGS probe rows."""
+    L-BFGS probe rows; controls (a random-weights twin of a model in the results) are left
+    out: :func:`random_summaries` has them."""
     from igpt_eval.probes.runner import summary
 
     lb = results[results.probe == "lbfgs"]
     if lb.empty:
         raise IGPTError("the results hold no linear-probe (probe=lbfgs) rows to summarise")
-    return {m: summary(lb[lb.model == m]) for m in lb.model.unique()}
+    return {m: summary(lb[lb.model == m]) for m in model_names(lb.model.unique())}
+
+
+def random_summaries(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per model of :func:`probe_summaries` whose random-weights twin was probed too, the
+    twin's L-BFGS summary (keyed by the *model's* name)."""
+    from igpt_eval.probes.runner import summary
+
+    lb = results[results.probe == "lbfgs"]
+    names = list(lb.model.unique())
+    return {
+        m: summary(lb[lb.model == random_twin(m)])
+        for m in model_names(names)
+        if random_twin(m) in names
+    }
+
+
+def concat_summaries(results: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per model with a multi-layer probe (``probe = "lbfgs_concat"``), its one summary row
+    (``layer`` = the centre, ``site`` the span, test accuracy with CI)."""
+    from igpt_eval.probes.runner import summary
+
+    cat = results[results.probe == CONCAT]
+    return {m: summary(cat[cat.model == m], probe=CONCAT).iloc[0] for m in cat.model.unique()}
 
 
 def accuracy_rows(results: pd.DataFrame, probe: str) -> pd.DataFrame:
@@ -61,28 +91,73 @@ def _paired(diffs: pd.DataFrame, model: str, probe: str, contrast: str) -> dict:
     )
 
 
+def _gap(value: str, prefix: str, gap_pp: float, paired: dict) -> dict:
+    """The columns of one gap: ``value`` (the test-accuracy difference in points, known
+    without predictions too) and its paired CI and McNemar p as ``{prefix}_ci_low_pp``,
+    ``{prefix}_ci_high_pp``, ``{prefix}_p``."""
+    return {
+        value: gap_pp,
+        f"{prefix}_ci_low_pp": paired["ci_low_pp"],
+        f"{prefix}_ci_high_pp": paired["ci_high_pp"],
+        f"{prefix}_p": paired["p"],
+    }
+
+
+def _acc(prefix: str, r: pd.Series | None) -> dict:
+    """``{prefix}_acc``, ``{prefix}_ci_low``, ``{prefix}_ci_high`` from the summary row
+    ``r`` (NaN when there is none)."""
+    cols = dict(acc="test_acc", ci_low="ci_low", ci_high="ci_high")
+    return {f"{prefix}_{c}": np.nan if r is None else r[k] for c, k in cols.items()}
+
+
+def _control_columns(name: str, best: pd.Series, diffs, controls: dict) -> dict:
+    """A model's columns against its controls: each pixel control, the random-weights twin
+    (its layer chosen on validation and that layer's test accuracy) and the multi-layer
+    probe; NaN where the results lack one."""
+    out = {}
+    for prefix, px in (("pixels", controls[PIXELS]), ("pixels_native", controls[PIXELS_NATIVE])):
+        gap = 100 * (best.test_acc - px.value.iloc[0]) if len(px) else np.nan
+        paired = _paired(diffs, name, "lbfgs", f"best_vs_{prefix}")
+        out |= _gap(f"{prefix}_gap_pp", prefix, gap, paired)
+    twin = controls["random"].get(name)
+    tb = None if twin is None else twin[twin.best].iloc[0]
+    out |= dict(random_best_layer=np.nan if tb is None else int(tb.layer), **_acc("random", tb))
+    gap = np.nan if tb is None else 100 * (best.test_acc - tb.test_acc)
+    out |= _gap("random_gap_pp", "random", gap, _paired(diffs, name, "lbfgs", "best_vs_random"))
+    cat = controls["concat"].get(name)
+    out |= dict(concat_site=None if cat is None else cat.site, **_acc("concat", cat))
+    gap = np.nan if cat is None else 100 * (cat.test_acc - best.test_acc)
+    out |= _gap("concat_gap_pp", "concat", gap, _paired(diffs, name, CONCAT, "concat_vs_best"))
+    return out
+
+
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model: the layer chosen on validation and its test accuracy, the last
     layer's, the gap between them (percentage points) with its paired 95% CI and McNemar p
-    (``gap_*``), the chosen layer against the raw pixels likewise (``pixels_*``), and the
-    kNN layer chosen on validation with its test accuracy; then a row for the pixel
-    baseline when present. Accuracies are fractions, CIs of accuracies bootstrap 95%. Paired
-    columns are NaN for results written before per-example predictions were kept, and the
-    kNN ones for results without validation kNN rows."""
+    (``gap_*``), the chosen layer against the raw pixels likewise (``pixels_*``) and
+    against the native-resolution pixels (``pixels_native_*``), the random-weights twin's
+    layer chosen on validation and its test accuracy (``random_best_layer``,
+    ``random_acc``) with the paired gap to it (``random_gap_pp``, ``random_*``), the
+    multi-layer probe's test accuracy and its gap to the chosen layer (``concat_*``), and
+    the kNN layer chosen on validation with its test accuracy; then a row per pixel
+    control present. Accuracies are fractions, CIs of accuracies bootstrap 95%. Paired
+    columns are NaN for results written before per-example predictions were kept, a
+    control's columns NaN where it was not run, and the kNN ones for results without
+    validation kNN rows."""
     from igpt_eval.paired import chosen, differences
 
     rows = []
     diffs = differences(results)
     sides = chosen(results)
     knn = accuracy_rows(results, "knn")
-    pixels = accuracy_rows(results, PIXELS)
+    controls = {px: accuracy_rows(results, px) for px in (PIXELS, PIXELS_NATIVE)}
+    controls |= dict(random=random_summaries(results), concat=concat_summaries(results))
     for name, s in probe_summaries(results).items():
         best, last = s[s.best].iloc[0], s[s["last"]].iloc[0]
         k = knn[knn.model == name]
         kb = sides.get((name, "knn"))
         kb = None if kb is None else kb[kb.best].iloc[0]
         gap = _paired(diffs, name, "lbfgs", "best_vs_last")
-        px = _paired(diffs, name, "lbfgs", "best_vs_pixels")
         rows.append(
             dict(
                 model=name,
@@ -96,32 +171,25 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
                 last_acc=last.test_acc,
                 last_ci_low=last.ci_low,
                 last_ci_high=last.ci_high,
-                gap_pp=100 * (best.test_acc - last.test_acc),
-                gap_ci_low_pp=gap["ci_low_pp"],
-                gap_ci_high_pp=gap["ci_high_pp"],
-                gap_p=gap["p"],
-                pixels_gap_pp=(
-                    100 * (best.test_acc - pixels.value.iloc[0]) if len(pixels) else np.nan
-                ),
-                pixels_ci_low_pp=px["ci_low_pp"],
-                pixels_ci_high_pp=px["ci_high_pp"],
-                pixels_p=px["p"],
+                **_gap("gap_pp", "gap", 100 * (best.test_acc - last.test_acc), gap),
+                **_control_columns(name, best, diffs, controls),
                 knn_best_layer=np.nan if kb is None else int(kb.layer),
                 knn_best_acc=np.nan if kb is None else kb.test_acc,
                 knn_last_acc=np.nan if k.empty else k[k.layer == k.layer.max()].value.iloc[0],
             )
         )
-    if len(pixels):
-        p = pixels.iloc[0]
-        rows.append(
-            dict(
-                model=PIXELS,
-                objective="none",
-                best_acc=p.value,
-                best_ci_low=p.ci_low,
-                best_ci_high=p.ci_high,
+    for px in (PIXELS, PIXELS_NATIVE):
+        if len(controls[px]):
+            p = controls[px].iloc[0]
+            rows.append(
+                dict(
+                    model=px,
+                    objective="none",
+                    best_acc=p.value,
+                    best_ci_low=p.ci_low,
+                    best_ci_high=p.ci_high,
+                )
             )
-        )
     return pd.DataFrame(rows)
 
 
@@ -145,33 +213,94 @@ def _pp(diff_pp, lo_pp, hi_pp, p) -> str:
     )
 
 
+#: The comparison table's columns: (header, function of a model's row, table column whose
+#: values decide whether it is shown: ``None`` = always). Controls that were not run leave
+#: their columns out, so older results give the table they always gave.
+_MODEL_CELLS = [
+    ("model", lambda r: r.model, None),
+    ("objective", lambda r: r.objective, None),
+    (
+        "best layer (val)",
+        lambda r: f"{int(r.best_layer)} of {int(r.layers)} ({r.best_rel_depth:.2f})",
+        None,
+    ),
+    ("best test acc [95% CI]", lambda r: _pct(r.best_acc, r.best_ci_low, r.best_ci_high), None),
+    (
+        "last layer test acc [95% CI]",
+        lambda r: _pct(r.last_acc, r.last_ci_low, r.last_ci_high),
+        None,
+    ),
+    ("best − last (pp)", lambda r: _gap_cell(r, "gap_pp", "gap"), None),
+    ("best − pixels (pp)", lambda r: _gap_cell(r, "pixels_gap_pp", "pixels"), None),
+    (
+        "best − native pixels (pp)",
+        lambda r: _gap_cell(r, "pixels_native_gap_pp", "pixels_native"),
+        "pixels_native_gap_pp",
+    ),
+    (
+        "random weights: best on val (layer)",
+        lambda r: _layer_cell(r.random_acc, r.random_best_layer),
+        "random_acc",
+    ),
+    ("best − random (pp)", lambda r: _gap_cell(r, "random_gap_pp", "random"), "random_acc"),
+    (
+        "multi-layer probe [95% CI]",
+        lambda r: (
+            _pct(r.concat_acc, r.concat_ci_low, r.concat_ci_high)
+            + ("" if pd.isna(r.concat_acc) else f" ({r.concat_site})")
+        ),
+        "concat_acc",
+    ),
+    ("multi-layer − best (pp)", lambda r: _gap_cell(r, "concat_gap_pp", "concat"), "concat_acc"),
+    ("kNN best on val (layer)", lambda r: _layer_cell(r.knn_best_acc, r.knn_best_layer), None),
+    ("kNN last", lambda r: _pct(r.knn_last_acc), None),
+]
+#: How the pixel-control rows are named in the table.
+CONTROL_LABELS = {
+    PIXELS: "raw pixels (linear probe)",
+    PIXELS_NATIVE: "raw pixels, native resolution (linear probe)",
+}
+
+
+def _gap_cell(r, value: str, prefix: str) -> str:
+    return _pp(
+        getattr(r, value),
+        getattr(r, f"{prefix}_ci_low_pp"),
+        getattr(r, f"{prefix}_ci_high_pp"),
+        getattr(r, f"{prefix}_p"),
+    )
+
+
+def _layer_cell(acc, layer) -> str:
+    """``83.15% (4)``: a test accuracy and the layer chosen on validation."""
+    return "–" if pd.isna(acc) else f"{_pct(acc)} ({int(layer)})"
+
+
 def table_markdown(table: pd.DataFrame) -> str:
     """:func:`comparison_table` as a markdown table (accuracies in %, 95% CIs; differences
-    in percentage points with paired 95% CIs and McNemar p-values)."""
-    head = (
-        "| model | objective | best layer (val) | best test acc [95% CI] | "
-        "last layer test acc [95% CI] | best − last (pp) | best − pixels (pp) | "
-        "kNN best on val (layer) | kNN last |"
-    )
-    lines = [head, "|" + "---|" * 9]
+    in percentage points with paired 95% CIs and McNemar p-values). The columns of a
+    control (native pixels, random weights, the multi-layer probe) appear only when some
+    model has it."""
+    models = table[~table.model.isin(list(CONTROL_LABELS))]
+    cells = [
+        c for c in _MODEL_CELLS if c[2] is None or (c[2] in table and models[c[2]].notna().any())
+    ]
+    lines = [
+        "| " + " | ".join(head for head, _, _ in cells) + " |",
+        "|" + "---|" * len(cells),
+    ]
     for r in table.itertuples():
-        if r.model == PIXELS:
-            lines.append(
-                f"| raw pixels (linear probe) | – | – | "
-                f"{_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | – | – | – | – | – |"
-            )
-            continue
-        knn = (
-            "–" if pd.isna(r.knn_best_acc) else f"{_pct(r.knn_best_acc)} ({int(r.knn_best_layer)})"
-        )
-        gap = _pp(r.gap_pp, r.gap_ci_low_pp, r.gap_ci_high_pp, r.gap_p)
-        px = _pp(r.pixels_gap_pp, r.pixels_ci_low_pp, r.pixels_ci_high_pp, r.pixels_p)
-        lines.append(
-            f"| {r.model} | {r.objective} | {int(r.best_layer)} of {int(r.layers)} "
-            f"({r.best_rel_depth:.2f}) | {_pct(r.best_acc, r.best_ci_low, r.best_ci_high)} | "
-            f"{_pct(r.last_acc, r.last_ci_low, r.last_ci_high)} | {gap} | {px} | {knn} | "
-            f"{_pct(r.knn_last_acc)} |"
-        )
+        if r.model in CONTROL_LABELS:
+            row = [
+                CONTROL_LABELS[r.model],
+                "–",
+                "–",
+                _pct(r.best_acc, r.best_ci_low, r.best_ci_high),
+            ]
+            row += ["–"] * (len(cells) - len(row))
+        else:
+            row = [cell(r) for _, cell, _ in cells]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

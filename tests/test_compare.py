@@ -1,4 +1,5 @@
-"""``igpt-eval compare`` on two tiny models: probes, kNN, CKA, pixel baseline, bad input."""
+"""``igpt-eval compare`` on two tiny models: probes, kNN, CKA, the controls (pixels, native
+pixels, random-weights twins), bad input."""
 
 import json
 import shutil
@@ -25,17 +26,23 @@ def test_results_rows(compared, tiny_pair):
     root = tiny_pair[0]
     df = load_results(root / "cmp/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
-    assert set(df.probe) == {"lbfgs", "knn", "pixels"}
+    assert set(df.probe) == {"lbfgs", "knn", "pixels", "pixels_native"}
     test = df[(df.split == "test") & (df.metric == "accuracy")]
     for model in ("tiny-ar", "tiny-bert"):
         for probe in ("lbfgs", "knn"):
             rows = test[(test.model == model) & (test.probe == probe)]
             assert sorted(rows.layer) == [0, 1, 2, 3]
             assert (rows.ci_low <= rows.value).all() and (rows.value <= rows.ci_high).all()
-    px = test[test.probe == "pixels"]
-    assert len(px) == 1 and px.model.iloc[0] == "pixels" and px.n_eval.iloc[0] == 32
-    # the pixel features of 8x8 grey images: 64 of them, so the probe saw 96 train+val rows
-    assert px.n_train.iloc[0] == 96
+        # The random-weights twin: linear probes of every layer, no kNN.
+        twin = test[test.model == f"{model} (random weights)"]
+        assert set(twin.probe) == {"lbfgs"} and sorted(twin.layer) == [0, 1, 2, 3]
+        assert (twin.n_train == 96).all() and (twin.n_eval == 32).all()
+    for name in ("pixels", "pixels_native"):
+        px = test[test.probe == name]
+        assert len(px) == 1 and px.model.iloc[0] == name and px.n_eval.iloc[0] == 32
+        # 8x8 grey images (the models' size is the native one here): 64 features, and the
+        # probe saw the 96 train+val rows
+        assert px.n_train.iloc[0] == 96 and px.n_features.iloc[0] == 64
 
 
 def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair):
@@ -63,7 +70,8 @@ def test_paired_rows_and_predictions(compared, tiny_pair):
     pred = load_predictions(root / "cmp")
     # Every test row has its predictions, and they give its accuracy.
     test = df[(df.split == "test") & (df.metric == "accuracy")]
-    assert len(pred) == len(test) == 2 * 4 * 2 + 1  # 2 models x 4 layers x (lbfgs, knn) + px
+    # 2 models x 4 layers x (lbfgs, knn, twin's lbfgs) + 2 pixel controls
+    assert len(pred) == len(test) == 2 * 4 * 3 + 2
     for r in test.itertuples():
         assert pred.correct(f"{r.model}/{r.probe}/{r.site}").mean() == pytest.approx(r.value)
     diffs = df[df.metric == "accuracy_diff"]
@@ -77,6 +85,10 @@ def test_paired_rows_and_predictions(compared, tiny_pair):
         ("best_vs_last", "tiny-bert", "lbfgs", "tiny-bert"),
         ("best_vs_pixels", "tiny-ar", "lbfgs", "pixels"),
         ("best_vs_pixels", "tiny-bert", "lbfgs", "pixels"),
+        ("best_vs_pixels_native", "tiny-ar", "lbfgs", "pixels_native"),
+        ("best_vs_pixels_native", "tiny-bert", "lbfgs", "pixels_native"),
+        ("best_vs_random", "tiny-ar", "lbfgs", "tiny-ar (random weights)"),
+        ("best_vs_random", "tiny-bert", "lbfgs", "tiny-bert (random weights)"),
     ]
     assert ((diffs.ci_low <= diffs.value) & (diffs.value <= diffs.ci_high)).all()
     assert ((diffs.p_value > 0) & (diffs.p_value <= 1)).all()
@@ -107,7 +119,7 @@ def test_cka_table(compared, tiny_pair):
 def test_table_and_files(compared, tiny_pair):
     root = tiny_pair[0]
     t = compared.table.set_index("model")
-    assert list(t.index) == ["tiny-ar", "tiny-bert", "pixels"]
+    assert list(t.index) == ["tiny-ar", "tiny-bert", "pixels", "pixels_native"]
     s = t.loc["tiny-bert"]
     assert s.gap_pp == pytest.approx(100 * (s.best_acc - s.last_acc))
     r = compared.results
@@ -116,6 +128,8 @@ def test_table_and_files(compared, tiny_pair):
     assert s.last_acc == pytest.approx(last.value.iloc[0])
     md = (root / "cmp/tables/comparison.md").read_text()
     assert "| tiny-ar | ar |" in md and "raw pixels" in md
+    assert "raw pixels, native resolution" in md and "best − random (pp)" in md
+    assert "multi-layer" not in md  # not run: its columns are left out
     for f in ("depth_curve.png", "depth_curve.svg", "tables/comparison.csv", "cka/cka.csv"):
         assert (root / "cmp" / f).stat().st_size > 0
     models = load_models(root / "cmp")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
-from igpt_eval.commands.probe import add_extraction_flags
+from igpt_eval.commands.probe import add_extraction_flags, add_native_pixels_flag
 from igpt_eval.errors import IGPTError
 
 DEFAULT_OUT = Path("runs/compare")
@@ -19,8 +19,9 @@ def _add_compare(sub) -> None:
         "compare",
         help="compare models layer by layer (linear probes, kNN, CKA, pixel baseline)",
         description="Probe every layer of each model with the same protocol and splits, run "
-        "weighted kNN and linear CKA on the same activation caches, probe the raw "
-        "(palette-quantised) pixels as a baseline, print the comparison table and write the "
+        "weighted kNN and linear CKA on the same activation caches, probe the controls (the "
+        "raw palette-quantised pixels, the raw pixels at native resolution, each model's "
+        "random-weights twin), print the comparison table and write the "
         "tidy results, CKA table, table and depth-curve figure. With no arguments: the "
         "shipped fmnist-ar and fmnist-bert models.",
     )
@@ -50,6 +51,13 @@ def _add_compare(sub) -> None:
         "--cka-rows", type=int, default=10_000, help="test rows used for CKA (default 10000)"
     )
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
+    add_native_pixels_flag(p, default=True)
+    p.add_argument(
+        "--no-random-control",
+        action="store_true",
+        help="skip each model's random-weights control (the same architecture untrained, "
+        "probed alike; default: probed, cached like the models)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)
@@ -77,6 +85,9 @@ def _cmd_compare(args) -> int:
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,
         pixels=not args.no_pixels,
+        native_pixels=args.native_pixels,
+        random_control=not args.no_random_control,
+        concat_layers=args.concat_layers,
         seed=args.seed,
         progress=not args.no_progress,
     )

@@ -58,6 +58,26 @@ def add_extraction_flags(p) -> None:
         help="bf16 autocast for extraction (default: off; pays only on CPUs with bf16 units "
         "or GPUs, and changes the features slightly)",
     )
+    p.add_argument(
+        "--concat-layers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also probe the K layers (odd) centred on the one chosen on validation, "
+        "concatenated (the paper's multi-layer probe; L-BFGS only); default: off",
+    )
+
+
+def add_native_pixels_flag(p, default: bool) -> None:
+    """``--native-pixels``/``--no-native-pixels`` (``probe`` and ``compare`` differ only in
+    the default)."""
+    p.add_argument(
+        "--native-pixels",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="also probe the dataset's raw pixels at native resolution (Fashion-MNIST: 28x28 "
+        f"grey), same splits and samples (default: {'on' if default else 'off'})",
+    )
 
 
 @subcommand
@@ -105,6 +125,14 @@ def _add_probe(sub) -> None:
         action="store_true",
         help="skip the raw-pixel baseline (and the best − pixels difference)",
     )
+    add_native_pixels_flag(p, default=False)
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="probe the model's random-weights control instead: the same architecture at "
+        "the initialisation its training run started from (its own caches: give it another "
+        "--cache than the model's; default out: runs/probe/<model>-random-weights)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--overwrite", action="store_true", help="rebuild caches in --cache made from other inputs"
@@ -115,11 +143,14 @@ def _add_probe(sub) -> None:
 
 def _cmd_probe(args) -> int:
     from igpt_eval.probes.runner import format_summary, probe_model, summary
-    from igpt_eval.report import baseline_of, depth_curve
+    from igpt_eval.report import baselines_of, depth_curve
+    from igpt_eval.results import CONCAT
+    from igpt_eval.summaries import concat_summaries
 
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")
-    out = args.out or Path("runs/probe") / args.model.name
+    suffix = "-random-weights" if args.random_weights else ""
+    out = args.out or Path("runs/probe") / (args.model.name + suffix)
     df = probe_model(
         args.model,
         args.dataset,
@@ -140,14 +171,20 @@ def _cmd_probe(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         pixels=not args.no_pixels,
+        native_pixels=args.native_pixels,
+        random_weights=args.random_weights,
+        concat_layers=args.concat_layers,
     )
     s = summary(df)
-    name = f"{args.model.name} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
+    model = df.model.iloc[0]  # "<name> (random weights)" for the control
+    cat = concat_summaries(df).get(model)
+    name = f"{model} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
     files = depth_curve(
-        {args.model.name: s},
+        {model: s},
         out / "depth_curve",
         title=f"{args.method} linear probes: {name}",
-        baseline=baseline_of(df),
+        baseline=baselines_of(df),
+        concat=None if cat is None else {model: cat},
     )
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
     own = df[df.probe == args.method]
@@ -159,7 +196,7 @@ def _cmd_probe(args) -> int:
         f"chosen on {int(val.n_eval):,} val images after training on {int(val.n_train):,}{sample}; "
         f"refit on train+val, tested once on {int(test.n_eval):,}"
     )
-    print(format_summary(s, differences=own))
+    print(format_summary(s, differences=df[df.probe.isin([args.method, CONCAT])], concat=cat))
     print(
         f"results: {out / 'results.parquet'} (+ .csv, predictions.npz: per-example test "
         f"predictions); figure: {files[0]}"

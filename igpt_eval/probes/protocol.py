@@ -168,6 +168,7 @@ def probe_lbfgs(
         preprocess="standardize" if standardize else "none",
         seed=seed,
         lr=np.nan,
+        n_features=train.X.shape[2],
     )
     rows: list[dict] = []
 

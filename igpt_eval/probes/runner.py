@@ -14,7 +14,14 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.protocol import Features, probe_lbfgs
-from igpt_eval.results import PIXELS, Predictions, save_results, to_frame
+from igpt_eval.results import (
+    CONCAT,
+    PIXEL_CONTROLS,
+    Predictions,
+    random_twin,
+    save_results,
+    to_frame,
+)
 
 SPLITS = ("train", "val", "test")
 #: The shipped models live beside the package (a source checkout or editable install).
@@ -73,6 +80,9 @@ def probe_model(
     overwrite: bool = False,
     progress: bool = True,
     pixels: bool = True,
+    native_pixels: bool = False,
+    random_weights: bool = False,
+    concat_layers: int | None = None,
     return_predictions: bool = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, Predictions]:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
@@ -86,6 +96,18 @@ def probe_model(
     "pixels"``). The table then ends with paired-difference rows (``metric =
     "accuracy_diff"``, :mod:`igpt_eval.paired`): the layer chosen on validation − the last
     layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
+    ``native_pixels`` adds the dataset's raw pixels at their native resolution as a second
+    control (:func:`igpt_eval.probes.pixels.probe_native_pixels`; ``model = probe =
+    "pixels_native"``, contrast ``best_vs_pixels_native``).
+
+    ``random_weights`` probes the model's random-weights control instead of the model: the
+    same architecture at the initialisation its training run started from
+    (:meth:`igpt_eval.model.IGPT.initialised` with the run's seed), extracted into caches
+    of its own; its rows are named ``"<model> (random weights)"``
+    (:func:`igpt_eval.results.random_twin`). ``concat_layers`` = K (odd) adds the
+    multi-layer probe (:mod:`igpt_eval.probes.concat`, L-BFGS only): the K layers centred
+    on the one chosen on validation, concatenated (``probe = "lbfgs_concat"``, contrast
+    ``concat_vs_best``).
 
     ``train_size`` caps the training split at a stratified sample of that many images
     (``None``: all of it); ``val_size`` and ``test_size`` cap validation and test the same
@@ -99,6 +121,7 @@ def probe_model(
     ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
     from igpt_eval.extraction import extract_split, open_model, run_defaults
     from igpt_eval.paired import paired_rows
+    from igpt_eval.probes.concat import check_concat
 
     if method not in ("lbfgs", "sgd"):
         raise IGPTError(f"unknown probe method {method!r}; use lbfgs or sgd")
@@ -112,7 +135,11 @@ def probe_model(
                 else ""
             )
         )
-    net, palette, ident = open_model(path, device=device)
+    net, palette, ident = open_model(path, device=device, random_weights=random_weights)
+    # Before any extraction: a bad K fails at once, not minutes later.
+    check_concat(
+        concat_layers, net.config.n_layer + 1 if layers is None else len(set(layers)), method
+    )
     caches = {}
     t0 = time.perf_counter()
     for split in SPLITS:
@@ -139,7 +166,7 @@ def probe_model(
     extract_seconds = time.perf_counter() - t0
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
-        model=path.name,
+        model=random_twin(path.name) if random_weights else path.name,
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=site,
@@ -160,6 +187,17 @@ def probe_model(
             progress=progress,
             return_predictions=True,
         )
+        if concat_layers is not None:
+            from igpt_eval.probes.concat import probe_concat
+
+            best = summary(to_frame(rows))
+            c_rows, c_pred = probe_concat(
+                feats, layers, sites, int(best[best.best].layer.iloc[0]), concat_layers,
+                meta=meta, backend=backend, device=device, standardize=standardize, seed=seed,
+                progress=progress,
+            )  # fmt: skip
+            rows += c_rows
+            predictions.update(c_pred)
     else:
         from igpt_eval.probes.sgd import probe_sgd
 
@@ -175,22 +213,15 @@ def probe_model(
             preprocess="whiten" if standardize else "none",
             return_predictions=True,
         )
-    if pixels:
-        from igpt_eval.probes.pixels import probe_pixels
+    if pixels or native_pixels:
+        from igpt_eval.probes.pixels import probe_pixel_controls
 
         name, split_seed = run_defaults(dataset, ident)
-        px, px_pred = probe_pixels(
-            palette,
-            name,
-            n_px=net.config.n_px,
-            split_seed=split_seed,
-            data_dir=data_dir,
-            token_cache=token_cache,
-            device=device,
-            seed=seed,
-            train_size=train_size,
-            return_predictions=True,
-        )
+        px, px_pred = probe_pixel_controls(
+            palette, name, n_px=net.config.n_px, pixels=pixels, native=native_pixels,
+            split_seed=split_seed, data_dir=data_dir, token_cache=token_cache, device=device,
+            seed=seed, train_size=train_size, val_size=val_size, test_size=test_size,
+        )  # fmt: skip
         rows += px
         predictions.update(px_pred)  # refuses test images other than the caches'
     df = to_frame(rows)
@@ -207,12 +238,14 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
 
     ``df`` holds one model's results; ``probe`` picks one probe's rows (default: every probe
-    but the raw-pixel baseline, which :func:`probe_model` adds to a model's results).
+    but the raw-pixel controls and the multi-layer probe, which :func:`probe_model` adds to
+    a model's results).
     ``best`` marks the layer with the highest *validation* accuracy (what a user may select
     on; among equal ones, the earliest); ``last`` the final layer.
     """
     if "probe" in df:
-        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin([PIXELS])]
+        others = [*PIXEL_CONTROLS, CONCAT]
+        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin(others)]
     acc = df[df.metric == "accuracy"]
     val = acc[(acc.split == "val") & acc.selected.astype(bool)]
     test = acc[acc.split == "test"]
@@ -228,10 +261,15 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     return s
 
 
-def format_summary(s: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
-    """The terminal table of :func:`summary`; with ``differences`` (the model's results, or
-    their paired-difference rows), two lines under it: best − last layer and best − raw
-    pixels, with paired 95% CIs and McNemar's p (:func:`igpt_eval.paired.paired_lines`)."""
+def format_summary(
+    s: pd.DataFrame, differences: pd.DataFrame | None = None, concat: pd.Series | None = None
+) -> str:
+    """The terminal table of :func:`summary`; with ``concat`` (the multi-layer probe's
+    summary row, :func:`igpt_eval.summaries.concat_summaries`), one line for it under the
+    table; with ``differences`` (the model's results, or their paired-difference rows), the
+    paired lines under it: best − last layer, best − each pixel control and − the
+    random-weights twin, the multi-layer probe − best, with paired 95% CIs and McNemar's p
+    (:func:`igpt_eval.paired.paired_lines`)."""
     hyper = "C" if s["lr"].isna().all() else "lr"
     lines = [
         f"{'layer':>5}  {'site':<18} {'val acc':>8}  {'test acc [95% CI]':<24} "
@@ -247,7 +285,15 @@ def format_summary(s: pd.DataFrame, differences: pd.DataFrame | None = None) -> 
             f"{100 * r.test_acc:6.2f}% [{100 * r.ci_low:5.2f}, {100 * r.ci_high:5.2f}]   "
             f"{h:9.3g} {r.n_iter:>5}{conv}{mark}"
         )
-    if not s.converged.all():
+    if concat is not None:
+        conv = "" if concat.converged else "*"
+        lines.append(
+            f"multi-layer probe {concat.site}, around layer {concat.layer} (best on val): val "
+            f"{100 * concat.val_acc:.2f}%, test {100 * concat.test_acc:.2f}% "
+            f"[{100 * concat.ci_low:.2f}, {100 * concat.ci_high:.2f}], best C "
+            f"{concat.C:.3g}, {concat.n_iter}{conv} iters"
+        )
+    if not (s.converged.all() and (concat is None or concat.converged)):
         lines.append("* the solver stopped before its tolerance (recorded in the results)")
     if differences is not None:
         from igpt_eval.paired import paired_lines
