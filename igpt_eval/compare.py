@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
     pixel_features,
@@ -355,7 +356,7 @@ def compare_models(
     device: str = "cpu",
     site: str = "ln_1",
     bert_masks: int = 1,
-    batch_size: int = 64,
+    batch_size: int = EXTRACT_BATCH,
     compute: str = "float32",
     train_size: int | None = DEFAULT_TRAIN_SIZE,
     knn_k: int = 20,

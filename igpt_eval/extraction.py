@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from igpt_eval import distributed as dist
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
 
@@ -84,7 +85,7 @@ def extract(
     palette=None,
     layers=None,
     site: str = "ln_1",
-    batch_size: int = 64,
+    batch_size: int = EXTRACT_BATCH,
     dtype: str = "float32",
     bert_masks: int = 1,
     seed: int = 0,

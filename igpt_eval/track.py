@@ -26,6 +26,7 @@ import pandas as pd
 
 from igpt_eval.checkpoint import CONFIG, list_snapshots
 from igpt_eval.config import IGPTConfig
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.palette import Palette
 from igpt_eval.probes.runner import probe_model, summary
@@ -43,7 +44,7 @@ class TrackSettings:
     test_size: int | None = 5_000  # test images every snapshot is scored on
     site: str = "ln_1"  # the paper's feature site
     compute: str = "float32"  # extraction precision ("bfloat16" where the CPU has bf16 units)
-    batch_size: int = 16  # extraction batch: small batches stay in cache on small CPUs
+    batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
     bert_masks: int = 1  # masks averaged for BERT snapshots
     seed: int = 0  # the split seed and the probes' seed
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)

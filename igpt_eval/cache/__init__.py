@@ -42,4 +42,11 @@ commits the round. Rank 0 creates the files and holds the lock.
 from igpt_eval.cache.reader import FORMAT, ActivationCache, read_manifest
 from igpt_eval.cache.writer import extract, row_masks, state_dict_hash
 
-__all__ = ["FORMAT", "ActivationCache", "extract", "read_manifest", "row_masks", "state_dict_hash"]
+__all__ = [
+    "FORMAT",
+    "ActivationCache",
+    "extract",
+    "read_manifest",
+    "row_masks",
+    "state_dict_hash",
+]

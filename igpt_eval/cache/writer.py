@@ -26,6 +26,7 @@ from igpt_eval.cache.reader import (
     data_files,
     read_manifest,
 )
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, file_hash, file_lock, save_npy, write_json
 from igpt_eval.sites import DEFAULT_SITE, check_kind, check_layers, site_name, valid_layers
@@ -90,7 +91,7 @@ def extract(
     *,
     layers=None,
     site: str = DEFAULT_SITE,
-    batch_size: int = 64,
+    batch_size: int = EXTRACT_BATCH,
     dtype: str = "float32",
     bert_masks: int = 1,
     seed: int = 0,

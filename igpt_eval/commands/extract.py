@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 
 _DEFAULT_TOKENS = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
@@ -37,7 +38,12 @@ def _add_extract(sub) -> None:
     )
     p.add_argument("--layers", default="all", help="all (default), or e.g. 0,4,8 or 2-5")
     p.add_argument("--site", default="ln_1", help="site kind: ln_1 (default), resid_pre, ...")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EXTRACT_BATCH,
+        help=f"images per forward (default {EXTRACT_BATCH})",
+    )
     p.add_argument("--out", type=Path, required=True, help="cache folder to write")
     p.add_argument(
         "--dtype", choices=["float32", "float16"], default="float32", help="stored dtype"

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 
 
@@ -50,7 +51,12 @@ def add_extraction_flags(p) -> None:
         f"(default {DEFAULT_TRAIN_SIZE:,}; validation and test are always whole)",
     )
     p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
-    p.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EXTRACT_BATCH,
+        help=f"extraction batch size (default {EXTRACT_BATCH})",
+    )
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.protocol import Features, probe_lbfgs
 from igpt_eval.results import (
@@ -71,7 +72,7 @@ def probe_model(
     out: str | Path | None = None,
     standardize: bool = True,
     bert_masks: int = 1,
-    batch_size: int = 64,
+    batch_size: int = EXTRACT_BATCH,
     compute: str = "float32",
     train_size: int | None = DEFAULT_TRAIN_SIZE,
     val_size: int | None = None,
