@@ -84,6 +84,9 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+#: The seed of BERT feature masks when ``IGPT.features`` is given no generator.
+FEATURE_MASK_SEED = 0
+
 # quick-GELU's sigmoid slope (OpenAI's iGPT and GPT-2 code): gelu(x) ≈ x * sigmoid(1.702 x).
 GELU_SLOPE = 1.702
 
@@ -325,7 +328,9 @@ class IGPT(nn.Module):
 
         BERT models are evaluated masked, as in training: with ``mask`` when given, else the
         pooled features are averaged over ``n_masks`` masks drawn from ``generator``
-        (``n_masks=0``: unmasked). ``autocast=torch.bfloat16`` runs the blocks in bf16.
+        (``n_masks=0``: unmasked); without a generator the masks come from a fixed seed
+        (:data:`FEATURE_MASK_SEED`), so the same call gives the same features every time.
+        ``autocast=torch.bfloat16`` runs the blocks in bf16.
         """
         check_kind(site)
         L = self.config.n_layer
@@ -333,6 +338,8 @@ class IGPT(nn.Module):
         tokens = self.check_tokens(tokens)
         if self.sos is None and mask is None and n_masks > 0:
             B, T = tokens.shape
+            if generator is None:  # deterministic by default, never the global RNG
+                generator = torch.Generator().manual_seed(FEATURE_MASK_SEED)
             masks = [self.sample_mask(B, T, generator) for _ in range(n_masks)]
             return sum(self._features(tokens, wanted, site, pool, m, autocast) for m in masks) / (
                 n_masks

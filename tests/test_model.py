@@ -167,6 +167,13 @@ def test_bert_features_average_over_masks():
     torch.testing.assert_close(got, expect)
     unmasked = m.features(x, n_masks=0)
     assert (got - unmasked).abs().max() > 1e-4
+    # No generator: a fixed seed, not the global RNG (the same call, the same features).
+    torch.manual_seed(1)
+    a = m.features(x, n_masks=2)
+    torch.manual_seed(2)
+    b = m.features(x, n_masks=2)
+    assert torch.equal(a, b)
+    assert torch.equal(a, m.features(x, n_masks=2, generator=torch.Generator().manual_seed(0)))
 
 
 def test_bf16_autocast_features_are_close():
