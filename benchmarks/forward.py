@@ -22,40 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import matmul_gflops, timeit
 
 from igpt_eval.config import IGPTConfig
 from igpt_eval.hf import hf_config, hf_state_dict
 from igpt_eval.model import IGPT
 
 
-def timeit(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of one square ``n×n @ n×n`` matmul: the machine's practical peak."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n**3 / timeit(lambda: a @ b, repeats) / 1e9
-
-
 def feature_flops(cfg: IGPTConfig, batch: int) -> float:
-    """Useful forward FLOPs of all blocks (no logits): causal attention scores only the
-    lower triangle, so it counts half of the full T×T products."""
-    d, T = cfg.n_embd, cfg.n_positions
-    attn = 4 * T * T * d * (0.5 if cfg.objective == "ar" else 1.0)
-    return batch * cfg.n_layer * (24 * d * d * T + attn)
+    """Useful forward FLOPs of all blocks (no logits) for ``batch`` images."""
+    return batch * cfg.n_positions * cfg.flops_per_token(head=False)
 
 
 def hf_reference(model: IGPT):

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import matmul_gflops
 
 from igpt_eval.config import IGPTConfig
 from igpt_eval.hf import hf_config, hf_state_dict
@@ -51,24 +52,9 @@ BETAS = (0.9, 0.95)
 LR = 1e-4
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of one square ``n×n @ n×n`` matmul (median of ``repeats``): the
-    machine's practical peak for this dtype."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def train_flops_per_token(cfg: IGPTConfig) -> float:
     """Matmul FLOPs of one training step per token: 3 × forward (see the module docstring)."""
-    d, L, T, k = cfg.n_embd, cfg.n_layer, cfg.n_positions, cfg.vocab_size
-    attn = 4 * L * T * d * (0.5 if cfg.objective == "ar" else 1.0)
-    return 3 * (2 * (12 * L * d * d + d * k) + attn)
+    return cfg.flops_per_token(training=True)
 
 
 def hf_reference(model: IGPT):

@@ -120,10 +120,16 @@ class IGPTConfig:
         block = 12 * d * d + 2 * d + (9 * d if self.bias else 0)
         return L * block + 2 * k * d + self.n_positions * d + 2 * d + self.n_classes * d
 
-    def flops_per_token(self) -> float:
-        """Forward FLOPs per token (2 per multiply-add; attention at full length, no mask)."""
-        d, T = self.n_embd, self.n_positions
-        return self.n_layer * (24 * d * d + 4 * T * d) + 2 * d * self.vocab_size
+    def flops_per_token(self, *, head: bool = True, training: bool = False) -> float:
+        """Matmul FLOPs per token, 2 per multiply-add: each block's projections and MLP
+        (24 d²), its attention scores and weighted values (4 T d, half of it for causal
+        attention, which computes only the lower triangle), and the output head unless
+        ``head=False`` (feature extraction never computes it). ``training`` counts the
+        forward and backward passes (3 × forward). Compute budgets and MFU use it."""
+        d, L, T, k = self.n_embd, self.n_layer, self.n_positions, self.vocab_size
+        attn = 4 * T * d * (0.5 if self.objective == "ar" else 1.0)
+        forward = L * (24 * d * d + attn) + (2 * d * k if head else 0)
+        return 3 * forward if training else forward
 
 
 # Paper sizes (d / heads / layers) and small presets for CPU work and tests.

@@ -286,3 +286,13 @@ def test_uint16_arrays_are_accepted():
 def test_bad_config_and_sites(call, match):
     with pytest.raises(IGPTError, match=match):
         call()
+
+
+def test_flops_per_token_counts_the_matmuls():
+    ar = IGPTConfig.preset("mini")  # d 128, 8 layers, 256 positions, 16 colours
+    # Per layer: 24 d² (projections and MLP) + 4 T d / 2 (causal attention); head 2 d k.
+    assert ar.flops_per_token(head=False) == 8 * (24 * 128**2 + 2 * 256 * 128)
+    assert ar.flops_per_token() == ar.flops_per_token(head=False) + 2 * 128 * 16
+    assert ar.flops_per_token(training=True) == 3 * ar.flops_per_token()
+    bert = IGPTConfig.preset("mini", objective="bert")  # bidirectional: the full T x T
+    assert bert.flops_per_token(head=False) == 8 * (24 * 128**2 + 4 * 256 * 128)
