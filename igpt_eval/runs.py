@@ -94,7 +94,9 @@ def pretrain(
 
 
 def _holds_files(out: Path) -> bool:
-    return out.exists() and any(out.iterdir())
+    """Whether ``out`` holds anything but a finished short sweep (which leaves the folder to
+    the full run at its best rate: ``lr_sweep(sweep_steps=...)``)."""
+    return out.exists() and any(p.name not in ("sweep", SWEEP_CSV) for p in out.iterdir())
 
 
 def _check_resumable(out: Path, info: dict) -> None:
@@ -127,20 +129,60 @@ def lr_sweep(
     palette=None,
     identity: dict | None = None,
     max_runs: int = 8,
+    sweep_steps: int | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Try 0.01, 0.003, 0.001, … in that order, each a full run in ``out/sweep/lr-X``;
-    stop once the final validation loss rises; copy the best run into ``out``.
+    """Try 0.01, 0.003, 0.001, … in that order, each a run in ``out/sweep/lr-X``; stop once
+    the final validation loss rises; then either copy the best run into ``out`` (sweep runs
+    of the full length), or, with ``sweep_steps``, sweep with runs of that many steps (each
+    with its own warm-up and cosine) and train the full run at the best rate in ``out``.
 
     A run that diverges counts as the worst possible loss (the sweep goes on to smaller
-    rates). Writes ``out/lr_sweep.csv`` with one row per run tried.
+    rates). Writes ``out/lr_sweep.csv`` with one row per run tried. With ``sweep_steps``
+    the same call with ``resume`` continues: a finished sweep (its ``lr_sweep.csv``) is not
+    repeated, and the full run resumes from its last checkpoint.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
+    done = out / SWEEP_CSV
+    if sweep_steps is not None and resume and done.is_file():
+        rows = _read_sweep(done)  # the sweep finished before the interruption
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
+        rows = _sweep(
+            model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
+            palette=palette, identity=identity, progress=progress,
+        )  # fmt: skip
+    if sweep_steps is not None:
+        best = next(r for r in rows if r["best"])
+        cfg = dataclasses.replace(train_cfg, lr=best["lr"])
+        pretrain(model_cfg, cfg, train_tokens, val_tokens, out, palette=palette,
+                 identity=identity, resume=True, progress=progress)  # fmt: skip
+    return rows
+
+
+SWEEP_CSV = "lr_sweep.csv"
+_SWEEP_FIELDS = ["lr", "val_loss", "steps", "best", "run"]
+
+
+def _read_sweep(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        dict(r, lr=float(r["lr"]), val_loss=float(r["val_loss"]), steps=int(r["steps"]),
+             best=r["best"] == "True")
+        for r in rows
+    ]  # fmt: skip
+
+
+def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
+           palette, identity, progress) -> list[dict]:  # fmt: skip
     rows: list[dict] = []
     for lr in sweep_lrs(max_runs):
         cfg = dataclasses.replace(train_cfg, lr=lr)
+        if sweep_steps is not None:  # a short proxy run: no snapshots
+            cfg = dataclasses.replace(cfg, steps=sweep_steps, snapshot_steps=())
         run_dir = out / "sweep" / f"lr-{lr:g}"
         try:
             res = pretrain(
@@ -168,10 +210,11 @@ def lr_sweep(
     for r in rows:
         r["best"] = r is best
     if dist.is_main():
-        with atomic_write(out / "lr_sweep.csv", "w") as f:
-            w = csv.DictWriter(f, ["lr", "val_loss", "steps", "best", "run"])
+        with atomic_write(out / SWEEP_CSV, "w") as f:
+            w = csv.DictWriter(f, _SWEEP_FIELDS)
             w.writeheader()
             w.writerows(rows)
+    if dist.is_main() and sweep_steps is None:
         src = Path(best["run"])
         for item in src.iterdir():  # the best run becomes the folder's checkpoint
             dst = out / item.name

@@ -372,3 +372,27 @@ def test_existing_run_is_never_lost(run_args, capsys, tmp_path):
     assert "differs" in _one_error(capsys)
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert before == after
+
+
+def test_short_sweep_then_the_full_run_at_the_best_rate(run_args, capsys, tmp_path):
+    args = run_args("--lr-sweep", "2", "--sweep-steps", "1", "--steps", "3", out="swept")
+    args[args.index("--steps") + 1] = "3"  # the full run's length (run_args sets 2)
+    assert main(args) == 0
+    out = tmp_path / "swept"
+    with open(out / "lr_sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["steps"] for r in rows] == ["1"] * len(rows)  # the sweep used 1-step runs
+    best = next(float(r["lr"]) for r in rows if r["best"] == "True")
+    import json
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_config"]["lr"] == best and run["train_config"]["steps"] == 3
+    with open(out / "train_log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    weights = (out / "model.safetensors").read_bytes()
+    # The same command with --resume: the sweep is not repeated, the finished run says so.
+    assert main([*args, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert main(run_args("--sweep-steps", "1", out="x")) == 2
+    assert "give --lr-sweep" in _one_error(capsys)

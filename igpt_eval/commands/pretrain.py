@@ -49,6 +49,14 @@ def _add_pretrain(sub) -> None:
         help="sweep up to N rates 0.01, 0.003, 0.001, … and keep the best run",
     )
     p.add_argument(
+        "--sweep-steps",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="with --lr-sweep: sweep with S-step runs, then train the full run at the best "
+        "rate (resumable with --resume)",
+    )
+    p.add_argument(
         "--warmup-steps",
         type=int,
         default=None,
@@ -189,12 +197,18 @@ def _cmd_pretrain(args) -> int:
     }
     common = dict(palette=palette, identity=identity, progress=progress)
     try:
+        if args.sweep_steps is not None and not args.lr_sweep:
+            raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")
         if args.lr_sweep:
-            if args.resume:
-                raise IGPTError("--resume continues one run; it cannot be combined with --lr-sweep")
+            if args.resume and args.sweep_steps is None:
+                raise IGPTError(
+                    "--resume continues one run; with --lr-sweep it needs --sweep-steps "
+                    "(sweep, then one full run)"
+                )
             rows = lr_sweep(
-                model_cfg, cfg, tr.tokens, va.tokens, args.out, max_runs=args.lr_sweep, **common
-            )
+                model_cfg, cfg, tr.tokens, va.tokens, args.out, max_runs=args.lr_sweep,
+                sweep_steps=args.sweep_steps, resume=args.resume, **common,
+            )  # fmt: skip
             if main:
                 for r in rows:
                     mark = "  <- best" if r["best"] else ""
