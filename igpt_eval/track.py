@@ -268,8 +268,9 @@ def describe_correlation(corr: pd.DataFrame) -> list[str]:
     return out
 
 
-def track_markdown(results: pd.DataFrame, source: str = "") -> str:
-    """The report section for track results: the per-snapshot table and the trend words."""
+def track_markdown(results: pd.DataFrame, source: str = "", command: str = "") -> str:
+    """The report section for track results: the per-snapshot table and the trend words
+    (with the ``command`` that measured them, when given)."""
     summ = track_summary(results)
     corr = loss_accuracy_correlation(summ)
     n_test = results[(results.split == "test") & (results.probe == "lbfgs")].n_eval
@@ -280,7 +281,7 @@ def track_markdown(results: pd.DataFrame, source: str = "") -> str:
         f"{f' ({int(n_test.iloc[0]):,} test images)' if len(n_test) else ''}"
         f"{f', results in `{source}`' if source else ''}. Best layer chosen on validation; "
         "step 0 is the untrained network (the random-weights control).",
-        "",
+        *([f"Measured by `{command}`.", ""] if command else [""]),
         "| run | step | val loss | best layer (val) | test acc [95% CI] | last layer |",
         "| --- | ---: | ---: | ---: | --- | ---: |",
     ]

@@ -76,6 +76,8 @@ def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, monkeypatch,
     assert (summ[summ.step == 6].val_loss.values < init.val_loss.values).all()
     for stem in ("track_loss_vs_probe", "track_heatmap-run-a", "track_depth_curves-run-b"):
         assert (out / f"{stem}.png").stat().st_size > 1000
+    md = (out / "README.md").read_text()
+    assert md.startswith("# Training dynamics") and "| run-b | 6 |" in md
     # A second track over the same snapshots re-extracts nothing: the caches are reused.
     caches = sorted((tmp_path / "cache" / "activations").iterdir())
     stamps = {c: (c / "manifest.json").stat().st_mtime_ns for c in caches}

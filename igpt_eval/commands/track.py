@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 from igpt_eval.commands import refuse_overwrite, subcommand
@@ -66,12 +68,14 @@ def _add_track(sub) -> None:
 
 
 def _cmd_track(args) -> int:
+    from igpt_eval.io import atomic_write
     from igpt_eval.results import save_results
     from igpt_eval.track import (
         TrackSettings,
         format_track,
         loss_accuracy_correlation,
         track_figures,
+        track_markdown,
         track_runs,
         track_summary,
     )
@@ -95,6 +99,12 @@ def _cmd_track(args) -> int:
     save_results(summ, args.out, stem="track_summary")
     save_results(corr, args.out, stem="track_correlation")
     files = track_figures(df, args.out)
+    command = "igpt-eval " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "igpt-eval track"
+    md = track_markdown(df, source=str(args.out), command=command).replace(
+        "## Training dynamics", "# Training dynamics", 1
+    )
+    with atomic_write(args.out / "README.md", "w") as f:
+        f.write(md)
     print(format_track(summ, corr))
     print(f"results: {args.out / 'results.parquet'} (+ track_summary, track_correlation)")
     print(f"figures: {', '.join(str(f) for f in files if f.suffix == '.png')}")
