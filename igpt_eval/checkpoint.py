@@ -156,8 +156,9 @@ SNAPSHOT_INFO = "snapshot.json"
 
 def save_snapshot(out: str | Path, step: int, model, info: dict, palette_file=None) -> Path:
     """Keep the weights of step ``step`` as ``out/snapshots/step-XXXXXX/``: a full checkpoint
-    folder (``model.safetensors``, ``config.json``, ``palette.npy``) plus ``snapshot.json``
-    (``info``: the step, the validation loss there, …).
+    folder (``model.safetensors``, ``config.json``, ``palette.npy``, and the run's
+    ``run.json``, so that the snapshot names its dataset and split seed as the final model
+    does) plus ``snapshot.json`` (``info``: the step, the validation loss there, …).
 
     Written under a temporary name and renamed into place, so a folder that exists is
     complete; writing the same step again (a resumed run passing it a second time) replaces
@@ -176,6 +177,8 @@ def save_snapshot(out: str | Path, step: int, model, info: dict, palette_file=No
     save_model(model, tmp)
     if palette_file is not None and Path(palette_file).is_file():
         shutil.copy2(palette_file, tmp / PALETTE)
+    if (Path(out) / "run.json").is_file():
+        shutil.copy2(Path(out) / "run.json", tmp / "run.json")
     write_json(tmp / SNAPSHOT_INFO, {"step": step, **info})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -67,7 +67,9 @@ def run_name(run: Path, others: list[Path]) -> str:
     return run.name if len(same) <= 1 else f"{run.parent.name}/{run.name}"
 
 
-def find_snapshots(run: str | Path, name: str | None = None, steps=None) -> list[Snapshot]:
+def find_snapshots(
+    run: str | Path, name: str | None = None, steps=None, dataset: str | None = None
+) -> list[Snapshot]:
     """The snapshots of ``run``, checked to be of one model and one palette.
 
     Raises one :class:`IGPTError` when the folder holds no snapshot, when its snapshots
@@ -96,6 +98,11 @@ def find_snapshots(run: str | Path, name: str | None = None, steps=None) -> list
     if len(palettes) > 1 or None in palettes:
         raise IGPTError(
             f"the snapshots in {run} have different (or missing) palettes; one run per folder"
+        )
+    if dataset is None and not (found[0][1] / "run.json").is_file():
+        raise IGPTError(
+            f"the snapshots in {run} do not name their dataset (no run.json; written before "
+            "snapshots carried it): give --dataset (the split seed is then 0)"
         )
     if steps is not None:
         have = {s for s, _, _ in found}
@@ -126,7 +133,11 @@ def track_runs(
     paths = [Path(r) for r in runs]
     if len(set(p.resolve() for p in paths)) < len(paths):
         raise IGPTError("the same run is given twice")
-    plan = [s for p in paths for s in find_snapshots(p, run_name(p, paths), settings.steps)]
+    plan = [
+        s
+        for p in paths
+        for s in find_snapshots(p, run_name(p, paths), settings.steps, settings.dataset)
+    ]
     frames = []
     for i, snap in enumerate(plan, 1):
         t0 = time.perf_counter()

@@ -170,7 +170,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_npz, objective, kil
         a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert a_info["val_loss"] == b_info["val_loss"]
-        assert (b_dir / "palette.npy").is_file() and (b_dir / "config.json").is_file()
+        for f in ("palette.npy", "config.json", "run.json"):  # a full checkpoint folder
+            assert (b_dir / f).is_file()
     assert not list((tmp_path / "run/snapshots").glob(".tmp*"))
     # The last snapshot is the final model.
     last = load_file(run_snaps[-1][1] / "model.safetensors")

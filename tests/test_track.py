@@ -188,3 +188,21 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
     state = torch.get_rng_state()
     IGPT.initialised(trained.config, 5)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+
+
+def test_snapshots_name_their_dataset(runs, tmp_path, monkeypatch, capsys):
+    import igpt_eval.extraction as extraction
+
+    monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
+    a = runs[2]
+    args = ["track", "--train-size", "all", "--val-size", "all", "--test-size", "all",
+            "--steps", "6", "--no-progress"]  # fmt: skip
+    # No --dataset: each snapshot carries its run's run.json (dataset and split seed).
+    assert main([*args, "--run", str(a), "--out", str(tmp_path / "t")]) == 0
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    for f in (old / "snapshots").glob("*/run.json"):
+        f.unlink()  # as snapshots written before they carried it
+    capsys.readouterr()
+    assert main([*args, "--run", str(old), "--out", str(tmp_path / "u")]) == 2
+    assert "give --dataset" in _one_error(capsys)
