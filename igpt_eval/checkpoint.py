@@ -6,6 +6,8 @@ atomically, so an interrupted save leaves the previous checkpoint readable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -90,6 +92,22 @@ def load_palette(path: str | Path):
     return Palette.load(f) if f.is_file() else None
 
 
+@contextmanager
+def _staged_folder(final: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``final`` to write into; when the block ends without
+    an error it replaces ``final`` by a rename, so a folder under the final name is always
+    complete (a kill mid-write leaves only the temporary one, cleared by the next write)."""
+    import os
+    import shutil
+
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
 # ------------------------------------------------------------------ resumable training state
 RESUME = "resume"
 LATEST = "LATEST"
@@ -105,19 +123,14 @@ def save_resume(out: str | Path, step: int, model, state: dict) -> Path:
     after it, so a kill mid-checkpoint leaves the previous one in use. Older step folders are
     removed. Returns the new folder.
     """
-    import os
     import shutil
 
     resume = Path(out) / RESUME
     final = resume / f"step-{step}"
-    tmp = resume / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp)
-    with atomic_write(tmp / STATE) as f:
-        torch.save(state, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with _staged_folder(final) as tmp:
+        save_model(model, tmp)
+        with atomic_write(tmp / STATE) as f:
+            torch.save(state, f)
     with atomic_write(resume / LATEST, "w") as f:
         f.write(final.name + "\n")
     for old in resume.glob("step-*"):  # keep only the newest
@@ -164,24 +177,18 @@ def save_snapshot(out: str | Path, step: int, model, info: dict, palette_file=No
     complete; writing the same step again (a resumed run passing it a second time) replaces
     it with the same weights.
     """
-    import os
     import shutil
 
     from igpt_eval.io import write_json
 
-    root = Path(out) / SNAPSHOTS
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp)
-    if palette_file is not None and Path(palette_file).is_file():
-        shutil.copy2(palette_file, tmp / PALETTE)
-    if (Path(out) / "run.json").is_file():
-        shutil.copy2(Path(out) / "run.json", tmp / "run.json")
-    write_json(tmp / SNAPSHOT_INFO, {"step": step, **info})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    final = Path(out) / SNAPSHOTS / f"step-{step:06d}"
+    with _staged_folder(final) as tmp:
+        save_model(model, tmp)
+        if palette_file is not None and Path(palette_file).is_file():
+            shutil.copy2(palette_file, tmp / PALETTE)
+        if (Path(out) / "run.json").is_file():
+            shutil.copy2(Path(out) / "run.json", tmp / "run.json")
+        write_json(tmp / SNAPSHOT_INFO, {"step": step, **info})
     return final
 
 
