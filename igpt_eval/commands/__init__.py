@@ -33,6 +33,20 @@ def config_from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**{**given, **overrides})
 
 
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"0,100,300"`` → ``(0, 100, 300)``: training steps (integers >= 0), sorted, once each
+    (``--snapshot-steps``, ``track --steps``)."""
+    try:
+        steps = {int(t) for t in text.split(",") if t.strip()}
+    except ValueError:
+        steps = {-1}
+    if not steps or min(steps) < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated steps (integers >= 0), got {text!r}"
+        )
+    return tuple(sorted(steps))
+
+
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``--overwrite`` was given."""
     if path.exists() and not overwrite:

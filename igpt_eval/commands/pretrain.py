@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from igpt_eval.commands import add_dataset_flags, subcommand
+from igpt_eval.commands import add_dataset_flags, parse_steps, subcommand
 from igpt_eval.errors import IGPTError
 
 DEFAULT_TOKEN_CACHE = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
@@ -79,7 +79,7 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--snapshot-steps",
-        type=_step_list,
+        type=parse_steps,
         default=None,
         metavar="S1,S2,...",
         help="keep the weights of these steps too (comma-separated; 0 = the untrained "
@@ -106,18 +106,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
-
-
-def _step_list(text: str) -> tuple[int, ...]:
-    try:
-        steps = {int(t) for t in text.split(",") if t.strip()}
-    except ValueError:
-        steps = {-1}
-    if not steps or min(steps) < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated steps (integers >= 0), got {text!r}"
-        )
-    return tuple(sorted(steps))
 
 
 def _cmd_pretrain(args) -> int:

@@ -7,18 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from igpt_eval.commands import refuse_overwrite, subcommand
+from igpt_eval.commands import parse_steps, refuse_overwrite, subcommand
 from igpt_eval.commands.probe import parse_size
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
-    except ValueError:
-        steps = ()
-    if not steps or min(steps) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated steps, not {text!r}")
-    return steps
 
 
 @subcommand
@@ -44,7 +34,7 @@ def _add_track(sub) -> None:
         help="a pretraining run folder with snapshots/ (repeat for several runs)",
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
-    p.add_argument("--steps", type=_steps, default=None, help="only these snapshot steps")
+    p.add_argument("--steps", type=parse_steps, default=None, help="only these snapshot steps")
     for split, size in (("train", d.train_size), ("val", d.val_size), ("test", d.test_size)):
         p.add_argument(
             f"--{split}-size",
