@@ -353,15 +353,16 @@ def track_loss_accuracy(
     return save_figure(fig, path)
 
 
-def track_heatmap(results: pd.DataFrame, run: str, path: str | Path) -> list[Path]:
+def track_heatmap(
+    results: pd.DataFrame, run: str, best_layers: pd.Series, path: str | Path
+) -> list[Path]:
     """Layer × snapshot heatmap of one run's probe test accuracy, the layer chosen on
-    validation at each step outlined: where the peak sits as training goes on."""
-    from igpt_eval.track import track_summary
-
+    validation at each step (``best_layers``, indexed by step) outlined: where the peak sits
+    as training goes on."""
     acc = results[(results.run == run) & (results.split == "test")]
     acc = acc[(acc.metric == "accuracy") & ~acc.probe.isin(PIXEL_CONTROLS)]
     grid = acc.pivot_table(index="layer", columns="step", values="value").sort_index()
-    best = track_summary(results[results.run == run]).set_index("step").best_layer
+    best = best_layers
     fig = _figure(width=max(4.0, 0.9 * grid.shape[1] + 2), height=max(3.0, 0.35 * len(grid) + 1.5))
     ax = fig.add_subplot()
     im = ax.imshow(100 * grid.values, origin="lower", aspect="auto", cmap="viridis")

@@ -437,10 +437,11 @@ def build_report(
 
     track_md = None
     if track_df is not None:
-        from igpt_eval.track import track_figures, track_markdown
+        from igpt_eval.track import track_figures, track_markdown, track_summary
 
-        files += track_figures(track_df, out)
-        track_md = track_markdown(track_df, source=_shown(Path(track_dir)))
+        summ = track_summary(track_df)
+        files += track_figures(track_df, summ, out)
+        track_md = track_markdown(track_df, summ, source=_shown(Path(track_dir)))
 
     table = comparison_table(df)
     md = _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command)

@@ -174,7 +174,7 @@ def track_summary(results: pd.DataFrame) -> pd.DataFrame:
     accuracy with CI, the last layer's test accuracy, and the number of layers."""
     rows = []
     for (run, step), g in results.groupby(["run", "step"], sort=True):
-        s = summary(g[g.probe != "pixels"] if "probe" in g else g)
+        s = summary(g)  # the model's layers: summary leaves the controls out
         b, last = s[s.best].iloc[0], s[s["last"]].iloc[0]
         rows.append(
             dict(
@@ -241,20 +241,26 @@ def load_track(folder: str | Path) -> pd.DataFrame:
     return df
 
 
-def track_figures(results: pd.DataFrame, out: str | Path) -> list[Path]:
+def _file_stem(run: str) -> str:
+    """A run's name as it appears in file names (``parent/name`` → ``parent-name``)."""
+    return run.replace("/", "-")
+
+
+def track_figures(results: pd.DataFrame, summ: pd.DataFrame, out: str | Path) -> list[Path]:
     """The three track figures into ``out``: best-layer accuracy against validation loss
-    (every run), and per run the layer × step heatmap and the overlaid depth curves."""
+    (every run), and per run the layer × step heatmap and the overlaid depth curves.
+    ``summ`` is :func:`track_summary` of ``results``."""
     from igpt_eval import report as fig
 
     out = Path(out)
-    summ = track_summary(results)
     colours = fig.model_colours(list(summ.run.unique()))
     files = fig.track_loss_accuracy(
         summ, out / "track_loss_vs_probe", baseline=fig.baseline_of(results), colours=colours
     )
     for run in summ.run.unique():
-        stem = run.replace("/", "-")
-        files += fig.track_heatmap(results, run, out / f"track_heatmap-{stem}")
+        stem = _file_stem(run)
+        best = summ[summ.run == run].set_index("step").best_layer
+        files += fig.track_heatmap(results, run, best, out / f"track_heatmap-{stem}")
         files += fig.track_depth_curves(results, run, out / f"track_depth_curves-{stem}")
     return files
 
@@ -279,10 +285,11 @@ def describe_correlation(corr: pd.DataFrame) -> list[str]:
     return out
 
 
-def track_markdown(results: pd.DataFrame, source: str = "", command: str = "") -> str:
-    """The report section for track results: the per-snapshot table and the trend words
-    (with the ``command`` that measured them, when given)."""
-    summ = track_summary(results)
+def track_markdown(
+    results: pd.DataFrame, summ: pd.DataFrame, source: str = "", command: str = ""
+) -> str:
+    """The report section for track results (``summ``: their :func:`track_summary`): the
+    per-snapshot table and the trend words, with the ``command`` that measured them."""
     corr = loss_accuracy_correlation(summ)
     n_test = results[(results.split == "test") & (results.probe == "lbfgs")].n_eval
     lines = [
@@ -304,8 +311,7 @@ def track_markdown(results: pd.DataFrame, source: str = "", command: str = "") -
         )
     lines += ["", *describe_correlation(corr), ""]
     for stem, title in [("track_loss_vs_probe", "Probe accuracy vs generative loss")] + [
-        (f"track_heatmap-{run.replace('/', '-')}", f"Layer × step, {run}")
-        for run in summ.run.unique()
+        (f"track_heatmap-{_file_stem(run)}", f"Layer × step, {run}") for run in summ.run.unique()
     ]:
         lines += [f"![{title}]({stem}.png)", ""]
     return "\n".join(lines)

@@ -88,9 +88,9 @@ def _cmd_track(args) -> int:
     save_results(df, args.out)
     save_results(summ, args.out, stem="track_summary")
     save_results(corr, args.out, stem="track_correlation")
-    files = track_figures(df, args.out)
+    files = track_figures(df, summ, args.out)
     command = "igpt-eval " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "igpt-eval track"
-    md = track_markdown(df, source=str(args.out), command=command).replace(
+    md = track_markdown(df, summ, source=str(args.out), command=command).replace(
         "## Training dynamics", "# Training dynamics", 1
     )
     with atomic_write(args.out / "README.md", "w") as f:
