@@ -139,21 +139,17 @@ def lr_sweep(
     with its own warm-up and cosine) and train the full run at the best rate in ``out``.
 
     A run that diverges counts as the worst possible loss (the sweep goes on to smaller
-    rates). Writes ``out/lr_sweep.csv`` with one row per run tried. With ``sweep_steps``
-    the same call with ``resume`` continues: a finished sweep (its ``lr_sweep.csv``) is not
-    repeated, and the full run resumes from its last checkpoint.
+    rates). Writes ``out/lr_sweep.csv`` with one row per run tried. With ``resume`` every
+    run (each sweep run, then the full one) resumes as :func:`pretrain` does: a finished
+    run is read back, not repeated, so the same call continues after a kill at any point.
     """
     out = Path(out)
-    done = out / SWEEP_CSV
-    if sweep_steps is not None and resume and done.is_file():
-        rows = _read_sweep(done)  # the sweep finished before the interruption
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
-        rows = _sweep(
-            model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
-            palette=palette, identity=identity, progress=progress,
-        )  # fmt: skip
+    if not resume and out.exists() and any(out.iterdir()):
+        raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
+    rows = _sweep(
+        model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
+        palette=palette, identity=identity, resume=resume, progress=progress,
+    )  # fmt: skip
     if sweep_steps is not None:
         best = next(r for r in rows if r["best"])
         cfg = dataclasses.replace(train_cfg, lr=best["lr"])
@@ -166,18 +162,8 @@ SWEEP_CSV = "lr_sweep.csv"
 _SWEEP_FIELDS = ["lr", "val_loss", "steps", "best", "run"]
 
 
-def _read_sweep(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [
-        dict(r, lr=float(r["lr"]), val_loss=float(r["val_loss"]), steps=int(r["steps"]),
-             best=r["best"] == "True")
-        for r in rows
-    ]  # fmt: skip
-
-
 def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
-           palette, identity, progress) -> list[dict]:  # fmt: skip
+           palette, identity, resume, progress) -> list[dict]:  # fmt: skip
     rows: list[dict] = []
     for lr in sweep_lrs(max_runs):
         cfg = dataclasses.replace(train_cfg, lr=lr)
@@ -193,6 +179,7 @@ def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_
                 run_dir,
                 palette=palette,
                 identity=identity,
+                resume=resume,
                 progress=progress,
             )
             val = res["val_loss"]
