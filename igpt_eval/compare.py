@@ -52,14 +52,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
     pixel_features,
     probe_pixel_controls,
     probe_pixels,
 )
-from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE, MODELS_DIR, SPLITS
+from igpt_eval.probes.runner import MODELS_DIR, SPLITS
 from igpt_eval.results import PIXEL_CONTROLS, Predictions, model_names
 from igpt_eval.summaries import (
     CKA_COLUMNS,
@@ -161,7 +161,14 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
 
 
 def _cache_folder(
-    root: Path, m: ModelInfo, site, bert_masks, seed, compute, train_size=None, random=False
+    root: Path,
+    m: ModelInfo,
+    site,
+    bert_masks,
+    seed,
+    compute,
+    sizes=(None, None, None),
+    random=False,
 ):
     from igpt_eval.checkpoint import CONFIG, WEIGHTS
     from igpt_eval.io import file_hash
@@ -171,7 +178,8 @@ def _cache_folder(
     else:
         tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}"
     tag += f"-{site}-s{seed}"
-    tag += f"-n{train_size}" if train_size is not None else ""
+    # The sample is part of the name: caches of another sample hold other rows.
+    tag += "".join(f"-{s[:2]}{n}" for s, n in zip(SPLITS, sizes, strict=True) if n is not None)
     tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
     return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
 
@@ -300,12 +308,14 @@ def pixel_rows(
     device="cpu",
     seed=0,
     train_size=None,
+    val_size=None,
+    test_size=None,
     pixels: bool = True,
     native: bool = False,
     return_predictions: bool = False,
 ):
     """The raw-pixel linear-probe controls (same protocol and splits as the models; with
-    ``train_size``, the same stratified training sample as their caches): the
+    the sample sizes, the same stratified samples as their caches): the
     palette-quantised image (``pixels``) and the native-resolution one (``native``); rows,
     or ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
     rows, pred = probe_pixel_controls(
@@ -320,6 +330,8 @@ def pixel_rows(
         device=device,
         seed=seed,
         train_size=train_size,
+        val_size=val_size,
+        test_size=test_size,
     )
     return (rows, pred) if return_predictions else rows
 
@@ -358,7 +370,9 @@ def compare_models(
     bert_masks: int = 1,
     batch_size: int = EXTRACT_BATCH,
     compute: str = "float32",
-    train_size: int | None = DEFAULT_TRAIN_SIZE,
+    train_size: int | None = SAMPLE_TRAIN,
+    val_size: int | None = SAMPLE_VAL,
+    test_size: int | None = SAMPLE_TEST,
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
@@ -377,7 +391,7 @@ def compare_models(
 
     ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
     folder per model (and per random-weights twin), named after its weights and settings,
-    so reruns reuse them. ``compute`` and ``train_size`` are
+    so reruns reuse them. ``compute`` and the sample sizes are
     :func:`~igpt_eval.probes.runner.probe_model`'s.
     """
     from igpt_eval.cache import ActivationCache
@@ -400,9 +414,10 @@ def compare_models(
     common = dict(
         site=site, device=device, data_dir=data_dir, token_cache=token_cache,
         bert_masks=bert_masks, batch_size=batch_size, compute=compute, train_size=train_size,
-        seed=seed, progress=progress, pixels=False, return_predictions=True,
+        val_size=val_size, test_size=test_size, seed=seed, progress=progress, pixels=False,
+        return_predictions=True,
     )  # fmt: skip
-    folder_args = (site, bert_masks, seed, compute, train_size)
+    folder_args = (site, bert_masks, seed, compute, (train_size, val_size, test_size))
     knn = dict(k=knn_k, temperature=knn_temperature, device=device, seed=seed)
     for m in infos:
         folder = _cache_folder(root, m, *folder_args)
@@ -441,6 +456,8 @@ def compare_models(
             device=device,
             seed=seed,
             train_size=train_size,
+            val_size=val_size,
+            test_size=test_size,
             pixels=pixels,
             native=native_pixels,
             return_predictions=True,

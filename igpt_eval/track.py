@@ -26,7 +26,7 @@ import pandas as pd
 
 from igpt_eval.checkpoint import CONFIG, list_snapshots
 from igpt_eval.config import IGPTConfig
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.errors import IGPTError
 from igpt_eval.palette import Palette
 from igpt_eval.probes.runner import probe_model, summary
@@ -39,9 +39,11 @@ class TrackSettings:
     error of about 0.5 points, enough to see trends across training."""
 
     dataset: str | None = None  # default: the run's own (run.json)
-    train_size: int | None = 5_000  # stratified training sample (None: the whole split)
-    val_size: int | None = 2_000  # validation images that choose C and the best layer
-    test_size: int | None = 5_000  # test images every snapshot is scored on
+    # Stratified samples (None: the whole split): the main job's, so a run's last snapshot
+    # and the model shipped from it are probed on the same images.
+    train_size: int | None = SAMPLE_TRAIN
+    val_size: int | None = SAMPLE_VAL
+    test_size: int | None = SAMPLE_TEST  # the images every snapshot is scored on
     site: str = "ln_1"  # the paper's feature site
     compute: str = "float32"  # extraction precision ("bfloat16" where the CPU has bf16 units)
     batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)

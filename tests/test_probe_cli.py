@@ -94,18 +94,25 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
 
 def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # The tiny set's train split has 54 images (18 per class); probe with a sample of 30.
-    assert main(probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "30")) == 0
-    assert "after training on 30 (a stratified sample" in capsys.readouterr().out
+    # The tiny set's train split has 54 images (18 per class) and its test split 12: probe
+    # with samples of 30 and 9 (validation, 6 images, is below the default cap of 2,000).
+    sample = ["--train-size", "30", "--test-size", "9"]
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz, *sample)) == 0
+    out = capsys.readouterr().out
+    assert "after training on 30; refit on train+val, tested once on 9 (stratified" in out
     df = load_results(tmp_path / "out/results.parquet")
     assert set(df[df.split == "val"].n_train) == {30}
+    assert set(df[(df.split == "test") & (df.metric == "accuracy")].n_eval) == {9}
     from igpt_eval.cache import ActivationCache
 
     train = ActivationCache.open(tmp_path / "acts/train")
     assert np.bincount(np.asarray(train.labels)).tolist() == [10, 10, 10]  # stratified
     assert "30 of 54 images" in train.manifest["split"]
+    test = ActivationCache.open(tmp_path / "acts/test")
+    assert np.bincount(np.asarray(test.labels)).tolist() == [3, 3, 3]
+    assert ActivationCache.open(tmp_path / "acts/val").n == 6  # whole: below its cap
     # The whole split is another input: the cache folder is not silently reused for it.
-    full = probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "all")
+    full = probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "all", "--test-size", "9")
     assert main(full) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--overwrite" in err
@@ -114,6 +121,8 @@ def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     assert ActivationCache.open(tmp_path / "acts/train").n == 54
     assert main([*probe_args(tmp_path, tiny_model, tiny_npz), "--train-size", "0"]) == 2
     assert "--train-size" in capsys.readouterr().err
+    assert main([*probe_args(tmp_path, tiny_model, tiny_npz), "--val-size", "x"]) == 2
+    assert "--val-size" in capsys.readouterr().err
 
 
 def test_probe_cli_sgd_and_layers(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
@@ -197,7 +206,7 @@ def test_whitening_is_zca():
 @pytest.mark.slow
 def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatch):
     """Issue 5's bar, on the real thing: the shipped AR model's Fashion-MNIST features
-    (the default 10,000-image training sample), every layer (≈5 min on 2 cores)."""
+    (the default sample: 5,000 train, 2,000 val, 5,000 test images), every layer."""
     from igpt_eval.data.registry import read_source
     from igpt_eval.probes.runner import probe_model
 

@@ -81,6 +81,8 @@ def _cmd_compare(args) -> int:
         batch_size=args.batch_size,
         compute="bfloat16" if args.bf16 else "float32",
         train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from igpt_eval.commands import subcommand
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.errors import IGPTError
 
 
@@ -39,17 +39,28 @@ def parse_size(spec: str) -> int | None:
     return n
 
 
+def add_sample_flags(p, train: int | None, val: int | None, test: int | None) -> None:
+    """``--train-size``, ``--val-size`` and ``--test-size``: the stratified sample of each
+    split to probe (``probe``, ``compare`` and ``track`` share them)."""
+    roles = {
+        "train": "training images to fit the probes on",
+        "val": "validation images that choose C and the best layer",
+        "test": "test images every result is scored on",
+    }
+    for split, size in (("train", train), ("val", val), ("test", test)):
+        default = "all" if size is None else f"{size:,}"
+        p.add_argument(
+            f"--{split}-size",
+            type=parse_size,
+            default=size,
+            metavar="N|all",
+            help=f"{roles[split]}: a stratified sample of N, or all (default {default})",
+        )
+
+
 def add_extraction_flags(p) -> None:
     """The feature flags ``probe`` and ``compare`` share (the defaults of ``probe_model``)."""
-    from igpt_eval.probes.runner import DEFAULT_TRAIN_SIZE
-
-    p.add_argument(
-        "--train-size",
-        type=parse_size,
-        default=DEFAULT_TRAIN_SIZE,
-        help=f"training images to probe with, a stratified sample, or 'all' "
-        f"(default {DEFAULT_TRAIN_SIZE:,}; validation and test are always whole)",
-    )
+    add_sample_flags(p, SAMPLE_TRAIN, SAMPLE_VAL, SAMPLE_TEST)
     p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
     p.add_argument(
         "--batch-size",
@@ -174,6 +185,8 @@ def _cmd_probe(args) -> int:
         seed=args.seed,
         compute="bfloat16" if args.bf16 else "float32",
         train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         pixels=not args.no_pixels,
@@ -195,12 +208,11 @@ def _cmd_probe(args) -> int:
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
     own = df[df.probe == args.method]
     val, test = own[own.split == "val"].iloc[0], own[own.split == "test"].iloc[0]
-    sample = (
-        "" if args.train_size is None else " (a stratified sample; --train-size all for every one)"
-    )
+    sampled = any(n is not None for n in (args.train_size, args.val_size, args.test_size))
+    sample = " (stratified samples; --{train,val,test}-size all for every image)" if sampled else ""
     print(
-        f"chosen on {int(val.n_eval):,} val images after training on {int(val.n_train):,}{sample}; "
-        f"refit on train+val, tested once on {int(test.n_eval):,}"
+        f"chosen on {int(val.n_eval):,} val images after training on {int(val.n_train):,}; "
+        f"refit on train+val, tested once on {int(test.n_eval):,}{sample}"
     )
     print(format_summary(s, differences=df[df.probe.isin([args.method, CONCAT])], concat=cat))
     print(

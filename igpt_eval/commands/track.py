@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from igpt_eval.commands import parse_steps, refuse_overwrite, subcommand
-from igpt_eval.commands.probe import parse_size
+from igpt_eval.commands.probe import add_sample_flags
 
 
 @subcommand
@@ -35,13 +35,7 @@ def _add_track(sub) -> None:
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
     p.add_argument("--steps", type=parse_steps, default=None, help="only these snapshot steps")
-    for split, size in (("train", d.train_size), ("val", d.val_size), ("test", d.test_size)):
-        p.add_argument(
-            f"--{split}-size",
-            type=parse_size,
-            default=size,
-            help=f"{split} images per snapshot, a stratified sample, or 'all' (default {size:,})",
-        )
+    add_sample_flags(p, d.train_size, d.val_size, d.test_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="extraction batch size")
     p.add_argument(
         "--bf16",

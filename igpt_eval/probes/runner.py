@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.protocol import Features, probe_lbfgs
 from igpt_eval.results import (
@@ -30,10 +30,6 @@ MODELS_DIR = Path(
     os.environ.get("IGPT_EVAL_MODELS", Path(__file__).resolve().parents[2] / "models")
 )
 DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
-#: Training images probed by default: a stratified 10,000 (Fashion-MNIST: 1,000 per class).
-#: Extraction is the cost (a 16px, 8-layer model reads ~200 images/s on 2 CPU cores), and
-#: this keeps the whole job within 5 minutes there; ``None`` probes the full split.
-DEFAULT_TRAIN_SIZE = 10_000
 
 
 def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:
@@ -74,9 +70,9 @@ def probe_model(
     bert_masks: int = 1,
     batch_size: int = EXTRACT_BATCH,
     compute: str = "float32",
-    train_size: int | None = DEFAULT_TRAIN_SIZE,
-    val_size: int | None = None,
-    test_size: int | None = None,
+    train_size: int | None = SAMPLE_TRAIN,
+    val_size: int | None = SAMPLE_VAL,
+    test_size: int | None = SAMPLE_TEST,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -110,9 +106,9 @@ def probe_model(
     on the one chosen on validation, concatenated (``probe = "lbfgs_concat"``, contrast
     ``concat_vs_best``).
 
-    ``train_size`` caps the training split at a stratified sample of that many images
-    (``None``: all of it); ``val_size`` and ``test_size`` cap validation and test the same
-    way (default: whole; :mod:`igpt_eval.track` samples them to probe many snapshots).
+    ``train_size``, ``val_size`` and ``test_size`` cap each split at a stratified sample of
+    that many images (``None``: all of it; the defaults, 5,000/2,000/5,000, are
+    :mod:`igpt_eval.defaults`' ``SAMPLE_*``: the main job's budget).
     Extraction runs under
     ``compute``: ``float32`` by default (exact, and the same on every machine);
     ``bfloat16`` autocast gives pooled features within ~0.15% of float32's, twice as fast on
