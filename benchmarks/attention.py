@@ -1,5 +1,5 @@
 """CPU attention for training at the shipped models' shape: PyTorch's SDPA vs our blocked
-bf16 attention (``igpt_eval.ops``, the path a bf16 training step takes).
+bf16 attention (``igpt_eval.model.ops``, the path a bf16 training step takes).
 
     python benchmarks/attention.py [--batch 32 --heads 4 --seq 256 --head-dim 32]
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from igpt_eval import ops
-from igpt_eval.malloc import keep_freed_memory
+from igpt_eval.model import ops
+from igpt_eval.train.malloc import keep_freed_memory
 
 
 def blocked(qkv: torch.Tensor, n_head: int) -> torch.Tensor:

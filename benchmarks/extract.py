@@ -3,7 +3,7 @@
 Both sides start from tokens on disk (a uint16 ``.npy`` memmap) and end with every layer's
 pooled features on disk (one ``.npy`` per layer, written through memmaps):
 
-- ours: :func:`igpt_eval.cache.extract` (features stop at the last layer, pool on the fly,
+- ours: :func:`igpt_eval.cache.write_cache` (features stop at the last layer, pool on the fly,
   one batch mapped at a time, a manifest committed per batch);
 - reference: ``ImageGPTModel(output_hidden_states=True)`` on ``[sos] + tokens[:-1]``, each
   block's ``ln_1`` applied to its hidden state (``ln_f`` output last), averaged over
@@ -52,20 +52,22 @@ def vm_hwm_mb() -> float:
 
 def worker(args) -> dict:
     """One timed run in this process: tokens file → per-layer feature files."""
-    from igpt_eval.model import IGPT
+    from igpt_eval.model import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = IGPT.load(args.ckpt)
+    model = load_model(args.ckpt)
     tokens = np.load(args.tokens, mmap_mode="r")  # [N, T] uint16 on disk
     n = len(tokens)
     out = Path(args.out)
     if args.worker == "ours":
-        from igpt_eval.cache import extract
+        from igpt_eval.cache import write_cache
 
         base = vm_hwm_mb()
         t0 = time.perf_counter()
-        extract(model, tokens, np.zeros(n, np.int64), out, batch_size=args.batch, progress=False)
+        write_cache(
+            model, tokens, np.zeros(n, np.int64), out, batch_size=args.batch, progress=False
+        )
     else:
         from forward import hf_reference
         from numpy.lib.format import open_memmap
@@ -134,13 +136,13 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    from igpt_eval.config import IGPTConfig
-    from igpt_eval.model import IGPT
+    from igpt_eval.model import IGPT, load_model, save_model
+    from igpt_eval.model.config import IGPTConfig
 
     with tempfile.TemporaryDirectory(prefix="igpt-extract-bench-") as tmp:
         tmp = Path(tmp)
         if args.model is not None:
-            ckpt, cfg = args.model, IGPT.load(args.model).config
+            ckpt, cfg = args.model, load_model(args.model).config
         else:
             cfg = IGPTConfig.preset(args.preset)
             torch.manual_seed(0)
@@ -148,7 +150,7 @@ def main() -> None:
             with torch.no_grad():  # random, non-trivial weights (the zero head is unused)
                 for p in model.parameters():
                     p.normal_(std=0.05)
-            ckpt = model.save(tmp / "ckpt")
+            ckpt = save_model(model, tmp / "ckpt")
         rng = np.random.default_rng(0)
         for n in (args.n, 10 * args.n):
             toks = rng.integers(0, cfg.vocab_size, (n, cfg.n_positions)).astype(np.uint16)

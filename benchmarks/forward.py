@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from common import matmul_gflops, timeit
 
-from igpt_eval.config import IGPTConfig
-from igpt_eval.hf import hf_config, hf_state_dict
-from igpt_eval.model import IGPT
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.hf import hf_config, hf_state_dict
+from igpt_eval.model.igpt import IGPT
 
 
 def feature_flops(cfg: IGPTConfig, batch: int) -> float:

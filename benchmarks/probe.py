@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpt_eval.extraction import extract_split, open_model
+from igpt_eval.cache.extraction import extract_split, open_model
 from igpt_eval.probes import COARSE_CS, fit_grid, fit_path
 from igpt_eval.probes.backends import fit_cuml, fit_sklearn
 from igpt_eval.probes.runner import DEFAULT_MODEL, load_features

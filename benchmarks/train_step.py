@@ -3,7 +3,7 @@
 Both sides take the same optimizer steps (Adam, the paper's betas (0.9, 0.95)) from the same
 weights on the same batches of random palette ids, in float32 and with bf16 autocast:
 
-- ours: ``Trainer.train_step()`` of :mod:`igpt_eval.pretrain` (the real training step: batch
+- ours: ``Trainer.train_step()`` of :mod:`igpt_eval.train.pretrain` (the real training step: batch
   read from a uint16 token array, loss, backward, Adam, learning-rate schedule);
 - reference: ``ImageGPTForCausalImageModeling`` (dropout 0) on ``[sos] + tokens[:-1]``, the
   cross-entropy of its logits against the tokens, ``backward``, ``torch.optim.Adam``.
@@ -12,7 +12,7 @@ Before timing, the losses are checked to agree on the same weights and batch: to
 float32, through our inference path and our training path (fused ops), and within bf16
 rounding in bf16. Steps of the two are interleaved, so that both see the same machine load,
 and the speed-up is the median over neighbouring pairs of steps (its range is printed). Both
-run with freed memory kept in the process (``igpt_eval.malloc``, as ``pretrain`` runs).
+run with freed memory kept in the process (``igpt_eval.train.malloc``, as ``pretrain`` runs).
 
 Model FLOPs utilisation counts the matmuls a training step does: per token, forward
 ``2·(12·L·d² + d·k)`` for the linear layers and head plus ``4·L·T·d`` for attention scores and
@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from common import matmul_gflops
 
-from igpt_eval.config import IGPTConfig
-from igpt_eval.hf import hf_config, hf_state_dict
-from igpt_eval.malloc import keep_freed_memory
-from igpt_eval.model import IGPT
-from igpt_eval.pretrain import TrainConfig, Trainer, batch_rows
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.hf import hf_config, hf_state_dict
+from igpt_eval.model.igpt import IGPT
+from igpt_eval.train.malloc import keep_freed_memory
+from igpt_eval.train.pretrain import TrainConfig, Trainer, batch_rows
 
 BETAS = (0.9, 0.95)
 LR = 1e-4
@@ -133,7 +133,7 @@ def main() -> None:
             model.wtet.weight.normal_(std=0.02)
         return model
 
-    # Both loops run with freed memory kept in the process (see igpt_eval.malloc), as the
+    # Both loops run with freed memory kept in the process (see igpt_eval.train.malloc), as the
     # pretrain command runs: without it both lose 15-20% to page faults, and their timings
     # to the kernel's mood.
     keep_freed_memory()

@@ -1,8 +1,9 @@
 """igpt-eval: Image GPT reimplementation and layer-wise representation analysis.
 
-The pipeline, one module a stage: palette → data → model → pretrain → cache → probes → report.
+The pipeline, one subpackage a stage: data (palette, datasets, tokens) → model → train →
+cache → probes → analysis → reporting, and the command line over them (cli)::
 
-    from igpt_eval import Palette, IGPT, IGPTConfig, load_dataset
+    from igpt_eval import Palette, IGPT, IGPTConfig, load_dataset, load_model
 
 Public names are imported lazily, so the command line starts without loading torch.
 """
@@ -16,13 +17,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "ActivationCache": "igpt_eval.cache",
     "IGPT": "igpt_eval.model",
-    "IGPTConfig": "igpt_eval.config",
+    "IGPTConfig": "igpt_eval.model",
     "ImageDataset": "igpt_eval.data",
-    "Palette": "igpt_eval.palette",
-    "SITE_KINDS": "igpt_eval.sites",
-    "extract": "igpt_eval.extraction",
+    "Palette": "igpt_eval.data",
+    "SITE_KINDS": "igpt_eval.model",
+    "extract": "igpt_eval.cache",
+    "from_hf": "igpt_eval.model",
     "load_dataset": "igpt_eval.data",
-    "site_name": "igpt_eval.sites",
+    "load_model": "igpt_eval.model",
+    "load_palette": "igpt_eval.model",
+    "save_model": "igpt_eval.model",
+    "site_name": "igpt_eval.model",
+    "to_hf": "igpt_eval.model",
     "tokenize": "igpt_eval.data",
 }
 

@@ -6,6 +6,19 @@ for the heavy imports.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+#: The shipped models live beside the package (a source checkout or editable install);
+#: ``$IGPT_EVAL_MODELS`` points elsewhere.
+MODELS_DIR = Path(
+    os.environ.get("IGPT_EVAL_MODELS", Path(__file__).resolve().parents[1] / "models")
+)
+#: What ``igpt-eval probe`` probes when given no model.
+DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
+#: What ``igpt-eval compare`` compares when given no models: the shipped AR and BERT models.
+DEFAULT_MODELS = (MODELS_DIR / "fmnist-ar", MODELS_DIR / "fmnist-bert")
+
 #: Images per forward pass when extracting features. Small batches keep a block's
 #: activations in cache: on this project's 2-core AVX2 machine (32 MB L3) 16 images ran
 #: 1.4-1.5x faster than 64 (one thread, the 16 px ``mini`` model), whose (64 x 256, 512) MLP

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from igpt_eval.errors import IGPTError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
@@ -51,8 +53,6 @@ def read_json(path: str | os.PathLike, hint: str = "") -> Any:
     """Parse a JSON file. A corrupt one is one :class:`~igpt_eval.errors.IGPTError` line
     naming it (plus ``hint``, what to do about it); a missing one raises
     ``FileNotFoundError``, for the caller to word."""
-    from igpt_eval.errors import IGPTError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -100,8 +100,6 @@ def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "this f
     never leaves a stale lock behind.
     """
     import fcntl
-
-    from igpt_eval.errors import IGPTError
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

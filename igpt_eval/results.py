@@ -53,7 +53,7 @@ COLUMNS = [
 #: file fills them with NaN.
 ADDED_COLUMNS = ["p_value"]
 #: The columns paired-difference rows (``metric = "accuracy_diff"``, see
-#: :mod:`igpt_eval.paired`) add: which contrast, the other side, the discordant counts.
+#: :mod:`igpt_eval.analysis.paired`) add: which contrast, the other side, the discordant counts.
 DIFF_COLUMNS = ["contrast", "vs_model", "vs_probe", "vs_layer", "vs_site", "n01", "n10"]
 #: Extra columns some rows carry (NaN elsewhere).
 EXTRA = [
@@ -172,6 +172,21 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: The columns of a CKA table (``cka/cka.parquet`` of a comparison): one row a layer pair.
+CKA_COLUMNS = [
+    "dataset",
+    "split",
+    "model_a",
+    "layer_a",
+    "site_a",
+    "model_b",
+    "layer_b",
+    "site_b",
+    "value",
+    "n",
+]
+
+
 @dataclass
 class Predictions:
     """Per-example test predictions of probes that share one test split.
@@ -245,3 +260,30 @@ def load_predictions(path: str | Path) -> Predictions | None:
         raise IGPTError(f"{f} holds no test labels")
     labels = arrays.pop("labels")
     return Predictions(labels, arrays)
+
+
+def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
+    """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
+
+    ``df`` holds one model's results; ``probe`` picks one probe's rows (default: every probe
+    but the raw-pixel controls and the multi-layer probe, which :func:`probe_model` adds to
+    a model's results).
+    ``best`` marks the layer with the highest *validation* accuracy (what a user may select
+    on; among equal ones, the earliest); ``last`` the final layer.
+    """
+    if "probe" in df:
+        others = [*PIXEL_CONTROLS, CONCAT]
+        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin(others)]
+    acc = df[df.metric == "accuracy"]
+    val = acc[(acc.split == "val") & acc.selected.astype(bool)]
+    test = acc[acc.split == "test"]
+    s = test[
+        ["layer", "site", "value", "ci_low", "ci_high", "C", "lr", "n_iter", "converged"]
+    ].rename(columns={"value": "test_acc"})
+    s = s.merge(val[["layer", "value"]].rename(columns={"value": "val_acc"}), on="layer")
+    s = s.sort_values("layer").reset_index(drop=True)
+    if s.empty:
+        raise IGPTError("no layer has both validation and test accuracy rows to summarise")
+    s["best"] = s.index == s.val_acc.idxmax()  # ties: the earliest such layer, one mark only
+    s["last"] = s.layer == s.layer.max()
+    return s

@@ -47,9 +47,9 @@ def tiny_pair(tmp_path_factory):
     """
     import torch
 
-    from igpt_eval.config import IGPTConfig
-    from igpt_eval.model import IGPT
-    from igpt_eval.palette import Palette
+    from igpt_eval.data.palette import Palette
+    from igpt_eval.model import IGPT, save_model
+    from igpt_eval.model.config import IGPTConfig
 
     root = tmp_path_factory.mktemp("pair")
     rng = np.random.default_rng(7)
@@ -73,7 +73,7 @@ def tiny_pair(tmp_path_factory):
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(std=0.3)
-        dirs.append(model.save(root / f"tiny-{objective}", palette=palette))
+        dirs.append(save_model(model, root / f"tiny-{objective}", palette=palette))
     return root, dirs[0], dirs[1], npz
 
 
@@ -84,7 +84,7 @@ def tiny_comparison(tiny_pair):
     ``<root>`` finds them); one thread, as on the shared test machine."""
     import torch
 
-    from igpt_eval.compare import compare_models
+    from igpt_eval.analysis.compare import compare_models
 
     root, ar, bert, npz = tiny_pair
     n = torch.get_num_threads()

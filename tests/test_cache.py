@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from igpt_eval.cache import ActivationCache, extract, row_masks, state_dict_hash
+from igpt_eval.cache import ActivationCache, row_masks, state_dict_hash, write_cache
 from igpt_eval.cache import writer as cache_writer
-from igpt_eval.config import IGPTConfig
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock
-from igpt_eval.model import IGPT
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.igpt import IGPT
 
 N, T = 37, 64  # 37 rows: the last batch of 8 is partial
 
@@ -43,7 +43,7 @@ def data():
 
 def run(model, data, out, **kw):
     kw = {"batch_size": 8, "progress": False, **kw}
-    return extract(model, *data, out, **kw)
+    return write_cache(model, *data, out, **kw)
 
 
 def batched(fn, n, b=8, axis=1):

@@ -15,10 +15,10 @@ import torch
 import igpt_eval
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
 from igpt_eval.data import TokenCache
-from igpt_eval.model import IGPT
-from igpt_eval.palette import Palette
+from igpt_eval.data.palette import Palette
+from igpt_eval.model import IGPT, load_model, save_model
+from igpt_eval.model.config import IGPTConfig
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def save_checkpoint(path, objective="ar", seed=0, dataset=None):
         for p in model.parameters():
             p.normal_(std=0.1)
     palette = Palette(np.linspace(-1, 1, 48, dtype=np.float32).reshape(16, 3))
-    model.save(path, palette=palette)
+    save_model(model, path, palette=palette)
     if dataset:
         (path / "run.json").write_text(json.dumps({"dataset": dataset, "train_config": {}}))
     return path
@@ -97,7 +97,7 @@ def test_cli_writes_what_the_python_api_reuses(tmp_path, ckpt, tiny_npz, capsys,
     )  # fmt: skip
     assert calls == [] and cache.complete  # same weights, palette, data: reused as is
     tokens = TokenCache.open(next((tmp_path / "tokens").iterdir())).tokens
-    model = IGPT.load(ckpt)
+    model = load_model(ckpt)
     want = real(model, torch.from_numpy(tokens.astype(np.int64)), [0, 2, 3])
     np.testing.assert_allclose(cache[2], want[1].numpy(), atol=1e-6)
     np.testing.assert_array_equal(cache.labels, np.arange(12) % 3)

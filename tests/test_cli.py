@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
-from igpt_eval.model import IGPT
-from igpt_eval.palette import Palette
+from igpt_eval.data.palette import Palette
+from igpt_eval.model import IGPT, load_model, save_model
+from igpt_eval.model.config import IGPTConfig
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def checkpoint(tmp_path):
     with torch.no_grad():
         model.wtet.weight.normal_()
     pal = Palette(np.linspace(-1, 1, 48, dtype=np.float32).reshape(16, 3))
-    return model.save(tmp_path / "ck", palette=pal), model
+    return save_model(model, tmp_path / "ck", palette=pal), model
 
 
 def one_error_line(capsys) -> str:
@@ -37,7 +37,7 @@ def test_convert_roundtrip_through_hf(tmp_path, checkpoint, capsys):
         main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
     )
     assert "wrote igpt-eval checkpoint" in capsys.readouterr().out
-    back = IGPT.load(tmp_path / "back")
+    back = load_model(tmp_path / "back")
     x = torch.randint(0, 16, (2, 64))
     torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
     assert (np.load(tmp_path / "back/palette.npy") == np.load(ck / "palette.npy")).all()
@@ -90,10 +90,10 @@ def test_console_entry_point_error_has_no_traceback(tmp_path):
 
 def test_finetune_and_lowdata_flags_reach_their_configs():
     # config_from_args fills each config field from the flag of the same name.
+    from igpt_eval.analysis.lowdata import LowDataConfig
     from igpt_eval.cli import build_parser
-    from igpt_eval.commands import config_from_args
-    from igpt_eval.finetune import FinetuneConfig
-    from igpt_eval.lowdata import LowDataConfig
+    from igpt_eval.cli.common import config_from_args
+    from igpt_eval.train.finetune import FinetuneConfig
 
     parser = build_parser()
     args = parser.parse_args(

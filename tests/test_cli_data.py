@@ -6,7 +6,7 @@ import numpy as np
 
 from igpt_eval.cli import main
 from igpt_eval.data import TokenCache, load_dataset
-from igpt_eval.palette import Palette
+from igpt_eval.data.palette import Palette
 
 
 def _one_error_line(capsys) -> str:

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from igpt_eval.analysis import knn_accuracy
+from igpt_eval.analysis.compare import DEFAULT_MODELS, check_models, pixel_features
+from igpt_eval.analysis.stats import knn_accuracy
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import build_parser, main
-from igpt_eval.compare import DEFAULT_MODELS, check_models, pixel_features
+from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
-from igpt_eval.palette import Palette
+from igpt_eval.reporting.tables import load_cka, load_models
 from igpt_eval.results import COLUMNS, load_predictions, load_results
-from igpt_eval.summaries import load_cka, load_models
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
+from igpt_eval.analysis.paired import paired_lines, paired_rows
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
-from igpt_eval.model import IGPT
-from igpt_eval.paired import paired_lines, paired_rows
+from igpt_eval.model import IGPT, load_model
 from igpt_eval.probes import Features
 from igpt_eval.probes.concat import check_concat, concat_site, concat_span, probe_concat
 from igpt_eval.probes.pixels import native_pixel_features
 from igpt_eval.probes.runner import probe_model, summary
-from igpt_eval.reporting import describe_depth_curve, random_words
+from igpt_eval.reporting.tables import comparison_table, table_markdown
+from igpt_eval.reporting.words import describe_depth_curve, random_words
 from igpt_eval.results import (
     CONCAT,
     PIXELS_NATIVE,
@@ -28,7 +29,6 @@ from igpt_eval.results import (
     random_twin,
     to_frame,
 )
-from igpt_eval.summaries import comparison_table, table_markdown
 from tests.test_paired import probe as synthetic_probe
 
 
@@ -87,9 +87,9 @@ def test_random_twin_features_are_the_initialisation(ar_run):
     # The cache holds IGPT.initialised(config, run seed)'s features of the test images...
     from igpt_eval.data import load_dataset
 
-    trained = IGPT.load(run)
+    trained = load_model(run)
     images = load_dataset(f"npz:{root / 'big.npz'}", "test", n_px=8).images
-    from igpt_eval.checkpoint import load_palette
+    from igpt_eval.model.checkpoint import load_palette
 
     tokens = load_palette(run).encode(images)
     init = IGPT.initialised(trained.config, 3).eval()

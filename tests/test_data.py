@@ -23,9 +23,9 @@ from igpt_eval.data import (
     resize_images,
     tokenize,
 )
+from igpt_eval.data.palette import Palette
 from igpt_eval.data.splits import split_indices
 from igpt_eval.errors import IGPTError
-from igpt_eval.palette import Palette
 
 RNG = np.random.default_rng(7)
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
+from igpt_eval.data.palette import Palette
 from igpt_eval.data.subsets import Labelled, augment_images, labelled_subset, lowdata_split
 from igpt_eval.errors import IGPTError
-from igpt_eval.finetune import FinetuneConfig, FineTuner, with_classifier
-from igpt_eval.finetune_runs import run_finetune
-from igpt_eval.model import IGPT
-from igpt_eval.palette import Palette
+from igpt_eval.model import IGPT, load_model, save_model
+from igpt_eval.model.config import IGPTConfig
 from igpt_eval.results import COLUMNS, load_results
+from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
+from igpt_eval.train.finetune_runs import run_finetune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -88,7 +88,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     best = tuner.fit(progress=False)
     assert (best.step, best.acc, best.stopped) == (4, 0.9, True)
     assert tuner.step == 8  # two evaluations without improvement, then stop
-    saved = IGPT.load(tmp_path)
+    saved = load_model(tmp_path)
     for k, v in snapshots[4].items():
         assert torch.equal(v, saved.state_dict()[k])
     assert len(open(tmp_path / "finetune_log.csv").read().splitlines()) == 1 + 4
@@ -123,7 +123,7 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
     with pytest.raises(IGPTError, match="already holds files"):
         run_finetune(*args, tmp_path / "run", progress=False)
     again = run_finetune(*args, tmp_path / "run", resume=True, progress=False)
-    a, b = IGPT.load(tmp_path / "ref"), IGPT.load(tmp_path / "run")
+    a, b = load_model(tmp_path / "ref"), load_model(tmp_path / "run")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
     np.testing.assert_array_equal(ref.value.to_numpy(float), again.value.to_numpy(float))
@@ -175,7 +175,7 @@ def test_augmentation_shapes_crops_and_flips():
 @pytest.fixture
 def tiny_model(tmp_path):
     pal = Palette(np.random.default_rng(0).uniform(-1, 1, (16, 3)).astype(np.float32))
-    return pretrained().save(tmp_path / "model", palette=pal)
+    return save_model(pretrained(), tmp_path / "model", palette=pal)
 
 
 def ft_args(tmp_path, model, dataset, *extra):
@@ -191,7 +191,7 @@ def test_finetune_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys):
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     assert set(df.probe) == {"finetune"} and set(df.split) == {"val", "test"}
     assert set(df.labels_per_class) == {8} and (df.n_train == 18).all()
-    net = IGPT.load(tmp_path / "ft")
+    net = load_model(tmp_path / "ft")
     assert net.config.n_classes == 3 and (tmp_path / "ft/palette.npy").is_file()
     args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--resume", "--steps", "9")
     assert main(args) == 2  # without --labels-per-class: other data, not the same run

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from igpt_eval import IGPTError
-from igpt_eval.config import IGPTConfig
-from igpt_eval.hf import from_hf, hf_state_dict
-from igpt_eval.model import IGPT
+from igpt_eval.model import IGPT, to_hf
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.hf import from_hf, hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -73,7 +73,7 @@ def test_export_import_export_roundtrips_exactly(tmp_path):
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(std=0.1)
-    ours.to_hf(tmp_path / "hf")
+    to_hf(ours, tmp_path / "hf")
     # HF itself loads the export with every weight accounted for.
     ref, info = transformers.ImageGPTForCausalImageModeling.from_pretrained(
         tmp_path / "hf", output_loading_info=True
@@ -105,12 +105,12 @@ def test_classifier_and_base_model_import():
 
 
 def test_palette_travels_through_preprocessor_config(tmp_path):
-    from igpt_eval.palette import Palette
+    from igpt_eval.data.palette import Palette
 
     torch.manual_seed(0)
     ours = IGPT(IGPTConfig.preset("tiny"))
     pal = Palette(torch.rand(K, 3).mul(2).sub(1).numpy())
-    ours.to_hf(tmp_path / "hf", palette=pal)
+    to_hf(ours, tmp_path / "hf", palette=pal)
     proc = transformers.ImageGPTImageProcessor.from_pretrained(tmp_path / "hf")
     assert np.allclose(np.asarray(proc.clusters, dtype=np.float32), pal.centers)
     back = from_hf(tmp_path / "hf")
@@ -136,7 +136,7 @@ def test_bad_hf_inputs(tmp_path):
         from_hf(pickled)
     bert = IGPT(IGPTConfig.preset("tiny", objective="bert"))
     with pytest.raises(IGPTError, match="always causal"):
-        bert.to_hf(tmp_path / "bert")
+        to_hf(bert, tmp_path / "bert")
     assert not (tmp_path / "bert").exists()  # refused before anything was written
     with pytest.raises(IGPTError, match="folder or an HF ImageGPT model"):
         from_hf(42)

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from igpt_eval.cli import main
-from igpt_eval.lowdata_report import lowdata_figure, lowdata_summary, lowdata_table
-from igpt_eval.palette import Palette
+from igpt_eval.data.palette import Palette
+from igpt_eval.model import save_model
+from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_summary, lowdata_table
 from igpt_eval.results import COLUMNS, load_results
 from tests.test_finetune import one_error, pretrained
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def tiny_models(tmp_path):
     pal = Palette(np.random.default_rng(0).uniform(-1, 1, (16, 3)).astype(np.float32))
-    return [pretrained(o).save(tmp_path / f"tiny-{o}", palette=pal) for o in ("ar", "bert")]
+    return [save_model(pretrained(o), tmp_path / f"tiny-{o}", palette=pal) for o in ("ar", "bert")]
 
 
 def ld_args(tmp_path, models, dataset, *extra, out="ld"):
@@ -63,7 +64,7 @@ def test_lowdata_end_to_end(tmp_path, tiny_models, tiny_npz, capsys):
 
 
 def test_full_split_caches_are_reused(tmp_path, tiny_models, tiny_npz, monkeypatch):
-    from igpt_eval.extraction import extract
+    from igpt_eval.cache.extraction import extract
 
     cache = tmp_path / "cache"
     for split in ("train", "test"):

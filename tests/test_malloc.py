@@ -11,7 +11,7 @@ import pytest
 SCRIPT = """
 import resource, sys
 import torch
-from igpt_eval.malloc import keep_freed_memory
+from igpt_eval.train.malloc import keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 else:

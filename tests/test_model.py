@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from igpt_eval import IGPTError
-from igpt_eval.config import IGPTConfig
-from igpt_eval.model import IGPT
-from igpt_eval.sites import parse_site, site_name, valid_layers
+from igpt_eval.model import IGPT, load_model, save_model
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.sites import parse_site, site_name, valid_layers
 
 
 def make(objective="ar", seed=0, **kw):
@@ -215,12 +215,12 @@ def test_classifier_head():
 
 def test_save_load_roundtrip(tmp_path):
     m, x = make("bert"), tokens()
-    m.save(tmp_path / "ck")
+    save_model(m, tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
         "config.json",
         "model.safetensors",
     ]
-    m2 = IGPT.load(tmp_path / "ck")
+    m2 = load_model(tmp_path / "ck")
     assert m2.config == m.config
     mask = m.sample_mask(3, 64)
     torch.testing.assert_close(m(x, mask), m2(x, mask), rtol=0, atol=0)
@@ -228,22 +228,22 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_load_errors(tmp_path):
     with pytest.raises(IGPTError, match="no checkpoint folder"):
-        IGPT.load(tmp_path / "nope")
-    make().save(tmp_path / "ck")
+        load_model(tmp_path / "nope")
+    save_model(make(), tmp_path / "ck")
     cfg = json.loads((tmp_path / "ck/config.json").read_text())
     (tmp_path / "ck/config.json").write_text(json.dumps({**cfg, "n_layer": 4}))
     with pytest.raises(IGPTError, match="missing"):
-        IGPT.load(tmp_path / "ck")
+        load_model(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps({**cfg, "n_embd": 64}))
     with pytest.raises(IGPTError, match="shape"):
-        IGPT.load(tmp_path / "ck")
+        load_model(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text(json.dumps(cfg))
     (tmp_path / "ck/model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(IGPTError, match="not a readable safetensors"):
-        IGPT.load(tmp_path / "ck")
+        load_model(tmp_path / "ck")
     (tmp_path / "ck/config.json").write_text("{not json")
     with pytest.raises(IGPTError, match="not valid JSON"):
-        IGPT.load(tmp_path / "ck")
+        load_model(tmp_path / "ck")
 
 
 @pytest.mark.parametrize(

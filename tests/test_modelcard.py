@@ -11,15 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from igpt_eval import modelcard
-from igpt_eval.checkpoint import load_model
+from igpt_eval.analysis import metrics
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
 from igpt_eval.data import load_dataset
-from igpt_eval.model import IGPT
-from igpt_eval.modelcard import model_metrics, token_baselines, write_model_card
-from igpt_eval.palette import Palette
-from igpt_eval.pretrain import TrainConfig, evaluate
+from igpt_eval.data.palette import Palette
+from igpt_eval.model import IGPT, load_model, save_model
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.reporting.modelcard import model_metrics, token_baselines, write_model_card
+from igpt_eval.train.pretrain import TrainConfig, evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,7 +85,7 @@ def test_baselines_uniform_noise_is_ln_k(tmp_path, monkeypatch):
     for key in ("unigram_ce", "test_unigram_entropy", "bigram_ce"):
         assert b[key] == pytest.approx(math.log(k), abs=0.01), key
     assert b["prev_pixel_accuracy"] == pytest.approx(1 / k, abs=0.01)
-    monkeypatch.setattr(modelcard, "_CHUNK", 7)  # chunking changes nothing
+    monkeypatch.setattr(metrics, "_CHUNK", 7)  # chunking changes nothing
     assert token_baselines(train, test, k) == pytest.approx(b)
 
 
@@ -112,7 +111,7 @@ def test_metrics_of_the_zero_head_are_ln_k(objective):
 
 # --------------------------------------------------------------------------- the card
 def _train(out, objective="ar", tokens=None, identity=None, palette=None):
-    from igpt_eval.runs import pretrain
+    from igpt_eval.train.runs import pretrain
 
     cfg = IGPTConfig.preset("tiny", objective=objective)
     if tokens is None:
@@ -244,8 +243,10 @@ def test_cli_sample_errors(grey_run, tmp_path, capsys):
     assert main(["sample", "--model", str(tmp_path / "nothing"), "--out", png]) == 2
     assert "no checkpoint folder" in one_error_line(capsys)
     bert = tmp_path / "bert"
-    IGPT(IGPTConfig.preset("tiny", objective="bert")).save(
-        bert, palette=Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
+    save_model(
+        IGPT(IGPTConfig.preset("tiny", objective="bert")),
+        bert,
+        palette=Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None]),
     )
     assert main(["sample", "--model", str(bert), "--out", png]) == 2
     assert "autoregressive" in one_error_line(capsys)
@@ -293,7 +294,7 @@ def _probe_rows(model="m"):
 
 def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
     from igpt_eval.errors import IGPTError
-    from igpt_eval.modelcard import set_probe_section
+    from igpt_eval.reporting.modelcard import set_probe_section
 
     card = tmp_path / "MODEL_CARD.md"
     card.write_text("# m\n\n## Results\n\nloss 1.0\n\n## Figures\n\n![x](x.png)\n")
@@ -317,7 +318,7 @@ def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
 
 
 def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
-    from igpt_eval.modelcard import probe_section
+    from igpt_eval.reporting.modelcard import probe_section
     from igpt_eval.results import to_frame
 
     df = _probe_rows()

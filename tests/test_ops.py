@@ -1,4 +1,4 @@
-"""The training paths of igpt_eval.ops and Block against the literal maths, values and grads."""
+"""The training paths of igpt_eval.model.ops and Block against the literal maths and grads."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from igpt_eval import ops
-from igpt_eval.config import IGPTConfig
-from igpt_eval.model import IGPT
+from igpt_eval.model import ops
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.igpt import IGPT
 
 
 def _value_and_grad(fn, x: torch.Tensor, gy: torch.Tensor):

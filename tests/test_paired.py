@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from igpt_eval.analysis import mcnemar_exact, paired_bootstrap, paired_difference
+from igpt_eval.analysis.paired import DIFF, paired_rows
+from igpt_eval.analysis.stats import mcnemar_exact, paired_bootstrap, paired_difference
 from igpt_eval.errors import IGPTError
-from igpt_eval.paired import DIFF, paired_rows
 from igpt_eval.probes import Features, probe_lbfgs
 from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
-from igpt_eval.reporting import describe_depth_curve, describe_knn
+from igpt_eval.reporting.tables import comparison_table
+from igpt_eval.reporting.words import describe_depth_curve, describe_knn
 from igpt_eval.results import (
     PIXELS,
     Predictions,
@@ -18,7 +19,6 @@ from igpt_eval.results import (
     save_results,
     to_frame,
 )
-from igpt_eval.summaries import comparison_table
 
 
 def pair(n11, n10, n01, n00):

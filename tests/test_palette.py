@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
-from igpt_eval.palette import Palette
 
 
 def _random_palette(k: int, c: int, seed: int = 0) -> Palette:

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igpt_eval.checkpoint import list_snapshots
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
-from igpt_eval.model import IGPT
-from igpt_eval.pretrain import TrainConfig, Trainer, batch_rows, log_spaced_steps, lr_at
-from igpt_eval.runs import lr_sweep, pretrain, sweep_lrs
+from igpt_eval.model import IGPT, load_model
+from igpt_eval.model.checkpoint import list_snapshots
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.train.pretrain import TrainConfig, Trainer, batch_rows, log_spaced_steps, lr_at
+from igpt_eval.train.runs import lr_sweep, pretrain, sweep_lrs
 
 CFG = IGPTConfig.preset("tiny")  # 8×8 px, 16 colours, 3 blocks
 
@@ -80,7 +80,7 @@ def test_training_learns(tmp_path, objective):
         log = list(csv.DictReader(f))
     assert [int(r["step"]) for r in log] == list(range(1, steps + 1))
     assert float(log[-1]["val_loss"]) == pytest.approx(res["val_loss"])
-    assert IGPT.load(tmp_path).config.objective == objective  # the folder is a checkpoint
+    assert load_model(tmp_path).config.objective == objective  # the folder is a checkpoint
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -203,7 +203,7 @@ def test_crash_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch
     assert (resume / "LATEST").read_text().strip() == "step-4"
     assert [p.name for p in resume.glob("step-*")] == ["step-4"]
     pretrain(CFG, cfg, x, x[:16], tmp_path / "run", resume=True, progress=False)
-    done = IGPT.load(tmp_path / "run")
+    done = load_model(tmp_path / "run")
     for k, v in ref.state_dict().items():
         assert torch.equal(v, done.state_dict()[k])
 
@@ -338,7 +338,7 @@ def test_bad_config_json(run_args, capsys, tmp_path):
 
 
 def test_palette_channel_mismatch(run_args, capsys, tmp_path):
-    from igpt_eval.palette import Palette
+    from igpt_eval.data.palette import Palette
 
     grey = tmp_path / "grey.npy"
     Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None]).save(grey)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from igpt_eval import IGPTError
+from igpt_eval.analysis.paired import format_difference
 from igpt_eval.cli import main
-from igpt_eval.config import IGPTConfig
-from igpt_eval.model import IGPT
-from igpt_eval.paired import format_difference
-from igpt_eval.palette import Palette
+from igpt_eval.data.palette import Palette
+from igpt_eval.model import IGPT, save_model
+from igpt_eval.model.config import IGPTConfig
 from igpt_eval.probes import probe_lbfgs
 from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
@@ -34,7 +34,7 @@ def tiny_model(tmp_path, tiny_npz):
             p.normal_(std=0.3)
     rng = np.random.default_rng(0)
     pal = Palette(rng.uniform(-1, 1, (16, 3)).astype(np.float32))
-    return model.save(tmp_path / "model", palette=pal)
+    return save_model(model, tmp_path / "model", palette=pal)
 
 
 def probe_args(tmp_path, model, npz, *extra):

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from igpt_eval.analysis.paired import signed_pp
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
-from igpt_eval.paired import signed_pp
-from igpt_eval.reporting import build_report, curve_shape, describe_depth_curve, describe_knn
+from igpt_eval.reporting.report import build_report
+from igpt_eval.reporting.words import curve_shape, describe_depth_curve, describe_knn
 from igpt_eval.results import PREDICTIONS_FILE
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from igpt_eval.analysis.track import loss_accuracy_correlation, track_summary
 from igpt_eval.cli import main
-from igpt_eval.track import loss_accuracy_correlation, track_summary
 
 
 def _one_error(capsys) -> str:
@@ -53,7 +53,7 @@ def _track(runs_, out, *extra):
 
 
 def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, monkeypatch, capsys):
-    import igpt_eval.extraction as extraction
+    import igpt_eval.cache.extraction as extraction
 
     monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
     _, _, a, b, _ = runs
@@ -92,7 +92,7 @@ def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, monkeypatch,
 
 
 def test_track_a_bert_run_and_chosen_steps(runs, tmp_path, monkeypatch):
-    import igpt_eval.extraction as extraction
+    import igpt_eval.cache.extraction as extraction
 
     monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
     bert = runs[4]
@@ -124,7 +124,7 @@ def test_summary_picks_the_best_layer_on_validation_and_correlates():
 
 
 def test_bad_input_is_one_line_and_overwrites_nothing(runs, tmp_path, capsys, monkeypatch):
-    import igpt_eval.extraction as extraction
+    import igpt_eval.cache.extraction as extraction
 
     monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
     tmp, npz, a, b, bert = runs
@@ -147,7 +147,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(runs, tmp_path, capsys, mo
     # Snapshots with another palette.
     other = tmp_path / "other-palette"
     shutil.copytree(a, other)
-    from igpt_eval.palette import Palette
+    from igpt_eval.data.palette import Palette
 
     pal = Palette.load(other / "snapshots" / "step-000003" / "palette.npy")
     Palette(pal.centers[::-1].copy() * 0.5).save(
@@ -172,8 +172,8 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
     import torch
     from safetensors.torch import load_file
 
-    from igpt_eval.extraction import open_model
-    from igpt_eval.model import IGPT
+    from igpt_eval.cache.extraction import open_model
+    from igpt_eval.model.igpt import IGPT
 
     b = runs[3]  # trained with --seed 1
     step0 = load_file(b / "snapshots" / "step-000000" / "model.safetensors")
@@ -191,7 +191,7 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
 
 
 def test_snapshots_name_their_dataset(runs, tmp_path, monkeypatch, capsys):
-    import igpt_eval.extraction as extraction
+    import igpt_eval.cache.extraction as extraction
 
     monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
     a = runs[2]

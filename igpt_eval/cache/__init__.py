@@ -1,6 +1,6 @@
 """Activation caches (DESIGN §4, §6): per-layer pooled features of a dataset split, on disk.
 
-:func:`extract` runs a model over a ``[N, T]`` token array and writes, into one folder::
+:func:`write_cache` runs a model over a ``[N, T]`` token array and writes, into one folder::
 
     manifest.json          what the cache holds and how far it got (replaced atomically)
     blocks.0.ln_1.npy      float32 (or float16) [N, d], one file per layer, named by site
@@ -11,6 +11,9 @@
     .lock                  held by the writing process (an fcntl lock; empty)
 
 :class:`ActivationCache` opens such a folder: ``cache[layer]`` is a read-only memmap.
+:func:`extract` (:mod:`~igpt_eval.cache.extraction`) is the one public entry point: a checkpoint
+folder (or a model and its palette) and a dataset split in, the cache of that split out, built
+or reused; it tokenizes the split and calls :func:`write_cache`.
 
 **Resuming.** Rows are written in batches with fixed boundaries (``batch_size`` rows from row
 0). After each batch the rows are flushed to disk, *then* ``rows_completed`` in the manifest
@@ -39,14 +42,19 @@ the same files; after each round of ``world`` batches all ranks meet at a barrie
 commits the round. Rank 0 creates the files and holds the lock.
 """
 
+from igpt_eval.cache.extraction import extract, extract_split, open_model
+from igpt_eval.cache.manifest import state_dict_hash
 from igpt_eval.cache.reader import FORMAT, ActivationCache, read_manifest
-from igpt_eval.cache.writer import extract, row_masks, state_dict_hash
+from igpt_eval.cache.writer import row_masks, write_cache
 
 __all__ = [
     "FORMAT",
     "ActivationCache",
     "extract",
+    "extract_split",
+    "open_model",
     "read_manifest",
     "row_masks",
     "state_dict_hash",
+    "write_cache",
 ]

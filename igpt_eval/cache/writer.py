@@ -1,10 +1,9 @@
-"""Writing activation caches: :func:`extract` (resumable, locked, sharded over ranks)."""
+"""Writing activation caches: :func:`write_cache` (resumable, locked, sharded over ranks)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,60 +13,23 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from igpt_eval import distributed as dist
+from igpt_eval.cache.manifest import COMPUTE, mismatch, request
 from igpt_eval.cache.reader import (
-    DTYPES,
-    FORMAT,
     LABELS,
     LOCK,
     MANIFEST,
-    VERSION,
     ActivationCache,
     data_files,
     read_manifest,
 )
 from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import array_hash, file_hash, file_lock, save_npy, write_json
-from igpt_eval.sites import DEFAULT_SITE, check_kind, check_layers, site_name, valid_layers
-
-MASK_SCHEME = "per row i: numpy.random.default_rng([seed, i]).random((n_masks, T)) < mask_prob"
-
-# Manifest fields a cache must share with the request to be reused (label for messages).
-# Forward-pass precision -> the autocast dtype handed to IGPT.features.
-COMPUTE = {"float32": None, "bfloat16": torch.bfloat16}
-
-_IDENTITY = {
-    "state_dict_hash": "model weights",
-    "palette_hash": "palette",
-    "dataset_fingerprint": "dataset fingerprint",
-    "n": "number of images",
-    "seq_len": "sequence length",
-    "site": "site",
-    "layers": "layers",
-    "dtype": "dtype",
-    "bert_masks": "number of BERT masks",
-    "seed": "mask seed",
-    "full_sequence": "full-sequence layer",
-    "compute": "compute precision",
-}
+from igpt_eval.io import file_hash, file_lock, save_npy, write_json
+from igpt_eval.model.sites import DEFAULT_SITE
+from igpt_eval.train import distributed as dist
 
 
-# --------------------------------------------------------------------------- hashes and masks
-def state_dict_hash(model: torch.nn.Module) -> str:
-    """SHA-256 (first 16 hex) of a model's parameters: names, dtypes, shapes and bytes.
-
-    Unlike the checkpoint file's hash this is the same however the weights were loaded, so a
-    cache made from ``IGPT.load(dir)`` in a notebook is recognised by the CLI and vice versa.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()[:16]
-
-
+# --------------------------------------------------------------------------- masks
 def row_masks(rows, seq_len: int, n_masks: int, seed: int, p: float = 0.15) -> torch.Tensor:
     """The BERT masks ``[n_masks, len(rows), seq_len]`` (bool) used for image rows ``rows``.
 
@@ -83,7 +45,7 @@ def row_masks(rows, seq_len: int, n_masks: int, seed: int, p: float = 0.15) -> t
 
 
 # --------------------------------------------------------------------------- writing
-def extract(
+def write_cache(
     model,
     tokens,
     labels,
@@ -114,14 +76,15 @@ def extract(
     on CPUs with bf16 units; pooling still accumulates in float32).
 
     ``identity`` describes the inputs for the manifest: ``model`` (a name), ``weights_hash``
-    (the checkpoint file's hash; default: :func:`state_dict_hash`), ``palette_hash``,
-    ``dataset``, ``split`` and ``dataset_fingerprint`` (default: a hash of tokens and labels).
+    (the checkpoint file's hash; default: :func:`~igpt_eval.cache.manifest.state_dict_hash`),
+    ``palette_hash``, ``dataset``, ``split`` and ``dataset_fingerprint`` (default: a hash of
+    tokens and labels).
     Returns the opened cache. See the module docstring for resumption and reuse rules.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IGPTError(f"{out} exists and is not a folder")
-    req = _request(
+    req = request(
         model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
         full_sequence_layer, full_sequence_dtype, identity, compute,
     )  # fmt: skip
@@ -150,100 +113,6 @@ def extract(
     return ActivationCache.open(out)
 
 
-def _request(
-    model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
-    full_layer, full_dtype, identity, compute="float32",
-) -> dict:  # fmt: skip
-    """Validate the arguments of :func:`extract`; the manifest they call for (no progress)."""
-    cfg, L = model.config, model.config.n_layer
-    check_kind(site)
-    layers = check_layers(valid_layers(site, L) if layers is None else layers, site, L)
-    for name, value in (("dtype", dtype), ("full-sequence dtype", full_dtype)):
-        if value not in DTYPES:
-            raise IGPTError(f"unknown {name} {value!r}; choose one of {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise IGPTError(f"batch size must be >= 1, got {batch_size}")
-    if compute not in COMPUTE:
-        raise IGPTError(f"unknown compute precision {compute!r}; choose one of {COMPUTE}")
-    shape = getattr(tokens, "shape", ())
-    if len(shape) != 2 or not np.issubdtype(np.asarray(tokens[:0]).dtype, np.integer):
-        raise IGPTError(f"tokens must be an integer array [N, T], got shape {list(shape)}")
-    n, T = shape
-    if n == 0:
-        raise IGPTError("no images to extract: the split is empty")
-    if T != cfg.n_positions:
-        raise IGPTError(
-            f"tokens have {T} positions but the model reads {cfg.n_px}x{cfg.n_px} = "
-            f"{cfg.n_positions}; tokenise the data at the model's n_px"
-        )
-    if np.shape(labels) != (n,):
-        raise IGPTError(f"labels have shape {list(np.shape(labels))}, expected [{n}]")
-    bert = cfg.objective == "bert"
-    if bert and bert_masks < 0:
-        raise IGPTError(f"bert_masks must be >= 0, got {bert_masks}")
-    full = None
-    if full_layer is not None:
-        (full_layer,) = check_layers([full_layer], site, L)
-        name = site_name(full_layer, site, L)
-        full = {"layer": full_layer, "site": name, "file": f"{name}.full.npy",
-                "dtype": full_dtype, "shape": [n, T, cfg.n_embd]}  # fmt: skip
-    ident = dict(identity or {})
-    sd_hash = state_dict_hash(model)
-    if not ident.get("dataset_fingerprint"):
-        both = array_hash(np.asarray(tokens)) + array_hash(np.asarray(labels))
-        ident["dataset_fingerprint"] = hashlib.sha256(both.encode()).hexdigest()[:16]
-    sites = [site_name(layer, site, L) for layer in layers]
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": ident.get("model"),
-        "objective": cfg.objective,
-        "model_config": cfg.to_dict(),
-        "weights_hash": ident.get("weights_hash") or sd_hash,
-        "state_dict_hash": sd_hash,
-        "palette_hash": ident.get("palette_hash"),
-        "dataset": ident.get("dataset"),
-        "split": ident.get("split"),
-        "dataset_fingerprint": ident["dataset_fingerprint"],
-        "site": site,
-        "layers": layers,
-        "sites": sites,
-        "files": {s: f"{s}.npy" for s in sites},
-        "pooling": "mean",
-        "dtype": dtype,
-        "n": n,
-        "seq_len": T,
-        "dim": cfg.n_embd,
-        "shape": [n, cfg.n_embd],
-        "batch_size": batch_size,
-        # AR models are read unmasked: neither setting applies to them.
-        "bert_masks": bert_masks if bert else 0,
-        "seed": seed if bert and bert_masks else None,
-        "mask_scheme": MASK_SCHEME if bert and bert_masks else None,
-        "full_sequence": full,
-        "compute": compute,
-        "world_size": dist.world_size(),
-        "rows_completed": 0,
-        "complete": False,
-        "checksums": {},
-    }
-
-
-def _mismatch(m: dict, req: dict) -> str | None:
-    """Why the cache with manifest ``m`` cannot serve ``req`` (None when it can)."""
-    if m.get("format") != FORMAT:
-        return f"of another kind ({m.get('format')!r}, not activations)"
-    if m.get("version") != VERSION:
-        return f"in format version {m.get('version')} (this igpt-eval writes {VERSION})"
-    for key, label in _IDENTITY.items():
-        old, new = m.get(key), req[key]
-        if key == "palette_hash" and (old is None or new is None):
-            continue  # not recorded on one side: nothing to compare
-        if old != new:
-            return f"for another {label}: {old} (asked for {new})"
-    return None
-
-
 def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
     """Under the lock: the manifest to continue from, creating the cache when needed."""
     try:
@@ -253,7 +122,7 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
             raise
         old = None
     if old is not None:
-        why = _mismatch(old, req)
+        why = mismatch(old, req)
         if why is not None and not overwrite:
             raise IGPTError(f"{out} holds activations {why}; pass --overwrite to rebuild it")
         if why is None and old["complete"]:

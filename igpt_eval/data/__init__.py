@@ -1,4 +1,5 @@
-"""Datasets: a registry of on-disk formats, deterministic splits, resizing and token caches.
+"""The data stage: the colour palette, a registry of on-disk formats, deterministic splits,
+resizing, subsets and token caches.
 
 Example::
 
@@ -10,6 +11,7 @@ Example::
 
 from igpt_eval.data.dataset import ImageDataset, dataset_fingerprint, load_dataset
 from igpt_eval.data.formats import Source
+from igpt_eval.data.palette import Palette
 from igpt_eval.data.registry import list_datasets, read_source, register_dataset
 from igpt_eval.data.resize import resize_images
 from igpt_eval.data.splits import SPLITS
@@ -18,6 +20,7 @@ from igpt_eval.data.tokens import TokenCache, cache_dir, load_tokens, read_manif
 __all__ = [
     "SPLITS",
     "ImageDataset",
+    "Palette",
     "Source",
     "TokenCache",
     "cache_dir",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from igpt_eval.data.resize import resize_images
 from igpt_eval.errors import IGPTError
 
 
@@ -290,8 +291,6 @@ _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"
 
 def _read_class_folders(root: Path, n_px: int | None, classes: list[str] | None = None):
     from PIL import Image
-
-    from igpt_eval.data.resize import resize_images
 
     if classes is None:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())

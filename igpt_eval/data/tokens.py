@@ -24,9 +24,9 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from igpt_eval.data.dataset import ImageDataset
+from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock, save_npy, write_json
-from igpt_eval.palette import Palette
 
 MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
 FORMAT = "igpt-eval-tokens"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.probes.protocol import Features, probe_lbfgs
 from igpt_eval.results import CONCAT, Predictions
 
 
@@ -68,8 +69,6 @@ def probe_concat(
     ``centre``: ``feats`` maps each split to its :class:`~igpt_eval.probes.protocol.Features`
     (G, N, d) of ``layers`` (named ``sites``); ``protocol`` goes to
     :func:`~igpt_eval.probes.protocol.probe_lbfgs`."""
-    from igpt_eval.probes.protocol import Features, probe_lbfgs
-
     span = concat_span(layers, centre, k)
     idx = [layers.index(x) for x in span]
     site = concat_site(span, [sites[i] for i in idx])

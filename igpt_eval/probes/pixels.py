@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from igpt_eval.cache import extraction
+from igpt_eval.cache.extraction import subset_rows
+from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
 from igpt_eval.results import PIXELS, PIXELS_NATIVE, Predictions
 
 
@@ -51,12 +55,8 @@ def _probe_control(
 ):
     """Probe one pixel control: ``load(split)`` gives ``(dataset, raw rows, labels)``, each
     split is cut to the stratified sample its ``sizes`` entry asks for (the models' caches
-    draw the same rows: :func:`igpt_eval.extraction.subset_rows`, same labels and seed),
+    draw the same rows: :func:`igpt_eval.cache.extraction.subset_rows`, same labels and seed),
     and only the kept rows go through ``featurize``."""
-    from igpt_eval.extraction import subset_rows
-    from igpt_eval.probes.protocol import Features, probe_lbfgs
-    from igpt_eval.probes.runner import SPLITS
-
     feats = {}
     for split in SPLITS:
         ds, raw, labels = load(split)
@@ -99,13 +99,10 @@ def probe_pixels(
     L-BFGS probes (:func:`~igpt_eval.probes.protocol.probe_lbfgs`) of the token caches of
     ``dataset`` at ``n_px`` under ``palette``, split with ``split_seed``; with
     ``train_size`` (``val_size``, ``test_size``), the same stratified sample of that split
-    as the models' activation caches (:func:`igpt_eval.extraction.subset_rows`). With
+    as the models' activation caches (:func:`igpt_eval.cache.extraction.subset_rows`). With
     ``return_predictions``, returns ``(rows, predictions)`` (one array,
     ``pixels/pixels/pixels``)."""
-    from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.extraction import CACHE_ROOT
-
-    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
+    root = Path(token_cache) if token_cache is not None else extraction.CACHE_ROOT / "tokens"
 
     def load(split):
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=split_seed)
@@ -140,7 +137,6 @@ def probe_native_pixels(
     and samples as :func:`probe_pixels`, on ``dataset``'s images as its files hold them
     (:func:`native_pixel_features`; no token cache: nothing is quantised). The cost grows
     with the native size (Fashion-MNIST: 784 features; STL-10 would have 27,648)."""
-    from igpt_eval.data import load_dataset
 
     def load(split):
         ds = load_dataset(dataset, split=split, n_px=None, data_dir=data_dir, seed=split_seed)

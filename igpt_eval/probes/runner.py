@@ -5,31 +5,33 @@ This is what ``igpt-eval probe`` runs; notebooks can call :func:`probe_model` di
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.analysis.paired import paired_rows
+from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
+from igpt_eval.defaults import (
+    DEFAULT_MODEL,
+    EXTRACT_BATCH,
+    SAMPLE_TEST,
+    SAMPLE_TRAIN,
+    SAMPLE_VAL,
+)
 from igpt_eval.errors import IGPTError
-from igpt_eval.probes.protocol import Features, probe_lbfgs
+from igpt_eval.probes.concat import check_concat, probe_concat
+from igpt_eval.probes.pixels import probe_pixel_controls
+from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
+from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import (
-    CONCAT,
-    PIXEL_CONTROLS,
     Predictions,
     random_twin,
     save_results,
+    summary,
     to_frame,
 )
-
-SPLITS = ("train", "val", "test")
-#: The shipped models live beside the package (a source checkout or editable install).
-MODELS_DIR = Path(
-    os.environ.get("IGPT_EVAL_MODELS", Path(__file__).resolve().parents[2] / "models")
-)
-DEFAULT_MODEL = MODELS_DIR / "fmnist-ar"
 
 
 def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:
@@ -91,7 +93,7 @@ def probe_model(
     palette-quantised images, from the same token caches, splits and training sample:
     :func:`igpt_eval.probes.pixels.probe_pixels`; its rows have ``model = probe =
     "pixels"``). The table then ends with paired-difference rows (``metric =
-    "accuracy_diff"``, :mod:`igpt_eval.paired`): the layer chosen on validation − the last
+    "accuracy_diff"``, :mod:`igpt_eval.analysis.paired`): the layer chosen on validation − the last
     layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
     ``native_pixels`` adds the dataset's raw pixels at their native resolution as a second
     control (:func:`igpt_eval.probes.pixels.probe_native_pixels`; ``model = probe =
@@ -99,7 +101,7 @@ def probe_model(
 
     ``random_weights`` probes the model's random-weights control instead of the model: the
     same architecture at the initialisation its training run started from
-    (:meth:`igpt_eval.model.IGPT.initialised` with the run's seed), extracted into caches
+    (:meth:`igpt_eval.model.igpt.IGPT.initialised` with the run's seed), extracted into caches
     of its own; its rows are named ``"<model> (random weights)"``
     (:func:`igpt_eval.results.random_twin`). ``concat_layers`` = K (odd) adds the
     multi-layer probe (:mod:`igpt_eval.probes.concat`, L-BFGS only): the K layers centred
@@ -116,10 +118,6 @@ def probe_model(
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``. A cache in
     ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
-    from igpt_eval.extraction import extract_split, open_model, run_defaults
-    from igpt_eval.paired import paired_rows
-    from igpt_eval.probes.concat import check_concat
-
     if method not in ("lbfgs", "sgd"):
         raise IGPTError(f"unknown probe method {method!r}; use lbfgs or sgd")
     path = Path(model)
@@ -185,8 +183,6 @@ def probe_model(
             return_predictions=True,
         )
         if concat_layers is not None:
-            from igpt_eval.probes.concat import probe_concat
-
             best = summary(to_frame(rows))
             c_rows, c_pred = probe_concat(
                 feats, layers, sites, int(best[best.best].layer.iloc[0]), concat_layers,
@@ -196,8 +192,6 @@ def probe_model(
             rows += c_rows
             predictions.update(c_pred)
     else:
-        from igpt_eval.probes.sgd import probe_sgd
-
         # SGD whitens (train statistics) unless told not to touch the features: one rate
         # grid then suits every layer, and it converges in a few epochs.
         rows, predictions = probe_sgd(
@@ -211,8 +205,6 @@ def probe_model(
             return_predictions=True,
         )
     if pixels or native_pixels:
-        from igpt_eval.probes.pixels import probe_pixel_controls
-
         name, split_seed = run_defaults(dataset, ident)
         px, px_pred = probe_pixel_controls(
             palette, name, n_px=net.config.n_px, pixels=pixels, native=native_pixels,
@@ -229,71 +221,3 @@ def probe_model(
     if out is not None:
         save_results(df, out, predictions=predictions)
     return (df, predictions) if return_predictions else df
-
-
-def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
-    """One row per layer: validation and test accuracy (with CI), chosen C or lr, iterations.
-
-    ``df`` holds one model's results; ``probe`` picks one probe's rows (default: every probe
-    but the raw-pixel controls and the multi-layer probe, which :func:`probe_model` adds to
-    a model's results).
-    ``best`` marks the layer with the highest *validation* accuracy (what a user may select
-    on; among equal ones, the earliest); ``last`` the final layer.
-    """
-    if "probe" in df:
-        others = [*PIXEL_CONTROLS, CONCAT]
-        df = df[df.probe == probe] if probe is not None else df[~df.probe.isin(others)]
-    acc = df[df.metric == "accuracy"]
-    val = acc[(acc.split == "val") & acc.selected.astype(bool)]
-    test = acc[acc.split == "test"]
-    s = test[
-        ["layer", "site", "value", "ci_low", "ci_high", "C", "lr", "n_iter", "converged"]
-    ].rename(columns={"value": "test_acc"})
-    s = s.merge(val[["layer", "value"]].rename(columns={"value": "val_acc"}), on="layer")
-    s = s.sort_values("layer").reset_index(drop=True)
-    if s.empty:
-        raise IGPTError("no layer has both validation and test accuracy rows to summarise")
-    s["best"] = s.index == s.val_acc.idxmax()  # ties: the earliest such layer, one mark only
-    s["last"] = s.layer == s.layer.max()
-    return s
-
-
-def format_summary(
-    s: pd.DataFrame, differences: pd.DataFrame | None = None, concat: pd.Series | None = None
-) -> str:
-    """The terminal table of :func:`summary`; with ``concat`` (the multi-layer probe's
-    summary row, :func:`igpt_eval.summaries.concat_summaries`), one line for it under the
-    table; with ``differences`` (the model's results, or their paired-difference rows), the
-    paired lines under it: best − last layer, best − each pixel control and − the
-    random-weights twin, the multi-layer probe − best, with paired 95% CIs and McNemar's p
-    (:func:`igpt_eval.paired.paired_lines`)."""
-    hyper = "C" if s["lr"].isna().all() else "lr"
-    lines = [
-        f"{'layer':>5}  {'site':<18} {'val acc':>8}  {'test acc [95% CI]':<24} "
-        f"{'best ' + hyper:>9} {'iters':>6}"
-    ]
-    for r in s.itertuples():
-        mark = " <- best (val)" if r.best else ""
-        mark += " (last)" if r.last else ""
-        conv = "" if r.converged else "*"
-        h = r.C if hyper == "C" else r.lr
-        lines.append(
-            f"{r.layer:>5}  {r.site:<18} {100 * r.val_acc:7.2f}%  "
-            f"{100 * r.test_acc:6.2f}% [{100 * r.ci_low:5.2f}, {100 * r.ci_high:5.2f}]   "
-            f"{h:9.3g} {r.n_iter:>5}{conv}{mark}"
-        )
-    if concat is not None:
-        conv = "" if concat.converged else "*"
-        lines.append(
-            f"multi-layer probe {concat.site}, around layer {concat.layer} (best on val): val "
-            f"{100 * concat.val_acc:.2f}%, test {100 * concat.test_acc:.2f}% "
-            f"[{100 * concat.ci_low:.2f}, {100 * concat.ci_high:.2f}], best C "
-            f"{concat.C:.3g}, {concat.n_iter}{conv} iters"
-        )
-    if not (s.converged.all() and (concat is None or concat.converged)):
-        lines.append("* the solver stopped before its tolerance (recorded in the results)")
-    if differences is not None:
-        from igpt_eval.paired import paired_lines
-
-        lines += paired_lines(differences)
-    return "\n".join(lines)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from igpt_eval.analysis import bootstrap_accuracy_ci
+from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.backends import resolve_device
 from igpt_eval.results import Predictions, prediction_key

@@ -1,0 +1,376 @@
+"""Compare models layer by layer on one dataset: linear probes, kNN, CKA, a pixel baseline.
+
+What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly::
+
+    c = compare_models(["models/fmnist-ar", "models/fmnist-bert"], out="runs/compare")
+    c.table          # best layer / best accuracy / last-layer accuracy / gap, per model
+    c.results        # tidy rows (probe = "lbfgs", "knn", "pixels", ...), results.COLUMNS first
+    c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
+    c.predictions    # per-example test predictions of every probe (results.Predictions)
+
+Every model is probed by :func:`igpt_eval.probes.runner.probe_model` (same protocol, same
+train/val/test split), and the kNN and CKA analyses read the same activation caches:
+
+- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.stats.knn_accuracy`): reported with the
+  memory bank train + val (the data the linear probe is refit on) and the test split as
+  queries, bootstrap 95% CI; a layer is chosen by validation queries against a train-only
+  bank (``split = "val"`` rows), never by test.
+- **CKA** (:func:`igpt_eval.analysis.stats.cka_matrix`): on the test split, every pair of layers
+  within each model and between every pair of models (the test images are the same rows in
+  the same order for all models, which is checked).
+- **Pixel controls** (:mod:`igpt_eval.probes.pixels`): the same L-BFGS protocol on what the
+  model sees, the palette-quantised image (each token decoded to its palette colour in
+  [-1, 1], flattened to n_px²·channels features; ``model = probe = "pixels"``), and on the
+  dataset's own pixels at native resolution (``"pixels_native"``; ``native_pixels``, on by
+  default: no extraction, so cheap). Shared by all models (their palette and n_px must
+  match); ``layer = 0``.
+- **Random-weights control** (``random_control``, on by default): each model's twin, the
+  same architecture at the initialisation its run started from
+  (:func:`igpt_eval.cache.extraction.open_model` with ``random_weights``), probed alike: same
+  protocol, splits and training sample, its own activation caches (cached like the
+  others). Its rows are named ``"<model> (random weights)"``; no kNN or CKA for it.
+- **Multi-layer probe** (``concat_layers`` = K, off by default): per model, the K layers
+  around the one chosen on validation, concatenated (:mod:`igpt_eval.probes.concat`).
+- **Paired differences** (:mod:`igpt_eval.analysis.paired`): from the per-example test predictions
+  of every probe, best (on validation) − last layer of each model and probe, best − each
+  pixel control, best − the random-weights twin's best, the multi-layer probe − best, and
+  model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
+  exact p-values (``metric = "accuracy_diff"`` rows).
+
+Output folder: ``results.parquet``/``.csv`` (the tidy table), ``predictions.npz`` (the
+per-example test predictions, see :mod:`igpt_eval.results`), ``cka/cka.parquet``/``.csv``,
+``tables/comparison.md``/``.csv``, ``depth_curve.png``/``.svg`` and ``models.json`` (where
+each model lives, for ``igpt-eval report``'s training curves and palette).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from igpt_eval.analysis.layers import cka_rows, knn_rows
+from igpt_eval.analysis.paired import DIFF, paired_rows
+from igpt_eval.cache import ActivationCache, extraction
+from igpt_eval.defaults import (
+    DEFAULT_MODELS,
+    EXTRACT_BATCH,
+    SAMPLE_TEST,
+    SAMPLE_TRAIN,
+    SAMPLE_VAL,
+)
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write, file_hash, write_json
+from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.probes.backends import resolve_device
+from igpt_eval.probes.concat import check_concat
+from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
+    pixel_features,
+    probe_pixel_controls,
+    probe_pixels,
+)
+from igpt_eval.probes.protocol import SPLITS
+from igpt_eval.probes.runner import probe_model
+from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours
+from igpt_eval.reporting.tables import (
+    MODELS_FILE,
+    comparison_table,
+    concat_summaries,
+    probe_summaries,
+    random_summaries,
+    table_markdown,
+)
+from igpt_eval.results import (
+    PIXEL_CONTROLS,
+    Predictions,
+    model_names,
+    save_results,
+    to_frame,
+)
+
+
+@dataclass
+class ModelInfo:
+    """A checkpoint folder as far as a comparison needs it (read without loading weights)."""
+
+    name: str
+    path: Path
+    objective: str
+    n_layer: int
+    n_px: int
+    palette: object  # igpt_eval.data.palette.Palette
+    dataset: str
+    seed: int
+
+    def to_json(self) -> dict:
+        return dict(
+            path=str(self.path.resolve()),
+            objective=self.objective,
+            n_layer=self.n_layer,
+            n_px=self.n_px,
+            palette_hash=self.palette.hash,
+            dataset=self.dataset,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_models` returns."""
+
+    results: pd.DataFrame
+    cka: pd.DataFrame
+    table: pd.DataFrame
+    models: list[ModelInfo]
+    predictions: Predictions | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def model_info(path: str | Path, dataset: str | None = None) -> ModelInfo:
+    """Read ``config.json``, ``palette.npy`` and ``run.json`` of a checkpoint folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise IGPTError(f"no model folder at {path}")
+    cfg = IGPTConfig.load(path / CONFIG)
+    palette = load_palette(path)
+    if palette is None:
+        raise IGPTError(f"{path} has no palette.npy; its colours (and pixel baseline) are unknown")
+    run = read_run(path)
+    name = dataset or run.get("dataset")
+    if not name:
+        raise IGPTError(f"{path} records no dataset (no run.json); pass --dataset")
+    seed = (run.get("train_config") or {}).get("seed") or 0
+    return ModelInfo(path.name, path, cfg.objective, cfg.n_layer, cfg.n_px, palette, name, seed)
+
+
+def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
+    """The models of one comparison; they must share dataset, palette, n_px and split seed
+    (else the "same splits, same inputs" premise fails): one :class:`IGPTError` if not."""
+    infos = [model_info(m, dataset) for m in models]
+    if not infos:
+        raise IGPTError("give at least one model folder to compare")
+    names = [m.name for m in infos]
+    if len(set(names)) != len(names) or model_names(names) != names:
+        raise IGPTError(
+            "model folder names must be distinct, none a control's name "
+            f"({', '.join(PIXEL_CONTROLS)} or '... (random weights)'): {names}"
+        )
+    first = infos[0]
+    for m in infos[1:]:
+        for what, a, b in (
+            ("datasets", first.dataset, m.dataset),
+            ("palettes", first.palette.hash, m.palette.hash),
+            ("image sizes (n_px)", first.n_px, m.n_px),
+            ("train/val split seeds", first.seed, m.seed),
+        ):
+            if a != b:
+                raise IGPTError(
+                    f"cannot compare {first.name} and {m.name}: different {what} ({a} vs {b}); "
+                    "a comparison needs the same inputs and splits"
+                )
+    return infos
+
+
+def _cache_folder(
+    root: Path,
+    m: ModelInfo,
+    site,
+    bert_masks,
+    seed,
+    compute,
+    sizes=(None, None, None),
+    random=False,
+):
+    if random:  # the twin is a function of the architecture and the run's seed only
+        tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
+    else:
+        tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}"
+    tag += f"-{site}-s{seed}"
+    # The sample is part of the name: caches of another sample hold other rows.
+    tag += "".join(f"-{s[:2]}{n}" for s, n in zip(SPLITS, sizes, strict=True) if n is not None)
+    tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
+    return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
+
+
+def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
+    return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site)
+
+
+def pixel_rows(
+    m: ModelInfo,
+    *,
+    data_dir=None,
+    token_cache=None,
+    device="cpu",
+    seed=0,
+    train_size=None,
+    val_size=None,
+    test_size=None,
+    pixels: bool = True,
+    native: bool = False,
+    return_predictions: bool = False,
+):
+    """The raw-pixel linear-probe controls (same protocol and splits as the models; with
+    the sample sizes, the same stratified samples as their caches): the
+    palette-quantised image (``pixels``) and the native-resolution one (``native``); rows,
+    or ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
+    rows, pred = probe_pixel_controls(
+        m.palette,
+        m.dataset,
+        n_px=m.n_px,
+        pixels=pixels,
+        native=native,
+        split_seed=m.seed,
+        data_dir=data_dir,
+        token_cache=token_cache,
+        device=device,
+        seed=seed,
+        train_size=train_size,
+        val_size=val_size,
+        test_size=test_size,
+    )
+    return (rows, pred) if return_predictions else rows
+
+
+# --------------------------------------------------------------------------- files
+def save_comparison(c: Comparison, out: str | Path) -> list[Path]:
+    """Write the results, CKA and table files of a comparison into ``out``."""
+    out = Path(out)
+    files = [
+        save_results(c.results, out, predictions=c.predictions),
+        save_results(c.cka, out / "cka", stem="cka"),
+    ]
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "tables/comparison.csv", "w") as f:
+        c.table.to_csv(f, index=False)
+    with atomic_write(out / "tables/comparison.md", "w") as f:
+        f.write(table_markdown(c.table) + "\n")
+    write_json(out / MODELS_FILE, {m.name: m.to_json() for m in c.models})
+    return files + [out / "tables/comparison.md", out / MODELS_FILE]
+
+
+# --------------------------------------------------------------------------- driver
+def compare_models(
+    models=DEFAULT_MODELS,
+    dataset: str | None = None,
+    *,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    data_dir=None,
+    token_cache=None,
+    device: str = "cpu",
+    site: str = "ln_1",
+    bert_masks: int = 1,
+    batch_size: int = EXTRACT_BATCH,
+    compute: str = "float32",
+    train_size: int | None = SAMPLE_TRAIN,
+    val_size: int | None = SAMPLE_VAL,
+    test_size: int | None = SAMPLE_TEST,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    cka_max_rows: int | None = 10_000,
+    pixels: bool = True,
+    native_pixels: bool = True,
+    random_control: bool = True,
+    concat_layers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Comparison:
+    """Probe every layer of each model, run kNN and CKA on the same caches, probe the
+    controls (the pixel baseline; with ``native_pixels`` the native-resolution pixels; with
+    ``random_control`` each model's random-weights twin), with ``concat_layers`` = K the
+    multi-layer probe of each model, and (with ``out``) write every file and the
+    depth-curve figure.
+
+    ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
+    folder per model (and per random-weights twin), named after its weights and settings,
+    so reruns reuse them. ``compute`` and the sample sizes are
+    :func:`~igpt_eval.probes.runner.probe_model`'s.
+    """
+    infos = check_models(models, dataset)
+    if concat_layers is not None:  # before any extraction: a bad K fails at once
+        for m in infos:
+            check_concat(concat_layers, m.n_layer + 1)
+    device = str(resolve_device(device))
+    root = (
+        Path(cache_dir) if cache_dir is not None else extraction.CACHE_ROOT / "activations/compare"
+    )
+    frames, test_caches, predictions = [], {}, Predictions()
+    # The pixel controls are probed once for all models, below.
+    common = dict(
+        site=site, device=device, data_dir=data_dir, token_cache=token_cache,
+        bert_masks=bert_masks, batch_size=batch_size, compute=compute, train_size=train_size,
+        val_size=val_size, test_size=test_size, seed=seed, progress=progress, pixels=False,
+        return_predictions=True,
+    )  # fmt: skip
+    folder_args = (site, bert_masks, seed, compute, (train_size, val_size, test_size))
+    knn = dict(k=knn_k, temperature=knn_temperature, device=device, seed=seed)
+    for m in infos:
+        folder = _cache_folder(root, m, *folder_args)
+        if progress:
+            print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
+        df, pred = probe_model(
+            m.path, m.dataset, cache_dir=folder, concat_layers=concat_layers, **common
+        )
+        caches = {s: ActivationCache.open(folder / s) for s in SPLITS}
+        dataset_name = df.dataset.iloc[0]
+        if progress:
+            print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
+        k_rows, k_pred = knn_rows(
+            caches, _rows_meta(m, dataset_name, site), **knn, return_predictions=True
+        )
+        # Its paired rows are recomputed below, with every contrast of the comparison.
+        frames += [df[df.metric != DIFF], to_frame(k_rows)]
+        predictions.update(pred).update(k_pred)
+        test_caches[m.name] = caches["test"]
+        if random_control:
+            folder = _cache_folder(root, m, *folder_args, random=True)
+            if progress:
+                print(f"[compare] {m.name}: the random-weights control (caches in {folder})")
+            df, pred = probe_model(
+                m.path, m.dataset, cache_dir=folder, random_weights=True, **common
+            )
+            frames.append(df[df.metric != DIFF])
+            predictions.update(pred)
+    if pixels or native_pixels:
+        if progress:
+            print("[compare] raw-pixel controls: linear probes of the images")
+        px, pred = pixel_rows(
+            infos[0],
+            data_dir=data_dir,
+            token_cache=token_cache,
+            device=device,
+            seed=seed,
+            train_size=train_size,
+            val_size=val_size,
+            test_size=test_size,
+            pixels=pixels,
+            native=native_pixels,
+            return_predictions=True,
+        )
+        predictions.update(pred)  # refuses test images other than the models'
+        frames.append(to_frame(px))
+    if progress:
+        print("[compare] linear CKA between layers (test split)")
+    results = to_frame(pd.concat(frames, ignore_index=True))
+    diffs = to_frame(paired_rows(results, predictions, seed=seed))
+    results = to_frame(pd.concat([results, diffs], ignore_index=True))
+    cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=seed)
+    c = Comparison(results, cka, comparison_table(results), infos, predictions)
+    if out is not None:
+        out = Path(out)
+        c.files = save_comparison(c, out)
+        summaries = probe_summaries(results)
+        c.files += depth_curve(
+            summaries,
+            out / "depth_curve",
+            relative=True,
+            baseline=baselines_of(results),
+            colours=model_colours(list(summaries)),
+            random=random_summaries(results),
+            concat=concat_summaries(results),
+            title=f"linear probes of every layer on {dataset_name} ({site})",
+        )
+    return c

@@ -1,0 +1,316 @@
+"""The paper's low-data comparison: linear probe vs fine-tuning vs raw pixels, over K labels
+per class and several seeds (Chen et al. 2020, the low-data CIFAR-10 table).
+
+For every K and seed, :func:`~igpt_eval.data.subsets.lowdata_split` draws K labelled
+training images per class and holds out a quarter of them (at most 20 per class). Only those
+K labels per class are used to choose anything, so the numbers are honest low-data numbers:
+
+- **linear probe**: the layer is chosen on the held-out part by a quick pass over every
+  layer (coarse C grid, L-BFGS capped at ``select_iter`` iterations), unless full-data probe
+  results are given (``probe_results``: the layer selected on the standard val split there,
+  as in the paper, which picked its probe layer on full data). On that layer the L-BFGS
+  protocol of :func:`igpt_eval.probes.protocol.probe_lbfgs` chooses C on the held-out part
+  and refits on all K labels per class. Features come from the model's full-split activation
+  caches when complete ones exist (rows indexed, nothing re-extracted); otherwise the rows
+  every draw needs are extracted once into a small cache, never once per K.
+- **fine-tuning**: :func:`igpt_eval.train.finetune.run_finetune` on the training part, early
+  stopping on the held-out part (no refit: fine-tuning is the expensive step).
+- **raw pixels**: the same probe protocol on the pixels (scaled to [0, 1]).
+
+All three are scored on one fixed, stratified test subset (``test_images``; the full test
+set with 0) so they compare like for like. Rows carry ``method``, ``labels_per_class`` and
+(probes) ``best_layer``; :mod:`igpt_eval.reporting.lowdata` turns them into the table and figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from igpt_eval.analysis.settings import LowDataConfig
+from igpt_eval.cache import ActivationCache, extraction, read_manifest, state_dict_hash, write_cache
+from igpt_eval.cache.extraction import open_model
+from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import array_hash, atomic_write, read_json, write_json
+from igpt_eval.model.sites import site_name
+from igpt_eval.probes.protocol import Features, probe_lbfgs
+from igpt_eval.reporting.lowdata import lowdata_table
+from igpt_eval.results import load_results, save_results, summary, to_frame
+from igpt_eval.train.finetune import FinetuneConfig
+from igpt_eval.train.finetune_runs import run_finetune
+
+METHODS = ("linear probe", "fine-tune", "raw pixels")
+
+
+def lowdata_study(
+    models,
+    dataset: str | None,
+    out,
+    cfg: LowDataConfig | None = None,
+    *,
+    probe_results=None,
+    split_seed: int | None = None,
+    data_dir=None,
+    token_cache=None,
+    cache_root=None,
+    progress: bool = True,
+):
+    """Run the study for each checkpoint folder in ``models``; returns the tidy results,
+    also written (after every run, so partial progress is on disk) to ``out/results.*``.
+
+    Everything is checked before ``out`` is touched. Re-running the same study in the same
+    ``out`` continues it: finished fine-tuning runs are read back, an interrupted one resumes.
+    """
+    cfg = cfg or LowDataConfig()
+    cfg.validate()
+    out = Path(out)
+    cache_root = Path(cache_root) if cache_root is not None else extraction.CACHE_ROOT
+    tok_root = Path(token_cache) if token_cache is not None else cache_root / "tokens"
+    opened = [(Path(m), *open_model(m, device=cfg.device)) for m in models]
+    names = [p.name for p, *_ in opened]
+    if len(set(names)) < len(names):
+        raise IGPTError(f"two models share a folder name ({names}); results would collide")
+    dataset = dataset or opened[0][3].get("run_dataset")
+    if dataset is None:
+        raise IGPTError("no --dataset given and the model folder has no run.json naming one")
+    best_layers = _layers_from_results(probe_results, names)
+    data, draws = {}, {}
+    for path, net, _palette, ident in opened:
+        L = net.config.n_layer
+        for layer in (cfg.layer, best_layers.get(path.name)):
+            if layer is not None and not 0 <= layer <= L:
+                raise IGPTError(f"layer {layer} is out of range: {path.name} has layers 0..{L}")
+        seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+        key = (net.config.n_px, seed)
+        if key not in data:
+            tr, te = (
+                load_dataset(dataset, split=s, n_px=key[0], data_dir=data_dir, seed=seed)
+                for s in ("train", "test")
+            )
+            if len(np.unique(tr.labels)) < 2:
+                raise IGPTError(f"{dataset} has fewer than two classes: it has no labels")
+            data[key] = (tr, te, _test_rows(te.labels, cfg.test_images))
+            # Every draw up front: a K too large for a class fails before any work.
+            draws[key] = {
+                (s, k): lowdata_split(tr.labels, k, s) for s in range(cfg.seeds) for k in cfg.ks
+            }
+    settings = {
+        "models": [str(p) for p, *_ in opened],
+        "dataset": dataset,
+        "config": _jsonable(dataclasses.asdict(cfg)),
+        "best_layers": best_layers,
+    }
+    _guard(out, settings)
+
+    rows: list[dict] = []
+
+    def flush():
+        df = to_frame(rows)
+        save_results(df, out)
+        return df
+
+    for (n_px, seed), (tr, te, test_rows) in data.items():
+        pix_done = set()
+        for path, net, palette, ident in opened:
+            if (net.config.n_px, seed) != (n_px, seed):
+                continue
+            t_tok = load_tokens(tr, palette, tok_root, progress=progress)
+            e_tok = load_tokens(te, palette, tok_root, progress=progress)
+            need = np.unique(np.concatenate([np.r_[a, b] for a, b in draws[(n_px, seed)].values()]))
+            feats = _features(
+                net, palette, ident, (tr, t_tok, need), (te, e_tok, test_rows), cfg,
+                best_layers.get(path.name), cache_root, progress,
+            )  # fmt: skip
+            meta = dict(model=path.name, objective=net.config.objective, dataset=dataset)
+            for (s, k), (a, b) in draws[(n_px, seed)].items():
+                extra = dict(labels_per_class=k, seed=s)
+                rows += _probe(feats, a, b, tr.labels, te.labels[test_rows], cfg, meta, extra,
+                               best_layers.get(path.name))  # fmt: skip
+                if (s, k) not in pix_done:
+                    pix_done.add((s, k))
+                    rows += _pixels(tr, te, test_rows, a, b, cfg, dataset, extra)
+                flush()
+                if cfg.finetune:
+                    rows += _finetune(
+                        net, palette, t_tok, e_tok, tr, te.labels, a, b, test_rows,
+                        cfg, out / "finetune" / path.name / f"k{k}-s{s}", meta, extra,
+                        ident, progress,
+                    )  # fmt: skip
+                    flush()
+    df = flush()
+
+    with atomic_write(out / "lowdata.md", "w") as f:
+        f.write(lowdata_table(df) + "\n")
+    return df
+
+
+# ------------------------------------------------------------------ pieces
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _guard(out: Path, settings: dict) -> None:
+    """A new study needs an empty (or absent) folder; the same study may continue."""
+    f = out / "lowdata.json"
+    if f.is_file():
+        old = read_json(f)
+        if old != settings:
+            raise IGPTError(f"{out} holds a low-data study with other settings; choose a new --out")
+    elif out.exists() and any(out.iterdir()):
+        raise IGPTError(f"{out} already holds files; choose a new --out")
+    write_json(f, settings)
+
+
+def _layers_from_results(paths, names: list[str]) -> dict:
+    """``{model name: layer}`` chosen on validation in full-data probe results files."""
+    if not paths:
+        return {}
+
+    df = __import__("pandas").concat([load_results(p) for p in paths], ignore_index=True)
+    df = df[df.probe == "lbfgs"]
+    found = {}
+    for name in names:
+        mine = df[df.model == name]
+        if mine.empty:
+            raise IGPTError(f"the --probe-results files hold no L-BFGS rows for model {name!r}")
+        s = summary(mine)
+        found[name] = int(s[s.best].layer.iloc[0])
+    return found
+
+
+def _find_cache(root: Path, model_hash: str, fingerprint: str, bert: bool, layers):
+    """A complete activation cache of this model on this split (any folder under
+    ``root/activations``), holding ``layers`` of the ln_1 site; None when there is none."""
+    for d in sorted((root / "activations").glob("*/")):
+        try:
+            m = read_manifest(d)
+        except IGPTError:
+            continue
+        if not m or not m.get("complete") or m.get("site") != "ln_1":
+            continue
+        if m.get("state_dict_hash") != model_hash or m.get("dataset_fingerprint") != fingerprint:
+            continue
+        if bool(m.get("bert_masks")) != bert or not set(layers) <= set(m.get("layers", [])):
+            continue
+        return ActivationCache.open(d)
+    return None
+
+
+def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> dict:
+    """``{"train": (G, N, d) for the ``need`` rows, "test": (G, n_test, d), layers, sites,
+    "index": row -> position}`` from full-split caches or one extraction of those rows."""
+    L = net.config.n_layer
+    layers = list(range(L + 1)) if layer is None else [layer]
+    h = state_dict_hash(net)
+    bert = net.config.objective == "bert"
+    out = {}
+    for name, (ds, tok, rows) in (("train", train), ("test", test)):
+        cache = _find_cache(root, h, ds.fingerprint, bert, layers)
+        if cache is not None:
+            X = np.stack([np.asarray(cache[x])[rows] for x in layers])
+        else:
+            tag = f"{ds.fingerprint}-m{h[:8]}-rows{_rows_hash(rows)}"
+            cache = write_cache(
+                net, np.asarray(tok.tokens[rows]), ds.labels[rows],
+                root / "activations" / f"lowdata-{name}-{tag}", layers=layers,
+                bert_masks=1 if bert else 0, compute="bfloat16" if cfg.bf16 else "float32",
+                identity=dict(model=ident.get("model"), weights_hash=ident.get("weights_hash"),
+                              palette_hash=palette.hash, dataset=ds.name, split=ds.split,
+                              dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),
+                progress=progress,
+            )  # fmt: skip
+            X = np.stack([np.asarray(cache[x]) for x in layers])
+        out[name] = X.astype(np.float32)
+    out["index"] = {int(r): i for i, r in enumerate(train[2])}
+    out["layers"], out["sites"] = layers, [site_name(x, "ln_1", L) for x in layers]
+    return out
+
+
+def _test_rows(labels: np.ndarray, n: int) -> np.ndarray:
+    """The fixed test subset: ``n`` rows, the same number from every class (seed 0), or
+    every row when ``n`` is 0 or covers the whole set."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if n == 0 or n >= len(labels):
+        return np.arange(len(labels))
+    return labelled_subset(labels, int(min(counts.min(), max(1, n // len(classes)))), seed=0)
+
+
+def _rows_hash(rows: np.ndarray) -> str:
+    return array_hash(np.asarray(rows, dtype=np.int64))[:10]
+
+
+def _probe(feats, tr_rows, va_rows, labels, y_test, cfg, meta, extra, fixed) -> list[dict]:
+    """The linear probe of one draw: layer choice (unless ``fixed``), then the protocol."""
+    idx = feats["index"]
+    take = lambda r: feats["train"][:, [idx[int(i)] for i in r]]  # noqa: E731
+    Xa, Xb, Xt = take(tr_rows), take(va_rows), feats["test"]
+    ya, yb = labels[tr_rows], labels[va_rows]
+    layers, sites = feats["layers"], feats["sites"]
+    g = 0
+    if fixed is None and len(layers) > 1:  # quick pass over every layer, on held-out labels
+        quick = probe_lbfgs(
+            Features(Xa, ya), Features(Xb, yb), Features(Xt[:, :1], y_test[:1]), layers,
+            meta=meta, sites=sites, Cs=10.0 ** np.arange(-2, 3), refine=False,
+            max_iter=cfg.select_iter, device=cfg.device, n_boot=1,
+        )  # fmt: skip
+        val = [(r["value"], -layers.index(r["layer"])) for r in quick
+               if r["split"] == "val" and r["metric"] == "accuracy" and r["selected"]]  # fmt: skip
+        g = -max(val)[1]  # best held-out accuracy; ties go to the shallower layer
+    t0 = time.perf_counter()
+    rows = probe_lbfgs(
+        Features(Xa[g : g + 1], ya), Features(Xb[g : g + 1], yb), Features(Xt[g : g + 1], y_test),
+        [layers[g]], meta=meta, sites=[sites[g]], max_iter=cfg.probe_iter, device=cfg.device,
+        seed=extra["seed"],
+    )  # fmt: skip
+    sec = time.perf_counter() - t0
+    return [dict(r, **extra, method="linear probe", best_layer=True, study_seconds=sec)
+            for r in rows]  # fmt: skip
+
+
+def _pixels(tr, te, test_rows, tr_rows, va_rows, cfg, dataset, extra) -> list[dict]:
+    """The raw-pixel baseline: the probe protocol on pixels scaled to [0, 1]."""
+
+    def X(images, rows):
+        return (images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0)[None]
+
+    rows = probe_lbfgs(
+        Features(X(tr.images, tr_rows), tr.labels[tr_rows]),
+        Features(X(tr.images, va_rows), tr.labels[va_rows]),
+        Features(X(te.images, test_rows), te.labels[test_rows]),
+        [0], meta=dict(model="raw pixels", objective="none", dataset=dataset),
+        sites=["pixels"], max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"],
+    )  # fmt: skip
+    return [dict(r, **extra, method="raw pixels", best_layer=True) for r in rows]
+
+
+def _finetune(net, palette, t_tok, e_tok, tr, test_labels, tr_rows, va_rows, test_rows,
+              cfg, run_dir: Path, meta, extra, ident, progress) -> list[dict]:  # fmt: skip
+    """One fine-tuning run (read back when it already finished, resumed when interrupted)."""
+    done = run_dir / "results.parquet"
+    if done.is_file():
+        df = load_results(done)
+    else:
+        ft = FinetuneConfig(
+            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, objective=cfg.objective,
+            layer=cfg.layer, augment=cfg.augment, eval_every=cfg.eval_every, patience=cfg.patience,
+            bf16=cfg.bf16, seed=extra["seed"], device=cfg.device,
+        )  # fmt: skip
+        labels = tr.labels
+        full = Labelled(t_tok.tokens, labels, tr.images if cfg.augment else None)
+        test = Labelled(np.asarray(e_tok.tokens[test_rows]), test_labels[test_rows])
+        df = run_finetune(
+            net, palette, full.take(tr_rows), full.take(va_rows), test, ft, run_dir,
+            n_classes=int(labels.max()) + 1, meta=meta,
+            identity=dict(weights_hash=ident.get("weights_hash"), **extra),
+            resume=(run_dir / "finetune.json").is_file(), progress=progress,
+        )  # fmt: skip
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(run_dir / "resume", ignore_errors=True)
+            (run_dir / "model.safetensors").unlink(missing_ok=True)
+    return [dict(r, **extra, method="fine-tune") for r in df.to_dict("records")]

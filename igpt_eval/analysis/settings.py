@@ -1,0 +1,63 @@
+"""Settings of the studies (:class:`LowDataConfig`, :class:`TrackSettings`), with their
+defaults and the measurements behind them.
+
+A light module (no torch, no numpy), so the command line can show the defaults in ``--help``
+without importing the studies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.errors import IGPTError
+
+
+@dataclass
+class LowDataConfig:
+    """The study's settings; the defaults fit both shipped models in ~30 min on 2 CPU cores."""
+
+    ks: tuple[int, ...] = (4, 25, 400)  # the paper's 40 / 250 / 4,000 labels for 10 classes
+    seeds: int = 5  # draws per K: mean ± std over them
+    steps: int = 100  # fine-tuning steps per run: ~0.25 s each at batch 8, bf16, one core
+    test_images: int = 1000  # fixed stratified test subset (~10 s to score per fine-tune)
+    lr: float = 1e-3  # fine-tuning: constant Adam rate (3e-3 measured worse at K=25)
+    batch_size: int = 8  # small batches: 4x the updates of batch 32 for the same images/s
+    eval_every: int = 20  # fine-tuning: steps between held-out scores
+    patience: int = 3  # fine-tuning: evaluations without improvement before stopping
+    objective: str = "joint"  # fine-tuning objective: L_gen + L_clf (the paper's)
+    layer: int | None = None  # fine-tuning head layer (None: ln_f)
+    augment: bool = False  # the paper's augmentation during fine-tuning
+    bf16: bool = False  # autocast: 2x faster on CPUs with bf16 units, 2.5x slower on AVX2 ones
+    finetune: bool = True  # False: probes only
+    select_iter: int = 50  # L-BFGS iterations per C when choosing the probe layer
+    probe_iter: int = 300  # L-BFGS iteration cap of the final probe (convergence recorded)
+    device: str = "cpu"
+    keep_checkpoints: bool = False  # fine-tuned weights are ~7 MB a run; results are kept
+
+    def validate(self) -> None:
+        """One clear error for settings that cannot run."""
+        if not self.ks or min(self.ks) < 2:
+            raise IGPTError(f"every K must be >= 2 (one to train on, one held out): {self.ks}")
+        if self.seeds < 1 or self.steps < 1 or self.test_images < 0:
+            raise IGPTError("seeds and steps must be >= 1, test images >= 0")
+
+
+@dataclass
+class TrackSettings:
+    """How each snapshot is probed. The defaults keep one snapshot of the 16 px ``mini``
+    model to about a minute of extraction on 2 CPU cores, at a test-accuracy standard
+    error of about 0.5 points, enough to see trends across training."""
+
+    dataset: str | None = None  # default: the run's own (run.json)
+    # Stratified samples (None: the whole split): the main job's, so a run's last snapshot
+    # and the model shipped from it are probed on the same images.
+    train_size: int | None = SAMPLE_TRAIN
+    val_size: int | None = SAMPLE_VAL
+    test_size: int | None = SAMPLE_TEST  # the images every snapshot is scored on
+    site: str = "ln_1"  # the paper's feature site
+    compute: str = "float32"  # extraction precision ("bfloat16" where the CPU has bf16 units)
+    batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
+    bert_masks: int = 1  # masks averaged for BERT snapshots
+    seed: int = 0  # the split seed and the probes' seed
+    steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)

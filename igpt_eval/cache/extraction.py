@@ -1,0 +1,207 @@
+"""``igpt_eval.extract``: a checkpoint and a dataset name in, an activation cache out.
+
+The convenience layer over :func:`igpt_eval.cache.write_cache` that the ``extract`` command and
+notebooks use: it loads the model and its palette, loads the dataset split at the model's
+``n_px``, reuses (or builds) the token cache, and records the inputs' identity in the
+activation cache's manifest.
+
+    cache = igpt_eval.extract("models/fmnist-ar", "fashion-mnist", split="test")
+    cache[4]          # float32 memmap [10000, d]: layer 4's pooled ln_1 features
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from igpt_eval.cache.manifest import state_dict_hash
+from igpt_eval.cache.writer import write_cache
+from igpt_eval.data import ImageDataset, load_dataset, load_tokens
+from igpt_eval.data.splits import stratified_split
+from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import array_hash, file_hash
+from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette
+from igpt_eval.model.igpt import IGPT
+from igpt_eval.train import distributed as dist
+
+#: Root of the managed caches (token caches under ``tokens/``, activations under
+#: ``activations/``); ``$IGPT_EVAL_CACHE`` moves it.
+CACHE_ROOT = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache"))
+
+
+def open_model(model, palette=None, device: str = "cpu", *, random_weights: bool = False):
+    """``(IGPT, Palette, identity)`` for a checkpoint folder or an in-memory model.
+
+    ``identity`` holds the model's name, the checkpoint file's hash when there is one, and the
+    dataset and split seed of the run that trained it (from ``run.json``) when known.
+    ``random_weights`` replaces a folder's trained weights by the initialisation its run
+    started from (:meth:`IGPT.initialised` with the run's seed): the same architecture,
+    untrained, the control every probe result should beat.
+    """
+    ident: dict = {}
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        loaded = load_model(path, device)
+        if palette is None:
+            palette = load_palette(path)
+            if palette is None:
+                raise IGPTError(f"{path} has no palette.npy; the model's colours are unknown")
+        ident = {"model": str(path), "weights_hash": file_hash(path / WEIGHTS)}
+        try:
+            run = json.loads((path / "run.json").read_text())
+            ident["run_dataset"] = run.get("dataset")
+            ident["run_seed"] = (run.get("train_config") or {}).get("seed")
+        except (OSError, ValueError):
+            pass  # not a pretraining folder (e.g. converted from HF): nothing to default to
+        model = loaded
+        if random_weights:
+            seed = ident.get("run_seed") or 0
+            model = IGPT.initialised(loaded.config, seed).to(device).eval()
+            ident["model"] = f"{path} (random weights, seed {seed})"
+            ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
+    else:
+        if random_weights:
+            raise IGPTError("random_weights needs a checkpoint folder (its config and run seed)")
+        model = model.to(device).eval()
+        ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
+    if palette is None:
+        raise IGPTError("give the palette the model was trained with (palette=...)")
+    if palette.k != model.config.vocab_size:
+        raise IGPTError(
+            f"the palette has {palette.k} colours but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+    return model, palette, ident
+
+
+def extract(
+    model,
+    dataset=None,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    *,
+    palette=None,
+    layers=None,
+    site: str = "ln_1",
+    batch_size: int = EXTRACT_BATCH,
+    dtype: str = "float32",
+    bert_masks: int = 1,
+    seed: int = 0,
+    full_sequence_layer: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split_seed: int | None = None,
+    token_cache: str | os.PathLike | None = None,
+    device: str = "cpu",
+    compute: str = "float32",
+    max_rows: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """The activation cache of ``model`` on one split of ``dataset``, built if needed.
+
+    ``model`` is a checkpoint folder (its ``palette.npy`` is used) or an ``IGPT`` with
+    ``palette=``. ``dataset`` is a registry name (default: the one in the folder's
+    ``run.json``) loaded at the model's ``n_px`` and split with ``split_seed`` (default: the
+    training run's seed, else 0), or an :class:`~igpt_eval.data.ImageDataset` (``split`` is
+    then its own). Tokens come from the token cache under ``token_cache`` (default
+    ``runs/cache/tokens``). ``out`` defaults to a folder under ``runs/cache/activations``
+    named after the tokens, the weights and the settings. ``max_rows`` caps the split at a
+    stratified sample (see :func:`extract_split`). Other arguments are those of
+    :func:`igpt_eval.cache.write_cache` (``compute="bfloat16"``: bf16 autocast).
+    """
+    model, palette, ident = open_model(model, palette, device)
+    return extract_split(
+        model, palette, ident, dataset, split, out,
+        layers=layers, site=site, batch_size=batch_size, dtype=dtype, bert_masks=bert_masks,
+        seed=seed, full_sequence_layer=full_sequence_layer, data_dir=data_dir,
+        split_seed=split_seed, token_cache=token_cache, overwrite=overwrite, progress=progress,
+        compute=compute, max_rows=max_rows,
+    )  # fmt: skip
+
+
+def extract_split(
+    model,
+    palette,
+    ident: dict,
+    dataset,
+    split: str,
+    out=None,
+    *,
+    data_dir=None,
+    split_seed: int | None = None,
+    token_cache=None,
+    max_rows: int | None = None,
+    progress: bool = True,
+    **settings,
+):
+    """:func:`extract` for a model already opened by :func:`open_model` (the CLI reuses one
+    model for several splits). ``settings`` go to :func:`igpt_eval.cache.write_cache`.
+
+    ``max_rows`` caps the split at that many images, a stratified sample drawn with the
+    split seed (see :func:`subset_rows`); the token cache still holds the whole split, and
+    the activation cache's fingerprint names the sample."""
+    n_px = model.config.n_px
+    dataset, seed = run_defaults(dataset, ident, split_seed)
+    if isinstance(dataset, ImageDataset):
+        ds = dataset
+        if ds.n_px != n_px:
+            raise IGPTError(f"the dataset's images are {ds.n_px} px; the model reads {n_px} px")
+    else:
+        ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=seed)
+    if len(ds) == 0:
+        raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
+    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
+    # Every process reads the same token cache; rank 0 builds it first.
+    tokens = dist.main_first(
+        lambda: load_tokens(ds, palette, root, progress=progress and dist.is_main())
+    )
+    identity = {
+        "model": ident.get("model"),
+        "weights_hash": ident.get("weights_hash"),
+        "palette_hash": palette.hash,
+        "dataset": ds.name,
+        "split": ds.split,
+        "dataset_fingerprint": ds.fingerprint,
+    }
+    token_rows, labels = tokens.tokens, tokens.labels
+    if max_rows is not None and max_rows < len(labels):
+        rows = subset_rows(labels, max_rows, ds.seed)
+        token_rows, labels = token_rows[rows], labels[rows]
+        sample = hashlib.sha256(f"{ds.fingerprint}|{array_hash(rows)}".encode()).hexdigest()
+        identity["split"] = f"{ds.split} ({len(rows)} of {len(ds)} images, stratified)"
+        identity["dataset_fingerprint"] = sample[:16]
+        settings = dict(settings, rows=len(rows))
+    if out is None:
+        key = json.dumps(sorted(settings.items()), default=str)
+        tag = hashlib.sha256(key.encode()).hexdigest()[:6]
+        weights = state_dict_hash(model)[:8]
+        out = CACHE_ROOT / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
+    settings.pop("rows", None)
+    return write_cache(
+        model, token_rows, labels, out, identity=identity, progress=progress, **settings
+    )
+
+
+def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
+    """``(dataset, split_seed)`` a model is read on: those given, else those of the run
+    that trained it (``ident`` from :func:`open_model`), else (the seed) 0."""
+    if dataset is None:
+        dataset = ident.get("run_dataset")
+        if dataset is None:
+            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+    seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+    return dataset, seed
+
+
+def subset_rows(labels, n: int, seed: int):
+    """Sorted indices of a stratified sample of ``n`` of the rows of ``labels`` (seeded):
+    each class keeps its share, so a capped split has the full split's class balance."""
+    if n < 1:
+        raise IGPTError(f"a split capped at {n} rows has nothing to probe; give a positive size")
+    _, rows = stratified_split(np.asarray(labels), n / len(labels), seed, n_out=n)
+    return rows

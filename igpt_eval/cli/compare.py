@@ -1,0 +1,101 @@
+"""``igpt-eval compare``: the AR-vs-BERT study (probes, kNN, CKA, pixel baseline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from igpt_eval.cli.common import subcommand
+from igpt_eval.cli.probe import add_extraction_flags, add_native_pixels_flag
+from igpt_eval.errors import IGPTError
+
+DEFAULT_OUT = Path("runs/compare")
+
+
+@subcommand
+def _add_compare(sub) -> None:
+    from igpt_eval.defaults import DEFAULT_MODELS
+
+    p = sub.add_parser(
+        "compare",
+        help="compare models layer by layer (linear probes, kNN, CKA, pixel baseline)",
+        description="Probe every layer of each model with the same protocol and splits, run "
+        "weighted kNN and linear CKA on the same activation caches, probe the controls (the "
+        "raw palette-quantised pixels, the raw pixels at native resolution, each model's "
+        "random-weights twin), print the comparison table and write the "
+        "tidy results, CKA table, table and depth-curve figure. With no arguments: the "
+        "shipped fmnist-ar and fmnist-bert models.",
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        metavar="DIR",
+        help="checkpoint folders (default: models/fmnist-ar models/fmnist-bert)",
+    )
+    p.add_argument("--dataset", default=None, help="dataset (default: the models' run.json)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="activation caches root (default: runs/cache/activations/compare)",
+    )
+    p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_extraction_flags(p)
+    p.add_argument("--knn-k", type=int, default=20, help="kNN neighbours (default 20)")
+    p.add_argument("--knn-temperature", type=float, default=0.07, help="kNN temperature")
+    p.add_argument(
+        "--cka-rows", type=int, default=10_000, help="test rows used for CKA (default 10000)"
+    )
+    p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
+    add_native_pixels_flag(p, default=True)
+    p.add_argument(
+        "--no-random-control",
+        action="store_true",
+        help="skip each model's random-weights control (the same architecture untrained, "
+        "probed alike; default: probed, cached like the models)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    from igpt_eval.analysis.compare import compare_models
+    from igpt_eval.reporting.tables import table_markdown
+
+    if args.cka_rows < 2:
+        raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")
+    c = compare_models(
+        args.models,
+        args.dataset,
+        out=args.out,
+        cache_dir=args.cache,
+        data_dir=args.data_dir,
+        device=args.device,
+        site=args.site,
+        bert_masks=args.bert_masks,
+        batch_size=args.batch_size,
+        compute="bfloat16" if args.bf16 else "float32",
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        knn_k=args.knn_k,
+        knn_temperature=args.knn_temperature,
+        cka_max_rows=args.cka_rows,
+        pixels=not args.no_pixels,
+        native_pixels=args.native_pixels,
+        random_control=not args.no_random_control,
+        concat_layers=args.concat_layers,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    ds = c.results.dataset.iloc[0]
+    print(f"comparison on {ds} (test accuracy; best layer chosen on validation):")
+    print(table_markdown(c.table))
+    print(f"results: {args.out / 'results.parquet'} (+ .csv, cka/, tables/, depth_curve.png)")
+    print(f"next: igpt-eval report --results {args.out} --out reports/")
+    return 0

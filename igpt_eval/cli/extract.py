@@ -1,0 +1,129 @@
+"""``igpt-eval extract``: cache every layer's pooled features of a dataset split on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from igpt_eval.cli.common import subcommand
+from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.errors import IGPTError
+
+_DEFAULT_TOKENS = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
+_SPLITS = ("train", "val", "test", "trainval")
+
+
+@subcommand
+def _add_extract(sub) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="cache per-layer pooled features of a dataset split",
+        description="Run a checkpoint over a dataset split and write each layer's "
+        "position-averaged activations (the paper's features) to an activation cache: one "
+        ".npy per layer, resumable after an interruption (rerun the same command). Runs under "
+        "torchrun, sharding rows over processes.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name (fashion-mnist, cifar10, npz:PATH, ...); default: the one in the "
+        "model's run.json",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=[*_SPLITS, "all"],
+        help="which split (default test); all: train, val and test, one sub-folder each",
+    )
+    p.add_argument("--layers", default="all", help="all (default), or e.g. 0,4,8 or 2-5")
+    p.add_argument("--site", default="ln_1", help="site kind: ln_1 (default), resid_pre, ...")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EXTRACT_BATCH,
+        help=f"images per forward (default {EXTRACT_BATCH})",
+    )
+    p.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32", help="stored dtype"
+    )
+    p.add_argument(
+        "--bert-masks",
+        type=int,
+        default=1,
+        help="BERT models: average the features over N masks (default 1; 0: unmasked)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="mask seed and train/val split seed "
+                   "(default: the model's training seed, else 0)")  # fmt: skip
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast forward pass (faster on CPUs with bf16 units)",
+    )
+    p.add_argument(
+        "--full-sequence-layer",
+        type=int,
+        default=None,
+        metavar="L",
+        help="also store layer L unpooled, [N, T, d] float16",
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset")
+    p.add_argument(
+        "--token-cache",
+        type=Path,
+        default=_DEFAULT_TOKENS,
+        help=f"where token caches live (default: {_DEFAULT_TOKENS})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="rebuild a mismatching cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_cmd_extract)
+
+
+def parse_layers(spec: str) -> list[int] | None:
+    """``all`` → None; ``0,4,8`` and ranges ``2-5`` → a list of ints."""
+    if spec.strip().lower() == "all":
+        return None
+    layers = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise IGPTError(
+            f"--layers takes 'all' or numbers like 0,4,8 or 2-5, not {spec!r}"
+        ) from None
+    return layers
+
+
+def _cmd_extract(args) -> int:
+    from igpt_eval.cache.extraction import extract_split, open_model
+    from igpt_eval.train import distributed as dist
+
+    layers = parse_layers(args.layers)
+    dist.init(args.device)
+    device = args.device
+    if device == "cuda" and dist.world_size() > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    main = dist.is_main()
+    try:
+        model, palette, ident = open_model(args.model, device=device)
+        splits = ("train", "val", "test") if args.split == "all" else (args.split,)
+        seed = args.seed if args.seed is not None else (ident.get("run_seed") or 0)
+        for split in splits:
+            out = args.out / split if args.split == "all" else args.out
+            cache = extract_split(
+                model, palette, ident, args.dataset, split, out,
+                data_dir=args.data_dir, split_seed=seed, token_cache=args.token_cache,
+                progress=main and not args.no_progress, layers=layers, site=args.site,
+                batch_size=args.batch_size, dtype=args.dtype, bert_masks=args.bert_masks,
+                seed=seed, full_sequence_layer=args.full_sequence_layer,
+                compute="bfloat16" if args.bf16 else "float32",
+                overwrite=args.overwrite,
+            )  # fmt: skip
+            if main:
+                print(cache)
+    finally:
+        dist.shutdown()
+    return 0

@@ -1,0 +1,222 @@
+"""``igpt-eval probe``: linear probes on every layer; the toolkit's main job."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from igpt_eval.cli.common import subcommand
+from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.errors import IGPTError
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """``None``/``all`` → every layer; ``0,4,8`` or ``2-5`` → that list."""
+    if spec is None or spec == "all":
+        return None
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise IGPTError(f"--layers takes 'all', '0,4,8' or '2-5', not {spec!r}") from None
+    return sorted(set(out))
+
+
+def parse_size(spec: str) -> int | None:
+    """``all`` → None (no cap); otherwise a positive number of rows."""
+    if spec == "all":
+        return None
+    try:
+        n = int(spec.replace("_", "").replace(",", ""))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of images or 'all', not {spec!r}"
+        )
+    return n
+
+
+def add_sample_flags(p, train: int | None, val: int | None, test: int | None) -> None:
+    """``--train-size``, ``--val-size`` and ``--test-size``: the stratified sample of each
+    split to probe (``probe``, ``compare`` and ``track`` share them)."""
+    roles = {
+        "train": "training images to fit the probes on",
+        "val": "validation images that choose C and the best layer",
+        "test": "test images every result is scored on",
+    }
+    for split, size in (("train", train), ("val", val), ("test", test)):
+        default = "all" if size is None else f"{size:,}"
+        p.add_argument(
+            f"--{split}-size",
+            type=parse_size,
+            default=size,
+            metavar="N|all",
+            help=f"{roles[split]}: a stratified sample of N, or all (default {default})",
+        )
+
+
+def add_extraction_flags(p) -> None:
+    """The feature flags ``probe`` and ``compare`` share (the defaults of ``probe_model``)."""
+    add_sample_flags(p, SAMPLE_TRAIN, SAMPLE_VAL, SAMPLE_TEST)
+    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EXTRACT_BATCH,
+        help=f"extraction batch size (default {EXTRACT_BATCH})",
+    )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast for extraction (default: off; pays only on CPUs with bf16 units "
+        "or GPUs, and changes the features slightly)",
+    )
+    p.add_argument(
+        "--concat-layers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also probe the K layers (odd) centred on the one chosen on validation, "
+        "concatenated (the paper's multi-layer probe; L-BFGS only); default: off",
+    )
+
+
+def add_native_pixels_flag(p, default: bool) -> None:
+    """``--native-pixels``/``--no-native-pixels`` (``probe`` and ``compare`` differ only in
+    the default)."""
+    p.add_argument(
+        "--native-pixels",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="also probe the dataset's raw pixels at native resolution (Fashion-MNIST: 28x28 "
+        f"grey), same splits and samples (default: {'on' if default else 'off'})",
+    )
+
+
+@subcommand
+def _add_probe(sub) -> None:
+    from igpt_eval.defaults import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "probe",
+        help="linear probes on every layer (the depth curve)",
+        description="Extract (or reuse) features of a model on train/val/test, fit a linear "
+        "probe per layer (C chosen on val, refit on train+val, test reported once with a "
+        "bootstrap 95%% CI) and the same probe on the raw pixels, print the table and the "
+        "paired differences (best layer on val minus the last layer, and minus the pixels: "
+        "paired bootstrap 95%% CI, McNemar's exact test), write results, per-example test "
+        "predictions and depth_curve.png. With no arguments: the shipped Fashion-MNIST AR "
+        "model.",
+    )
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder")
+    p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--layers", default=None, help="all (default), '0,4,8' or '2-5'")
+    p.add_argument("--all-layers", action="store_true", help="probe every layer (default)")
+    p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
+    p.add_argument("--method", choices=["lbfgs", "sgd"], default="lbfgs")
+    p.add_argument("--backend", choices=["torch", "sklearn", "cuml"], default="torch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="standardise features with training statistics (default: on)",
+    )
+    add_extraction_flags(p)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="activation cache folder (default: under runs/cache/activations)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"
+    )
+    p.add_argument(
+        "--no-pixels",
+        action="store_true",
+        help="skip the raw-pixel baseline (and the best − pixels difference)",
+    )
+    add_native_pixels_flag(p, default=False)
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="probe the model's random-weights control instead: the same architecture at "
+        "the initialisation its training run started from (its own caches: give it another "
+        "--cache than the model's; default out: runs/probe/<model>-random-weights)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite", action="store_true", help="rebuild caches in --cache made from other inputs"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
+    from igpt_eval.probes.runner import probe_model
+    from igpt_eval.reporting.figures import baselines_of, depth_curve
+    from igpt_eval.reporting.tables import concat_summaries, format_summary
+    from igpt_eval.results import CONCAT, summary
+
+    if args.all_layers and args.layers not in (None, "all"):
+        raise IGPTError("--all-layers and --layers disagree; give one of them")
+    suffix = "-random-weights" if args.random_weights else ""
+    out = args.out or Path("runs/probe") / (args.model.name + suffix)
+    df = probe_model(
+        args.model,
+        args.dataset,
+        layers=parse_layers(args.layers),
+        site=args.site,
+        method=args.method,
+        backend=args.backend,
+        device=args.device,
+        data_dir=args.data_dir,
+        cache_dir=args.cache,
+        out=out,
+        standardize=args.standardize,
+        bert_masks=args.bert_masks,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        compute="bfloat16" if args.bf16 else "float32",
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        pixels=not args.no_pixels,
+        native_pixels=args.native_pixels,
+        random_weights=args.random_weights,
+        concat_layers=args.concat_layers,
+    )
+    s = summary(df)
+    model = df.model.iloc[0]  # "<name> (random weights)" for the control
+    cat = concat_summaries(df).get(model)
+    name = f"{model} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
+    files = depth_curve(
+        {model: s},
+        out / "depth_curve",
+        title=f"{args.method} linear probes: {name}",
+        baseline=baselines_of(df),
+        concat=None if cat is None else {model: cat},
+    )
+    print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
+    own = df[df.probe == args.method]
+    val, test = own[own.split == "val"].iloc[0], own[own.split == "test"].iloc[0]
+    sampled = any(n is not None for n in (args.train_size, args.val_size, args.test_size))
+    sample = " (stratified samples; --{train,val,test}-size all for every image)" if sampled else ""
+    print(
+        f"chosen on {int(val.n_eval):,} val images after training on {int(val.n_train):,}; "
+        f"refit on train+val, tested once on {int(test.n_eval):,}{sample}"
+    )
+    print(format_summary(s, differences=df[df.probe.isin([args.method, CONCAT])], concat=cat))
+    print(
+        f"results: {out / 'results.parquet'} (+ .csv, predictions.npz: per-example test "
+        f"predictions); figure: {files[0]}"
+    )
+    return 0

@@ -1,0 +1,53 @@
+"""``igpt-eval report``: regenerate ``reports/`` (figures and README) from results files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from igpt_eval.cli.common import subcommand
+from igpt_eval.cli.compare import DEFAULT_OUT
+
+
+@subcommand
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="draw every figure and write README.md from results files",
+        description="Read the results of `igpt-eval compare` (tidy results, CKA table, "
+        "models.json) and the models' training logs, and write depth curves, kNN and CKA "
+        "figures, training curves, the palette swatch and completion samples (PNG and SVG) "
+        "and a README.md summarising the measured numbers.",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder written by igpt-eval compare (default {DEFAULT_OUT})",
+    )
+    p.add_argument("--out", type=Path, default=Path("reports"), help="default reports/")
+    p.add_argument(
+        "--lowdata",
+        type=Path,
+        default=Path("runs/lowdata"),
+        help="folder written by igpt-eval lowdata (default runs/lowdata; skipped if empty)",
+    )
+    p.add_argument(
+        "--track",
+        type=Path,
+        default=None,
+        help="folder written by igpt-eval track: adds its figures and a training-dynamics section",
+    )
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from igpt_eval.reporting.report import build_report
+
+    command = f"igpt-eval report --results {args.results} --out {args.out}"
+    if args.track is not None:
+        command += f" --track {args.track}"
+    files = build_report(
+        args.results, args.out, command=command, lowdata_dir=args.lowdata, track_dir=args.track
+    )
+    print(f"{len(files)} files written to {args.out}; summary: {args.out / 'README.md'}")
+    return 0

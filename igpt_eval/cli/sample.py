@@ -1,0 +1,168 @@
+"""``igpt-eval sample`` and ``igpt-eval model-card``: look at and document a trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from igpt_eval.cli.common import refuse_overwrite, subcommand
+from igpt_eval.errors import IGPTError
+
+TOKEN_CACHE = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
+
+
+def _load(model_dir: Path):
+    """(model, palette, run.json) of a checkpoint folder; the palette is required."""
+    from igpt_eval.model.checkpoint import load_model, load_palette, read_run
+
+    model, palette = load_model(model_dir), load_palette(model_dir)
+    if palette is None:
+        raise IGPTError(f"{model_dir} has no palette.npy: its tokens cannot be turned into images")
+    return model, palette, read_run(model_dir)
+
+
+def _dataset_name(args, run: dict) -> str:
+    name = args.dataset or run.get("dataset")
+    if not name:
+        raise IGPTError(f"{args.model} records no dataset (no run.json); pass --dataset")
+    return name
+
+
+@subcommand
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw samples or completions from an AR model",
+        description="Draw unconditional samples from an autoregressive model as an image grid, "
+        "or with --complete, complete the bottom halves of dataset images from their top halves.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--n", type=int, default=16, help="samples (or images to complete)")
+    p.add_argument("--complete", action="store_true", help="complete dataset images instead")
+    p.add_argument("--samples", type=int, default=3, help="completions per image (--complete)")
+    p.add_argument("--dataset", default=None, help="dataset to complete (default: the run's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
+    p.add_argument("--split", default="test", help="split to complete (default: test)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the K likeliest colours")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args) -> int:
+    from igpt_eval.data import load_dataset
+    from igpt_eval.reporting.model_figures import completion_grid, sample_grid
+
+    refuse_overwrite(args.out, args.overwrite)
+    if args.n < 1:
+        raise IGPTError(f"--n must be >= 1, got {args.n}")
+    model, palette, run = _load(args.model)
+    if model.config.objective != "ar":
+        raise IGPTError("sampling needs an autoregressive model; this one is BERT")
+    opts = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, out_png=args.out)
+    if args.complete:
+        ds = load_dataset(
+            _dataset_name(args, run),
+            split=args.split,
+            n_px=model.config.n_px,
+            data_dir=args.data_dir,
+        )
+        completion_grid(
+            model,
+            palette,
+            palette.encode(ds.images[: args.n]),
+            n=args.n,
+            samples=args.samples,
+            **opts,
+        )
+        what = f"completions of {min(args.n, len(ds))} {ds.name}/{ds.split} images"
+    else:
+        sample_grid(model, palette, args.n, **opts)
+        what = f"{args.n} samples"
+    print(f"{what} -> {args.out}")
+    return 0
+
+
+@subcommand
+def _add_model_card(sub) -> None:
+    p = sub.add_parser(
+        "model-card",
+        help="measure a trained model and write its MODEL_CARD.md",
+        description="Measure a checkpoint on the test split of its dataset next to unigram and "
+        "previous-pixel baselines, draw its training curve and completions, and write "
+        "MODEL_CARD.md into the checkpoint folder.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder of a run")
+    p.add_argument("--dataset", default=None, help="dataset (default: the run's, from run.json)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
+    p.add_argument("--reports", type=Path, default=None, help="also copy the figures here")
+    p.add_argument("--name", default=None, help="name in the card and figure files (the folder's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the completions")
+    p.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
+    p.add_argument(
+        "--token-cache",
+        type=Path,
+        default=TOKEN_CACHE,
+        help=f"where token caches live (default: {TOKEN_CACHE})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing card and figures")
+    p.add_argument(
+        "--probe-results",
+        type=Path,
+        default=None,
+        help="only (re)write the card's linear-probe section from this results file or folder "
+        "(igpt-eval probe/compare output); nothing is re-measured",
+    )
+    p.set_defaults(func=_cmd_model_card)
+
+
+def _cmd_model_card(args) -> int:
+    from igpt_eval.data import load_dataset, load_tokens
+    from igpt_eval.reporting.modelcard import CARD, set_probe_section, write_model_card
+
+    if args.probe_results is not None:
+        from igpt_eval.results import load_results
+
+        name = args.name or args.model.resolve().name
+        card = set_probe_section(
+            args.model, load_results(args.probe_results), name, str(args.probe_results)
+        )
+        print(f"linear-probe section of {card} written from {args.probe_results}")
+        return 0
+
+    model, palette, run = _load(args.model)
+    name = args.name or args.model.resolve().name
+    refuse_overwrite(args.model / CARD, args.overwrite)
+    if args.reports is not None:
+        for fig in ("loss_curve", "completions"):
+            refuse_overwrite(args.reports / f"{name}-{fig}.png", args.overwrite)
+    if run.get("palette_hash", palette.hash) != palette.hash:
+        raise IGPTError(f"{args.model}/palette.npy is not the palette recorded in run.json")
+    dataset = _dataset_name(args, run)
+    # The split seed is the run's seed: the card must see the train split the model saw.
+    seed = (run.get("train_config") or {}).get("seed", 0)
+    splits = {}
+    for split in ("train", "test"):
+        ds = load_dataset(
+            dataset, split=split, n_px=model.config.n_px, data_dir=args.data_dir, seed=seed
+        )
+        if split == "train" and run.get("train_fingerprint", ds.fingerprint) != ds.fingerprint:
+            raise IGPTError(
+                f"the train split of {dataset} is not the one {args.model} was trained on "
+                "(its fingerprint differs from run.json); pass the run's --dataset and --data-dir"
+            )
+        splits[split] = load_tokens(ds, palette, args.token_cache, progress=True).tokens
+    del model  # write_model_card loads it again; keep one copy in memory
+    card = write_model_card(
+        args.model,
+        train_tokens=splits["train"],
+        test_tokens=splits["test"],
+        reports_dir=args.reports,
+        name=name,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    print(f"model card -> {card}")
+    return 0

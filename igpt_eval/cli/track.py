@@ -1,0 +1,89 @@
+"""``igpt-eval track``: probe every layer of every training snapshot (the paper's Figure 3)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from igpt_eval.cli.common import parse_steps, refuse_overwrite, subcommand
+from igpt_eval.cli.probe import add_sample_flags
+
+
+@subcommand
+def _add_track(sub) -> None:
+    from igpt_eval.analysis.settings import TrackSettings
+
+    d = TrackSettings()
+    p = sub.add_parser(
+        "track",
+        help="probe every layer of every training snapshot (probe accuracy vs loss)",
+        description="For each run folder (trained with pretrain --snapshots), probe every "
+        "layer of every snapshot with one protocol, sample and seed (activation caches are "
+        "reused), then write tidy results with step and val_loss columns and three figures: "
+        "the best layer's test accuracy against validation loss (all runs on one axis), a "
+        "layer x step heatmap, and the depth curves of all snapshots.",
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a pretraining run folder with snapshots/ (repeat for several runs)",
+    )
+    p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
+    p.add_argument("--steps", type=parse_steps, default=None, help="only these snapshot steps")
+    add_sample_flags(p, d.train_size, d.val_size, d.test_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="extraction batch size")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast for extraction (default: off; on only pays on CPUs with bf16 units)",
+    )
+    p.add_argument("--bert-masks", type=int, default=d.bert_masks, help="masks (BERT runs)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_track)
+
+
+def _cmd_track(args) -> int:
+    from igpt_eval.analysis.settings import TrackSettings
+    from igpt_eval.analysis.track import loss_accuracy_correlation, track_runs, track_summary
+    from igpt_eval.io import atomic_write
+    from igpt_eval.reporting.track import format_track, track_figures, track_markdown
+    from igpt_eval.results import save_results
+
+    refuse_overwrite(args.out / "results.parquet", args.overwrite)
+    settings = TrackSettings(
+        dataset=args.dataset,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        compute="bfloat16" if args.bf16 else "float32",
+        batch_size=args.batch_size,
+        bert_masks=args.bert_masks,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    df = track_runs(args.run, settings, progress=not args.no_progress)
+    summ = track_summary(df)
+    corr = loss_accuracy_correlation(summ)
+    save_results(df, args.out)
+    save_results(summ, args.out, stem="track_summary")
+    save_results(corr, args.out, stem="track_correlation")
+    files = track_figures(df, summ, args.out)
+    command = "igpt-eval " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "igpt-eval track"
+    md = track_markdown(df, summ, source=str(args.out), command=command).replace(
+        "## Training dynamics", "# Training dynamics", 1
+    )
+    with atomic_write(args.out / "README.md", "w") as f:
+        f.write(md)
+    print(format_track(summ, corr))
+    print(f"results: {args.out / 'results.parquet'} (+ track_summary, track_correlation)")
+    print(f"figures: {', '.join(str(f) for f in files if f.suffix == '.png')}")
+    return 0

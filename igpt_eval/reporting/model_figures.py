@@ -1,0 +1,191 @@
+"""Figures of one trained model: its training curve and grids of sampled images.
+
+Figures are drawn on a bare :class:`matplotlib.figure.Figure` (the Agg canvas), never through
+``pyplot``: nothing here touches the global backend or leaves figures open, so these functions
+are safe in notebooks, tests and headless machines alike. PNGs are written atomically.
+
+Example::
+
+    loss_curve("runs/ar/train_log.csv", "runs/ar/loss_curve.png")
+    completion_grid(model, palette, test_tokens, n=8, seed=0, out_png="completions.png")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write
+
+GREY = 128  # the blanked half of a completion prompt
+_MIN_SIDE = 64  # upscale small images (nearest) to at least this many pixels a side
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    with atomic_write(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return out_png
+
+
+def read_log(log_csv: str | Path):
+    """``train_log.csv`` as a DataFrame (``val_loss`` is NaN except on evaluation steps)."""
+    log_csv = Path(log_csv)
+    try:
+        log = pd.read_csv(log_csv)
+    except FileNotFoundError:
+        raise IGPTError(f"no training log at {log_csv}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise IGPTError(f"{log_csv} is not a readable training log ({e})") from None
+    missing = {"step", "train_loss", "val_loss"} - set(log.columns)
+    if missing:
+        raise IGPTError(f"{log_csv} lacks columns {sorted(missing)}")
+    if log.empty:
+        raise IGPTError(f"{log_csv} has no rows: the run logged no step")
+    for col in ("step", "train_loss", "val_loss"):
+        log[col] = pd.to_numeric(log[col], errors="coerce")
+    return log
+
+
+def loss_curve(log_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """Plot the training curve of ``train_log.csv``: per-step train loss (faint), its moving
+    average, and the validation losses as points, in nats per token against the step."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    log = read_log(log_csv)
+    # A window of ~5% of the run (at most 50 steps) smooths step noise but keeps the early
+    # drop visible.
+    window = max(1, min(50, len(log) // 20))
+    smooth = log["train_loss"].rolling(window, min_periods=1).mean()
+    val = log.dropna(subset=["val_loss"])
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(6, 4), dpi=120)
+        ax = fig.add_subplot()
+        ax.plot(log["step"], log["train_loss"], color="C0", alpha=0.25, lw=0.8)
+        label = f"train (moving average of {window} steps)" if window > 1 else "train"
+        ax.plot(log["step"], smooth, color="C0", lw=1.8, label=label)
+        ax.plot(val["step"], val["val_loss"], "o-", color="C3", ms=5, label="validation")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats / token)")
+        if title:
+            ax.set_title(title)
+        ax.legend(frameon=True)
+        fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _upscale(img: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour upscaling ``[H, W, C]`` so that a 16×16 image stays readable."""
+    s = max(1, math.ceil(_MIN_SIDE / img.shape[0]))
+    return img.repeat(s, axis=0).repeat(s, axis=1)
+
+
+def image_grid(
+    rows: list[list[np.ndarray]],
+    out_png: str | Path,
+    col_titles: list[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Save a grid of uint8 images ``[H, W, C]`` (``rows[i][j]``), nearest-upscaled; one-channel
+    images are drawn with a grey colour map."""
+    from matplotlib.figure import Figure
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = Figure(figsize=(1.3 * n_cols, 1.3 * n_rows + (0.4 if col_titles else 0)), dpi=100)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_axis_off()
+            if j >= len(row):
+                continue
+            img = _upscale(row[j])
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            if i == 0 and col_titles:
+                ax.set_title(col_titles[j], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def sample_grid(
+    model,
+    palette,
+    n: int = 16,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    out_png: str | Path = "samples.png",
+) -> Path:
+    """Draw ``n`` unconditional samples of an AR ``model`` and save them as a square-ish grid."""
+    _check_palette(model, palette)
+    ids = model.generate(n, temperature=temperature, top_k=top_k, seed=seed).cpu().numpy()
+    images = palette.decode(ids, model.config.n_px)
+    cols = math.ceil(math.sqrt(n))
+    rows = [list(images[i : i + cols]) for i in range(0, n, cols)]
+    return image_grid(rows, out_png, title=_sampling_title(n, temperature, top_k, seed))
+
+
+def completion_grid(
+    model,
+    palette,
+    tokens,
+    n: int = 8,
+    seed: int = 0,
+    out_png: str | Path = "completions.png",
+    *,
+    samples: int = 3,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> Path:
+    """For the first ``n`` images of ``tokens`` (``[N, n_px²]`` palette ids): the original,
+    the top half given with the bottom blanked grey, and ``samples`` completions of the bottom
+    half drawn by ``model.generate(prefix=top half)``; one image per row."""
+    _check_palette(model, palette)
+    n_px = model.config.n_px
+    tokens = np.asarray(tokens[:n], dtype=np.int64)
+    if tokens.ndim != 2 or tokens.shape[1] != n_px * n_px:
+        raise IGPTError(
+            f"tokens must be [N, {n_px * n_px}] for this {n_px}x{n_px} model, got {tokens.shape}"
+        )
+    if len(tokens) == 0 or samples < 1:
+        raise IGPTError("need at least one image and one sample to complete")
+    n = len(tokens)
+    half = (n_px // 2) * n_px  # the top n_px/2 rows in raster order
+    # All completions in one batch: image i's samples are rows i, i + n, i + 2n, ...
+    prefix = torch.from_numpy(np.tile(tokens[:, :half], (samples, 1)))
+    done = model.generate(prefix=prefix, temperature=temperature, top_k=top_k, seed=seed)
+    done = palette.decode(done.cpu().numpy(), n_px).reshape(samples, n, n_px, n_px, -1)
+    originals = palette.decode(tokens, n_px)
+    given = originals.copy()
+    given[:, n_px // 2 :] = GREY
+    rows = [[originals[i], given[i], *done[:, i]] for i in range(n)]
+    titles = ["original", "top half given"] + [f"sample {s + 1}" for s in range(samples)]
+    return image_grid(rows, out_png, titles, title=_sampling_title(None, temperature, top_k, seed))
+
+
+def _check_palette(model, palette) -> None:
+    if palette is None:
+        raise IGPTError("the model has no palette.npy, so its samples cannot be drawn as images")
+    if palette.k != model.config.vocab_size:
+        raise IGPTError(
+            f"palette has {palette.k} colours but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+
+
+def _sampling_title(n, temperature, top_k, seed) -> str:
+    parts = [f"{n} samples" if n else None, f"temperature {temperature:g}"]
+    parts += [f"top-k {top_k}" if top_k else None, f"seed {seed}"]
+    return ", ".join(p for p in parts if p)

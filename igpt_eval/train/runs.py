@@ -1,0 +1,216 @@
+"""Pretraining runs: start or resume one in a folder, or sweep the learning rate as the paper.
+
+:func:`pretrain` is what ``igpt-eval pretrain`` calls once the data is tokenised. It guards the
+output folder (a new run never writes into a folder holding another run; a resumed run must
+match the run it continues) and records ``run.json`` beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write, read_json, write_json
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.igpt import IGPT
+from igpt_eval.train import distributed as dist
+from igpt_eval.train.pretrain import TrainConfig, Trainer
+
+# What must not change between a run and its resumption (the step budget may grow).
+_IDENTITY = ("model_config", "objective", "train_fingerprint", "val_fingerprint", "palette_hash")
+_RESUMABLE_SETTINGS = ("batch_size", "lr", "warmup_steps", "betas", "grad_accum", "seed")
+
+
+def sweep_lrs(n: int, start: float = 0.01) -> list[float]:
+    """The paper's sweep: 0.01, 0.003, 0.001, 0.0003, … (``n`` values)."""
+    out, lr = [], start
+    for i in range(n):
+        out.append(float(f"{lr:.1g}"))
+        lr = lr * (0.3 if i % 2 == 0 else 1 / 3)
+    return out
+
+
+def pretrain(
+    model_cfg: IGPTConfig,
+    train_cfg: TrainConfig,
+    train_tokens,
+    val_tokens,
+    out: str | Path,
+    *,
+    palette=None,
+    identity: dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train one model into ``out`` (or continue the run there); returns a summary dict.
+
+    ``identity`` describes the data (fingerprints, palette hash); it is stored in
+    ``run.json`` and a resumed run must match it, as well as the model config.
+    """
+    out = Path(out)
+    info = {
+        "model_config": model_cfg.to_dict(),
+        "objective": model_cfg.objective,
+        **(identity or {}),
+        "train_config": _jsonable(dataclasses.asdict(train_cfg)),
+    }
+    if resume and not (out / "run.json").is_file() and not _holds_files(out):
+        # The same command serves the first start and every restart of a requeued job.
+        if dist.is_main():
+            print(f"no run in {out} yet: starting it", file=sys.stderr)
+        resume = False
+    if resume:
+        _check_resumable(out, info)
+        # Killed before its first checkpoint: the run starts again from step 0.
+        resume = (out / "resume" / "LATEST").is_file()
+    elif _holds_files(out) and dist.is_main():
+        raise IGPTError(
+            f"{out} already holds files; use --resume to continue the run there, "
+            "or choose a new --out"
+        )
+    torch.manual_seed(train_cfg.seed)  # the initialisation
+    model = IGPT(model_cfg)
+    trainer = Trainer(model, train_tokens, val_tokens, train_cfg, out)
+    if dist.is_main():
+        # run.json first: from the moment a folder exists it says which run it holds.
+        write_json(out / "run.json", info)
+    if resume:
+        trainer.resume()
+        if trainer.step >= train_cfg.steps and dist.is_main():
+            print(f"the run in {out} already finished (step {trainer.step})", file=sys.stderr)
+    elif dist.is_main():
+        if palette is not None:
+            palette.save(out / "palette.npy")
+        model.config.save(out / "config.json")
+    summary = trainer.fit(progress=progress)
+    return {**summary, "out": str(out), "n_params": model.n_params()}
+
+
+def _holds_files(out: Path) -> bool:
+    """Whether ``out`` holds anything but a finished short sweep (which leaves the folder to
+    the full run at its best rate: ``lr_sweep(sweep_steps=...)``)."""
+    return out.exists() and any(p.name not in ("sweep", SWEEP_CSV) for p in out.iterdir())
+
+
+def _check_resumable(out: Path, info: dict) -> None:
+    run = out / "run.json"
+    if not run.is_file():
+        raise IGPTError(f"nothing to resume in {out}: it holds no run (no run.json)")
+    old = read_json(run)
+    for key in _IDENTITY:
+        if old.get(key) != info.get(key):
+            what = key.replace("_", " ")
+            raise IGPTError(
+                f"cannot resume {out}: its {what} differs from this command's "
+                "(same model, data and palette are needed)"
+            )
+    for key in _RESUMABLE_SETTINGS:
+        if old["train_config"].get(key) != info["train_config"].get(key):
+            raise IGPTError(
+                f"cannot resume {out}: --{key.replace('_', '-')} was "
+                f"{old['train_config'].get(key)} in the original run"
+            )
+
+
+def lr_sweep(
+    model_cfg: IGPTConfig,
+    train_cfg: TrainConfig,
+    train_tokens,
+    val_tokens,
+    out: str | Path,
+    *,
+    palette=None,
+    identity: dict | None = None,
+    max_runs: int = 8,
+    sweep_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Try 0.01, 0.003, 0.001, … in that order, each a run in ``out/sweep/lr-X``; stop once
+    the final validation loss rises; then either copy the best run into ``out`` (sweep runs
+    of the full length), or, with ``sweep_steps``, sweep with runs of that many steps (each
+    with its own warm-up and cosine) and train the full run at the best rate in ``out``.
+
+    A run that diverges counts as the worst possible loss (the sweep goes on to smaller
+    rates). Writes ``out/lr_sweep.csv`` with one row per run tried. With ``resume`` every
+    run (each sweep run, then the full one) resumes as :func:`pretrain` does: a finished
+    run is read back, not repeated, so the same call continues after a kill at any point.
+    """
+    out = Path(out)
+    if not resume and out.exists() and any(out.iterdir()):
+        raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
+    rows = _sweep(
+        model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
+        palette=palette, identity=identity, resume=resume, progress=progress,
+    )  # fmt: skip
+    if sweep_steps is not None:
+        best = next(r for r in rows if r["best"])
+        cfg = dataclasses.replace(train_cfg, lr=best["lr"])
+        pretrain(model_cfg, cfg, train_tokens, val_tokens, out, palette=palette,
+                 identity=identity, resume=True, progress=progress)  # fmt: skip
+    return rows
+
+
+SWEEP_CSV = "lr_sweep.csv"
+_SWEEP_FIELDS = ["lr", "val_loss", "steps", "best", "run"]
+
+
+def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
+           palette, identity, resume, progress) -> list[dict]:  # fmt: skip
+    rows: list[dict] = []
+    for lr in sweep_lrs(max_runs):
+        cfg = dataclasses.replace(train_cfg, lr=lr)
+        if sweep_steps is not None:  # a short proxy run: no snapshots
+            cfg = dataclasses.replace(cfg, steps=sweep_steps, snapshot_steps=())
+        run_dir = out / "sweep" / f"lr-{lr:g}"
+        try:
+            res = pretrain(
+                model_cfg,
+                cfg,
+                train_tokens,
+                val_tokens,
+                run_dir,
+                palette=palette,
+                identity=identity,
+                resume=resume,
+                progress=progress,
+            )
+            val = res["val_loss"]
+        except IGPTError as e:
+            if "diverged" not in str(e):
+                raise
+            val = math.inf
+        rows.append({"lr": lr, "val_loss": val, "steps": cfg.steps, "run": str(run_dir)})
+        finite = [r["val_loss"] for r in rows[:-1] if math.isfinite(r["val_loss"])]
+        if finite and val > finite[-1]:
+            break  # the loss started to rise: smaller rates only get worse from here
+    best = min(rows, key=lambda r: r["val_loss"])
+    if not math.isfinite(best["val_loss"]):
+        raise IGPTError("every learning rate in the sweep diverged")
+    for r in rows:
+        r["best"] = r is best
+    if dist.is_main():
+        with atomic_write(out / SWEEP_CSV, "w") as f:
+            w = csv.DictWriter(f, _SWEEP_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    if dist.is_main() and sweep_steps is None:
+        src = Path(best["run"])
+        for item in src.iterdir():  # the best run becomes the folder's checkpoint
+            dst = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, dst)
+    return rows
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
