@@ -229,7 +229,7 @@ def test_concat_features_are_the_span(monkeypatch):
         seen.update(X=train.X, layers=layers, sites=kw["sites"], probe=kw["probe"])
         return [dict(split="test", layer=layers[0])], None
 
-    monkeypatch.setattr("igpt_eval.probes.protocol.probe_lbfgs", spy)
+    monkeypatch.setattr("igpt_eval.probes.concat.probe_lbfgs", spy)
     rows, _ = probe_concat(feats, [0, 1, 2, 3, 4], list("abcde"), 4, 3, meta={})
     assert seen["X"].shape == (1, 60, 12) and seen["layers"] == [4] and seen["probe"] == CONCAT
     want = np.concatenate([feats["train"].X[i] for i in (2, 3, 4)], axis=1)

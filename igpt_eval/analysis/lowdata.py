@@ -13,7 +13,7 @@ K labels per class are used to choose anything, so the numbers are honest low-da
   and refits on all K labels per class. Features come from the model's full-split activation
   caches when complete ones exist (rows indexed, nothing re-extracted); otherwise the rows
   every draw needs are extracted once into a small cache, never once per K.
-- **fine-tuning**: :func:`igpt_eval.train.finetune.run_finetune` on the training part, early
+- **fine-tuning**: :func:`igpt_eval.train.finetune_runs.run_finetune` on the training part, early
   stopping on the held-out part (no refit: fine-tuning is the expensive step).
 - **raw pixels**: the same probe protocol on the pixels (scaled to [0, 1]).
 
