@@ -1,0 +1,134 @@
+"""The package's shape (issue 13): no import cycles between modules, no module over 400
+lines. Static checks over the source (nothing is imported), so they run in milliseconds."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "igpt_eval"
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name → file, for every module of the package (``a/__init__.py`` is
+    the module ``a``)."""
+    mods = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        mods[".".join(parts)] = path
+    return mods
+
+
+def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """The dotted names an import statement names (a ``from a import b`` names ``a.b`` when
+    that is a module, else ``a``)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:  # relative: resolve against the importing module's package
+        package = module if is_package else module.rpartition(".")[0]
+        for _ in range(node.level - 1):
+            package = package.rpartition(".")[0]
+        base = f"{package}.{base}" if base else package
+    return [base, *(f"{base}.{a.name}" for a in node.names)]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the package's modules it imports, anywhere in its body (imports inside
+    functions count: they run too, only later).
+
+    Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first, so those are edges
+    too, except packages that enclose the importer (they are initialised before it runs):
+    a package's ``__init__`` importing its own submodules is therefore no cycle, but a
+    submodule importing names from its own package's ``__init__`` is one.
+    """
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for module, path in mods.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = _imported(node, module, path.name == "__init__.py")
+            for i, name in enumerate(names):
+                if not name.startswith("igpt_eval"):
+                    continue
+                if isinstance(node, ast.ImportFrom) and i == 0 and len(names) > 1:
+                    # ``from a import b, c``: ``a`` itself only when some name is no module
+                    if all(n in mods for n in names[1:]):
+                        continue
+                while name not in mods:  # an attribute: the module that defines it
+                    name = name.rpartition(".")[0]
+                parts = name.split(".")
+                for j in range(1, len(parts) + 1):
+                    target = ".".join(parts[:j])
+                    enclosing = target != name and module.startswith(target + ".")
+                    if target in mods and target != module and not enclosing:
+                        graph[module].add(target)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert find_cycles(import_graph()) == []
+
+
+def test_cycle_finder_sees_cycles():
+    """The checker itself: a two-module cycle and a submodule importing its own package's
+    ``__init__`` are found; a package importing its submodules is not a cycle."""
+    graph = {"p": {"p.a"}, "p.a": {"p.b"}, "p.b": set(), "x": {"y"}, "y": {"x"}}
+    assert find_cycles(graph) == [["x", "y"]]
+    graph["p.b"].add("p")
+    assert sorted(find_cycles(graph)) == [["p", "p.a", "p.b"], ["x", "y"]]
+
+
+def test_graph_sees_imports_inside_functions():
+    graph = import_graph()
+    assert "igpt_eval.model.igpt" in graph["igpt_eval.model.checkpoint"]
+    assert "igpt_eval.model.checkpoint" not in graph["igpt_eval.model.igpt"]
+
+
+def test_no_long_modules():
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"modules over {MAX_LINES} lines: split them along a real seam"
