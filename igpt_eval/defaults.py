@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from platformdirs import user_cache_path
+
 #: The shipped models live beside the package (a source checkout or editable install);
 #: ``$IGPT_EVAL_MODELS`` points elsewhere.
 MODELS_DIR = Path(
@@ -34,3 +36,12 @@ EXTRACT_BATCH = 16
 SAMPLE_TRAIN = 5_000
 SAMPLE_VAL = 2_000
 SAMPLE_TEST = 5_000
+
+
+def cache_root() -> Path:
+    """The folder of the managed caches (token caches in ``tokens/``, activation caches in
+    ``activations/``): ``$IGPT_EVAL_CACHE`` if set, else the platform's user cache folder
+    (``~/.cache/igpt-eval`` on Linux). Read at each call, never relative to the working
+    directory, so a command run from anywhere reuses the same caches."""
+    env = os.environ.get("IGPT_EVAL_CACHE")
+    return Path(env).expanduser() if env else user_cache_path("igpt-eval", appauthor=False)

@@ -6,6 +6,13 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_root(tmp_path, monkeypatch):
+    """Every test's managed caches (``igpt_eval.defaults.cache_root``) in its own folder,
+    never the user's ``~/.cache/igpt-eval``."""
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(tmp_path / "cache"))
+
+
 # --------------------------------------------------------------------------- palette / data
 @pytest.fixture
 def tiny_npz(tmp_path):

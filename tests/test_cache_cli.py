@@ -103,6 +103,43 @@ def test_cli_writes_what_the_python_api_reuses(tmp_path, ckpt, tiny_npz, capsys,
     np.testing.assert_array_equal(cache.labels, np.arange(12) % 3)
 
 
+def test_cache_root_is_the_user_cache_not_the_working_directory(tmp_path, monkeypatch):
+    from platformdirs import user_cache_path
+
+    from igpt_eval.defaults import cache_root
+
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"  # read at each call
+    monkeypatch.delenv("IGPT_EVAL_CACHE")
+    roots = set()
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        monkeypatch.chdir(tmp_path / where)
+        roots.add(cache_root())
+    assert roots == {user_cache_path("igpt-eval", appauthor=False)}
+    assert next(iter(roots)).is_absolute()
+
+
+def test_commands_run_from_anywhere_share_the_caches(tmp_path, ckpt, tiny_npz, monkeypatch):
+    """No cache flag: tokens and activations land in the cache root, and the same command
+    run from another directory reuses both instead of building them again."""
+    args = ["extract", "--model", str(ckpt), "--dataset", f"npz:{tiny_npz}", "--no-progress"]
+    calls = []
+    real = IGPT.features
+    monkeypatch.setattr(IGPT, "features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        monkeypatch.chdir(tmp_path / where)
+        assert main(args) == 0
+        if where == "a":
+            made, calls[:] = len(calls), []
+    assert made > 0 and calls == []  # the second run extracted nothing
+    root = tmp_path / "cache"  # the autouse fixture's $IGPT_EVAL_CACHE
+    assert len(list((root / "tokens").iterdir())) == 1
+    assert len(list((root / "activations").iterdir())) == 1
+    assert not any((tmp_path / w / "runs").exists() for w in ("a", "b"))
+
+
 def test_split_all_and_dataset_from_run_json(tmp_path, ckpt, capsys):
     assert main(cli_args(tmp_path, ckpt, "--split", "all", "--layers", "3")) == 0
     sizes = {s: ActivationCache.open(tmp_path / "acts" / s).manifest["n"] for s in ("train",

@@ -146,7 +146,8 @@ def test_pixel_features_decode_tokens():
 
 def test_compare_cli(compared, tiny_pair, capsys, monkeypatch):
     root, ar, bert, npz = tiny_pair
-    monkeypatch.chdir(root)  # token caches under ./runs: the library run's are reused
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the library run's tokens
     args = [
         "compare",
         "--models",

@@ -270,6 +270,7 @@ def probe_cli(root, run, *extra):
 def test_probe_cli_controls(ar_run, capsys, monkeypatch):
     root, run = ar_run
     monkeypatch.chdir(root)
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the fixture's tokens
     extra = ["--random-weights", "--native-pixels", "--concat-layers", "3"]
     assert main(probe_cli(root, run, *extra)) == 0
     out = capsys.readouterr().out
@@ -302,6 +303,7 @@ def test_probe_cli_controls(ar_run, capsys, monkeypatch):
 def test_probe_cli_bad_concat(ar_run, capsys, monkeypatch, extra, match):
     root, run = ar_run
     monkeypatch.chdir(root)
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the fixture's tokens
     args = probe_cli(root, run, *extra)
     args[args.index("--cache") + 1] = str(root / "never")
     assert main(args) == 2
@@ -313,6 +315,7 @@ def test_probe_cli_bad_concat(ar_run, capsys, monkeypatch, extra, match):
 def test_compare_cli_flags(tiny_pair, tiny_comparison, capsys, monkeypatch):
     root, ar, bert, npz = tiny_pair
     monkeypatch.chdir(root)
+    monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the fixture's tokens
     args = [
         "compare", "--models", str(ar), str(bert), "--dataset", f"npz:{npz}",
         "--out", str(root / "cli-flags"), "--cache", str(root / "acts"), "--no-progress",

@@ -122,6 +122,25 @@ def test_unlabelled_data_and_foreign_out(tmp_path, tiny_models, tiny_npz, capsys
     assert sorted(p.name for p in (tmp_path / "ld").iterdir()) == ["notes.txt"]
 
 
+def test_caches_made_with_other_settings_are_not_reused(tmp_path, tiny_models, tiny_npz,
+                                                       monkeypatch):  # fmt: skip
+    """Same model, same split, but stored in float16: not what the study extracts with."""
+    from igpt_eval.cache.extraction import extract
+
+    cache = tmp_path / "cache"
+    for split in ("train", "test"):
+        extract(tiny_models[0], f"npz:{tiny_npz}", split=split, bert_masks=0, progress=False,
+                out=cache / "activations" / f"half-{split}", dtype="float16",
+                token_cache=tmp_path / "tok")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    args = ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", "--no-finetune",
+                   "--token-cache", str(tmp_path / "tok"))  # fmt: skip
+    assert main(args) == 0
+    made = sorted(p.name for p in (cache / "activations").iterdir())
+    assert made[:2] == ["half-test", "half-train"] and len(made) == 4
+    assert all(m.startswith("lowdata-") for m in made[2:])  # its own, in float32
+
+
 def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz, monkeypatch,
                                                  capsys):  # fmt: skip
     from igpt_eval.probes.runner import summary

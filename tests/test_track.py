@@ -52,10 +52,7 @@ def _track(runs_, out, *extra):
     )  # fmt: skip
 
 
-def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, monkeypatch, capsys):
-    import igpt_eval.cache.extraction as extraction
-
-    monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
+def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, capsys):
     _, _, a, b, _ = runs
     out = tmp_path / "track"
     assert _track(runs, out, "--run", str(a), "--run", str(b)) == 0
@@ -91,10 +88,7 @@ def test_track_probes_every_layer_of_every_snapshot(runs, tmp_path, monkeypatch,
     )
 
 
-def test_track_a_bert_run_and_chosen_steps(runs, tmp_path, monkeypatch):
-    import igpt_eval.cache.extraction as extraction
-
-    monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
+def test_track_a_bert_run_and_chosen_steps(runs, tmp_path):
     bert = runs[4]
     assert _track(runs, tmp_path / "t", "--run", str(bert), "--steps", "6") == 0
     summ = pd.read_parquet(tmp_path / "t" / "track_summary.parquet")
@@ -123,10 +117,7 @@ def test_summary_picks_the_best_layer_on_validation_and_correlates():
     assert corr.n_snapshots.iloc[0] == 3
 
 
-def test_bad_input_is_one_line_and_overwrites_nothing(runs, tmp_path, capsys, monkeypatch):
-    import igpt_eval.cache.extraction as extraction
-
-    monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
+def test_bad_input_is_one_line_and_overwrites_nothing(runs, tmp_path, capsys):
     tmp, npz, a, b, bert = runs
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -190,10 +181,7 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
 
 
-def test_snapshots_name_their_dataset(runs, tmp_path, monkeypatch, capsys):
-    import igpt_eval.cache.extraction as extraction
-
-    monkeypatch.setattr(extraction, "CACHE_ROOT", tmp_path / "cache")
+def test_snapshots_name_their_dataset(runs, tmp_path, capsys):
     a = runs[2]
     args = ["track", "--train-size", "all", "--val-size", "all", "--test-size", "all",
             "--steps", "6", "--no-progress"]  # fmt: skip

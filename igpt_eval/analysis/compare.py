@@ -52,13 +52,14 @@ import pandas as pd
 
 from igpt_eval.analysis.layers import cka_rows, knn_rows
 from igpt_eval.analysis.paired import DIFF, paired_rows
-from igpt_eval.cache import ActivationCache, extraction
+from igpt_eval.cache import ActivationCache
 from igpt_eval.defaults import (
     DEFAULT_MODELS,
     EXTRACT_BATCH,
     SAMPLE_TEST,
     SAMPLE_TRAIN,
     SAMPLE_VAL,
+    cache_root,
 )
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, file_hash, write_json
@@ -284,7 +285,8 @@ def compare_models(
     multi-layer probe of each model, and (with ``out``) write every file and the
     depth-curve figure.
 
-    ``cache_dir`` (default ``runs/cache/activations/compare``) holds one activation cache
+    ``cache_dir`` (default: ``activations/compare`` in the user cache,
+    :func:`igpt_eval.defaults.cache_root`) holds one activation cache
     folder per model (and per random-weights twin), named after its weights and settings,
     so reruns reuse them. ``compute`` and the sample sizes are
     :func:`~igpt_eval.probes.runner.probe_model`'s.
@@ -294,9 +296,7 @@ def compare_models(
         for m in infos:
             check_concat(concat_layers, m.n_layer + 1)
     device = str(resolve_device(device))
-    root = (
-        Path(cache_dir) if cache_dir is not None else extraction.CACHE_ROOT / "activations/compare"
-    )
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "activations/compare"
     frames, test_caches, predictions = [], {}, Predictions()
     # The pixel controls are probed once for all models, below.
     common = dict(

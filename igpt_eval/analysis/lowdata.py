@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from igpt_eval import defaults
 from igpt_eval.analysis.settings import LowDataConfig
-from igpt_eval.cache import ActivationCache, extraction, read_manifest, state_dict_hash, write_cache
+from igpt_eval.cache import ActivationCache, read_manifest, state_dict_hash, write_cache
 from igpt_eval.cache.extraction import open_model
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
@@ -70,7 +71,7 @@ def lowdata_study(
     cfg = cfg or LowDataConfig()
     cfg.validate()
     out = Path(out)
-    cache_root = Path(cache_root) if cache_root is not None else extraction.CACHE_ROOT
+    cache_root = Path(cache_root) if cache_root is not None else defaults.cache_root()
     tok_root = Path(token_cache) if token_cache is not None else cache_root / "tokens"
     opened = [(Path(m), *open_model(m, device=cfg.device)) for m in models]
     names = [p.name for p, *_ in opened]
@@ -184,21 +185,20 @@ def _layers_from_results(paths, names: list[str]) -> dict:
     return found
 
 
-def _find_cache(root: Path, model_hash: str, fingerprint: str, bert: bool, layers):
-    """A complete activation cache of this model on this split (any folder under
-    ``root/activations``), holding ``layers`` of the ln_1 site; None when there is none."""
+def _find_cache(root: Path, want: dict, layers):
+    """A complete activation cache under ``root/activations`` whose manifest has every field
+    of ``want`` (the model, the split, and each extraction setting the study would write
+    with) and holds ``layers``; None when there is none. Only the rows may differ: a
+    full-split cache serves any subset of them."""
     for d in sorted((root / "activations").glob("*/")):
         try:
             m = read_manifest(d)
         except IGPTError:
             continue
-        if not m or not m.get("complete") or m.get("site") != "ln_1":
+        if not m or not m.get("complete") or any(m.get(k) != v for k, v in want.items()):
             continue
-        if m.get("state_dict_hash") != model_hash or m.get("dataset_fingerprint") != fingerprint:
-            continue
-        if bool(m.get("bert_masks")) != bert or not set(layers) <= set(m.get("layers", [])):
-            continue
-        return ActivationCache.open(d)
+        if set(layers) <= set(m.get("layers", [])):
+            return ActivationCache.open(d)
     return None
 
 
@@ -208,10 +208,15 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
     L = net.config.n_layer
     layers = list(range(L + 1)) if layer is None else [layer]
     h = state_dict_hash(net)
-    bert = net.config.objective == "bert"
+    masks = 1 if net.config.objective == "bert" else 0
+    # The settings this study extracts with: a cache made with any other is not reused.
+    settings = dict(site="ln_1", dtype="float32", bert_masks=masks, seed=0 if masks else None,
+                    compute="bfloat16" if cfg.bf16 else "float32")  # fmt: skip
     out = {}
     for name, (ds, tok, rows) in (("train", train), ("test", test)):
-        cache = _find_cache(root, h, ds.fingerprint, bert, layers)
+        want = dict(settings, state_dict_hash=h, dataset_fingerprint=ds.fingerprint,
+                    palette_hash=palette.hash)  # fmt: skip
+        cache = _find_cache(root, want, layers)
         if cache is not None:
             X = np.stack([np.asarray(cache[x])[rows] for x in layers])
         else:
@@ -219,7 +224,7 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
             cache = write_cache(
                 net, np.asarray(tok.tokens[rows]), ds.labels[rows],
                 root / "activations" / f"lowdata-{name}-{tag}", layers=layers,
-                bert_masks=1 if bert else 0, compute="bfloat16" if cfg.bf16 else "float32",
+                **{k: settings[k] for k in ("site", "dtype", "bert_masks", "compute")},
                 identity=dict(model=ident.get("model"), weights_hash=ident.get("weights_hash"),
                               palette_hash=palette.hash, dataset=ds.name, split=ds.split,
                               dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),

@@ -22,16 +22,12 @@ from igpt_eval.cache.manifest import state_dict_hash
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
 from igpt_eval.data.splits import stratified_split
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import EXTRACT_BATCH, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, file_hash
 from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train import distributed as dist
-
-#: Root of the managed caches (token caches under ``tokens/``, activations under
-#: ``activations/``); ``$IGPT_EVAL_CACHE`` moves it.
-CACHE_ROOT = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache"))
 
 
 def open_model(model, palette=None, device: str = "cpu", *, random_weights: bool = False):
@@ -108,9 +104,10 @@ def extract(
     ``palette=``. ``dataset`` is a registry name (default: the one in the folder's
     ``run.json``) loaded at the model's ``n_px`` and split with ``split_seed`` (default: the
     training run's seed, else 0), or an :class:`~igpt_eval.data.ImageDataset` (``split`` is
-    then its own). Tokens come from the token cache under ``token_cache`` (default
-    ``runs/cache/tokens``). ``out`` defaults to a folder under ``runs/cache/activations``
-    named after the tokens, the weights and the settings. ``max_rows`` caps the split at a
+    then its own). Tokens come from the token cache under ``token_cache`` (default: the
+    user cache's ``tokens/``, see :func:`igpt_eval.defaults.cache_root`). ``out`` defaults
+    to a folder under its ``activations/`` named after the tokens, the weights and the
+    settings. ``max_rows`` caps the split at a
     stratified sample (see :func:`extract_split`). Other arguments are those of
     :func:`igpt_eval.cache.write_cache` (``compute="bfloat16"``: bf16 autocast).
     """
@@ -155,10 +152,9 @@ def extract_split(
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=seed)
     if len(ds) == 0:
         raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
-    root = Path(token_cache) if token_cache is not None else CACHE_ROOT / "tokens"
     # Every process reads the same token cache; rank 0 builds it first.
     tokens = dist.main_first(
-        lambda: load_tokens(ds, palette, root, progress=progress and dist.is_main())
+        lambda: load_tokens(ds, palette, token_cache, progress=progress and dist.is_main())
     )
     identity = {
         "model": ident.get("model"),
@@ -180,7 +176,7 @@ def extract_split(
         key = json.dumps(sorted(settings.items()), default=str)
         tag = hashlib.sha256(key.encode()).hexdigest()[:6]
         weights = state_dict_hash(model)[:8]
-        out = CACHE_ROOT / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
+        out = cache_root() / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
     settings.pop("rows", None)
     return write_cache(
         model, token_rows, labels, out, identity=identity, progress=progress, **settings

@@ -40,7 +40,7 @@ def _add_compare(sub) -> None:
         "--cache",
         type=Path,
         default=None,
-        help="activation caches root (default: runs/cache/activations/compare)",
+        help="activation caches root (default: activations/compare/ in the user cache folder)",
     )
     p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

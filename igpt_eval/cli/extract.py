@@ -9,7 +9,6 @@ from igpt_eval.cli.common import subcommand
 from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 
-_DEFAULT_TOKENS = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
 _SPLITS = ("train", "val", "test", "trainval")
 
 
@@ -44,7 +43,13 @@ def _add_extract(sub) -> None:
         default=EXTRACT_BATCH,
         help=f"images per forward (default {EXTRACT_BATCH})",
     )
-    p.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="cache folder to write (default: one named after the inputs under activations/ "
+        "in the cache root, $IGPT_EVAL_CACHE or ~/.cache/igpt-eval, where probes reuse it)",
+    )
     p.add_argument(
         "--dtype", choices=["float32", "float16"], default="float32", help="stored dtype"
     )
@@ -72,8 +77,9 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--token-cache",
         type=Path,
-        default=_DEFAULT_TOKENS,
-        help=f"where token caches live (default: {_DEFAULT_TOKENS})",
+        default=None,
+        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
+        "user cache folder, ~/.cache/igpt-eval on Linux)",
     )
     p.add_argument("--overwrite", action="store_true", help="rebuild a mismatching cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -112,7 +118,9 @@ def _cmd_extract(args) -> int:
         splits = ("train", "val", "test") if args.split == "all" else (args.split,)
         seed = args.seed if args.seed is not None else (ident.get("run_seed") or 0)
         for split in splits:
-            out = args.out / split if args.split == "all" else args.out
+            out = args.out
+            if out is not None and args.split == "all":
+                out = out / split
             cache = extract_split(
                 model, palette, ident, args.dataset, split, out,
                 data_dir=args.data_dir, split_seed=seed, token_cache=args.token_cache,

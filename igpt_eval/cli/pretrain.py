@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from igpt_eval.cli.common import add_dataset_flags, parse_steps, subcommand
 from igpt_eval.errors import IGPTError
-
-DEFAULT_TOKEN_CACHE = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
 
 
 @subcommand
@@ -89,8 +86,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument(
         "--token-cache",
         type=Path,
-        default=DEFAULT_TOKEN_CACHE,
-        help=f"where token caches live (default: {DEFAULT_TOKEN_CACHE})",
+        default=None,
+        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
+        "user cache folder, ~/.cache/igpt-eval on Linux)",
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

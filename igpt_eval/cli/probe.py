@@ -132,7 +132,7 @@ def _add_probe(sub) -> None:
         "--cache",
         type=Path,
         default=None,
-        help="activation cache folder (default: under runs/cache/activations)",
+        help="activation cache folder (default: under activations/ in the user cache folder)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from igpt_eval.cli.common import refuse_overwrite, subcommand
 from igpt_eval.errors import IGPTError
-
-TOKEN_CACHE = Path(os.environ.get("IGPT_EVAL_CACHE", "runs/cache")) / "tokens"
 
 
 def _load(model_dir: Path):
@@ -104,8 +101,9 @@ def _add_model_card(sub) -> None:
     p.add_argument(
         "--token-cache",
         type=Path,
-        default=TOKEN_CACHE,
-        help=f"where token caches live (default: {TOKEN_CACHE})",
+        default=None,
+        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
+        "user cache folder, ~/.cache/igpt-eval on Linux)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing card and figures")
     p.add_argument(

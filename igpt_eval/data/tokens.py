@@ -23,6 +23,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from igpt_eval import defaults
 from igpt_eval.data.dataset import ImageDataset
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
@@ -202,17 +203,20 @@ def cache_dir(root: str | os.PathLike, dataset: ImageDataset, palette: Palette) 
 def load_tokens(
     dataset: ImageDataset,
     palette: Palette,
-    cache_root: str | os.PathLike,
+    cache_root: str | os.PathLike | None = None,
     overwrite: bool = True,
     batch_size: int = 4096,
     progress: bool = True,
 ) -> TokenCache:
-    """Tokens of ``dataset`` under ``palette`` from the cache root, building them if needed.
+    """Tokens of ``dataset`` under ``palette`` from the cache root (default:
+    :func:`igpt_eval.defaults.cache_root`'s ``tokens/``), building them if needed.
 
     A cache that exists but was built from other data (the dataset fingerprint changed) is
     rebuilt with a warning when ``overwrite`` (the default: the root is a managed cache),
     else refused with :class:`IGPTError`.
     """
+    if cache_root is None:
+        cache_root = defaults.cache_root() / "tokens"
     path = cache_dir(cache_root, dataset, palette)
     m = read_manifest(path)
     if m is not None and overwrite and _mismatch(m, palette, dataset.fingerprint):

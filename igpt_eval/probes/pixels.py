@@ -18,11 +18,9 @@ pair with the models'.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from igpt_eval.cache import extraction
 from igpt_eval.cache.extraction import subset_rows
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
@@ -102,11 +100,10 @@ def probe_pixels(
     as the models' activation caches (:func:`igpt_eval.cache.extraction.subset_rows`). With
     ``return_predictions``, returns ``(rows, predictions)`` (one array,
     ``pixels/pixels/pixels``)."""
-    root = Path(token_cache) if token_cache is not None else extraction.CACHE_ROOT / "tokens"
 
     def load(split):
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=split_seed)
-        tok = load_tokens(ds, palette, root, progress=False)
+        tok = load_tokens(ds, palette, token_cache, progress=False)
         return ds, tok.tokens, tok.labels
 
     return _probe_control(

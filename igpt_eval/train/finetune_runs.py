@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from igpt_eval.cache import extraction
 from igpt_eval.cache.extraction import open_model
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, lowdata_split
@@ -155,12 +154,16 @@ def finetune_model(
     rows = val_rows = None
     if labels_per_class is not None:
         rows, val_rows = lowdata_split(ds_train.labels, labels_per_class, cfg.seed)
-    root = Path(token_cache) if token_cache is not None else extraction.CACHE_ROOT / "tokens"
-    tok = {s.split: load_tokens(s, palette, root, progress=progress) for s in (ds_train, ds_test)}
+    tok = {
+        s.split: load_tokens(s, palette, token_cache, progress=progress)
+        for s in (ds_train, ds_test)
+    }
     full = Labelled(tok["train"].tokens, ds_train.labels, ds_train.images)
     if rows is None:
         ds_val = split("val")
-        val = Labelled(load_tokens(ds_val, palette, root, progress=progress).tokens, ds_val.labels)
+        val = Labelled(
+            load_tokens(ds_val, palette, token_cache, progress=progress).tokens, ds_val.labels
+        )
         train = full
     else:
         train, val = full.take(rows), full.take(val_rows)
