@@ -83,7 +83,7 @@ def test_folded_norm_writes_the_autocast_dtype():
 
 
 @pytest.mark.parametrize("objective,bias", [("ar", False), ("bert", False), ("ar", True)])
-def test_training_forward_matches_literal_model(monkeypatch, objective, bias):
+def test_training_forward_matches_literal_model(objective, bias):
     # Block._train_forward folds the norm gains and quick-GELU's slope into the weights (and
     # the fc bias); in float64 the loss and every parameter's gradient must equal the literal
     # model's.
@@ -106,8 +106,8 @@ def test_training_forward_matches_literal_model(monkeypatch, objective, bias):
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss, grads = loss_and_grads()
-    monkeypatch.setattr(ops, "TRAINING_PATH", False)
-    ref_loss, ref_grads = loss_and_grads()
+    with ops.literal_ops():
+        ref_loss, ref_grads = loss_and_grads()
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-9, atol=1e-12, msg=name)
@@ -133,3 +133,32 @@ def test_bf16_training_step_follows_float32():
     loss32, g32 = grads(False)
     assert loss16 == pytest.approx(loss32, abs=1e-2)
     assert F.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_literal_ops_switches_the_path_for_its_block_only(monkeypatch):
+    from igpt_eval.model.blocks import Block
+
+    model = IGPT(IGPTConfig(vocab_size=7, n_px=4, n_embd=16, n_head=2, n_layer=2))
+    tokens = torch.randint(0, 7, (2, 16))
+    calls = []
+    real = Block._train_forward
+    monkeypatch.setattr(Block, "_train_forward", lambda *a: calls.append(1) or real(*a))
+
+    def fast_blocks() -> int:
+        calls.clear()
+        model.loss(tokens).backward()
+        return len(calls)
+
+    assert fast_blocks() == 2  # the default: autograd on the CPU takes the training path
+    with ops.literal_ops():
+        assert fast_blocks() == 0
+        with ops.literal_ops(False):  # an inner block can restore the default
+            assert fast_blocks() == 2
+        assert fast_blocks() == 0
+    with pytest.raises(RuntimeError), ops.literal_ops():
+        raise RuntimeError  # an exception leaves the switch as it found it
+    assert fast_blocks() == 2
+    with torch.no_grad():
+        calls.clear()
+        model.loss(tokens)
+        assert calls == []  # inference: always literal

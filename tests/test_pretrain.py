@@ -96,6 +96,19 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("literal", [False, True])
+def test_literal_ops_setting_picks_the_path(tmp_path, monkeypatch, literal):
+    from igpt_eval.model.blocks import Block
+
+    calls = []
+    real = Block._train_forward
+    monkeypatch.setattr(Block, "_train_forward", lambda *a: calls.append(1) or real(*a))
+    x = striped_tokens()
+    cfg = TrainConfig(steps=2, batch_size=16, checkpoint_every=99, literal_ops=literal)
+    Trainer(IGPT(CFG), x, x[:16], cfg, tmp_path).fit(progress=False)
+    assert (len(calls) == 0) == literal  # 2 steps x n_layer blocks on the training path
+
+
 def _run_cli(args, **kw):
     return subprocess.Popen(
         [sys.executable, "-m", "igpt_eval.cli", *args],

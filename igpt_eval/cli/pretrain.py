@@ -63,6 +63,12 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm (off)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--literal-ops",
+        action="store_true",
+        help="train on the literal ops (F.rms_norm, SDPA), not the CPU training path "
+        "(igpt_eval.model.ops): slower, for anyone who suspects the fast path",
+    )
     p.add_argument("--eval-every", type=int, default=200, help="steps between val losses")
     p.add_argument("--eval-images", type=int, default=2000, help="val images per evaluation")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
@@ -166,6 +172,7 @@ def _cmd_pretrain(args) -> int:
         grad_clip=args.grad_clip,
         bf16=args.bf16,
         compile=args.compile,
+        literal_ops=args.literal_ops,
         seed=args.seed,
         eval_every=args.eval_every,
         eval_images=args.eval_images,

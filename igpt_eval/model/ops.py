@@ -23,9 +23,10 @@ Shapes: B batch, T sequence, C width, H heads, hd = C / H head size, N rows of a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -44,15 +45,33 @@ MAX_SAVED_BYTES = 1 << 30
 BLOCKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
-# Off: the literal path everywhere, autograd included: the tests' reference, and a switch
-# for anyone who suspects the fast path (environment IGPT_EVAL_LITERAL_OPS=1).
-TRAINING_PATH = os.environ.get("IGPT_EVAL_LITERAL_OPS", "") != "1"
+# Set inside ``literal_ops()``: a context variable, so the switch is scoped to a block of code
+# (and to its thread or task), never a process-wide flag read at import.
+_LITERAL = contextvars.ContextVar("igpt_eval_literal_ops", default=False)
+
+
+@contextlib.contextmanager
+def literal_ops(enabled: bool = True):
+    """Within the block, every op takes the literal path, autograd included (``enabled=False``
+    restores the default inside an outer ``literal_ops()``). The literal path is the tests'
+    reference and a switch for anyone who suspects the training path; ``pretrain
+    --literal-ops`` and ``TrainConfig(literal_ops=True)`` train under it.
+
+        with ops.literal_ops():
+            loss = model.loss(tokens)  # F.rms_norm and SDPA, as extraction runs them
+    """
+    token = _LITERAL.set(enabled)
+    try:
+        yield
+    finally:
+        _LITERAL.reset(token)
 
 
 def training_path(x: torch.Tensor) -> bool:
-    """Whether ops on ``x`` take the training path: autograd is recording, on the CPU. (On a
-    GPU, PyTorch's fused norm and flash attention are already the fast path.)"""
-    return TRAINING_PATH and torch.is_grad_enabled() and x.device.type == "cpu"
+    """Whether ops on ``x`` take the training path: autograd is recording, on the CPU, and no
+    :func:`literal_ops` block is open. (On a GPU, PyTorch's fused norm and flash attention
+    are already the fast path.)"""
+    return not _LITERAL.get() and torch.is_grad_enabled() and x.device.type == "cpu"
 
 
 # ---------------------------------------------------------------------------------- norm

@@ -30,6 +30,7 @@ replaced atomically after it, so a kill during a checkpoint leaves the previous 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.model import ops
 from igpt_eval.model.checkpoint import PALETTE, load_resume, save_model, save_resume, save_snapshot
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train import distributed as dist
@@ -63,6 +65,7 @@ class TrainConfig:
     grad_clip: float | None = None  # the paper does not clip; an option for unstable runs
     bf16: bool = False  # bf16 autocast for the forward pass (weights and Adam stay float32)
     compile: bool = False  # torch.compile the model (helps on GPU; slow to start on CPU)
+    literal_ops: bool = False  # train on the literal ops, not the CPU training path (model.ops)
     seed: int = 0  # data order, BERT masks and initialisation
     eval_every: int = 200  # steps between validation losses
     eval_images: int = 2000  # validation images scored each time (a fixed subset)
@@ -219,6 +222,7 @@ class Trainer:
                 torch.autocast(
                     torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16
                 ),
+                ops.literal_ops() if cfg.literal_ops else contextlib.nullcontext(),
             ):
                 loss = self.objective(xs, ms) / cfg.grad_accum
             loss.backward()
