@@ -125,7 +125,10 @@ def self_attention(qkv: torch.Tensor, n_head: int, causal: bool) -> torch.Tensor
     ``(B, T, C)``, heads concatenated. Scaled by ``1/sqrt(hd)``, as iGPT does."""
     B, T, _ = qkv.shape
     if training_path(qkv) and qkv.dtype in BLOCKED_DTYPES and T > 1:
-        saved = B * n_head * T * T * qkv.element_size() // (2 if causal else 1)  # probabilities
+        # The probabilities it keeps for the backward: row block r of nb holds (r + 1) of nb
+        # key blocks, (nb + 1) / (2 nb) of the T x T scores in all (all of them when nb = 1).
+        nb = _row_blocks(T, causal)
+        saved = B * n_head * T * T * qkv.element_size() * (nb + 1) // (2 * nb)
         if saved <= MAX_SAVED_BYTES:
             return _blocked_attention(qkv, n_head, causal)
     return sdpa_attention(qkv, n_head, causal)
