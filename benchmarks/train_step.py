@@ -46,7 +46,8 @@ from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.hf import hf_config, hf_state_dict
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train.malloc import keep_freed_memory
-from igpt_eval.train.pretrain import TrainConfig, Trainer, batch_rows
+from igpt_eval.train.pretrain import TrainConfig, Trainer
+from igpt_eval.train.sampling import batch_rows
 
 BETAS = (0.9, 0.95)
 LR = 1e-4

@@ -48,10 +48,10 @@ def test_head_is_zero_initialised_and_the_body_kept():
 
 
 @pytest.mark.parametrize("objective", ["ar", "bert"])
-def test_joint_loss_decreases(tmp_path, objective):
-    data = labelled()
+def test_joint_loss_decreases_and_generalises(tmp_path, objective):
+    data, held_out = labelled(), labelled(seed=1)  # scored on rows it never trained on
     cfg = FinetuneConfig(steps=40, batch_size=16, lr=3e-3, eval_every=40)
-    tuner = FineTuner(with_classifier(pretrained(objective), 3), data, data, cfg, tmp_path)
+    tuner = FineTuner(with_classifier(pretrained(objective), 3), data, held_out, cfg, tmp_path)
     first = [tuner.train_step() for _ in range(3)]
     for _ in range(34):
         tuner.train_step()
@@ -60,17 +60,62 @@ def test_joint_loss_decreases(tmp_path, objective):
     assert mean(last, "train_loss") < mean(first, "train_loss") - 0.3
     assert mean(last, "clf_loss") < mean(first, "clf_loss")
     assert all(r["gen_loss"] != "" for r in first)
+    acc, _, correct = tuner.evaluate(held_out)
+    assert len(correct) == 48 and acc > 0.6  # chance is 1/3
 
 
-def test_clf_only_head_at_a_layer(tmp_path):
+@pytest.mark.parametrize("literal", [False, True])
+def test_joint_objective_at_an_inner_layer_on_both_paths(tmp_path, literal):
+    """The head on block 1's ln_1 output while the generative loss runs every block: on the
+    CPU training path a forward hook on that norm never fired (a KeyError); a site tap does."""
+    from igpt_eval.model import ops
+
+    data = labelled()
+    cfg = FinetuneConfig(steps=3, batch_size=16, lr=3e-3, layer=1, eval_every=3)
+    net = with_classifier(pretrained(), 3)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    tuner = FineTuner(net, data, data, cfg, tmp_path)
+    with ops.literal_ops(literal):
+        rows = [tuner.train_step() for _ in range(3)]
+    assert all(r["gen_loss"] != "" and np.isfinite(r["clf_loss"]) for r in rows)
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert {"wclf.weight", "blocks.2.mlp.fc.weight", "wtet.weight"} <= changed  # L_gen: all
+
+
+def test_joint_head_features_match_on_both_paths():
+    from igpt_eval.model import ops
+    from igpt_eval.train.finetune import head_features, joint_losses
+
+    net = with_classifier(pretrained("bert"), 3).double()
+    with torch.no_grad():
+        net.wclf.weight.normal_()
+    x = torch.from_numpy(labelled(8).tokens.astype(np.int64))
+    mask = net.sample_mask(8, 64, torch.Generator().manual_seed(0))
+    for layer in (0, 1, 3):  # 3 = n_layer: ln_f of the last residual
+        _, fast = joint_losses(net, x, layer, mask)
+        with ops.literal_ops():
+            _, slow = joint_losses(net, x, layer, mask)
+            alone = net.wclf(head_features(net, x, layer, mask))
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(alone, slow, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # the last layer's feature is what IGPT.classify reads
+        torch.testing.assert_close(
+            net.wclf(head_features(net, x, 3, mask)), net.classify(x, mask), rtol=0, atol=0
+        )
+
+
+def test_clf_only_head_at_a_layer_trains_the_body_below_it(tmp_path):
     data = labelled()
     cfg = FinetuneConfig(steps=20, batch_size=16, lr=3e-3, objective="clf", layer=1, eval_every=20)
     net = with_classifier(pretrained(), 3)
     tuner = FineTuner(net, data, data, cfg, tmp_path)
-    last = net.blocks[2].mlp.fc.weight.clone()
-    r = tuner.train_step()
-    assert r["gen_loss"] == ""
-    assert torch.equal(last, net.blocks[2].mlp.fc.weight)  # blocks past layer 1 do no work
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    rows = [tuner.train_step() for _ in range(3)]  # step 1 moves only the zero head
+    assert all(r["gen_loss"] == "" for r in rows)
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    # Block 0 and block 1's first norm feed the head; nothing past them does any work.
+    assert {"wclf.weight", "blocks.0.attn.qkv.weight", "blocks.1.ln_1.g", "wte.weight"} <= changed
+    assert not {n for n in changed if n.startswith(("blocks.2.", "blocks.1.attn", "wtet"))}
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):

@@ -144,6 +144,41 @@ def test_features_match_the_site_definitions(objective, kind):
     torch.testing.assert_close(full[0], ref[site_name(1, kind, L)], rtol=1e-5, atol=1e-6)
 
 
+def _taps(model, x, mask):
+    """Every site a forward pass with gradients shows a tap: ``{(layer, kind): x}``, and the
+    gradient of the sum of layer 1's pooled ``ln_1`` output w.r.t. every parameter."""
+    seen = {}
+    model.zero_grad()
+    model.loss(x, mask, tap=lambda layer, kind, h: seen.__setitem__((layer, kind), h))
+    seen[(1, "ln_1")].mean(1).sum().backward()
+    return seen, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective", ["ar", "bert"])
+def test_site_taps_agree_on_the_training_and_literal_paths(objective):
+    from igpt_eval.model import ops
+
+    m = make(objective).double().train()
+    x = tokens()
+    mask = m.sample_mask(3, 64, torch.Generator().manual_seed(0)) if objective == "bert" else None
+    fast, fast_grads = _taps(m, x, mask)  # autograd on the CPU: the training path
+    with ops.literal_ops():
+        slow, slow_grads = _taps(m, x, mask)
+    L = m.config.n_layer
+    kinds = ("resid_pre", "ln_1", "attn_out", "mlp_out")
+    want = {(layer, k) for layer in range(L) for k in kinds} | {(L, "resid_pre")}
+    assert set(fast) == set(slow) == want
+    for key in want:
+        torch.testing.assert_close(fast[key], slow[key], rtol=1e-10, atol=1e-12, msg=str(key))
+    assert fast_grads.keys() == slow_grads.keys() and "blocks.0.attn.qkv.weight" in fast_grads
+    for name, g in fast_grads.items():
+        torch.testing.assert_close(g, slow_grads[name], rtol=1e-9, atol=1e-12, msg=name)
+    # And what the taps see is what features() reports.
+    feats = m.features(x, layers=[0, 1, 2], mask=mask)
+    for layer in range(3):
+        torch.testing.assert_close(feats[layer], slow[(layer, "ln_1")].mean(1).float())
+
+
 def test_features_stop_after_the_last_requested_layer():
     m, x = make(), tokens()
     calls = []

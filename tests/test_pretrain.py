@@ -17,8 +17,9 @@ from igpt_eval.cli import main
 from igpt_eval.model import IGPT, load_model
 from igpt_eval.model.checkpoint import list_snapshots
 from igpt_eval.model.config import IGPTConfig
-from igpt_eval.train.pretrain import TrainConfig, Trainer, batch_rows, log_spaced_steps, lr_at
+from igpt_eval.train.pretrain import TrainConfig, Trainer, log_spaced_steps, lr_at
 from igpt_eval.train.runs import lr_sweep, pretrain, sweep_lrs
+from igpt_eval.train.sampling import batch_rows
 
 CFG = IGPTConfig.preset("tiny")  # 8×8 px, 16 colours, 3 blocks
 

@@ -63,7 +63,7 @@ from igpt_eval.defaults import (
 )
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, file_hash, write_json
-from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run
+from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run, run_seed
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.probes.backends import resolve_device
 from igpt_eval.probes.concat import check_concat
@@ -142,8 +142,9 @@ def model_info(path: str | Path, dataset: str | None = None) -> ModelInfo:
     name = dataset or run.get("dataset")
     if not name:
         raise IGPTError(f"{path} records no dataset (no run.json); pass --dataset")
-    seed = (run.get("train_config") or {}).get("seed") or 0
-    return ModelInfo(path.name, path, cfg.objective, cfg.n_layer, cfg.n_px, palette, name, seed)
+    return ModelInfo(
+        path.name, path, cfg.objective, cfg.n_layer, cfg.n_px, palette, name, run_seed(run)
+    )
 
 
 def check_models(models, dataset: str | None = None) -> list[ModelInfo]:

@@ -25,7 +25,7 @@ from igpt_eval.data.splits import stratified_split
 from igpt_eval.defaults import EXTRACT_BATCH, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, file_hash
-from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette
+from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette, read_run, run_seed
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train import distributed as dist
 
@@ -48,15 +48,13 @@ def open_model(model, palette=None, device: str = "cpu", *, random_weights: bool
             if palette is None:
                 raise IGPTError(f"{path} has no palette.npy; the model's colours are unknown")
         ident = {"model": str(path), "weights_hash": file_hash(path / WEIGHTS)}
-        try:
-            run = json.loads((path / "run.json").read_text())
-            ident["run_dataset"] = run.get("dataset")
-            ident["run_seed"] = (run.get("train_config") or {}).get("seed")
-        except (OSError, ValueError):
-            pass  # not a pretraining folder (e.g. converted from HF): nothing to default to
+        # A folder that is no pretraining run (e.g. converted from HF) records neither.
+        run = read_run(path)
+        ident["run_dataset"] = run.get("dataset")
+        ident["run_seed"] = run_seed(run)
         model = loaded
         if random_weights:
-            seed = ident.get("run_seed") or 0
+            seed = ident["run_seed"]
             model = IGPT.initialised(loaded.config, seed).to(device).eval()
             ident["model"] = f"{path} (random weights, seed {seed})"
             ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
@@ -190,7 +188,7 @@ def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
         dataset = ident.get("run_dataset")
         if dataset is None:
             raise IGPTError("no dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+    seed = split_seed if split_seed is not None else ident.get("run_seed", 0)
     return dataset, seed
 
 

@@ -116,7 +116,7 @@ def _cmd_extract(args) -> int:
     try:
         model, palette, ident = open_model(args.model, device=device)
         splits = ("train", "val", "test") if args.split == "all" else (args.split,)
-        seed = args.seed if args.seed is not None else (ident.get("run_seed") or 0)
+        seed = args.seed if args.seed is not None else ident.get("run_seed", 0)
         for split in splits:
             out = args.out
             if out is not None and args.split == "all":

@@ -118,6 +118,7 @@ def _add_model_card(sub) -> None:
 
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
+    from igpt_eval.model.checkpoint import run_seed
     from igpt_eval.reporting.modelcard import CARD, set_probe_section, write_model_card
 
     if args.probe_results is not None:
@@ -140,7 +141,7 @@ def _cmd_model_card(args) -> int:
         raise IGPTError(f"{args.model}/palette.npy is not the palette recorded in run.json")
     dataset = _dataset_name(args, run)
     # The split seed is the run's seed: the card must see the train split the model saw.
-    seed = (run.get("train_config") or {}).get("seed", 0)
+    seed = run_seed(run)
     splits = {}
     for split in ("train", "test"):
         ds = load_dataset(

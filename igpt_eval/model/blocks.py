@@ -7,12 +7,24 @@ Shapes in comments: B batch, T sequence (n_px²), C width (n_embd), H heads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from igpt_eval.model import ops
 from igpt_eval.model.config import IGPTConfig
+
+#: Sees a block's activation sites as they are computed: ``tap(kind, x)`` with ``kind`` one of
+#: ``resid_pre`` (the block's input), ``ln_1``, ``attn_out``, ``mlp_out`` (see
+#: :mod:`igpt_eval.model.sites`), in that order, on the literal and the training path alike.
+#: It may raise :class:`StopForward` to end the forward pass there.
+Tap = Callable[[str, torch.Tensor], None]
+
+
+class StopForward(Exception):
+    """Raised by a tap to end a forward pass once it has what it needs."""
 
 
 class Norm(nn.Module):
@@ -96,22 +108,44 @@ class Block(nn.Module):
         self.ln_2 = Norm(cfg.n_embd, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, tap: Tap | None = None
+    ) -> torch.Tensor:
+        if tap is not None:
+            tap("resid_pre", x)
         if cache is None and ops.training_path(x):
-            return self._train_forward(x)
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
+            return self._train_forward(x, tap)
+        x_ln = self.ln_1(x)  # (B, T, C)
+        if tap is not None:
+            tap("ln_1", x_ln)
+        a = self.attn(x_ln, cache)
+        if tap is not None:
+            tap("attn_out", a)
+        x = x + a
+        m = self.mlp(self.ln_2(x))
+        if tap is not None:
+            tap("mlp_out", m)
+        return x + m
 
-    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _train_forward(self, x: torch.Tensor, tap: Tap | None = None) -> torch.Tensor:
         """The same block, arranged for training speed. Scalings that the literal form spends a
         pass over the activations on are moved onto the weights of the matmul that follows:
         the norms' gains (``linear(x̂·g, W) = linear(x̂, W·g)``), and quick-GELU's slope, which
-        makes it ``silu(1.702 h) / 1.702``, one fused kernel each way."""
+        makes it ``silu(1.702 h) / 1.702``, one fused kernel each way. A tap on ``ln_1`` costs
+        the one pass the fold saves (``x̂·g`` is made for it)."""
         attn, mlp = self.attn, self.mlp
         x_hat = ops.rms_norm(x, None, self.ln_1.eps)  # (B, T, C), gain folded below
+        if tap is not None:
+            tap("ln_1", x_hat * self.ln_1.g)
         qkv = F.linear(x_hat, attn.qkv.weight * self.ln_1.g, attn.qkv.bias)  # (B, T, 3C)
-        x = x + attn.proj(ops.self_attention(qkv, attn.n_head, attn.causal))
+        a = attn.proj(ops.self_attention(qkv, attn.n_head, attn.causal))
+        if tap is not None:
+            tap("attn_out", a)
+        x = x + a
         x_hat = ops.rms_norm(x, None, self.ln_2.eps)
         fc_b = mlp.fc.bias * GELU_SLOPE if mlp.fc.bias is not None else None
         u = F.linear(x_hat, mlp.fc.weight * (self.ln_2.g * GELU_SLOPE), fc_b)  # 1.702 h: (B, T, 4C)
-        return x + F.linear(F.silu(u), mlp.proj.weight * (1 / GELU_SLOPE), mlp.proj.bias)
+        m = F.linear(F.silu(u), mlp.proj.weight * (1 / GELU_SLOPE), mlp.proj.bias)
+        if tap is not None:
+            tap("mlp_out", m)
+        return x + m

@@ -103,6 +103,13 @@ def read_run(model_dir: str | Path) -> dict:
     return run
 
 
+def run_seed(run: dict) -> int:
+    """The seed a pretraining run (its ``run.json``, :func:`read_run`) split its data and
+    drew its initialisation with; 0 when it records none. Everything that reads a model on
+    "the split it was trained on", or rebuilds its untrained twin, uses this one value."""
+    return int((run.get("train_config") or {}).get("seed") or 0)
+
+
 @contextmanager
 def _staged_folder(final: Path) -> Iterator[Path]:
     """A fresh temporary folder beside ``final`` to write into; when the block ends without

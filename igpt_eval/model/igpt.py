@@ -16,6 +16,7 @@ Shapes in comments: B batch, T sequence (n_px²), C width (n_embd), H heads, k p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -25,12 +26,16 @@ from torch import nn
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import ops
-from igpt_eval.model.blocks import Block, KVCache, Norm
+from igpt_eval.model.blocks import Block, KVCache, Norm, StopForward
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.sites import DEFAULT_SITE, check_kind, check_layers, valid_layers
 
 #: The seed of BERT feature masks when ``IGPT.features`` is given no generator.
 FEATURE_MASK_SEED = 0
+
+#: ``tap(layer, kind, x)`` sees every activation site of a forward pass (see
+#: :meth:`IGPT.residual`); it may raise :class:`~igpt_eval.model.blocks.StopForward`.
+SiteTap = Callable[[int, str, torch.Tensor], None]
 
 
 class IGPT(nn.Module):
@@ -148,13 +153,38 @@ class IGPT(nn.Module):
             h = h * (~mask.to(h.device, torch.bool)).unsqueeze(-1).to(h.dtype)
         return h + self.wpe[:T]
 
+    def residual(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        tap: SiteTap | None = None,
+        caches: list[KVCache] | None = None,
+        h: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The residual stream after the last block, ``(B, T, C)``: every forward pass of the
+        model (training, features, classification, sampling) runs its blocks here.
+
+        ``tap(layer, kind, x)`` sees each block's sites in order (``resid_pre``, ``ln_1``,
+        ``attn_out``, ``mlp_out``; :mod:`igpt_eval.model.sites`), then ``(n_layer,
+        "resid_pre", h)`` for the final stream, on the CPU training path as on the literal
+        one, gradients included; it may raise ``StopForward`` to end the pass (the caller
+        catches it). ``caches`` (one per block) and ``h`` (the embedded input, in place of
+        ``tokens``) serve :meth:`generate`."""
+        if h is None:
+            h = self.embed(tokens, mask)  # (B, T, C)
+        for layer, blk in enumerate(self.blocks):
+            cache = None if caches is None else caches[layer]
+            block_tap = None if tap is None else (lambda kind, x, i=layer: tap(i, kind, x))
+            h = blk(h, cache, block_tap)
+        if tap is not None:
+            tap(self.config.n_layer, "resid_pre", h)
+        return h
+
     # ------------------------------------------------------------------ training
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T, k]`` over palette ids."""
-        h = self.embed(tokens, mask)  # (B, T, C)
-        for blk in self.blocks:
-            h = blk(h)
-        return self._head(h)  # (B, T, k)
+        return self._head(self.residual(tokens, mask))  # (B, T, k)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """``wtet(ln_f(h))``; in training the norm's gain rides on ``wtet`` (see Block)."""
@@ -166,33 +196,31 @@ class IGPT(nn.Module):
         """Class logits ``[B, n_classes]``: ``wclf`` on the position-averaged ``ln_f`` output."""
         if self.wclf is None:
             raise IGPTError("this model has no classifier head (config.n_classes is 0)")
-        h = self.embed(tokens, mask)
-        for blk in self.blocks:
-            h = blk(h)
-        return self.wclf(self.ln_f(h).mean(1))  # (B, n_classes)
+        return self.wclf(self.ln_f(self.residual(tokens, mask)).mean(1))  # (B, n_classes)
 
     def loss(
         self,
         tokens: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        tap: SiteTap | None = None,
     ) -> torch.Tensor:
         """The pretraining loss in nats per token.
 
         AR: cross-entropy at all n positions. BERT: cross-entropy on masked positions only,
         per image (sum over masked / number masked), then averaged over the batch; a mask is
-        drawn from ``generator`` when none is given.
+        drawn from ``generator`` when none is given. ``tap`` sees the sites on the way
+        (:meth:`residual`): fine-tuning's joint objective reads its head's feature there.
         """
         tokens = self.check_tokens(tokens)
         if self.sos is not None:
-            logits = self(tokens)  # (B, T, k)
+            logits = self._head(self.residual(tokens, tap=tap))  # (B, T, k)
             return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
         B, T = tokens.shape
         if mask is None:
             mask = self.sample_mask(B, T, generator)
-        h = self.embed(tokens, mask)
-        for blk in self.blocks:
-            h = blk(h)
+        h = self.residual(tokens, mask, tap=tap)
         # Only masked positions are scored, so only they need the output head.
         logits = self._head(h[mask])  # (M, k)
         ce = F.cross_entropy(logits.float(), tokens[mask], reduction="none")  # (M,)
@@ -260,26 +288,18 @@ class IGPT(nn.Module):
         else:
             ctx = nullcontext()
         last = wanted[-1]
+
+        def tap(layer: int, kind: str, x: torch.Tensor) -> None:
+            if layer in slot and layer < L and kind == site:
+                keep(layer, x)
+                if layer == last:
+                    raise StopForward  # nothing past the last requested layer
+
         with ctx:
-            h = self.embed(tokens, mask)  # (B, T, C): the residual stream
-            for layer, blk in enumerate(self.blocks):
-                x = blk.ln_1(h)
-                if layer in slot and site in ("ln_1", "resid_pre"):
-                    keep(layer, x if site == "ln_1" else h)
-                    if layer == last:
-                        return out
-                a = blk.attn(x)
-                if layer in slot and site == "attn_out":
-                    keep(layer, a)
-                    if layer == last:
-                        return out
-                h = h + a
-                m = blk.mlp(blk.ln_2(h))
-                if layer in slot and site == "mlp_out":
-                    keep(layer, m)
-                    if layer == last:
-                        return out
-                h = h + m
+            try:
+                h = self.residual(tokens, mask, tap=tap)
+            except StopForward:
+                return out
             keep(L, self.ln_f(h) if site == "ln_1" else h)
         return out
 
@@ -324,8 +344,7 @@ class IGPT(nn.Module):
         # First step: SOS and the whole prefix at once; then one position per step.
         h = torch.cat([self.sos.expand(B, 1, -1), self.wte(prefix)], 1) + self.wpe[: P + 1]
         for t in range(P, T):
-            for blk, cache in zip(self.blocks, caches, strict=True):
-                h = blk(h, cache)
+            h = self.residual(None, h=h, caches=caches)
             logits = self.wtet(self.ln_f(h[:, -1])).float()  # (B, k)
             out[:, t] = _sample(logits, temperature, top_k, g)
             if t + 1 < T:

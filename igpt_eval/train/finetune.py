@@ -15,7 +15,7 @@ random horizontal flip) is an option; it works on images, so augmented batches a
 palette-encoded on the fly, while unaugmented runs read the token cache.
 
 Runs resume exactly, as pretraining does: batch ``s`` is a pure function of ``(seed, s)``
-(:func:`igpt_eval.train.pretrain.batch_rows`, the same BERT mask stream, augmentation drawn from a
+(:func:`igpt_eval.train.sampling.batch_rows`, the same BERT mask stream, augmentation drawn from a
 generator seeded by ``(seed, s)``), and a checkpoint (``resume/step-N`` + ``LATEST``, see
 :func:`igpt_eval.model.checkpoint.save_resume`) holds the weights, the optimizer, the step and the
 early-stopping state. Files in ``out/``::
@@ -49,14 +49,14 @@ from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.data.subsets import Labelled, augment_images
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.model.blocks import StopForward
 from igpt_eval.model.checkpoint import WEIGHTS, load_resume, save_model, save_resume
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.sites import site_name
-from igpt_eval.train.pretrain import batch_rows, mask_generator
+from igpt_eval.train.sampling import batch_rows, eval_mask_generator, generator, mask_generator
 
 OBJECTIVES = ("joint", "clf")
 LOG_FIELDS = ["step", "train_loss", "gen_loss", "clf_loss", "val_acc", "val_loss", "seconds"]
-_EVAL_MASK_SEED = 12345  # BERT evaluation masks: fixed, so evaluations are comparable
 
 
 @dataclass
@@ -109,33 +109,46 @@ def with_classifier(model: IGPT, n_classes: int) -> IGPT:
     return net
 
 
+class _HeadInput:
+    """A site tap that keeps layer ``layer``'s probe feature: block ``layer``'s ``ln_1``
+    output, or for the last layer the final residual stream, which ``pooled`` puts through
+    ``ln_f`` (BERT's loss applies ``ln_f`` to the masked positions only)."""
+
+    def __init__(self, model: IGPT, layer: int, stop: bool):
+        self.model, self.layer, self.stop = model, layer, stop
+        self.kind = "ln_1" if layer < model.config.n_layer else "resid_pre"
+        self.x: torch.Tensor | None = None
+
+    def __call__(self, layer: int, kind: str, x: torch.Tensor) -> None:
+        if layer == self.layer and kind == self.kind:
+            self.x = x
+            if self.stop:
+                raise StopForward
+
+    def pooled(self) -> torch.Tensor:
+        x = self.x if self.kind == "ln_1" else self.model.ln_f(self.x)  # (B, T, d)
+        return x.mean(1)  # (B, d)
+
+
 def head_features(model: IGPT, tokens, layer: int, mask=None) -> torch.Tensor:
     """The head's input ``[B, d]``: layer ``layer``'s probe feature (block ``layer``'s
-    ``ln_1`` output, or ``ln_f`` for the last layer) averaged over positions. Nothing past
-    that layer is computed."""
-    h = model.embed(tokens, mask)  # (B, T, d)
-    for blk in model.blocks[:layer]:
-        h = blk(h)
-    norm = model.ln_f if layer == model.config.n_layer else model.blocks[layer].ln_1
-    return norm(h).mean(1)  # (B, d)
+    ``ln_1`` output, or ``ln_f`` for the last layer) averaged over positions, on the training
+    path as on the literal one. Nothing past that layer is computed."""
+    keep = _HeadInput(model, layer, stop=True)
+    try:
+        model.residual(tokens, mask, tap=keep)
+    except StopForward:
+        pass
+    return keep.pooled()
 
 
 def joint_losses(model: IGPT, tokens, layer: int, mask=None):
     """``(L_gen, class logits [B, classes])`` from one forward pass: the model's own
-    pretraining loss, with the head's feature captured on the way by a forward hook."""
-    L = model.config.n_layer
-    seen = {}
-    if layer < L:
-        site, post = model.blocks[layer].ln_1, None
-    else:  # BERT's loss applies ln_f to masked positions only: take the last residual
-        site, post = model.blocks[L - 1], model.ln_f
-    handle = site.register_forward_hook(lambda m, i, out: seen.__setitem__("h", out))
-    try:
-        gen = model.loss(tokens, mask)
-    finally:
-        handle.remove()
-    h = seen["h"] if post is None else post(seen["h"])  # (B, T, d)
-    return gen, model.wclf(h.mean(1))
+    pretraining loss, with the head's feature read on the way (a site tap, which the CPU
+    training path serves as the literal one does)."""
+    keep = _HeadInput(model, layer, stop=False)
+    gen = model.loss(tokens, mask, tap=keep)
+    return gen, model.wclf(keep.pooled())
 
 
 # ------------------------------------------------------------------ the trainer
@@ -178,7 +191,7 @@ class FineTuner:
         cfg, model = self.cfg, self.model
         rows = batch_rows(self.step, len(self.train), self.batch, cfg.seed)
         if cfg.augment:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 31 * self.step + 5)
+            g = generator("augment", cfg.seed, self.step)
             x = self.palette.encode(augment_images(self.train.images[rows], g))
         else:
             x = self.train.tokens[rows]
@@ -210,7 +223,7 @@ class FineTuner:
         model = self.model
         was = model.training
         model.eval()
-        g = torch.Generator().manual_seed(_EVAL_MASK_SEED)
+        g = eval_mask_generator()
         correct, losses = [], []
         for s in range(0, len(data), batch_size):
             x = torch.from_numpy(np.asarray(data.tokens[s : s + batch_size], dtype=np.int64))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from igpt_eval.cache.extraction import open_model
+from igpt_eval.cache.extraction import open_model, run_defaults
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, lowdata_split
 from igpt_eval.errors import IGPTError
@@ -139,10 +139,7 @@ def finetune_model(
     net, palette, ident = open_model(model, device=cfg.device)
     L = net.config.n_layer
     cfg.validate(L, 1)  # a bad layer is an error before any data is read
-    dataset = dataset or ident.get("run_dataset")
-    if dataset is None:
-        raise IGPTError("no --dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else (ident.get("run_seed") or 0)
+    dataset, seed = run_defaults(dataset, ident, split_seed)
     n_px = net.config.n_px
 
     def split(name):

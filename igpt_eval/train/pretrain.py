@@ -48,6 +48,7 @@ from igpt_eval.model import ops
 from igpt_eval.model.checkpoint import PALETTE, load_resume, save_model, save_resume, save_snapshot
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train import distributed as dist
+from igpt_eval.train.sampling import batch_rows, eval_mask_generator, mask_generator
 
 LOG_FIELDS = ["step", "epoch", "lr", "train_loss", "val_loss", "tokens_per_s", "seconds"]
 
@@ -133,29 +134,14 @@ def lr_at(step: int, cfg: TrainConfig, warmup: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batch_rows(step: int, n: int, batch: int, seed: int) -> np.ndarray:
-    """The image indices of global batch ``step``: epoch-wise seeded permutations, the
-    incomplete tail of each epoch dropped."""
-    per_epoch = n // batch
-    epoch, i = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).numpy()
-    return np.sort(perm[i * batch : (i + 1) * batch])  # sorted: kinder to memmap reads
-
-
-def mask_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of step ``step``'s BERT masks: a function of (seed, step) only, so a
-    resumed run draws exactly the masks an unbroken one would."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * step + 1)
-
-
 @torch.no_grad()
-def evaluate(model: IGPT, tokens, batch_size: int = 256, seed: int = 12345) -> float:
-    """Mean pretraining loss (nats per token) on ``tokens``; BERT masks from a fixed seed,
-    so values are comparable across a run."""
+def evaluate(model: IGPT, tokens, batch_size: int = 256) -> float:
+    """Mean pretraining loss (nats per token) on ``tokens``; BERT masks from a fixed seed
+    (:func:`~igpt_eval.train.sampling.eval_mask_generator`), so values are comparable
+    across a run."""
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(seed)
+    g = eval_mask_generator()
     total, count = 0.0, 0
     for s in range(0, len(tokens), batch_size):
         x = torch.from_numpy(np.asarray(tokens[s : s + batch_size], dtype=np.int64))
