@@ -75,3 +75,15 @@ def add_dataset_flags(
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (and run)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def add_token_cache_flag(p) -> None:
+    """``--token-cache``: where token caches live (default: the managed cache root,
+    :func:`igpt_eval.defaults.cache_root`)."""
+    p.add_argument(
+        "--token-cache",
+        type=Path,
+        default=None,
+        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
+        "user cache folder, ~/.cache/igpt-eval on Linux)",
+    )

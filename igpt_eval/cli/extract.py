@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from igpt_eval.cli.common import subcommand
+from igpt_eval.cli.common import add_token_cache_flag, subcommand
 from igpt_eval.defaults import EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 
@@ -74,13 +74,7 @@ def _add_extract(sub) -> None:
         help="also store layer L unpooled, [N, T, d] float16",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset")
-    p.add_argument(
-        "--token-cache",
-        type=Path,
-        default=None,
-        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
-        "user cache folder, ~/.cache/igpt-eval on Linux)",
-    )
+    add_token_cache_flag(p)
     p.add_argument("--overwrite", action="store_true", help="rebuild a mismatching cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.cli.common import config_from_args, subcommand
+from igpt_eval.cli.common import add_token_cache_flag, config_from_args, subcommand
 
 
 def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
@@ -38,7 +38,7 @@ def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
         "--augment", action="store_true", help="reflection pad 4, random crop, horizontal flip"
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--token-cache", type=Path, default=None, help="token cache root")
+    add_token_cache_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

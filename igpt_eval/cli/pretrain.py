@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from igpt_eval.cli.common import add_dataset_flags, parse_steps, subcommand
+from igpt_eval.cli.common import add_dataset_flags, add_token_cache_flag, parse_steps, subcommand
 from igpt_eval.errors import IGPTError
 
 
@@ -89,13 +89,7 @@ def _add_pretrain(sub) -> None:
         "initialisation, a random-weights control)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "--token-cache",
-        type=Path,
-        default=None,
-        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
-        "user cache folder, ~/.cache/igpt-eval on Linux)",
-    )
+    add_token_cache_flag(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

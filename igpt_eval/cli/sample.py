@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import refuse_overwrite, subcommand
+from igpt_eval.cli.common import add_token_cache_flag, refuse_overwrite, subcommand
 from igpt_eval.errors import IGPTError
 
 
@@ -98,13 +98,7 @@ def _add_model_card(sub) -> None:
     p.add_argument("--name", default=None, help="name in the card and figure files (the folder's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the completions")
     p.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
-    p.add_argument(
-        "--token-cache",
-        type=Path,
-        default=None,
-        help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
-        "user cache folder, ~/.cache/igpt-eval on Linux)",
-    )
+    add_token_cache_flag(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing card and figures")
     p.add_argument(
         "--probe-results",
