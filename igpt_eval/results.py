@@ -66,6 +66,7 @@ EXTRA = [
     "n_eval",
     "n_features",
     "concat_layers",
+    "weights_hash",
     *DIFF_COLUMNS,
 ]
 #: Model and probe name of the raw-pixel baseline rows (the palette-quantised image the
@@ -287,3 +288,35 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     s["best"] = s.index == s.val_acc.idxmax()  # ties: the earliest such layer, one mark only
     s["last"] = s.layer == s.layer.max()
     return s
+
+
+def probe_choice(
+    df: pd.DataFrame, model: str, weights_hash: str | None = None, layer: int | None = None
+) -> tuple[int, float]:
+    """``(layer, C)`` of ``model``'s L-BFGS probe in a results table: the layer chosen on
+    validation (or the given ``layer``) and the C chosen for it on validation. With
+    ``weights_hash``, rows that record other weights are refused (one clear error), so a
+    results file of another model, or of an earlier training of the same name, cannot
+    initialise a classifier; files written before the hash was recorded are matched by
+    name."""
+    mine = df[(df.model == model) & (df.probe == "lbfgs")] if "probe" in df else df[:0]
+    if mine.empty:
+        names = sorted(set(df.model.dropna())) if "model" in df else []
+        raise IGPTError(
+            f"the probe results hold no L-BFGS rows for model {model!r} (they hold {names})"
+        )
+    if weights_hash is not None and "weights_hash" in mine:
+        seen = set(mine.weights_hash.dropna())
+        if seen and seen != {weights_hash}:
+            raise IGPTError(
+                f"the probe results for {model!r} were measured on other weights "
+                f"({', '.join(sorted(seen))[:40]}, not {weights_hash[:16]}): probe this model first"
+            )
+    s = summary(mine)
+    row = s[s.best] if layer is None else s[s.layer == layer]
+    if row.empty:
+        raise IGPTError(f"the probe results have no layer {layer} for model {model!r}")
+    C = float(row.C.iloc[0])
+    if not C > 0:
+        raise IGPTError(f"the probe results record no C for layer {int(row.layer.iloc[0])}")
+    return int(row.layer.iloc[0]), C

@@ -84,7 +84,8 @@ def test_joint_objective_at_an_inner_layer_on_both_paths(tmp_path, literal):
 
 def test_joint_head_features_match_on_both_paths():
     from igpt_eval.model import ops
-    from igpt_eval.train.finetune import head_features, joint_losses
+    from igpt_eval.model.head import pooled_feature
+    from igpt_eval.train.finetune import joint_losses
 
     net = with_classifier(pretrained("bert"), 3).double()
     with torch.no_grad():
@@ -95,12 +96,12 @@ def test_joint_head_features_match_on_both_paths():
         _, fast = joint_losses(net, x, layer, mask)
         with ops.literal_ops():
             _, slow = joint_losses(net, x, layer, mask)
-            alone = net.wclf(head_features(net, x, layer, mask))
+            alone = pooled_feature(net, x, layer, mask)
         torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(alone, slow, rtol=1e-10, atol=1e-12)
     with torch.no_grad():  # the last layer's feature is what IGPT.classify reads
         torch.testing.assert_close(
-            net.wclf(head_features(net, x, 3, mask)), net.classify(x, mask), rtol=0, atol=0
+            net.wclf(pooled_feature(net, x, 3, mask)), net.classify(x, mask), rtol=0, atol=0
         )
 
 

@@ -22,7 +22,8 @@ def tiny_models(tmp_path):
 
 def ld_args(tmp_path, models, dataset, *extra, out="ld"):
     args = ["lowdata", "--dataset", dataset, "--out", str(tmp_path / out), "--k", "2", "4",
-            "--seeds", "2", "--steps", "4", "--eval-every", "2", "--batch-size", "8",
+            "--seeds", "2", "--min-steps", "4", "--max-steps", "4", "--eval-every", "2",
+            "--batch-size", "8",
             "--test-images", "0", "--cache", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
     args += extra
     for m in models:
@@ -162,3 +163,17 @@ def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz
     assert main(ld_args(tmp_path, tiny_models[1:], f"npz:{tiny_npz}", *results, out="ld2")) == 2
     assert "no L-BFGS rows for model 'tiny-bert'" in one_error(capsys)
     assert not (tmp_path / "ld2").exists()
+
+
+def test_finetuning_budget_scales_with_the_labels():
+    """More labels buy more steps (a fixed budget made K = 400 score below K = 25)."""
+    from igpt_eval.analysis.settings import LowDataConfig
+
+    cfg = LowDataConfig()
+    # K = 4, 25, 400 per class, a quarter held out (at most 20 per class), 10 classes.
+    steps = [cfg.steps(n) for n in (30, 190, 3800)]
+    assert steps == [100, 100, 1200]
+    assert cfg.steps(3000) == 1125  # 3 epochs at batch 8
+    assert LowDataConfig(epochs=1, min_steps=1).steps(5) == 1  # a tiny set: one full batch
+    with pytest.raises(Exception, match="max steps"):
+        LowDataConfig(min_steps=10, max_steps=5).validate()

@@ -138,11 +138,10 @@ def lowdata_study(
                     rows += _pixels(tr, te, test_rows, a, b, cfg, dataset, extra)
                 flush()
                 if cfg.finetune:
-                    rows += _finetune(
-                        net, palette, t_tok, e_tok, tr, te.labels, a, b, test_rows,
-                        cfg, out / "finetune" / path.name / f"k{k}-s{s}", meta, extra,
-                        ident, progress,
-                    )  # fmt: skip
+                    m = _Opened(net, palette, ident, t_tok, e_tok, meta)
+                    run_dir = out / "finetune" / path.name / f"k{k}-s{s}"
+                    rows += _finetune(m, (tr, te, test_rows), (a, b), extra, cfg, run_dir,
+                                      progress)  # fmt: skip
                     flush()
     df = flush()
 
@@ -294,25 +293,45 @@ def _pixels(tr, te, test_rows, tr_rows, va_rows, cfg, dataset, extra) -> list[di
     return [dict(r, **extra, method="raw pixels", best_layer=True) for r in rows]
 
 
-def _finetune(net, palette, t_tok, e_tok, tr, test_labels, tr_rows, va_rows, test_rows,
-              cfg, run_dir: Path, meta, extra, ident, progress) -> list[dict]:  # fmt: skip
-    """One fine-tuning run (read back when it already finished, resumed when interrupted)."""
+@dataclasses.dataclass
+class _Opened:
+    """One model of the study, with its tokenised splits and result columns."""
+
+    net: object
+    palette: object
+    ident: dict
+    train_tokens: object
+    test_tokens: object
+    meta: dict
+
+
+def _finetune_config(cfg: LowDataConfig, n_train: int, seed: int) -> FinetuneConfig:
+    """The fine-tuning settings of one draw: the budget scales with its training part."""
+    steps = cfg.steps(n_train)
+    return FinetuneConfig(
+        steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, objective=cfg.objective,
+        layer=cfg.layer, augment=cfg.augment, eval_every=max(cfg.eval_every, steps // 20),
+        patience=cfg.patience, bf16=cfg.bf16, seed=seed, device=cfg.device,
+    )  # fmt: skip
+
+
+def _finetune(m: _Opened, split, draw, extra: dict, cfg: LowDataConfig, run_dir: Path,
+              progress: bool) -> list[dict]:  # fmt: skip
+    """One fine-tuning run on ``draw = (train rows, held-out rows)`` of ``split = (train
+    dataset, test dataset, test rows)`` (read back when it already finished, resumed when
+    interrupted)."""
+    (tr, te, test_rows), (tr_rows, va_rows) = split, draw
     done = run_dir / "results.parquet"
     if done.is_file():
         df = load_results(done)
     else:
-        ft = FinetuneConfig(
-            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, objective=cfg.objective,
-            layer=cfg.layer, augment=cfg.augment, eval_every=cfg.eval_every, patience=cfg.patience,
-            bf16=cfg.bf16, seed=extra["seed"], device=cfg.device,
-        )  # fmt: skip
-        labels = tr.labels
-        full = Labelled(t_tok.tokens, labels, tr.images if cfg.augment else None)
-        test = Labelled(np.asarray(e_tok.tokens[test_rows]), test_labels[test_rows])
+        ft = _finetune_config(cfg, len(tr_rows), extra["seed"])
+        full = Labelled(m.train_tokens.tokens, tr.labels, tr.images if cfg.augment else None)
+        test = Labelled(np.asarray(m.test_tokens.tokens[test_rows]), te.labels[test_rows])
         df = run_finetune(
-            net, palette, full.take(tr_rows), full.take(va_rows), test, ft, run_dir,
-            n_classes=int(labels.max()) + 1, meta=meta,
-            identity=dict(weights_hash=ident.get("weights_hash"), **extra),
+            m.net, m.palette, full.take(tr_rows), full.take(va_rows), test, ft, run_dir,
+            n_classes=int(tr.labels.max()) + 1, meta=m.meta,
+            identity=dict(weights_hash=m.ident.get("weights_hash"), **extra),
             resume=(run_dir / "finetune.json").is_file(), progress=progress,
         )  # fmt: skip
         if not cfg.keep_checkpoints:

@@ -19,7 +19,13 @@ class LowDataConfig:
 
     ks: tuple[int, ...] = (4, 25, 400)  # the paper's 40 / 250 / 4,000 labels for 10 classes
     seeds: int = 5  # draws per K: mean ± std over them
-    steps: int = 100  # fine-tuning steps per run: ~0.25 s each at batch 8, bf16, one core
+    # Fine-tuning budget, scaled with the labels (a fixed 100 steps was 0.27 epoch at K = 400,
+    # where fine-tuning then scored below K = 25): epochs passes over the K-subset's training
+    # part, at least min_steps (K = 4 is ~4 steps an epoch) and at most max_steps (K = 400:
+    # 3 epochs = 1,125 steps at batch 8); early stopping may end any run sooner.
+    epochs: float = 3.0
+    min_steps: int = 100
+    max_steps: int = 1200
     test_images: int = 1000  # fixed stratified test subset (~10 s to score per fine-tune)
     lr: float = 1e-3  # fine-tuning: constant Adam rate (3e-3 measured worse at K=25)
     batch_size: int = 8  # small batches: 4x the updates of batch 32 for the same images/s
@@ -39,8 +45,15 @@ class LowDataConfig:
         """One clear error for settings that cannot run."""
         if not self.ks or min(self.ks) < 2:
             raise IGPTError(f"every K must be >= 2 (one to train on, one held out): {self.ks}")
-        if self.seeds < 1 or self.steps < 1 or self.test_images < 0:
+        if self.seeds < 1 or self.min_steps < 1 or self.test_images < 0:
             raise IGPTError("seeds and steps must be >= 1, test images >= 0")
+        if not self.epochs > 0 or self.max_steps < self.min_steps:
+            raise IGPTError("epochs must be > 0 and max steps >= min steps")
+
+    def steps(self, n_train: int) -> int:
+        """Fine-tuning steps for a training part of ``n_train`` images."""
+        per_epoch = n_train / min(self.batch_size, n_train)
+        return int(min(self.max_steps, max(self.min_steps, round(self.epochs * per_epoch))))
 
 
 @dataclass

@@ -26,7 +26,10 @@ def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
     p.add_argument(
         "--layer", type=int, default=None, help="attach the head at layer l (default: ln_f)"
     )
-    p.add_argument("--lr", type=float, default=lr, help=f"constant learning rate (default {lr})")
+    p.add_argument(
+        "--lr", type=float, default=lr, help=f"peak learning rate, constant after warm-up ({lr})"
+    )
+
     p.add_argument(
         "--batch-size", type=int, default=batch_size, help=f"images per step ({batch_size})"
     )
@@ -47,10 +50,13 @@ def _add_finetune(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="fine-tune a model for classification (joint generative + classification loss)",
-        description="Fine-tune a checkpoint with a zero-initialised linear head on the "
-        "mean-pooled ln_f (or layer --layer): Adam (0.9, 0.95), constant learning rate, early "
-        "stopping on validation accuracy; the best model, its log and tidy results "
-        "(probe=finetune) are written to --out. --resume continues an interrupted run.",
+        description="Fine-tune a checkpoint with a linear head on the mean-pooled ln_f (or "
+        "layer --layer), standardised with training statistics and folded into the saved "
+        "head: Adam (0.9, 0.95), optional warm-up, then a constant learning rate (--lr-sweep "
+        "re-searches it), early stopping on validation accuracy. The head starts at zero, or "
+        "at the model's best linear probe (--init-from-probe). The best model (a checkpoint "
+        "IGPT.classify runs), its log and tidy results (probe=finetune) are written to --out; "
+        "--resume continues an interrupted run, or starts it when --out holds none yet.",
     )
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
@@ -68,6 +74,34 @@ def _add_finetune(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the K-subset, order, masks")
     p.add_argument("--eval-images", type=int, default=None, help="val images per evaluation")
+    p.add_argument(
+        "--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0: none)"
+    )
+    p.add_argument(
+        "--lr-sweep",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first try N rates from --lr down (x0.3, x0.1, ...) in short runs, keep the one "
+        "with the best validation accuracy (the paper re-searches the fine-tuning rate)",
+    )
+    p.add_argument(
+        "--sweep-steps", type=int, default=None, help="steps per sweep run (default: budget/5)"
+    )
+    p.add_argument(
+        "--init-from-probe",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="start the head at the model's L-BFGS linear probe: the layer chosen on "
+        "validation and its C, from `igpt-eval probe` results (results.parquet) of this model",
+    )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the head on standardised features (folded into the saved head; default on)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--bf16",
@@ -92,6 +126,13 @@ def _cmd_finetune(args) -> int:
             raise IGPTError(f"--epochs must be positive, got {args.epochs}")
         steps = -1  # resolved once the training set's size is known (below)
     cfg = config_from_args(FinetuneConfig, args, steps=max(steps, 1))
+    fit_head = None
+    if args.init_from_probe is not None:
+        cfg, fit_head = _probe_init(args, cfg)
+    if args.lr_sweep is not None and args.lr_sweep < 1:
+        raise IGPTError(f"--lr-sweep needs a number of rates >= 1, got {args.lr_sweep}")
+    if args.sweep_steps is not None and not args.lr_sweep:
+        raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")
     df = finetune_model(
         args.model,
         args.dataset,
@@ -104,6 +145,9 @@ def _cmd_finetune(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         epochs=args.epochs,
+        lr_sweep=args.lr_sweep,
+        sweep_steps=args.sweep_steps,
+        fit_head=fit_head,
     )
     acc = df[df.metric == "accuracy"].set_index("split")
     t = acc.loc["test"]
@@ -114,6 +158,29 @@ def _cmd_finetune(args) -> int:
         f" -> {args.out}"
     )
     return 0
+
+
+def _probe_init(args, cfg):
+    """``(cfg with layer, init_C and init_n set, the head fitter)`` from
+    ``--init-from-probe``: the layer chosen on validation (or ``--layer``), its C and the
+    size of the probe's training sample (the C is rescaled to the images the head is fitted
+    on: :class:`~igpt_eval.train.finetune.FinetuneConfig`)."""
+    import dataclasses
+
+    from igpt_eval.cache.extraction import open_model
+    from igpt_eval.errors import IGPTError
+    from igpt_eval.probes.logistic import probe_head
+    from igpt_eval.results import load_results, probe_choice
+
+    if not args.init_from_probe.is_file():
+        raise IGPTError(f"no probe results at {args.init_from_probe}")
+    df = load_results(args.init_from_probe)
+    _, _, ident = open_model(args.model)
+    layer, C = probe_choice(df, args.model.name, ident.get("weights_hash"), args.layer)
+    rows = df[(df.model == args.model.name) & (df.layer == layer) & (df.split == "val")]
+    n_probe = rows.n_train.dropna() if "n_train" in rows else rows[:0]
+    n = int(n_probe.iloc[0]) if len(n_probe) else None
+    return dataclasses.replace(cfg, layer=layer, init_C=C, init_n=n), probe_head
 
 
 @subcommand
@@ -140,8 +207,14 @@ def _add_lowdata(sub) -> None:
     p.add_argument("--k", type=int, nargs="+", default=list(d.ks), help="labels per class")
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per K (mean ± std)")
     p.add_argument(
-        "--steps", type=int, default=d.steps, help=f"fine-tuning steps per run ({d.steps})"
+        "--epochs",
+        type=float,
+        default=d.epochs,
+        help=f"fine-tuning passes over each draw's training part ({d.epochs:g}), clipped to "
+        f"[--min-steps, --max-steps]; early stopping may end a run sooner",
     )
+    p.add_argument("--min-steps", type=int, default=d.min_steps, help=f"({d.min_steps})")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"({d.max_steps})")
     p.add_argument(
         "--test-images",
         type=int,

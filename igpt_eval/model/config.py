@@ -29,6 +29,11 @@ class IGPTConfig:
     norm_eps: float = 1e-5  # the OpenAI norm's epsilon (HF's layer_norm_epsilon)
     bias: bool = False  # linear biases: off in iGPT; on only to load HF checkpoints exactly
     n_classes: int = 0  # rows of the classifier wclf; 0 = no classifier (pretraining)
+    # The classifier's input: -1 = the mean-pooled ln_f (the paper's), l = layer l's probe
+    # feature (block l's ln_1, mean-pooled); a head fine-tuned at an inner layer says so here.
+    clf_layer: int = -1
+    # A bias on wclf: off in iGPT; fine-tuning folds its feature standardisation into it.
+    clf_bias: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +68,15 @@ class IGPTConfig:
             raise IGPTError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.n_classes < 0:
             raise IGPTError(f"n_classes must be >= 0, got {self.n_classes}")
+        if not -1 <= self.clf_layer <= self.n_layer:
+            raise IGPTError(
+                f"clf_layer must be -1 (ln_f) or a layer 0..{self.n_layer}, got {self.clf_layer}"
+            )
+
+    @property
+    def head_layer(self) -> int:
+        """The layer the classifier reads (``n_layer`` = the final ``ln_f``)."""
+        return self.n_layer if self.clf_layer < 0 else self.clf_layer
 
     # ---------------------------------------------------------------- presets and files
     @classmethod
@@ -116,7 +130,8 @@ class IGPTConfig:
         """Parameter count implied by the config (matches ``IGPT(config).n_params()``)."""
         d, k, L = self.n_embd, self.vocab_size, self.n_layer
         block = 12 * d * d + 2 * d + (9 * d if self.bias else 0)
-        return L * block + 2 * k * d + self.n_positions * d + 2 * d + self.n_classes * d
+        clf = self.n_classes * (d + (1 if self.clf_bias else 0))
+        return L * block + 2 * k * d + self.n_positions * d + 2 * d + clf
 
     def flops_per_token(self, *, head: bool = True, training: bool = False) -> float:
         """Matmul FLOPs per token, 2 per multiply-add: each block's projections and MLP

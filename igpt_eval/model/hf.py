@@ -211,6 +211,11 @@ def hf_state_dict(model: IGPT) -> dict[str, torch.Tensor]:
         raise IGPTError(
             "cannot export a BERT model to Hugging Face ImageGPT: its attention is always causal"
         )
+    if cfg.n_classes and (cfg.clf_bias or cfg.clf_layer not in (-1, cfg.n_layer)):
+        raise IGPTError(
+            "cannot export this classifier to Hugging Face ImageGPT: its head is bias-free on "
+            "the pooled ln_f, and this one has a bias or reads an inner layer"
+        )
     sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     out = {
         "transformer.wte.weight": torch.cat([sd["wte.weight"], sd["sos"][None]]),

@@ -28,6 +28,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.model import ops
 from igpt_eval.model.blocks import Block, KVCache, Norm, StopForward
 from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.head import pooled_feature
 from igpt_eval.model.sites import DEFAULT_SITE, check_kind, check_layers, valid_layers
 
 #: The seed of BERT feature masks when ``IGPT.features`` is given no generator.
@@ -56,7 +57,7 @@ class IGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = Norm(d, cfg.norm_eps)
         self.wtet = nn.Linear(d, k, bias=False)  # untied from wte, as in iGPT
-        self.wclf = nn.Linear(d, cfg.n_classes, bias=False) if cfg.n_classes else None
+        self.wclf = nn.Linear(d, cfg.n_classes, bias=cfg.clf_bias) if cfg.n_classes else None
         self.reset_parameters()
 
     @classmethod
@@ -93,6 +94,8 @@ class IGPT(nn.Module):
         nn.init.zeros_(self.wtet.weight)
         if self.wclf is not None:
             nn.init.zeros_(self.wclf.weight)
+            if self.wclf.bias is not None:
+                nn.init.zeros_(self.wclf.bias)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -193,10 +196,12 @@ class IGPT(nn.Module):
         return self.wtet(self.ln_f(h))
 
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits ``[B, n_classes]``: ``wclf`` on the position-averaged ``ln_f`` output."""
+        """Class logits ``[B, n_classes]``: ``wclf`` on the position-averaged ``ln_f`` output
+        (or, when ``config.clf_layer`` names one, on that layer's probe feature)."""
         if self.wclf is None:
             raise IGPTError("this model has no classifier head (config.n_classes is 0)")
-        return self.wclf(self.ln_f(self.residual(tokens, mask)).mean(1))  # (B, n_classes)
+        x = pooled_feature(self, tokens, self.config.head_layer, mask)  # (B, d)
+        return self.wclf(x)  # (B, n_classes)
 
     def loss(
         self,

@@ -102,6 +102,14 @@ def fit_path(
     )
 
 
+def probe_head(Z, y, C: float, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [n_classes, d], b [n_classes])`` of the L2 logistic probe at ``C`` on features
+    ``Z [n, d]`` with labels ``0..n_classes-1``: the probe a fine-tuning head can start from
+    (:data:`igpt_eval.train.finetune.HeadFitter`)."""
+    r = fit_grid(np.asarray(Z, np.float32)[None], y, [C], n_classes)
+    return r.coef[0, 0].double().numpy(), r.intercept[0, 0].double().numpy()
+
+
 class LogisticProbe(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression with L2 penalty, scikit-learn's objective.
 

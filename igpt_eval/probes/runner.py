@@ -165,6 +165,7 @@ def probe_model(
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=site,
+        weights_hash=caches["test"].manifest.get("weights_hash"),  # which weights were probed
     )
     if method == "lbfgs":
         feats, _, _ = load_features(caches, layers)  # in memory: full-batch L-BFGS

@@ -7,9 +7,14 @@ is ``L_gen + L_clf`` by default (the paper found the joint loss better) or ``L_c
 ``L_gen`` is the model's own pretraining loss (AR, or BERT on masked inputs; the classifier
 then sees the same masked input, as the paper's BERT features do).
 
-The recipe: Adam with the pretraining betas (0.9, 0.95), no weight decay, a *constant*
-learning rate (no warm-up, no cosine), early stopping on validation accuracy with a patience
-counted in evaluations, and the best checkpoint kept as the output folder's weights. The
+The recipe: Adam with the pretraining betas (0.9, 0.95), no weight decay, an optional linear
+warm-up and then a *constant* learning rate (no cosine; the paper early-stops instead), early
+stopping on validation accuracy with a patience counted in evaluations, and the best
+checkpoint kept as the output folder's weights. The head trains on standardised features
+(training statistics from ``scale_images`` images; :mod:`igpt_eval.model.head`), optionally
+starting from the L2 logistic probe at a given C instead of zero; the saved checkpoint folds
+the standardisation into ``wclf``'s weight and bias, so ``IGPT.classify`` on it needs nothing
+else. ``finetune_runs.finetune_lr_sweep`` re-searches the rate, as the paper does. The
 paper's augmentation (reflection-pad the image by 4 pixels, random crop back to size,
 random horizontal flip) is an option; it works on images, so augmented batches are
 palette-encoded on the fly, while unaugmented runs read the token cache.
@@ -20,9 +25,9 @@ generator seeded by ``(seed, s)``), and a checkpoint (``resume/step-N`` + ``LATE
 :func:`igpt_eval.model.checkpoint.save_resume`) holds the weights, the optimizer, the step and the
 early-stopping state. Files in ``out/``::
 
-    model.safetensors, config.json, palette.npy   the best model so far (a checkpoint folder;
-                                                  ``n_classes`` set, so IGPT.classify works
-                                                  when the head is on ln_f)
+    model.safetensors, config.json, palette.npy   the best model so far (a checkpoint folder:
+                                                  ``n_classes``, ``clf_layer``, ``clf_bias``
+                                                  set, so IGPT.classify runs it)
     finetune.json                                 settings, data identity, head layer
     finetune_log.csv                              step, losses, validation accuracy
     results.parquet / results.csv                 tidy rows (probe="finetune"), at the end
@@ -32,27 +37,26 @@ early-stopping state. Files in ``out/``::
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.data.subsets import Labelled, augment_images
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.model.blocks import StopForward
-from igpt_eval.model.checkpoint import WEIGHTS, load_resume, save_model, save_resume
+from igpt_eval.model.checkpoint import load_resume, save_model, save_resume
+from igpt_eval.model.head import HeadInput, feature_scale, fold_standardisation, pooled_feature
 from igpt_eval.model.igpt import IGPT
-from igpt_eval.model.sites import site_name
 from igpt_eval.train.sampling import batch_rows, eval_mask_generator, generator, mask_generator
 
 OBJECTIVES = ("joint", "clf")
@@ -65,7 +69,8 @@ class FinetuneConfig:
 
     steps: int = 500  # optimizer steps (an upper bound: early stopping may end sooner)
     batch_size: int = 32  # images per step; low-data subsets can be as small as 30 images
-    lr: float = 1e-3  # constant; a zero head needs a rate that moves it in few steps
+    lr: float = 1e-3  # peak rate, constant after warm-up (re-search it: finetune_lr_sweep)
+    warmup_steps: int = 0  # linear warm-up from 0 to lr (0: none, the earlier recipe)
     betas: tuple[float, float] = (0.9, 0.95)  # the pretraining betas (the paper)
     objective: str = "joint"  # "joint" = L_gen + L_clf (the paper's better one), or "clf"
     layer: int | None = None  # head on layer l's probe feature; None = ln_f (DESIGN §3)
@@ -75,6 +80,12 @@ class FinetuneConfig:
     eval_images: int | None = None  # validation images scored (None: all of them)
     bf16: bool = False  # bf16 autocast (about 2x faster on CPU); weights stay float32
     seed: int = 0  # data order, augmentation, BERT masks
+    standardize: bool = True  # head on (x − μ)/σ, folded into wclf's weight and bias on save
+    scale_images: int = 2048  # training images for μ, σ and the probe init (~40 s for mini)
+    init_C: float | None = None  # start the head at the L2 logistic probe with this C, ...
+    # ... which was chosen on init_n training images: scikit-learn's C multiplies a sum over
+    # examples, so the same per-example penalty on n images is C·init_n/n (None: C as is).
+    init_n: int | None = None
     device: str = "cpu"
 
     def validate(self, n_layer: int, n_train: int) -> None:
@@ -92,63 +103,46 @@ class FinetuneConfig:
             raise IGPTError(f"learning rate must be a positive number, got {self.lr}")
         if self.eval_every < 1 or self.patience < 1:
             raise IGPTError("eval_every and patience must be >= 1")
+        if self.warmup_steps < 0 or self.scale_images < 2:
+            raise IGPTError("warm-up steps must be >= 0 and scale images >= 2")
+        if self.init_C is not None and not (self.init_C > 0 and math.isfinite(self.init_C)):
+            raise IGPTError(f"the probe's C must be a positive number, got {self.init_C}")
         if n_train < 1:
             raise IGPTError("the training set is empty")
 
 
 # ------------------------------------------------------------------ model pieces
-def with_classifier(model: IGPT, n_classes: int) -> IGPT:
-    """A copy of ``model`` with a zero-initialised ``wclf [n_classes, d]`` head (an existing
-    head of the same size is kept, so a fine-tuned checkpoint can be fine-tuned further)."""
-    cfg = dataclasses.replace(model.config, n_classes=n_classes)
+def with_classifier(
+    model: IGPT, n_classes: int, layer: int | None = None, bias: bool = False
+) -> IGPT:
+    """A copy of ``model`` with a zero-initialised ``wclf [n_classes, d]`` head on layer
+    ``layer``'s feature (``None``: the pooled ``ln_f``), with a bias when ``bias``. An
+    existing head of the same shape is kept, so a fine-tuned checkpoint can be fine-tuned
+    further."""
+    clf_layer = -1 if layer is None or layer == model.config.n_layer else layer
+    cfg = dataclasses.replace(model.config, n_classes=n_classes, clf_layer=clf_layer, clf_bias=bias)
     net = IGPT(cfg).to(model.device)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("wclf.")}
     net.load_state_dict(state, strict=False)
     if model.wclf is not None and model.wclf.weight.shape == net.wclf.weight.shape:
-        net.wclf.load_state_dict(model.wclf.state_dict())
+        if (model.wclf.bias is None) == (net.wclf.bias is None):
+            net.wclf.load_state_dict(model.wclf.state_dict())
     return net
 
 
-class _HeadInput:
-    """A site tap that keeps layer ``layer``'s probe feature: block ``layer``'s ``ln_1``
-    output, or for the last layer the final residual stream, which ``pooled`` puts through
-    ``ln_f`` (BERT's loss applies ``ln_f`` to the masked positions only)."""
-
-    def __init__(self, model: IGPT, layer: int, stop: bool):
-        self.model, self.layer, self.stop = model, layer, stop
-        self.kind = "ln_1" if layer < model.config.n_layer else "resid_pre"
-        self.x: torch.Tensor | None = None
-
-    def __call__(self, layer: int, kind: str, x: torch.Tensor) -> None:
-        if layer == self.layer and kind == self.kind:
-            self.x = x
-            if self.stop:
-                raise StopForward
-
-    def pooled(self) -> torch.Tensor:
-        x = self.x if self.kind == "ln_1" else self.model.ln_f(self.x)  # (B, T, d)
-        return x.mean(1)  # (B, d)
-
-
-def head_features(model: IGPT, tokens, layer: int, mask=None) -> torch.Tensor:
-    """The head's input ``[B, d]``: layer ``layer``'s probe feature (block ``layer``'s
-    ``ln_1`` output, or ``ln_f`` for the last layer) averaged over positions, on the training
-    path as on the literal one. Nothing past that layer is computed."""
-    keep = _HeadInput(model, layer, stop=True)
-    try:
-        model.residual(tokens, mask, tap=keep)
-    except StopForward:
-        pass
-    return keep.pooled()
-
-
 def joint_losses(model: IGPT, tokens, layer: int, mask=None):
-    """``(L_gen, class logits [B, classes])`` from one forward pass: the model's own
+    """``(L_gen, pooled head input [B, d])`` from one forward pass: the model's own
     pretraining loss, with the head's feature read on the way (a site tap, which the CPU
     training path serves as the literal one does)."""
-    keep = _HeadInput(model, layer, stop=False)
+    keep = HeadInput(model, layer, stop=False)
     gen = model.loss(tokens, mask, tap=keep)
-    return gen, model.wclf(keep.pooled())
+    return gen, keep.pooled()
+
+
+#: ``fit_head(Z [n, d] standardised, labels [n], C, n_classes) -> (W [K, d], b [K])``: the L2
+#: logistic probe fitted on the head's standardised input (``init_C``). The command line
+#: passes :func:`igpt_eval.probes.logistic.probe_head`.
+HeadFitter = Callable[[np.ndarray, np.ndarray, float, int], tuple[np.ndarray, np.ndarray]]
 
 
 # ------------------------------------------------------------------ the trainer
@@ -163,10 +157,21 @@ class _Best:
 
 
 class FineTuner:
-    """One fine-tuning run of ``model`` (with a ``wclf`` head) into the folder ``out``."""
+    """One fine-tuning run of ``model`` (with a ``wclf`` head) into the folder ``out``.
+
+    A new run calls :meth:`prepare` (the head's standardisation, and its probe
+    initialisation with ``fit_head`` when ``cfg.init_C`` is set) before :meth:`fit`; a
+    resumed one calls :meth:`resume`, which restores them."""
 
     def __init__(
-        self, model: IGPT, train: Labelled, val: Labelled, cfg: FinetuneConfig, out, palette=None
+        self,
+        model: IGPT,
+        train: Labelled,
+        val: Labelled,
+        cfg: FinetuneConfig,
+        out,
+        palette=None,
+        fit_head: HeadFitter | None = None,
     ):
         L = model.config.n_layer
         cfg.validate(L, len(train))
@@ -174,17 +179,60 @@ class FineTuner:
             raise IGPTError("the model has no classifier head; build it with with_classifier")
         if cfg.augment and (train.images is None or palette is None):
             raise IGPTError("augmentation needs the training images and the palette")
-        self.cfg, self.out, self.palette = cfg, Path(out), palette
+        if cfg.init_C is not None and fit_head is None:
+            raise IGPTError("a probe initialisation (init_C) needs a fit_head function")
+        self.cfg, self.out, self.palette, self.fit_head = cfg, Path(out), palette, fit_head
         self.train, self.val = train, val
         self.layer = L if cfg.layer is None else cfg.layer
+        # The saved config records where the head reads, so IGPT.classify reads there too.
+        model.config = dataclasses.replace(
+            model.config, clf_layer=-1 if self.layer == L else self.layer
+        )
         self.batch = min(cfg.batch_size, len(train))
         self.model = model.to(cfg.device).train()
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
         self.step, self.elapsed, self.best = 0, 0.0, _Best()
+        d = model.config.n_embd
+        # The head's input standardisation (μ, σ) [d]: the identity until prepare() runs.
+        self.scale = (torch.zeros(d), torch.ones(d))
 
     def _autocast(self):
         dev = torch.device(self.cfg.device).type
         return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def _head(self, x: torch.Tensor, model: IGPT | None = None, scale=None) -> torch.Tensor:
+        """Class logits of pooled features ``x [B, d]``: ``wclf((x − μ)/σ)``."""
+        mu, sd = self.scale if scale is None else scale
+        return (model or self.model).wclf((x - mu.to(x.device)) / sd.to(x.device))
+
+    @torch.no_grad()
+    def prepare(self, progress: bool = False) -> None:
+        """Standardisation statistics of the head's input from up to ``cfg.scale_images``
+        training images (a seeded sample), and with ``cfg.init_C`` the head set to the L2
+        logistic probe fitted on them (standardised). Call before the first step."""
+        cfg = self.cfg
+        n = min(cfg.scale_images, len(self.train))
+        rows = batch_rows(0, len(self.train), n, cfg.seed + 1)  # not the first batch's rows
+        data = self.train.take(rows)
+        X = self.features(data).astype(np.float64)  # (n, d)
+        if cfg.standardize:
+            mu, sd = (torch.from_numpy(a[0]).float() for a in feature_scale(X))
+            self.scale = (mu, sd)
+        if cfg.init_C is not None:
+            mu, sd = (a.double().numpy() for a in self.scale)
+            K = self.model.config.n_classes
+            C = cfg.init_C * (cfg.init_n / n if cfg.init_n else 1.0)
+            W, b = self.fit_head((X - mu) / sd, np.asarray(data.labels), C, K)
+            wclf = self.model.wclf
+            wclf.weight.copy_(torch.as_tensor(W, dtype=wclf.weight.dtype))
+            if wclf.bias is None:
+                raise IGPTError("a probe initialisation needs a head with a bias")
+            wclf.bias.copy_(torch.as_tensor(b, dtype=wclf.bias.dtype))
+
+    def _lr(self) -> float:
+        """The rate of step ``self.step``: linear warm-up, then constant."""
+        w = self.cfg.warmup_steps
+        return self.cfg.lr * (min(1.0, (self.step + 1) / w) if w else 1.0)
 
     def train_step(self) -> dict:
         """One optimizer step on batch ``self.step``; returns its losses."""
@@ -202,12 +250,14 @@ class FineTuner:
             mask = model.sample_mask(*x.shape, generator=mask_generator(cfg.seed, self.step))
         with self._autocast():
             if cfg.objective == "joint":
-                gen, logits = joint_losses(model, x, self.layer, mask)
+                gen, feats = joint_losses(model, x, self.layer, mask)
             else:
-                gen, logits = None, model.wclf(head_features(model, x, self.layer, mask))
-            clf = F.cross_entropy(logits.float(), y)
+                gen, feats = None, pooled_feature(model, x, self.layer, mask)
+            clf = F.cross_entropy(self._head(feats).float(), y)
             loss = clf if gen is None else gen + clf
         loss.backward()
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -218,24 +268,47 @@ class FineTuner:
         }
 
     @torch.no_grad()
-    def evaluate(self, data: Labelled, batch_size: int = 256):
-        """``(accuracy, mean cross-entropy, per-example correctness)`` of the head on ``data``."""
-        model = self.model
+    def features(self, data: Labelled, batch_size: int = 256, model: IGPT | None = None):
+        """The head's input ``[N, d]`` (float32 numpy) for ``data``, in evaluation mode (BERT
+        models under the fixed evaluation masks)."""
+        model = model or self.model
         was = model.training
         model.eval()
         g = eval_mask_generator()
-        correct, losses = [], []
+        out = []
         for s in range(0, len(data), batch_size):
             x = torch.from_numpy(np.asarray(data.tokens[s : s + batch_size], dtype=np.int64))
-            y = torch.from_numpy(np.asarray(data.labels[s : s + batch_size]))
+            x = x.to(model.device)
             mask = model.sample_mask(*x.shape, generator=g) if model.sos is None else None
             with self._autocast():
-                logits = model.wclf(head_features(model, x, self.layer, mask)).float().cpu()
-            correct.append((logits.argmax(1) == y).numpy())
-            losses.append(F.cross_entropy(logits, y, reduction="none").numpy())
+                out.append(pooled_feature(model, x, self.layer, mask).float().cpu())
         model.train(was)
-        correct, losses = np.concatenate(correct), np.concatenate(losses)
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def evaluate(self, data: Labelled, model: IGPT | None = None, scale=None):
+        """``(accuracy, mean cross-entropy, per-example correctness)`` of the head on ``data``
+        (``model``/``scale``: another model and input scaling than the run's, e.g. the
+        saved checkpoint, whose head has the scaling folded in)."""
+        X = torch.from_numpy(self.features(data, model=model))
+        logits = self._head(X.to((model or self.model).device), model, scale).float().cpu()
+        y = torch.from_numpy(np.asarray(data.labels))
+        correct = (logits.argmax(1) == y).numpy()
+        losses = F.cross_entropy(logits, y, reduction="none").numpy()
         return float(correct.mean()), float(losses.mean()), correct
+
+    def saved_model(self) -> IGPT:
+        """The model as it is saved: a copy with the head's standardisation folded into
+        ``wclf`` (whose bias then holds the centring)."""
+        net = copy.deepcopy(self.model)
+        w, b = fold_standardisation(net.wclf.weight.detach().cpu(), _bias(net), *self.scale)
+        with torch.no_grad():
+            net.wclf.weight.copy_(w)
+            if net.wclf.bias is not None:
+                net.wclf.bias.copy_(b)
+            elif b.any():
+                raise IGPTError("folding the head's centring in needs a head with a bias")
+        return net
 
     def fit(self, progress: bool = True) -> _Best:
         """Train until ``cfg.steps`` or early stopping; the best model is in ``out``."""
@@ -260,7 +333,7 @@ class FineTuner:
             acc, loss, _ = self.evaluate(val)
             if (acc, -loss) > (best.acc, -best.loss):
                 best.acc, best.loss, best.step, best.bad = acc, loss, self.step, 0
-                save_model(self.model, self.out)  # the best model is the folder's weights
+                save_model(self.saved_model(), self.out)  # the best model: the folder's weights
             else:
                 best.bad += 1
                 best.stopped = best.bad >= cfg.patience
@@ -273,12 +346,14 @@ class FineTuner:
         return best
 
     def checkpoint(self) -> None:
-        """Resumable state (weights, optimizer, step, early stopping) and the log."""
+        """Resumable state (weights, optimizer, step, early stopping, the head's scaling)
+        and the log."""
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
             "optimizer": self.opt.state_dict(),
             "best": dataclasses.asdict(self.best),
+            "scale": list(self.scale),
         }
         save_resume(self.out, self.step, self.model, state)
         with atomic_write(self.out / "finetune_log.csv", "w") as f:
@@ -296,44 +371,9 @@ class FineTuner:
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.best = _Best(**state["best"])
+        self.scale = tuple(state["scale"])
 
-    def test_rows(self, test: Labelled, meta: dict, n_boot: int = 10_000) -> list[dict]:
-        """Tidy result rows: the best validation score and the test score of the best model
-        (loaded from ``out``), with a bootstrap 95% interval for the test accuracy."""
-        self.model.load_state_dict(load_file(self.out / WEIGHTS))
-        acc, loss, correct = self.evaluate(test)
-        lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=self.cfg.seed)
-        L, b = self.model.config.n_layer, self.best
-        common = dict(
-            meta,
-            layer=self.layer,
-            site=site_name(self.layer, "ln_1", L),
-            site_kind="ln_1",
-            probe="finetune",
-            backend="torch",
-            C=np.nan,
-            lr=self.cfg.lr,
-            n_iter=b.step,
-            converged=b.stopped,
-            seconds=self.elapsed,
-            seed=self.cfg.seed,
-            selected=True,
-            n_train=len(self.train),
-            finetune_objective=self.cfg.objective,
-            augment=self.cfg.augment,
-            steps=self.step,
-        )
-        return [
-            dict(common, split="val", metric="accuracy", value=b.acc, n_eval=len(self.val)),
-            dict(common, split="val", metric="loss", value=b.loss, n_eval=len(self.val)),
-            dict(
-                common,
-                split="test",
-                metric="accuracy",
-                value=acc,
-                ci_low=lo,
-                ci_high=hi,
-                n_eval=len(test),
-            ),
-            dict(common, split="test", metric="loss", value=loss, n_eval=len(test)),
-        ]
+
+def _bias(net: IGPT) -> torch.Tensor | None:
+    b = net.wclf.bias
+    return None if b is None else b.detach().cpu()

@@ -8,25 +8,33 @@ training itself is :class:`igpt_eval.train.finetune.FineTuner`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.cache.extraction import open_model, run_defaults
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, lowdata_split
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import read_json, write_json
-from igpt_eval.model.checkpoint import has_resume
+from igpt_eval.io import atomic_write, read_json, write_json
+from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
-from igpt_eval.results import save_results, to_frame
-from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
+from igpt_eval.model.sites import site_name
+from igpt_eval.results import load_results, save_results, to_frame
+from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
+from igpt_eval.train.runs import sweep_lrs, walk_rates
 
 # Settings a resumed run must share with the run it continues (the step budget may grow).
 _RESUMABLE = (
     "batch_size",
     "lr",
+    "warmup_steps",
     "betas",
     "objective",
     "layer",
@@ -36,7 +44,13 @@ _RESUMABLE = (
     "eval_images",
     "bf16",
     "seed",
+    "standardize",
+    "scale_images",
+    "init_C",
+    "init_n",
 )
+#: What a learning-rate sweep leaves in the folder the full run then uses.
+SWEEP_DIR, SWEEP_CSV = "sweep", "lr_sweep.csv"
 
 
 def run_finetune(
@@ -53,6 +67,7 @@ def run_finetune(
     identity: dict | None = None,
     resume: bool = False,
     progress: bool = True,
+    fit_head: HeadFitter | None = None,
 ):
     """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on ``train``,
     early-stopping on ``val``, into the folder ``out``; score the best model on ``test``.
@@ -60,7 +75,10 @@ def run_finetune(
     Returns the tidy results (also saved as ``out/results.parquet``/``.csv``). ``meta`` fills
     the model/objective/dataset columns, ``identity`` (data fingerprints) goes into
     ``finetune.json`` and must match when ``resume`` continues the run in ``out``. A new run
-    refuses a folder that already holds files.
+    refuses a folder that already holds files (a finished learning-rate sweep aside). A
+    finished run in ``out`` is read back when ``resume`` is set. ``fit_head`` fits the
+    probe that initialises the head when ``cfg.init_C`` is set
+    (:data:`~igpt_eval.train.finetune.HeadFitter`).
     """
 
     out = Path(out)
@@ -76,25 +94,121 @@ def run_finetune(
         "head_layer": model.config.n_layer if cfg.layer is None else cfg.layer,
     }
     _check_out(out, info, resume)
-    net = with_classifier(model, n_classes)
-    tuner = FineTuner(net, train, val, cfg, out, palette=palette)
+    if resume and _finished(out, cfg.steps):
+        print(f"the fine-tuning run in {out} already finished: its results", file=sys.stderr)
+        return load_results(out / "results.parquet")  # read back, not repeated
+    bias = cfg.standardize or cfg.init_C is not None  # folding the centring needs a bias
+    net = with_classifier(model, n_classes, cfg.layer, bias=bias)
+    tuner = FineTuner(net, train, val, cfg, out, palette=palette, fit_head=fit_head)
     write_json(out / "finetune.json", info)
     if resume and has_resume(out):
         tuner.resume()
     else:
+        tuner.prepare()
         if palette is not None:
             palette.save(out / "palette.npy")
         net.config.save(out / "config.json")
     tuner.fit(progress=progress)
-    df = to_frame(tuner.test_rows(test, dict(meta or {})))
+    df = to_frame(test_rows(tuner, test, dict(meta or {})))
     save_results(df, out)
     return df
 
 
-def _check_out(out: Path, info: dict, resume: bool) -> None:
+def test_rows(tuner: FineTuner, test: Labelled, meta: dict, n_boot: int = 10_000) -> list[dict]:
+    """Tidy result rows of a finished run: its best validation score, and the test score of
+    the saved best model (read back from the folder as a user would load it, the head's
+    standardisation folded in) with a bootstrap 95% interval for the test accuracy."""
+    cfg, b = tuner.cfg, tuner.best
+    saved = load_model(tuner.out, device=cfg.device)
+    d = saved.config.n_embd
+    acc, loss, correct = tuner.evaluate(test, saved, (torch.zeros(d), torch.ones(d)))
+    lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=cfg.seed)
+    L = saved.config.n_layer
+    common = dict(
+        meta,
+        layer=tuner.layer,
+        site=site_name(tuner.layer, "ln_1", L),
+        site_kind="ln_1",
+        probe="finetune",
+        backend="torch",
+        C=np.nan if cfg.init_C is None else cfg.init_C,
+        lr=cfg.lr,
+        n_iter=b.step,
+        converged=b.stopped,
+        seconds=tuner.elapsed,
+        seed=cfg.seed,
+        selected=True,
+        n_train=len(tuner.train),
+        finetune_objective=cfg.objective,
+        augment=cfg.augment,
+        steps=tuner.step,
+    )
+    val = dict(common, split="val", n_eval=len(tuner.val))
+    tst = dict(common, split="test", n_eval=len(test))
+    return [
+        dict(val, metric="accuracy", value=b.acc),
+        dict(val, metric="loss", value=b.loss),
+        dict(tst, metric="accuracy", value=acc, ci_low=lo, ci_high=hi),
+        dict(tst, metric="loss", value=loss),
+    ]
 
+
+def finetune_lr_sweep(
+    model: IGPT,
+    palette,
+    train: Labelled,
+    val: Labelled,
+    test: Labelled,
+    cfg: FinetuneConfig,
+    out,
+    *,
+    max_runs: int = 4,
+    start: float = 1e-3,
+    sweep_steps: int,
+    **kwargs,
+):
+    """The paper re-searches the fine-tuning rate: runs of ``sweep_steps`` steps at
+    ``start``, ``start``·0.3, ``start``·0.1, … (at most ``max_runs``, each in
+    ``out/sweep/lr-X``, walked as pretraining's sweep is: :func:`~igpt_eval.train.runs.
+    walk_rates`) scored by their best validation accuracy; then the full run at the best
+    rate in ``out``. Writes ``out/lr_sweep.csv``; returns the full run's results. Keyword
+    arguments go to :func:`run_finetune` (``resume`` continues an interrupted sweep)."""
+    out = Path(out)
+    if not kwargs.get("resume") and out.exists() and any(out.iterdir()):
+        raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
+    kwargs["resume"] = True  # each run: read back when finished, resumed, or started
+
+    def score(lr: float) -> float:
+        short = dataclasses.replace(cfg, lr=lr, steps=min(sweep_steps, cfg.steps))
+        try:
+            df = run_finetune(model, palette, train, val, test, short,
+                              out / SWEEP_DIR / f"lr-{lr:g}", **kwargs)  # fmt: skip
+        except IGPTError as e:
+            if "diverged" not in str(e):
+                raise
+            return math.inf
+        return -float(df[(df.split == "val") & (df.metric == "accuracy")].value.iloc[0])
+
+    tried, best = walk_rates(sweep_lrs(max_runs, start), score)
+    with atomic_write(out / SWEEP_CSV, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "val_acc", "steps", "best"])
+        steps = min(sweep_steps, cfg.steps)
+        for lr, v in tried:
+            w.writerow([lr, -v if math.isfinite(v) else "", steps, lr == best])
+    return run_finetune(model, palette, train, val, test, dataclasses.replace(cfg, lr=best),
+                        out, **kwargs)  # fmt: skip
+
+
+def _check_out(out: Path, info: dict, resume: bool) -> None:
+    """A new run needs an empty folder (a finished sweep aside); a resumed one the same
+    model, data and settings as the run it continues."""
+    if resume and not (out / "finetune.json").is_file() and not _holds_run(out):
+        # The same command serves the first start and every restart of a requeued job.
+        print(f"no fine-tuning run in {out} yet: starting it", file=sys.stderr)
+        return
     if not resume:
-        if out.exists() and any(out.iterdir()):
+        if _holds_run(out):
             raise IGPTError(
                 f"{out} already holds files; use --resume to continue the run there, "
                 "or choose a new --out"
@@ -112,6 +226,18 @@ def _check_out(out: Path, info: dict, resume: bool) -> None:
             raise IGPTError(f"cannot resume {out}: {key.replace('_', '-')} was {was} there")
 
 
+def _finished(out: Path, steps: int) -> bool:
+    """Whether ``out`` holds a run that stopped early or used a budget of ``steps``."""
+    if not (out / "results.parquet").is_file():
+        return False
+    done = load_results(out / "results.parquet")
+    return bool(done.converged.astype(bool).any()) or int(done.steps.max()) >= steps
+
+
+def _holds_run(out: Path) -> bool:
+    return out.exists() and any(p.name not in (SWEEP_DIR, SWEEP_CSV) for p in out.iterdir())
+
+
 def finetune_model(
     model,
     dataset: str | None,
@@ -125,6 +251,9 @@ def finetune_model(
     resume: bool = False,
     progress: bool = True,
     epochs: float | None = None,
+    lr_sweep: int | None = None,
+    sweep_steps: int | None = None,
+    fit_head: HeadFitter | None = None,
 ):
     """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
     runs): train on the train split, early-stop on val, report test.
@@ -134,7 +263,9 @@ def finetune_model(
     for early stopping, the rest trained on (:func:`~igpt_eval.data.subsets.lowdata_split`);
     the standard val split is not used then, so the run sees K labels per class in all.
     ``split_seed`` is the train/val split's seed (default: the model's pretraining run's).
-    ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given.
+    ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given. With
+    ``lr_sweep=N`` the rate is chosen first by :func:`finetune_lr_sweep` (N rates from
+    ``cfg.lr`` down, runs of ``sweep_steps`` steps, default a fifth of the budget).
     """
     net, palette, ident = open_model(model, device=cfg.device)
     L = net.config.n_layer
@@ -183,17 +314,10 @@ def finetune_model(
         train_fingerprint=ds_train.fingerprint,
         labels_per_class=labels_per_class,
     )
-    return run_finetune(
-        net,
-        palette,
-        train,
-        val,
-        test,
-        cfg,
-        out,
-        n_classes=len(ds_train.classes),
-        meta=meta,
-        identity=identity,
-        resume=resume,
-        progress=progress,
-    )
+    kwargs = dict(n_classes=len(ds_train.classes), meta=meta, identity=identity,
+                  resume=resume, progress=progress, fit_head=fit_head)  # fmt: skip
+    if lr_sweep:
+        steps = sweep_steps or max(1, cfg.steps // 5)
+        return finetune_lr_sweep(net, palette, train, val, test, cfg, out, max_runs=lr_sweep,
+                                 start=cfg.lr, sweep_steps=steps, **kwargs)  # fmt: skip
+    return run_finetune(net, palette, train, val, test, cfg, out, **kwargs)

@@ -162,38 +162,51 @@ SWEEP_CSV = "lr_sweep.csv"
 _SWEEP_FIELDS = ["lr", "val_loss", "steps", "best", "run"]
 
 
+def walk_rates(lrs, score) -> tuple[list[tuple[float, float]], float]:
+    """The paper's sweep walk, shared by pretraining and fine-tuning: try the rates ``lrs``
+    (largest first) in order, ``score(lr)`` each (lower is better; ``inf`` for a run that
+    diverged), and stop once the score gets worse than the last finite one (smaller rates
+    only get worse from there). Returns ``([(lr, score), ...], best lr)``."""
+    tried: list[tuple[float, float]] = []
+    for lr in lrs:
+        tried.append((lr, score(lr)))
+        finite = [v for _, v in tried[:-1] if math.isfinite(v)]
+        if finite and tried[-1][1] > finite[-1]:
+            break
+    best, value = min(tried, key=lambda t: t[1])
+    if not math.isfinite(value):
+        raise IGPTError("every learning rate in the sweep diverged")
+    return tried, best
+
+
 def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
            palette, identity, resume, progress) -> list[dict]:  # fmt: skip
-    rows: list[dict] = []
-    for lr in sweep_lrs(max_runs):
+    def run_dir(lr: float) -> Path:
+        return out / "sweep" / f"lr-{lr:g}"
+
+    def steps(lr: float) -> TrainConfig:
         cfg = dataclasses.replace(train_cfg, lr=lr)
         if sweep_steps is not None:  # a short proxy run: no snapshots
             cfg = dataclasses.replace(cfg, steps=sweep_steps, snapshot_steps=())
-        run_dir = out / "sweep" / f"lr-{lr:g}"
+        return cfg
+
+    def score(lr: float) -> float:
         try:
-            res = pretrain(
-                model_cfg,
-                cfg,
-                train_tokens,
-                val_tokens,
-                run_dir,
-                palette=palette,
-                identity=identity,
-                resume=resume,
-                progress=progress,
-            )
-            val = res["val_loss"]
+            res = pretrain(model_cfg, steps(lr), train_tokens, val_tokens, run_dir(lr),
+                           palette=palette, identity=identity, resume=resume,
+                           progress=progress)  # fmt: skip
         except IGPTError as e:
             if "diverged" not in str(e):
                 raise
-            val = math.inf
-        rows.append({"lr": lr, "val_loss": val, "steps": cfg.steps, "run": str(run_dir)})
-        finite = [r["val_loss"] for r in rows[:-1] if math.isfinite(r["val_loss"])]
-        if finite and val > finite[-1]:
-            break  # the loss started to rise: smaller rates only get worse from here
-    best = min(rows, key=lambda r: r["val_loss"])
-    if not math.isfinite(best["val_loss"]):
-        raise IGPTError("every learning rate in the sweep diverged")
+            return math.inf
+        return res["val_loss"]
+
+    tried, best_lr = walk_rates(sweep_lrs(max_runs), score)
+    rows = [
+        {"lr": lr, "val_loss": v, "steps": steps(lr).steps, "run": str(run_dir(lr))}
+        for lr, v in tried
+    ]
+    best = next(r for r in rows if r["lr"] == best_lr)
     for r in rows:
         r["best"] = r is best
     if dist.is_main():
