@@ -31,7 +31,7 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   others). Its rows are named ``"<model> (random weights)"``; no kNN or CKA for it.
 - **Multi-layer probe** (``concat_layers`` = K, off by default): per model, the K layers
   around the one chosen on validation, concatenated (:mod:`igpt_eval.probes.concat`).
-- **Paired differences** (:mod:`igpt_eval.analysis.paired`): from the per-example test predictions
+- **Paired differences** (:mod:`igpt_eval.probes.paired`): from the per-example test predictions
   of every probe, best (on validation) − last layer of each model and probe, best − each
   pixel control, best − the random-weights twin's best, the multi-layer probe − best, and
   model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
@@ -51,7 +51,6 @@ from pathlib import Path
 import pandas as pd
 
 from igpt_eval.analysis.layers import cka_rows, knn_rows
-from igpt_eval.analysis.paired import DIFF, paired_rows
 from igpt_eval.cache import ActivationCache
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
@@ -60,6 +59,7 @@ from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run, 
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.probes.backends import resolve_device
 from igpt_eval.probes.concat import check_concat
+from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
     pixel_features,
     probe_pixel_controls,

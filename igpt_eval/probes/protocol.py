@@ -13,7 +13,7 @@ For every layer at once:
 4. *refit* on ``train + val`` at the chosen C, warm-started, and score ``test`` once, with a
    bootstrap 95% interval; with ``return_predictions``, each layer's per-example test
    predictions come back too (a :class:`~igpt_eval.results.Predictions`), for paired
-   comparisons (:mod:`igpt_eval.analysis.paired`).
+   comparisons (:mod:`igpt_eval.probes.paired`).
 
 The test split is never used to choose anything. Every fit is a row of the results table,
 so the whole regularisation sweep is on record (rows with ``split="val"``), not only its
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.backends import BACKENDS, resolve_device
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid
 from igpt_eval.results import Predictions, prediction_key
+from igpt_eval.stats import bootstrap_accuracy_ci
 
 #: The splits of the protocol: fit on train, choose on val, report test.
 SPLITS = ("train", "val", "test")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.paired import paired_rows
 from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.concat import check_concat, probe_concat
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
 from igpt_eval.probes.settings import ProbeSettings
@@ -81,7 +81,7 @@ def probe_model(
     (L-BFGS on the palette-quantised images, from the same token caches, splits and training
     sample: :func:`igpt_eval.probes.pixels.probe_pixels`; its rows have ``model = probe =
     "pixels"``). The table then ends with paired-difference rows (``metric =
-    "accuracy_diff"``, :mod:`igpt_eval.analysis.paired`): the layer chosen on validation − the
+    "accuracy_diff"``, :mod:`igpt_eval.probes.paired`): the layer chosen on validation − the
     last layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
     ``native_pixels`` adds the dataset's raw pixels at their native resolution as a second
     control (:func:`igpt_eval.probes.pixels.probe_native_pixels`; ``model = probe =
