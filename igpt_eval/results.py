@@ -53,7 +53,7 @@ COLUMNS = [
 #: file fills them with NaN.
 ADDED_COLUMNS = ["p_value"]
 #: The columns paired-difference rows (``metric = "accuracy_diff"``, see
-#: :mod:`igpt_eval.analysis.paired`) add: which contrast, the other side, the discordant counts.
+#: :mod:`igpt_eval.probes.paired`) add: which contrast, the other side, the discordant counts.
 DIFF_COLUMNS = ["contrast", "vs_model", "vs_probe", "vs_layer", "vs_site", "n01", "n10"]
 #: Extra columns some rows carry (NaN elsewhere).
 EXTRA = [

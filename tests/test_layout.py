@@ -1,5 +1,6 @@
-"""The package's shape (issue 13): no import cycles between modules, no module over 400
-lines. Static checks over the source (nothing is imported), so they run in milliseconds."""
+"""The package's shape (issue 13): no import cycles between modules, imports that point down
+the pipeline, no module over 400 lines. Static checks over the source (nothing is imported),
+so they run in milliseconds."""
 
 from __future__ import annotations
 
@@ -123,6 +124,66 @@ def test_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "igpt_eval.model.igpt" in graph["igpt_eval.model.checkpoint"]
     assert "igpt_eval.model.checkpoint" not in graph["igpt_eval.model.igpt"]
+
+
+#: The pipeline's stages, bottom up (DESIGN §2). A module imports its own stage, the stages
+#: below it, and the shared top-level modules (``errors``, ``io``, ``defaults``,
+#: ``results``, ``stats``), which import only each other; ``igpt_eval/__init__`` (the
+#: package's lazy front door) is exempt.
+STAGES = ("data", "model", "train", "cache", "probes", "analysis", "reporting", "cli")
+
+#: The upward imports still there, (importer, stage imported) with the reason. Any other is
+#: a failure, and so is an entry here that no longer happens: the list only shrinks.
+UPWARD = {
+    # compare_models(out=...) and lowdata_study write their table and figure themselves.
+    ("igpt_eval.analysis.compare", "reporting"): "the comparison's table and depth curve",
+    ("igpt_eval.analysis.lowdata", "reporting"): "the low-data study's markdown table",
+    # Fine-tuning opens models (and its run's dataset and split seed) as extraction does.
+    ("igpt_eval.train.finetune_runs", "cache"): "open_model and run_defaults",
+}
+
+
+def _stage(module: str) -> int | None:
+    """A module's place in :data:`STAGES` (-1: a shared top-level module; None: the
+    package itself)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None
+    return STAGES.index(parts[1]) if parts[1] in STAGES else -1
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(importer, stage) for every import of a later stage than the importer's."""
+    found = set()
+    for module, targets in graph.items():
+        if (here := _stage(module)) is None:
+            continue
+        for target in targets:
+            there = _stage(target)
+            if there is not None and there > here:
+                found.add((module, STAGES[there]))
+    return found
+
+
+def test_imports_point_down_the_pipeline():
+    found = upward_imports(import_graph())
+    assert found - UPWARD.keys() == set(), "an import points up the pipeline"
+    assert UPWARD.keys() - found == set(), "an allowed upward import is gone: drop its entry"
+
+
+def test_upward_import_finder():
+    graph = {
+        "igpt_eval.stats": {"igpt_eval.errors"},
+        "igpt_eval.probes.runner": {"igpt_eval.cache.extraction", "igpt_eval.stats"},
+        "igpt_eval.probes.sgd": {"igpt_eval.analysis.stats", "igpt_eval.analysis"},
+        "igpt_eval.results": {"igpt_eval.data"},
+        "igpt_eval.cli.main": {"igpt_eval.reporting.report", "igpt_eval.data"},
+        "igpt_eval": {"igpt_eval.cli.main"},
+    }
+    assert upward_imports(graph) == {
+        ("igpt_eval.probes.sgd", "analysis"),
+        ("igpt_eval.results", "data"),
+    }
 
 
 def test_no_long_modules():

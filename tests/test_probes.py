@@ -213,6 +213,25 @@ def test_bad_input(make, match):
         make()
 
 
+def test_probe_settings():
+    """One object for what probe_model does: copies with changes, bad names and methods
+    refused at once, a caller's list of layers copied into a tuple."""
+    from igpt_eval.defaults import SAMPLE_TEST
+    from igpt_eval.probes import ProbeSettings
+
+    s = ProbeSettings()
+    assert (s.method, s.site, s.test_size, s.pixels) == ("lbfgs", "ln_1", SAMPLE_TEST, True)
+    layers = [0, 4]
+    t = s.replace(method="sgd", layers=layers, test_size=None)
+    layers.append(8)
+    assert t.layers == (0, 4) and t.sizes["test"] is None and s.method == "lbfgs"
+    assert s.replace() is s
+    with pytest.raises(TypeError, match="no probe setting named 'test_sise'"):
+        s.replace(test_sise=10)
+    with pytest.raises(IGPTError, match="unknown probe method 'adam'"):
+        s.replace(method="adam")
+
+
 def test_nan_or_infinite_features_to_the_estimator():
     X = np.eye(4)
     X[0, 0] = np.inf

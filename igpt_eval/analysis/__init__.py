@@ -1,8 +1,10 @@
 """The analysis stage: statistics over features and probe results, and the studies.
 
-- :mod:`~igpt_eval.analysis.stats`: bootstrap intervals, paired bootstrap and McNemar's
-  test, weighted kNN, linear CKA (plain arrays in, numbers out; re-exported here);
-- :mod:`~igpt_eval.analysis.paired`: paired-difference rows of a results table;
+- :mod:`~igpt_eval.analysis.stats`: weighted kNN, linear CKA, and the bootstrap intervals,
+  paired bootstrap and McNemar's test of :mod:`igpt_eval.stats` (plain arrays in, numbers
+  out; re-exported here);
+- :mod:`~igpt_eval.analysis.paired`: paired-difference rows of a results table, read and
+  put into words (computed by :mod:`igpt_eval.probes.paired`);
 - :mod:`~igpt_eval.analysis.metrics`: a model's bits per dimension next to token baselines;
 - :mod:`~igpt_eval.analysis.compare`: the model-vs-model comparison (``igpt-eval compare``);
 - :mod:`~igpt_eval.analysis.track`: probes over training snapshots (``igpt-eval track``);

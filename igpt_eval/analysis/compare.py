@@ -31,7 +31,7 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   others). Its rows are named ``"<model> (random weights)"``; no kNN or CKA for it.
 - **Multi-layer probe** (``concat_layers`` = K, off by default): per model, the K layers
   around the one chosen on validation, concatenated (:mod:`igpt_eval.probes.concat`).
-- **Paired differences** (:mod:`igpt_eval.analysis.paired`): from the per-example test predictions
+- **Paired differences** (:mod:`igpt_eval.probes.paired`): from the per-example test predictions
   of every probe, best (on validation) − last layer of each model and probe, best − each
   pixel control, best − the random-weights twin's best, the multi-layer probe − best, and
   model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
@@ -51,22 +51,15 @@ from pathlib import Path
 import pandas as pd
 
 from igpt_eval.analysis.layers import cka_rows, knn_rows
-from igpt_eval.analysis.paired import DIFF, paired_rows
 from igpt_eval.cache import ActivationCache
-from igpt_eval.defaults import (
-    DEFAULT_MODELS,
-    EXTRACT_BATCH,
-    SAMPLE_TEST,
-    SAMPLE_TRAIN,
-    SAMPLE_VAL,
-    cache_root,
-)
+from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, file_hash, write_json
 from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run, run_seed
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.probes.backends import resolve_device
 from igpt_eval.probes.concat import check_concat
+from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
     pixel_features,
     probe_pixel_controls,
@@ -74,6 +67,7 @@ from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
 )
 from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.probes.runner import probe_model
+from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours
 from igpt_eval.reporting.tables import (
     MODELS_FILE,
@@ -90,6 +84,10 @@ from igpt_eval.results import (
     save_results,
     to_frame,
 )
+
+#: What :func:`compare_models` does by default: :class:`ProbeSettings`' defaults, and the
+#: native-resolution pixels too (no extraction: cheap beside the models).
+COMPARE_SETTINGS = ProbeSettings(native_pixels=True)
 
 
 @dataclass
@@ -175,25 +173,18 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
     return infos
 
 
-def _cache_folder(
-    root: Path,
-    m: ModelInfo,
-    site,
-    bert_masks,
-    seed,
-    compute,
-    sizes=(None, None, None),
-    random=False,
-):
+def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = False) -> Path:
+    """The activation cache folder of ``m`` (or of its random-weights twin) probed with
+    ``s``: named after the weights and every setting the features depend on."""
     if random:  # the twin is a function of the architecture and the run's seed only
         tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
     else:
         tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}"
-    tag += f"-{site}-s{seed}"
+    tag += f"-{s.site}-s{s.seed}"
     # The sample is part of the name: caches of another sample hold other rows.
-    tag += "".join(f"-{s[:2]}{n}" for s, n in zip(SPLITS, sizes, strict=True) if n is not None)
-    tag += f"-masks{bert_masks}" if m.objective == "bert" else ""
-    return root / (tag + ("-bf16" if compute == "bfloat16" else ""))
+    tag += "".join(f"-{split[:2]}{n}" for split, n in s.sizes.items() if n is not None)
+    tag += f"-masks{s.bert_masks}" if m.objective == "bert" else ""
+    return root / (tag + ("-bf16" if s.compute == "bfloat16" else ""))
 
 
 def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
@@ -202,36 +193,31 @@ def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
 
 def pixel_rows(
     m: ModelInfo,
+    settings: ProbeSettings,
     *,
     data_dir=None,
     token_cache=None,
-    device="cpu",
-    seed=0,
-    train_size=None,
-    val_size=None,
-    test_size=None,
-    pixels: bool = True,
-    native: bool = False,
     return_predictions: bool = False,
 ):
-    """The raw-pixel linear-probe controls (same protocol and splits as the models; with
-    the sample sizes, the same stratified samples as their caches): the
-    palette-quantised image (``pixels``) and the native-resolution one (``native``); rows,
-    or ``(rows, predictions)``; see :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
+    """The raw-pixel linear-probe controls of ``settings`` (same protocol, splits and
+    stratified samples as the models): the palette-quantised image (``pixels``) and the
+    native-resolution one (``native_pixels``); rows, or ``(rows, predictions)``; see
+    :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
+    s = settings
     rows, pred = probe_pixel_controls(
         m.palette,
         m.dataset,
         n_px=m.n_px,
-        pixels=pixels,
-        native=native,
+        pixels=s.pixels,
+        native=s.native_pixels,
         split_seed=m.seed,
         data_dir=data_dir,
         token_cache=token_cache,
-        device=device,
-        seed=seed,
-        train_size=train_size,
-        val_size=val_size,
-        test_size=test_size,
+        device=s.device,
+        seed=s.seed,
+        train_size=s.train_size,
+        val_size=s.val_size,
+        test_size=s.test_size,
     )
     return (rows, pred) if return_predictions else rows
 
@@ -257,28 +243,18 @@ def save_comparison(c: Comparison, out: str | Path) -> list[Path]:
 def compare_models(
     models=DEFAULT_MODELS,
     dataset: str | None = None,
+    settings: ProbeSettings | None = None,
     *,
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
     data_dir=None,
     token_cache=None,
-    device: str = "cpu",
-    site: str = "ln_1",
-    bert_masks: int = 1,
-    batch_size: int = EXTRACT_BATCH,
-    compute: str = "float32",
-    train_size: int | None = SAMPLE_TRAIN,
-    val_size: int | None = SAMPLE_VAL,
-    test_size: int | None = SAMPLE_TEST,
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
-    pixels: bool = True,
-    native_pixels: bool = True,
     random_control: bool = True,
-    concat_layers: int | None = None,
-    seed: int = 0,
     progress: bool = True,
+    **changes,
 ) -> Comparison:
     """Probe every layer of each model, run kNN and CKA on the same caches, probe the
     controls (the pixel baseline; with ``native_pixels`` the native-resolution pixels; with
@@ -286,79 +262,73 @@ def compare_models(
     multi-layer probe of each model, and (with ``out``) write every file and the
     depth-curve figure.
 
-    ``cache_dir`` (default: ``activations/compare`` in the user cache,
-    :func:`igpt_eval.defaults.cache_root`) holds one activation cache
-    folder per model (and per random-weights twin), named after its weights and settings,
-    so reruns reuse them. ``compute`` and the sample sizes are
-    :func:`~igpt_eval.probes.runner.probe_model`'s.
+    ``settings`` (a :class:`~igpt_eval.probes.settings.ProbeSettings`; default
+    :data:`COMPARE_SETTINGS`: its defaults with ``native_pixels`` on) with ``changes``, its
+    fields as keywords, are the site, extraction, sample, seed and controls, the same for
+    every model; every layer is probed with L-BFGS. ``cache_dir`` (default:
+    ``activations/compare`` in the user cache, :func:`igpt_eval.defaults.cache_root`) holds
+    one activation cache folder per model (and per random-weights twin), named after its
+    weights and settings, so reruns reuse them.
     """
+    s = (settings or COMPARE_SETTINGS).replace(**changes)
+    if s.method != "lbfgs" or s.layers is not None or s.random_weights:
+        raise IGPTError(
+            "a comparison probes every layer of each model with L-BFGS (random_control adds "
+            "the random-weights twins): give no method, layers or random_weights"
+        )
     infos = check_models(models, dataset)
-    if concat_layers is not None:  # before any extraction: a bad K fails at once
+    if s.concat_layers is not None:  # before any extraction: a bad K fails at once
         for m in infos:
-            check_concat(concat_layers, m.n_layer + 1)
-    device = str(resolve_device(device))
+            check_concat(s.concat_layers, m.n_layer + 1)
+    s = s.replace(device=str(resolve_device(s.device)))
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "activations/compare"
     frames, test_caches, predictions = [], {}, Predictions()
     # The pixel controls are probed once for all models, below.
-    common = dict(
-        site=site, device=device, data_dir=data_dir, token_cache=token_cache,
-        bert_masks=bert_masks, batch_size=batch_size, compute=compute, train_size=train_size,
-        val_size=val_size, test_size=test_size, seed=seed, progress=progress, pixels=False,
-        return_predictions=True,
-    )  # fmt: skip
-    folder_args = (site, bert_masks, seed, compute, (train_size, val_size, test_size))
-    knn = dict(k=knn_k, temperature=knn_temperature, device=device, seed=seed)
+    each = s.replace(pixels=False, native_pixels=False)
+    paths = dict(data_dir=data_dir, token_cache=token_cache, progress=progress)
+    knn = dict(k=knn_k, temperature=knn_temperature, device=s.device, seed=s.seed)
     for m in infos:
-        folder = _cache_folder(root, m, *folder_args)
+        folder = _cache_folder(root, m, s)
         if progress:
             print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
         df, pred = probe_model(
-            m.path, m.dataset, cache_dir=folder, concat_layers=concat_layers, **common
+            m.path, m.dataset, each, cache_dir=folder, return_predictions=True, **paths
         )
-        caches = {s: ActivationCache.open(folder / s) for s in SPLITS}
+        caches = {split: ActivationCache.open(folder / split) for split in SPLITS}
         dataset_name = df.dataset.iloc[0]
         if progress:
             print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
         k_rows, k_pred = knn_rows(
-            caches, _rows_meta(m, dataset_name, site), **knn, return_predictions=True
+            caches, _rows_meta(m, dataset_name, s.site), **knn, return_predictions=True
         )
         # Its paired rows are recomputed below, with every contrast of the comparison.
         frames += [df[df.metric != DIFF], to_frame(k_rows)]
         predictions.update(pred).update(k_pred)
         test_caches[m.name] = caches["test"]
         if random_control:
-            folder = _cache_folder(root, m, *folder_args, random=True)
+            folder = _cache_folder(root, m, s, random=True)
             if progress:
                 print(f"[compare] {m.name}: the random-weights control (caches in {folder})")
+            twin = each.replace(random_weights=True, concat_layers=None)
             df, pred = probe_model(
-                m.path, m.dataset, cache_dir=folder, random_weights=True, **common
+                m.path, m.dataset, twin, cache_dir=folder, return_predictions=True, **paths
             )
             frames.append(df[df.metric != DIFF])
             predictions.update(pred)
-    if pixels or native_pixels:
+    if s.pixels or s.native_pixels:
         if progress:
             print("[compare] raw-pixel controls: linear probes of the images")
         px, pred = pixel_rows(
-            infos[0],
-            data_dir=data_dir,
-            token_cache=token_cache,
-            device=device,
-            seed=seed,
-            train_size=train_size,
-            val_size=val_size,
-            test_size=test_size,
-            pixels=pixels,
-            native=native_pixels,
-            return_predictions=True,
+            infos[0], s, data_dir=data_dir, token_cache=token_cache, return_predictions=True
         )
         predictions.update(pred)  # refuses test images other than the models'
         frames.append(to_frame(px))
     if progress:
         print("[compare] linear CKA between layers (test split)")
     results = to_frame(pd.concat(frames, ignore_index=True))
-    diffs = to_frame(paired_rows(results, predictions, seed=seed))
+    diffs = to_frame(paired_rows(results, predictions, seed=s.seed))
     results = to_frame(pd.concat([results, diffs], ignore_index=True))
-    cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=seed)
+    cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=s.seed)
     c = Comparison(results, cka, comparison_table(results), infos, predictions)
     if out is not None:
         out = Path(out)
@@ -372,6 +342,6 @@ def compare_models(
             colours=model_colours(list(summaries)),
             random=random_summaries(results),
             concat=concat_summaries(results),
-            title=f"linear probes of every layer on {dataset_name} ({site})",
+            title=f"linear probes of every layer on {dataset_name} ({s.site})",
         )
     return c

@@ -30,6 +30,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.model.checkpoint import CONFIG, list_snapshots
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.probes.runner import probe_model
+from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.results import load_results, summary
 
 
@@ -100,6 +101,21 @@ def find_snapshots(
     ]
 
 
+def probe_settings(settings: TrackSettings) -> ProbeSettings:
+    """How :func:`track_runs` probes each snapshot: every layer with L-BFGS, the raw-pixel
+    baseline, and ``settings``' site, extraction and sample."""
+    return ProbeSettings(
+        site=settings.site,
+        compute=settings.compute,
+        batch_size=settings.batch_size,
+        bert_masks=settings.bert_masks,
+        seed=settings.seed,
+        train_size=settings.train_size,
+        val_size=settings.val_size,
+        test_size=settings.test_size,
+    )
+
+
 def track_runs(
     runs: list[str | Path],
     settings: TrackSettings | None = None,
@@ -121,22 +137,11 @@ def track_runs(
         for p in paths
         for s in find_snapshots(p, run_name(p, paths), settings.steps, settings.dataset)
     ]
+    probe = probe_settings(settings)
     frames = []
     for i, snap in enumerate(plan, 1):
         t0 = time.perf_counter()
-        df = probe_model(
-            snap.path,
-            settings.dataset,
-            site=settings.site,
-            compute=settings.compute,
-            batch_size=settings.batch_size,
-            bert_masks=settings.bert_masks,
-            seed=settings.seed,
-            train_size=settings.train_size,
-            val_size=settings.val_size,
-            test_size=settings.test_size,
-            progress=progress,
-        )
+        df = probe_model(snap.path, settings.dataset, probe, progress=progress)
         df["model"] = f"{snap.run}@{snap.step}"
         df["run"], df["step"] = snap.run, snap.step
         df["val_loss"], df["tokens_seen"] = snap.val_loss, snap.tokens_seen

@@ -65,32 +65,36 @@ def _add_compare(sub) -> None:
 
 def _cmd_compare(args) -> int:
     from igpt_eval.analysis.compare import compare_models
+    from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.tables import table_markdown
 
     if args.cka_rows < 2:
         raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")
-    c = compare_models(
-        args.models,
-        args.dataset,
-        out=args.out,
-        cache_dir=args.cache,
-        data_dir=args.data_dir,
-        device=args.device,
+    settings = ProbeSettings(
         site=args.site,
         bert_masks=args.bert_masks,
         batch_size=args.batch_size,
         compute="bfloat16" if args.bf16 else "float32",
+        device=args.device,
+        seed=args.seed,
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,
+        pixels=not args.no_pixels,
+        native_pixels=args.native_pixels,
+        concat_layers=args.concat_layers,
+    )
+    c = compare_models(
+        args.models,
+        args.dataset,
+        settings,
+        out=args.out,
+        cache_dir=args.cache,
+        data_dir=args.data_dir,
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,
-        pixels=not args.no_pixels,
-        native_pixels=args.native_pixels,
         random_control=not args.no_random_control,
-        concat_layers=args.concat_layers,
-        seed=args.seed,
         progress=not args.no_progress,
     )
     ds = c.results.dataset.iloc[0]

@@ -160,6 +160,7 @@ def _add_probe(sub) -> None:
 
 def _cmd_probe(args) -> int:
     from igpt_eval.probes.runner import probe_model
+    from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.figures import baselines_of, depth_curve
     from igpt_eval.reporting.tables import concat_summaries, format_summary
     from igpt_eval.results import CONCAT, summary
@@ -168,31 +169,34 @@ def _cmd_probe(args) -> int:
         raise IGPTError("--all-layers and --layers disagree; give one of them")
     suffix = "-random-weights" if args.random_weights else ""
     out = args.out or Path("runs/probe") / (args.model.name + suffix)
-    df = probe_model(
-        args.model,
-        args.dataset,
+    settings = ProbeSettings(
         layers=parse_layers(args.layers),
         site=args.site,
+        bert_masks=args.bert_masks,
+        batch_size=args.batch_size,
+        compute="bfloat16" if args.bf16 else "float32",
         method=args.method,
         backend=args.backend,
         device=args.device,
-        data_dir=args.data_dir,
-        cache_dir=args.cache,
-        out=out,
         standardize=args.standardize,
-        bert_masks=args.bert_masks,
-        batch_size=args.batch_size,
         seed=args.seed,
-        compute="bfloat16" if args.bf16 else "float32",
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
         pixels=not args.no_pixels,
         native_pixels=args.native_pixels,
         random_weights=args.random_weights,
         concat_layers=args.concat_layers,
+    )
+    df = probe_model(
+        args.model,
+        args.dataset,
+        settings,
+        data_dir=args.data_dir,
+        cache_dir=args.cache,
+        out=out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     s = summary(df)
     model = df.model.iloc[0]  # "<name> (random weights)" for the control

@@ -13,7 +13,7 @@ For every layer at once:
 4. *refit* on ``train + val`` at the chosen C, warm-started, and score ``test`` once, with a
    bootstrap 95% interval; with ``return_predictions``, each layer's per-example test
    predictions come back too (a :class:`~igpt_eval.results.Predictions`), for paired
-   comparisons (:mod:`igpt_eval.analysis.paired`).
+   comparisons (:mod:`igpt_eval.probes.paired`).
 
 The test split is never used to choose anything. Every fit is a row of the results table,
 so the whole regularisation sweep is on record (rows with ``split="val"``), not only its
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.backends import BACKENDS, resolve_device
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid
 from igpt_eval.results import Predictions, prediction_key
+from igpt_eval.stats import bootstrap_accuracy_ci
 
 #: The splits of the protocol: fit on train, choose on val, report test.
 SPLITS = ("train", "val", "test")
@@ -147,21 +147,10 @@ def probe_lbfgs(
     Cs = np.asarray(Cs, dtype=np.float64)
     if Cs.ndim != 1 or not (Cs > 0).all():
         raise IGPTError("every C must be > 0")
-    classes = np.unique(train.y)
-    if len(classes) < 2:
-        raise IGPTError("the training labels hold a single class; a probe needs at least two")
-    K = len(classes)
-    y_tr, y_va, y_te = (np.searchsorted(classes, s.y) for s in (train, val, test))
-    for name, s, yy in (("val", val, y_va), ("test", test, y_te)):
-        if not np.array_equal(classes[np.clip(yy, 0, K - 1)], s.y):
-            raise IGPTError(f"the {name} split has labels the training split never shows")
-    Xtr, Xva, Xte = train.X, val.X, test.X
+    classes, y = _encode_labels(train, val, test)
+    X = (train.X, val.X, test.X)
     if standardize:  # statistics from train only, applied to every split
-        mu = Xtr.mean(1, keepdims=True)
-        sd = Xtr.std(1, keepdims=True) + 1e-6
-        Xtr, Xva, Xte = ((x - mu) / sd for x in (Xtr, Xva, Xte))
-    G = len(layers)
-    opts = dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter)
+        X = _standardized(*X)
     base = dict(
         meta,
         probe=probe,
@@ -172,114 +161,184 @@ def probe_lbfgs(
         lr=np.nan,
         n_features=train.X.shape[2],
     )
-    rows: list[dict] = []
+    run = _Protocol(
+        dict(zip(SPLITS, X, strict=True)),
+        dict(zip(SPLITS, y, strict=True)),
+        len(classes),
+        layers,
+        sites,
+        base,
+        backend=backend,
+        device=device,
+        solver=dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter),
+        progress=progress,
+    )
+    run.walk(np.sort(Cs), patience)  # 1. the C path
+    if refine:
+        run.refine()  # 2. around each layer's best C
+    C_best, init = run.select()  # 3. on validation
+    pred = run.test(C_best, init, n_boot=n_boot, seed=seed)  # 4. refit, test once
+    if not return_predictions:
+        return run.rows
+    predictions = Predictions()
+    for g in range(len(layers)):
+        key = prediction_key(meta.get("model", ""), probe, sites[g])
+        predictions.add(key, classes[pred[g, 0]], test.y)
+    return run.rows, predictions
 
-    def record(sets, stage_C, sol, acc, loss, seconds, n):
+
+def _encode_labels(train: Features, val: Features, test: Features) -> tuple[np.ndarray, tuple]:
+    """The training split's classes, and each split's labels as indices into them; an
+    :class:`IGPTError` for fewer than two classes or a label training never shows."""
+    classes = np.unique(train.y)
+    if len(classes) < 2:
+        raise IGPTError("the training labels hold a single class; a probe needs at least two")
+    K = len(classes)
+    y = tuple(np.searchsorted(classes, s.y) for s in (train, val, test))
+    for name, s, yy in (("val", val, y[1]), ("test", test, y[2])):
+        if not np.array_equal(classes[np.clip(yy, 0, K - 1)], s.y):
+            raise IGPTError(f"the {name} split has labels the training split never shows")
+    return classes, y
+
+
+def _standardized(Xtr, Xva, Xte) -> tuple[np.ndarray, ...]:
+    """Every split standardised with the training split's mean and standard deviation."""
+    mu = Xtr.mean(1, keepdims=True)
+    sd = Xtr.std(1, keepdims=True) + 1e-6
+    return tuple((x - mu) / sd for x in (Xtr, Xva, Xte))
+
+
+class _Protocol:
+    """One run of the protocol on G layers: the (standardised) splits ``X`` and label
+    indices ``y`` by split name, the result rows so far, and every layer's candidates
+    ``(acc, loss, C, coef, intercept)``, one per fit on train scored on val."""
+
+    def __init__(self, X, y, K, layers, sites, base, *, backend, device, solver, progress):
+        self.X, self.y, self.K = X, y, K
+        self.layers, self.sites, self.base = layers, sites, base
+        self.backend, self.device, self.solver = backend, device, solver
+        self.progress = progress
+        self.cands: list[list[tuple]] = [[] for _ in layers]
+        self.rows: list[dict] = []
+
+    def say(self, what: str, seconds: float) -> None:
+        """One progress line on stderr (with ``progress``)."""
+        if self.progress:
+            print(f"[probe] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+    def stage(self, sets: np.ndarray, C: np.ndarray, init) -> _Solution:
+        """Fit layers ``sets`` at C (len(sets), nC) on train, score val, keep the candidates
+        and record the rows."""
+        t0 = time.perf_counter()
+        # Every layer still on the path (the common case): the arrays themselves, no copy.
+        everyone = len(sets) == len(self.layers)
+        Xtr, Xva = (self.X[s] if everyone else self.X[s][sets] for s in ("train", "val"))
+        sol = _solve(Xtr, self.y["train"], C, self.K, self.backend, init=init, **self.solver)
+        acc, loss, _ = _evaluate(Xva, self.y["val"], sol, self.device)
+        seconds = time.perf_counter() - t0
         for i, g in enumerate(sets):
-            for c in range(stage_C.shape[1]):
+            for c in range(C.shape[1]):
+                self.cands[g].append(
+                    (acc[i, c], loss[i, c], C[i, c], sol.coef[i, c], sol.intercept[i, c])
+                )
+        self._val_rows(sets, C, sol, acc, loss, seconds)
+        shown = sorted({float(f"{c:.3g}") for c in C.ravel()})
+        self.say(f"{len(sets)} layer(s) x C = {', '.join(f'{c:g}' for c in shown)}", seconds)
+        return sol
+
+    def _val_rows(self, sets, C, sol: _Solution, acc, loss, seconds: float) -> None:
+        """The validation rows (accuracy, then loss) of one stage, layer by layer."""
+        for i, g in enumerate(sets):
+            for c in range(C.shape[1]):
                 common = dict(
-                    base,
+                    self.base,
                     split="val",
-                    layer=layers[g],
-                    site=sites[g],
-                    C=float(stage_C[i, c]),
+                    layer=self.layers[g],
+                    site=self.sites[g],
+                    C=float(C[i, c]),
                     n_iter=int(sol.n_iter[i, c]),
                     converged=bool(sol.converged[i, c]),
                     grad_norm=float(sol.grad_norm[i, c]),
                     seconds=seconds,
-                    n_train=n,
-                    n_eval=len(y_va),
+                    n_train=len(self.y["train"]),
+                    n_eval=len(self.y["val"]),
                     selected=False,
                 )
-                rows.append(dict(common, metric="accuracy", value=float(acc[i, c])))
-                rows.append(dict(common, metric="loss", value=float(loss[i, c])))
+                self.rows.append(dict(common, metric="accuracy", value=float(acc[i, c])))
+                self.rows.append(dict(common, metric="loss", value=float(loss[i, c])))
 
-    def say(what: str, seconds: float) -> None:
-        if progress:
-            print(f"[probe] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    def walk(self, Cs: np.ndarray, patience: int) -> None:
+        """The C path, warm-started from one C to the next; each layer leaves it on its own,
+        after ``patience`` values of C without a better validation accuracy."""
+        G = len(self.layers)
+        live = np.arange(G)
+        since_best = np.zeros(G, int)
+        init = None
+        for C in Cs:
+            sol = self.stage(live, np.full((len(live), 1), C), init)
+            for g in live:
+                accs = [c[0] for c in self.cands[g]]
+                since_best[g] = 0 if accs[-1] > max(accs[:-1], default=-1.0) else since_best[g] + 1
+            going = since_best[live] < patience
+            live = live[going]
+            if live.size == 0:
+                break
+            init = sol.init(np.zeros(len(going), int))[torch.from_numpy(going)]
 
-    def stage(sets: np.ndarray, C: np.ndarray, init) -> _Solution:
-        """Fit layers ``sets`` at C (len(sets), nC) on train, score val, record the rows."""
+    def best(self) -> list[tuple]:
+        """Each layer's best candidate so far (see :func:`_best`)."""
+        return [c[_best(c)] for c in self.cands]
+
+    def refine(self) -> None:
+        """Four more values of C around each layer's best, warm-started from it."""
+        best = self.best()
+        C2 = np.array([b[2] for b in best])[:, None] * REFINE_STEPS[None]
+        init = torch.stack([_warm(b) for b in best])[:, None]
+        self.stage(np.arange(len(best)), C2, init.expand(-1, C2.shape[1], -1, -1).contiguous())
+
+    def select(self) -> tuple[np.ndarray, torch.Tensor]:
+        """Each layer's C chosen on validation (its rows marked ``selected``), and warm
+        starts (G, 1, K, d+1) from the chosen solutions."""
+        best = self.best()
+        C_best = np.array([b[2] for b in best])
+        for r in self.rows:
+            r["selected"] = r["C"] == C_best[self.layers.index(r["layer"])]
+        return C_best, torch.stack([_warm(b) for b in best])[:, None]
+
+    def test(self, C_best: np.ndarray, init, *, n_boot: int, seed: int) -> np.ndarray:
+        """Refit on train + val at the chosen C, warm-started, score test once (accuracy
+        with a bootstrap 95% interval, and loss); returns the predictions (G, 1, N)."""
+        G = len(self.layers)
         t0 = time.perf_counter()
-        # Every layer still on the path (the common case): the arrays themselves, no copy.
-        everyone = len(sets) == G
-        sol = _solve(Xtr if everyone else Xtr[sets], y_tr, C, K, backend, init=init, **opts)
-        acc, loss, _ = _evaluate(Xva if everyone else Xva[sets], y_va, sol, device)
-        seconds = time.perf_counter() - t0
-        for i, g in enumerate(sets):
-            for c in range(C.shape[1]):
-                cands[g].append(
-                    (acc[i, c], loss[i, c], C[i, c], sol.coef[i, c], sol.intercept[i, c])
-                )
-        record(sets, C, sol, acc, loss, seconds, len(y_tr))
-        shown = sorted({float(f"{c:.3g}") for c in C.ravel()})
-        say(f"{len(sets)} layer(s) x C = {', '.join(f'{c:g}' for c in shown)}", seconds)
-        return sol
-
-    # 1. The C path, warm-started from one C to the next; each layer stops on its own.
-    cands: list[list[tuple]] = [[] for _ in range(G)]
-    live = np.arange(G)
-    since_best = np.zeros(G, int)
-    init = None
-    for C in np.sort(Cs):
-        sol = stage(live, np.full((len(live), 1), C), init)
-        for g in live:
-            accs = [c[0] for c in cands[g]]
-            since_best[g] = 0 if accs[-1] > max(accs[:-1], default=-1.0) else since_best[g] + 1
-        going = since_best[live] < patience
-        live = live[going]
-        if live.size == 0:
-            break
-        init = sol.init(np.zeros(len(going), int))[torch.from_numpy(going)]
-
-    # 2. Refine around each layer's best C, warm-started from it.
-    best = [_best(c) for c in cands]
-    if refine:
-        C2 = np.array([cands[g][best[g]][2] for g in range(G)])[:, None] * REFINE_STEPS[None]
-        init = torch.stack([_warm(cands[g][best[g]]) for g in range(G)])[:, None]
-        stage(np.arange(G), C2, init.expand(-1, C2.shape[1], -1, -1).contiguous())
-        best = [_best(c) for c in cands]
-
-    # 3. Select on validation.
-    C_best = np.array([cands[g][best[g]][2] for g in range(G)])
-    for r in rows:  # mark the chosen validation rows
-        g = layers.index(r["layer"])
-        r["selected"] = r["C"] == C_best[g]
-
-    # Refit on train + val at the chosen C, warm-started from the chosen train solution.
-    init = torch.stack([_warm(cands[g][best[g]]) for g in range(G)])[:, None]
-    t0 = time.perf_counter()
-    X_fit = np.concatenate([Xtr, Xva], 1)
-    y_fit = np.concatenate([y_tr, y_va])
-    final = _solve(X_fit, y_fit, C_best[:, None], K, backend, init=init, **opts)
-    seconds = time.perf_counter() - t0
-    say(f"refit {G} layer(s) on train+val ({len(y_fit):,} rows)", seconds)
-    acc, loss, pred = _evaluate(Xte, y_te, final, device)
-    for g in range(G):
-        lo, hi = bootstrap_accuracy_ci(pred[g, 0] == y_te, n_boot=n_boot, seed=seed)
-        common = dict(
-            base,
-            split="test",
-            layer=layers[g],
-            site=sites[g],
-            C=float(C_best[g]),
-            n_iter=int(final.n_iter[g, 0]),
-            converged=bool(final.converged[g, 0]),
-            grad_norm=float(final.grad_norm[g, 0]),
-            seconds=seconds,
-            n_train=len(y_fit),
-            n_eval=len(y_te),
-            selected=True,
+        X_fit = np.concatenate([self.X["train"], self.X["val"]], 1)
+        y_fit = np.concatenate([self.y["train"], self.y["val"]])
+        final = _solve(
+            X_fit, y_fit, C_best[:, None], self.K, self.backend, init=init, **self.solver
         )
-        rows.append(dict(common, metric="accuracy", value=float(acc[g, 0]), ci_low=lo, ci_high=hi))
-        rows.append(dict(common, metric="loss", value=float(loss[g, 0])))
-    if not return_predictions:
-        return rows
-    predictions = Predictions()
-    for g in range(G):
-        key = prediction_key(meta.get("model", ""), probe, sites[g])
-        predictions.add(key, classes[pred[g, 0]], test.y)
-    return rows, predictions
+        seconds = time.perf_counter() - t0
+        self.say(f"refit {G} layer(s) on train+val ({len(y_fit):,} rows)", seconds)
+        y_te = self.y["test"]
+        acc, loss, pred = _evaluate(self.X["test"], y_te, final, self.device)
+        for g in range(G):
+            lo, hi = bootstrap_accuracy_ci(pred[g, 0] == y_te, n_boot=n_boot, seed=seed)
+            common = dict(
+                self.base,
+                split="test",
+                layer=self.layers[g],
+                site=self.sites[g],
+                C=float(C_best[g]),
+                n_iter=int(final.n_iter[g, 0]),
+                converged=bool(final.converged[g, 0]),
+                grad_norm=float(final.grad_norm[g, 0]),
+                seconds=seconds,
+                n_train=len(y_fit),
+                n_eval=len(y_te),
+                selected=True,
+            )
+            value = float(acc[g, 0])
+            self.rows.append(dict(common, metric="accuracy", value=value, ci_low=lo, ci_high=hi))
+            self.rows.append(dict(common, metric="loss", value=float(loss[g, 0])))
+        return pred
 
 
 def _best(cands: list[tuple]) -> int:

@@ -11,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.paired import paired_rows
 from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
-from igpt_eval.defaults import (
-    DEFAULT_MODEL,
-    EXTRACT_BATCH,
-    SAMPLE_TEST,
-    SAMPLE_TRAIN,
-    SAMPLE_VAL,
-)
+from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.probes.concat import check_concat, probe_concat
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
+from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import (
     Predictions,
@@ -58,43 +53,36 @@ def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[in
 def probe_model(
     model: str | Path = DEFAULT_MODEL,
     dataset: str | None = None,
+    settings: ProbeSettings | None = None,
     *,
-    layers: list[int] | None = None,
-    site: str = "ln_1",
-    method: str = "lbfgs",
-    backend: str = "torch",
-    device: str = "cpu",
     data_dir=None,
     token_cache=None,
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
-    standardize: bool = True,
-    bert_masks: int = 1,
-    batch_size: int = EXTRACT_BATCH,
-    compute: str = "float32",
-    train_size: int | None = SAMPLE_TRAIN,
-    val_size: int | None = SAMPLE_VAL,
-    test_size: int | None = SAMPLE_TEST,
-    seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    pixels: bool = True,
-    native_pixels: bool = False,
-    random_weights: bool = False,
-    concat_layers: int | None = None,
     return_predictions: bool = False,
+    **changes,
 ) -> pd.DataFrame | tuple[pd.DataFrame, Predictions]:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
-    layer with ``method`` (``lbfgs`` or ``sgd``), save ``results.parquet``/``.csv`` and the
-    per-example test predictions ``predictions.npz`` into ``out`` (when given) and return
-    the results table (with ``return_predictions``: ``(table, predictions)``).
+    layer, save ``results.parquet``/``.csv`` and the per-example test predictions
+    ``predictions.npz`` into ``out`` (when given) and return the results table (with
+    ``return_predictions``: ``(table, predictions)``).
 
-    With ``pixels`` (the default), the raw-pixel baseline is probed too (L-BFGS on the
-    palette-quantised images, from the same token caches, splits and training sample:
-    :func:`igpt_eval.probes.pixels.probe_pixels`; its rows have ``model = probe =
+    What is extracted and probed is ``settings`` (a :class:`ProbeSettings`; default: its
+    defaults) with ``changes``, its fields given as keywords:
+    ``probe_model(path, method="sgd", test_size=None)``. ``data_dir`` and ``token_cache``
+    are where the dataset and its token cache live, ``cache_dir`` the activation caches'
+    folder (one per split; default: under ``activations/`` in the user cache folder); a
+    cache there built from other inputs is refused unless ``overwrite``.
+
+    ``method`` is ``lbfgs`` (features in memory, C chosen on validation) or ``sgd`` (streamed
+    from the caches). With ``pixels`` (the default), the raw-pixel baseline is probed too
+    (L-BFGS on the palette-quantised images, from the same token caches, splits and training
+    sample: :func:`igpt_eval.probes.pixels.probe_pixels`; its rows have ``model = probe =
     "pixels"``). The table then ends with paired-difference rows (``metric =
-    "accuracy_diff"``, :mod:`igpt_eval.analysis.paired`): the layer chosen on validation − the last
-    layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
+    "accuracy_diff"``, :mod:`igpt_eval.probes.paired`): the layer chosen on validation − the
+    last layer, and − the pixels, each with a paired bootstrap 95% CI and McNemar's p-value.
     ``native_pixels`` adds the dataset's raw pixels at their native resolution as a second
     control (:func:`igpt_eval.probes.pixels.probe_native_pixels`; ``model = probe =
     "pixels_native"``, contrast ``best_vs_pixels_native``).
@@ -116,10 +104,8 @@ def probe_model(
     ``bfloat16`` autocast gives pooled features within ~0.15% of float32's, twice as fast on
     CPUs with bf16 units (AMX, AVX512-BF16) and 2.5x slower on AVX2-only ones. Features
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
-    ``standardize=False``. A cache in
-    ``cache_dir`` built from other inputs is refused unless ``overwrite``."""
-    if method not in ("lbfgs", "sgd"):
-        raise IGPTError(f"unknown probe method {method!r}; use lbfgs or sgd")
+    ``standardize=False``."""
+    s = (settings or ProbeSettings()).replace(**changes)
     path = Path(model)
     if not path.exists():
         raise IGPTError(
@@ -130,10 +116,11 @@ def probe_model(
                 else ""
             )
         )
-    net, palette, ident = open_model(path, device=device, random_weights=random_weights)
+    net, palette, ident = open_model(path, device=s.device, random_weights=s.random_weights)
+    layers = None if s.layers is None else list(s.layers)
     # Before any extraction: a bad K fails at once, not minutes later.
     check_concat(
-        concat_layers, net.config.n_layer + 1 if layers is None else len(set(layers)), method
+        s.concat_layers, net.config.n_layer + 1 if layers is None else len(set(layers)), s.method
     )
     caches = {}
     t0 = time.perf_counter()
@@ -150,48 +137,25 @@ def probe_model(
             token_cache=token_cache,
             progress=progress,
             layers=layers,
-            site=site,
-            batch_size=batch_size,
-            bert_masks=bert_masks if net.config.objective == "bert" else 0,
-            seed=seed,
-            compute=compute,
-            max_rows={"train": train_size, "val": val_size, "test": test_size}[split],
+            site=s.site,
+            batch_size=s.batch_size,
+            bert_masks=s.bert_masks if net.config.objective == "bert" else 0,
+            seed=s.seed,
+            compute=s.compute,
+            max_rows=s.sizes[split],
             overwrite=overwrite,
         )
     extract_seconds = time.perf_counter() - t0
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
-        model=random_twin(path.name) if random_weights else path.name,
+        model=random_twin(path.name) if s.random_weights else path.name,
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
-        site_kind=site,
+        site_kind=s.site,
         weights_hash=caches["test"].manifest.get("weights_hash"),  # which weights were probed
     )
-    if method == "lbfgs":
-        feats, _, _ = load_features(caches, layers)  # in memory: full-batch L-BFGS
-        rows, predictions = probe_lbfgs(
-            feats["train"],
-            feats["val"],
-            feats["test"],
-            layers,
-            meta=meta,
-            sites=sites,
-            backend=backend,
-            device=device,
-            standardize=standardize,
-            seed=seed,
-            progress=progress,
-            return_predictions=True,
-        )
-        if concat_layers is not None:
-            best = summary(to_frame(rows))
-            c_rows, c_pred = probe_concat(
-                feats, layers, sites, int(best[best.best].layer.iloc[0]), concat_layers,
-                meta=meta, backend=backend, device=device, standardize=standardize, seed=seed,
-                progress=progress,
-            )  # fmt: skip
-            rows += c_rows
-            predictions.update(c_pred)
+    if s.method == "lbfgs":
+        rows, predictions = _probe_lbfgs(caches, layers, sites, meta, s, progress)
     else:
         # SGD whitens (train statistics) unless told not to touch the features: one rate
         # grid then suits every layer, and it converges in a few epochs.
@@ -200,25 +164,46 @@ def probe_model(
             layers,
             meta=meta,
             sites=sites,
-            device=device,
-            seed=seed,
-            preprocess="whiten" if standardize else "none",
+            device=s.device,
+            seed=s.seed,
+            preprocess="whiten" if s.standardize else "none",
             return_predictions=True,
         )
-    if pixels or native_pixels:
+    if s.pixels or s.native_pixels:
         name, split_seed = run_defaults(dataset, ident)
         px, px_pred = probe_pixel_controls(
-            palette, name, n_px=net.config.n_px, pixels=pixels, native=native_pixels,
-            split_seed=split_seed, data_dir=data_dir, token_cache=token_cache, device=device,
-            seed=seed, train_size=train_size, val_size=val_size, test_size=test_size,
+            palette, name, n_px=net.config.n_px, pixels=s.pixels, native=s.native_pixels,
+            split_seed=split_seed, data_dir=data_dir, token_cache=token_cache, device=s.device,
+            seed=s.seed, train_size=s.train_size, val_size=s.val_size, test_size=s.test_size,
         )  # fmt: skip
         rows += px
         predictions.update(px_pred)  # refuses test images other than the caches'
     df = to_frame(rows)
-    diffs = to_frame(paired_rows(df, predictions, seed=seed))
+    diffs = to_frame(paired_rows(df, predictions, seed=s.seed))
     df = to_frame(pd.concat([df, diffs], ignore_index=True))
     df.attrs["extract_seconds"] = extract_seconds
     df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
     if out is not None:
         save_results(df, out, predictions=predictions)
     return (df, predictions) if return_predictions else df
+
+
+def _probe_lbfgs(caches, layers, sites, meta, s: ProbeSettings, progress: bool):
+    """The L-BFGS protocol on every layer (features in memory: full batch) and, with
+    ``concat_layers``, the multi-layer probe around the layer chosen on validation."""
+    feats, _, _ = load_features(caches, layers)
+    opts = dict(
+        meta=meta, backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed,
+        progress=progress,
+    )  # fmt: skip
+    rows, predictions = probe_lbfgs(
+        feats["train"], feats["val"], feats["test"], layers, sites=sites,
+        return_predictions=True, **opts,
+    )  # fmt: skip
+    if s.concat_layers is not None:
+        best = summary(to_frame(rows))
+        chosen = int(best[best.best].layer.iloc[0])
+        c_rows, c_pred = probe_concat(feats, layers, sites, chosen, s.concat_layers, **opts)
+        rows += c_rows
+        predictions.update(c_pred)
+    return rows, predictions

@@ -11,5 +11,6 @@
   figures);
 - :mod:`~igpt_eval.reporting.track`, :mod:`~igpt_eval.reporting.lowdata`: the tables,
   figures and words of the training-dynamics (``igpt-eval track``) and low-data studies;
-- :mod:`~igpt_eval.reporting.modelcard`: ``MODEL_CARD.md`` of a checkpoint folder.
+- :mod:`~igpt_eval.reporting.modelcard`: ``MODEL_CARD.md`` of a checkpoint folder, and
+  :mod:`~igpt_eval.reporting.probe_card` its linear-probe section (from a results table).
 """

@@ -24,24 +24,25 @@ from pathlib import Path
 import pandas as pd
 
 from igpt_eval.analysis.metrics import model_metrics, token_baselines
-from igpt_eval.analysis.paired import DIFF, paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.model.checkpoint import load_model, load_palette, read_run
 from igpt_eval.reporting.model_figures import completion_grid, loss_curve, read_log, sample_grid
-from igpt_eval.results import summary
+from igpt_eval.reporting.probe_card import CARD, PROBE_HEADING, probe_section, set_probe_section
 from igpt_eval.train.pretrain import TrainConfig
 
 __all__ = [
+    "CARD",
+    "PROBE_HEADING",
     "completion_grid",
     "loss_curve",
     "model_metrics",
+    "probe_section",
     "sample_grid",
+    "set_probe_section",
     "token_baselines",
     "write_model_card",
 ]
-
-CARD = "MODEL_CARD.md"
 
 
 # ------------------------------------------------------------------ the run's files
@@ -127,44 +128,61 @@ def write_model_card(
 
     metrics = model_metrics(model, test_tokens, batch_size)
     base = token_baselines(train_tokens, test_tokens, cfg.vocab_size)
-    figures: dict[str, Path] = {}
     log_csv = model_dir / "train_log.csv"
-    summary = _log_summary(log_csv) if log_csv.is_file() else None
-    if summary is not None:
-        figures["loss_curve"] = loss_curve(log_csv, model_dir / "loss_curve.png", title=name)
-    if cfg.objective == "ar":
-        why_no_completions = None if palette is not None else "the folder has no palette.npy"
-    else:
-        why_no_completions = (
-            "a BERT model predicts masked pixels from both sides; it defines no left-to-right "
-            "distribution to sample images from"
-        )
-    if why_no_completions is None:
-        figures["completions"] = completion_grid(
-            model, palette, test_tokens, n=8, seed=seed, out_png=model_dir / "completions.png"
-        )
+    log = _log_summary(log_csv) if log_csv.is_file() else None
+    why_no_completions = _why_no_completions(cfg.objective, palette)
+    figures = _draw_figures(
+        model_dir, name, model, palette, test_tokens, seed, log is not None, why_no_completions
+    )
     if reports_dir is not None:
         reports_dir = Path(reports_dir)
         reports_dir.mkdir(parents=True, exist_ok=True)
         for key, src in figures.items():
             shutil.copyfile(src, reports_dir / f"{name}-{key}.png")
 
-    tc = run.get("train_config") or {}
-    known = {k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}
-    warmup = None
-    if known:
-        per_epoch = max(1, len(train_tokens) // known.get("batch_size", 1))
-        warmup = TrainConfig(**known).warmup(per_epoch)
-    obj = (
-        "autoregressive (AR): next-pixel cross-entropy at every position, causal attention, "
-        "a learned start-of-sequence vector"
-        if cfg.objective == "ar"
-        else f"BERT: each pixel masked with probability {cfg.mask_prob:g} (its token embedding "
-        "zeroed), bidirectional attention, cross-entropy on the masked pixels only"
-    )
-    command = run.get("command")
     L = []  # the card, line by line
-    L += [f"# {name}: iGPT-{cfg.objective.upper()}", ""]
+    L += _data_section(name, cfg, run, palette, len(train_tokens), len(test_tokens))
+    L += _architecture_section(cfg, model.n_params())
+    L += _objective_section(cfg.objective, cfg.mask_prob)
+    L += _recipe_section(run, len(train_tokens), log, model_dir / "lr_sweep.csv")
+    L += _results(metrics, base, cfg.objective, len(test_tokens))
+    L += _figures_section(figures, why_no_completions, seed)
+    L += _reproduce_section(run.get("command"), model_dir, reports_dir, name)
+
+    card = model_dir / CARD
+    with atomic_write(card, "w") as f:
+        f.write("\n".join(L))
+    return card
+
+
+def _why_no_completions(objective: str, palette) -> str | None:
+    """Why the card shows no completions (``None``: it shows them)."""
+    if objective == "ar":
+        return None if palette is not None else "the folder has no palette.npy"
+    return (
+        "a BERT model predicts masked pixels from both sides; it defines no left-to-right "
+        "distribution to sample images from"
+    )
+
+
+def _draw_figures(model_dir, name, model, palette, tokens, seed, log, why_not) -> dict:
+    """The card's figures beside it: the loss curve (with a training ``log``) and, unless
+    there is a reason ``why_not``, completions of test ``tokens``; ``{kind: path}``."""
+    figures: dict[str, Path] = {}
+    if log:
+        figures["loss_curve"] = loss_curve(
+            model_dir / "train_log.csv", model_dir / "loss_curve.png", title=name
+        )
+    if why_not is None:
+        figures["completions"] = completion_grid(
+            model, palette, tokens, n=8, seed=seed, out_png=model_dir / "completions.png"
+        )
+    return figures
+
+
+def _data_section(name, cfg, run: dict, palette, n_train: int, n_test: int) -> list[str]:
+    """The title, the card's premise, and what the model was trained and measured on."""
+    L = [f"# {name}: iGPT-{cfg.objective.upper()}", ""]
     L += [
         f"An Image GPT model ({cfg.objective.upper()} objective) trained with igpt-eval. Every "
         "number below was read from this folder's files or measured when the card was written.",
@@ -172,33 +190,53 @@ def write_model_card(
         "## Data",
         "",
         f"- dataset: `{run.get('dataset', 'not recorded')}`",
-        f"- training split: {len(train_tokens):,} images; test split (all measurements below): "
-        f"{len(test_tokens):,} images; validation during training: a seeded, stratified 10% "
+        f"- training split: {n_train:,} images; test split (all measurements below): "
+        f"{n_test:,} images; validation during training: a seeded, stratified 10% "
         "of the original training set",
-        f"- images: {cfg.n_px}×{cfg.n_px} pixels = {T} tokens each, raster order",
+        f"- images: {cfg.n_px}×{cfg.n_px} pixels = {cfg.n_positions} tokens each, raster order",
         f"- palette: k = {cfg.vocab_size} colours"
         + (f" ({palette.channels}-channel, hash `{palette.hash}`)" if palette else ""),
     ]
     for key in ("train_fingerprint", "val_fingerprint"):
         if key in run:
             L.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
-    L += [
+    return L
+
+
+def _architecture_section(cfg, n_params: int) -> list[str]:
+    """The model's shape and the kind of blocks it is made of."""
+    return [
         "",
         "## Architecture",
         "",
         f"- {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads "
-        f"({cfg.head_dim} per head), {model.n_params():,} parameters",
+        f"({cfg.head_dim} per head), {n_params:,} parameters",
         "- GPT-2 pre-norm blocks with iGPT's RMS norm (no mean, no bias), quick-GELU MLP "
         "(4× width), no biases, learned positions, an untied zero-initialised output head",
-        "",
-        "## Objective",
-        "",
-        f"- {obj}",
-        "",
-        "## Training recipe",
-        "",
     ]
+
+
+def _objective_section(objective: str, mask_prob: float) -> list[str]:
+    """What the model was trained to predict (AR or BERT)."""
+    obj = (
+        "autoregressive (AR): next-pixel cross-entropy at every position, causal attention, "
+        "a learned start-of-sequence vector"
+        if objective == "ar"
+        else f"BERT: each pixel masked with probability {mask_prob:g} (its token embedding "
+        "zeroed), bidirectional attention, cross-entropy on the masked pixels only"
+    )
+    return ["", "## Objective", "", f"- {obj}", ""]
+
+
+def _recipe_section(run: dict, n_train: int, log: dict | None, sweep: Path) -> list[str]:
+    """The optimiser and schedule from ``run.json``, the run's length and final losses from
+    its log, the command, and the learning-rate sweep when there was one."""
+    tc = run.get("train_config") or {}
+    known = {k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}
+    L = ["## Training recipe", ""]
     if known:
+        per_epoch = max(1, n_train // known.get("batch_size", 1))
+        warmup = TrainConfig(**known).warmup(per_epoch)
         L += [
             f"- Adam, betas {tuple(known.get('betas', ()))}, no weight decay, no dropout",
             f"- peak learning rate {known.get('lr'):g}; linear warm-up for {warmup} "
@@ -212,24 +250,26 @@ def write_model_card(
             L.append(f"- gradient norm clipped at {known['grad_clip']:g}")
     else:
         L.append("- not recorded (this folder has no run.json)")
-    if summary is not None:
+    if log is not None:
         L.append(
-            f"- trained {summary['steps']} steps"
-            + (f" = {summary['epochs']:.2f} epochs" if summary["epochs"] is not None else "")
-            + f"; wall time {_duration(summary['seconds'])}"
+            f"- trained {log['steps']} steps"
+            + (f" = {log['epochs']:.2f} epochs" if log["epochs"] is not None else "")
+            + f"; wall time {_duration(log['seconds'])}"
         )
         L.append(
-            f"- final train loss {_num(summary['train_loss'])} nats/token (mean of the last "
-            f"{summary['train_tail']} steps); final validation loss "
-            f"{_num(summary['val_loss'])} nats/token (step {summary['val_step']})"
+            f"- final train loss {_num(log['train_loss'])} nats/token (mean of the last "
+            f"{log['train_tail']} steps); final validation loss "
+            f"{_num(log['val_loss'])} nats/token (step {log['val_step']})"
         )
-    L += ["", "Command:", "", "```bash", command or "# not recorded", "```", ""]
-    sweep = model_dir / "lr_sweep.csv"
+    L += ["", "Command:", "", "```bash", run.get("command") or "# not recorded", "```", ""]
     if sweep.is_file():
         L += ["### Learning-rate sweep", "", *_sweep_table(sweep), ""]
+    return L
 
-    L += _results(metrics, base, cfg.objective, len(test_tokens))
-    L += ["## Figures", ""]
+
+def _figures_section(figures: dict, why_no_completions: str | None, seed: int) -> list[str]:
+    """The figures beside the card, or why one is missing."""
+    L = ["## Figures", ""]
     if "loss_curve" in figures:
         L += ["Training curve (train loss per step and its moving average; validation loss):", ""]
         L += ["![training curve](loss_curve.png)", ""]
@@ -245,16 +285,16 @@ def write_model_card(
         ]
     else:
         L += [f"No completions: {why_no_completions}.", ""]
-    L += ["## Reproduce", "", "```bash", command or "# the training command was not recorded"]
+    return L
+
+
+def _reproduce_section(command: str | None, model_dir: Path, reports_dir, name: str) -> list[str]:
+    """The training command and the command that writes this card again."""
     again = f"igpt-eval model-card --model {model_dir}"
     if reports_dir is not None:
         again += f" --reports {reports_dir} --name {name}"
-    L += [again, "```", ""]
-
-    card = model_dir / CARD
-    with atomic_write(card, "w") as f:
-        f.write("\n".join(L))
-    return card
+    L = ["## Reproduce", "", "```bash", command or "# the training command was not recorded"]
+    return L + [again, "```", ""]
 
 
 def _results(m: dict, b: dict, objective: str, n_test: int) -> list[str]:
@@ -305,74 +345,3 @@ def _results(m: dict, b: dict, objective: str, n_test: int) -> list[str]:
             "",
         ]
     return L
-
-
-PROBE_HEADING = "## Linear probes"
-
-
-def probe_section(results, model: str, source: str) -> str:
-    """The card's linear-probe section for ``model``: one row per layer (test accuracy with
-    its 95% CI, the C (L-BFGS) or learning rate (SGD) chosen on validation), the layer
-    chosen on validation marked, then its paired differences to the last layer and to the
-    raw pixels when the results hold them; from the tidy ``results`` (``source`` names the
-    file, ``igpt-eval probe``/``compare`` output)."""
-    mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
-    df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
-    if df.empty:
-        raise IGPTError(f"{source} holds no probe results for {model!r}")
-    if df[df.split == "test"].duplicated(["layer", "metric"]).any():
-        raise IGPTError(
-            f"{source} holds several probe runs of {model!r} (e.g. a low-data study's seeds); "
-            "give the results of one igpt-eval probe or compare run"
-        )
-    s = summary(df)
-    val = df[df.split == "val"].iloc[0]
-    test = df[df.split == "test"].iloc[0]
-    probe = df.probe.iloc[0]
-    hyper = "learning rate" if probe == "sgd" else "C"
-    lines = [
-        PROBE_HEADING,
-        "",
-        f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
-        f"features): {hyper} chosen on {int(val.n_eval):,} validation images after training "
-        f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
-        f"images (from `{source}`).",
-        "",
-        f"| layer | site | test accuracy [95% CI] | {hyper} |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in s.itertuples():
-        mark = " (best on val)" if r.best else ""
-        lines.append(
-            f"| {r.layer}{mark} | {r.site} | {100 * r.test_acc:.2f}% "
-            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | "
-            f"{r.lr if probe == 'sgd' else r.C:.3g} |"
-        )
-    diffs = mine[(mine.metric == DIFF) & (mine.probe == probe)]
-    if len(diffs):
-        lines += ["", "Paired on the same test images (95% CI, McNemar's exact test):", ""]
-        lines += [f"- {x}" for x in paired_lines(diffs)]
-    return "\n".join(lines) + "\n"
-
-
-def set_probe_section(model_dir: str | Path, results, model: str, source: str) -> Path:
-    """Replace (or add, before the figures) the linear-probe section of ``model_dir``'s
-    ``MODEL_CARD.md``; the rest of the card is left as it was."""
-    card = Path(model_dir) / CARD
-    if not card.is_file():
-        raise IGPTError(f"{card} does not exist; write the card first (igpt-eval model-card)")
-    text = card.read_text()
-    section = probe_section(results, model, source)
-    if PROBE_HEADING in text:
-        head, _, rest = text.partition(PROBE_HEADING)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
-        text = head + section + ("\n" + tail if tail else "")
-    elif "\n## Figures" in text:
-        head, _, tail = text.partition("\n## Figures")
-        text = head + "\n" + section + "\n## Figures" + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with atomic_write(card, "w") as f:
-        f.write(text)
-    return card

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci
 from igpt_eval.cache.extraction import open_model, run_defaults
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, lowdata_split
@@ -27,6 +26,7 @@ from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.sites import site_name
 from igpt_eval.results import load_results, save_results, to_frame
+from igpt_eval.stats import bootstrap_accuracy_ci
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
 

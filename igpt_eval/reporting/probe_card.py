@@ -1,0 +1,88 @@
+"""The linear-probe section of a model card, written from a results table.
+
+``igpt-eval model-card --probe-results`` (:func:`set_probe_section`) replaces this one
+section of a checkpoint's ``MODEL_CARD.md`` and leaves the rest (measured by
+:func:`igpt_eval.reporting.modelcard.write_model_card`) as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from igpt_eval.analysis.paired import DIFF, paired_lines
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write
+from igpt_eval.results import summary
+
+#: A checkpoint folder's model card.
+CARD = "MODEL_CARD.md"
+
+PROBE_HEADING = "## Linear probes"
+
+
+def probe_section(results, model: str, source: str) -> str:
+    """The card's linear-probe section for ``model``: one row per layer (test accuracy with
+    its 95% CI, the C (L-BFGS) or learning rate (SGD) chosen on validation), the layer
+    chosen on validation marked, then its paired differences to the last layer and to the
+    raw pixels when the results hold them; from the tidy ``results`` (``source`` names the
+    file, ``igpt-eval probe``/``compare`` output)."""
+    mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
+    df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
+    if df.empty:
+        raise IGPTError(f"{source} holds no probe results for {model!r}")
+    if df[df.split == "test"].duplicated(["layer", "metric"]).any():
+        raise IGPTError(
+            f"{source} holds several probe runs of {model!r} (e.g. a low-data study's seeds); "
+            "give the results of one igpt-eval probe or compare run"
+        )
+    s = summary(df)
+    val = df[df.split == "val"].iloc[0]
+    test = df[df.split == "test"].iloc[0]
+    probe = df.probe.iloc[0]
+    hyper = "learning rate" if probe == "sgd" else "C"
+    lines = [
+        PROBE_HEADING,
+        "",
+        f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
+        f"features): {hyper} chosen on {int(val.n_eval):,} validation images after training "
+        f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
+        f"images (from `{source}`).",
+        "",
+        f"| layer | site | test accuracy [95% CI] | {hyper} |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in s.itertuples():
+        mark = " (best on val)" if r.best else ""
+        lines.append(
+            f"| {r.layer}{mark} | {r.site} | {100 * r.test_acc:.2f}% "
+            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | "
+            f"{r.lr if probe == 'sgd' else r.C:.3g} |"
+        )
+    diffs = mine[(mine.metric == DIFF) & (mine.probe == probe)]
+    if len(diffs):
+        lines += ["", "Paired on the same test images (95% CI, McNemar's exact test):", ""]
+        lines += [f"- {x}" for x in paired_lines(diffs)]
+    return "\n".join(lines) + "\n"
+
+
+def set_probe_section(model_dir: str | Path, results, model: str, source: str) -> Path:
+    """Replace (or add, before the figures) the linear-probe section of ``model_dir``'s
+    ``MODEL_CARD.md``; the rest of the card is left as it was."""
+    card = Path(model_dir) / CARD
+    if not card.is_file():
+        raise IGPTError(f"{card} does not exist; write the card first (igpt-eval model-card)")
+    text = card.read_text()
+    section = probe_section(results, model, source)
+    if PROBE_HEADING in text:
+        head, _, rest = text.partition(PROBE_HEADING)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+        text = head + section + ("\n" + tail if tail else "")
+    elif "\n## Figures" in text:
+        head, _, tail = text.partition("\n## Figures")
+        text = head + "\n" + section + "\n## Figures" + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with atomic_write(card, "w") as f:
+        f.write(text)
+    return card
