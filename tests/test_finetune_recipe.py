@@ -225,3 +225,23 @@ def test_cli_init_from_another_models_probe_is_one_line(tmp_path, tiny_model, ti
     assert not (tmp_path / "ft").exists()
     args[args.index(str(bad / "results.parquet"))] = str(tmp_path / "missing.parquet")
     assert main(args) == 2 and "no probe results" in capsys.readouterr().err
+
+
+def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, tiny_model, tiny_npz):
+    """--random-init: the same architecture from its initialisation, named as the model's
+    random-weights twin; every run keeps its per-example test predictions for paired
+    statistics against the probes."""
+    from igpt_eval.results import load_predictions
+
+    args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--random-init", "--objective", "clf")
+    assert main(args) == 0
+    df = load_results(tmp_path / "ft/results.parquet")
+    assert set(df.model) == {"model (random weights)"}
+    pred = load_predictions(tmp_path / "ft")
+    key = "model (random weights)/finetune/ln_f"
+    test = df[(df.split == "test") & (df.metric == "accuracy")].value.iloc[0]
+    assert pred.correct(key).mean() == pytest.approx(test) and len(pred.labels) == 12
+    tuned, trained = load_model(tmp_path / "ft").wpe, load_model(tiny_model).wpe
+    start = IGPT.initialised(load_model(tiny_model).config, 0).wpe
+    assert (tuned - start).abs().max() < 0.01  # 6 Adam steps of 1e-3 from the initialisation
+    assert (tuned - trained).abs().max() > 0.1  # far from the trained weights

@@ -97,6 +97,12 @@ def _add_finetune(sub) -> None:
         "validation and its C, from `igpt-eval probe` results (results.parquet) of this model",
     )
     p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the from-scratch control: the same architecture from its pretraining run's "
+        "initialisation, not the trained weights (results name it '<model> (random weights)')",
+    )
+    p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -148,6 +154,7 @@ def _cmd_finetune(args) -> int:
         lr_sweep=args.lr_sweep,
         sweep_steps=args.sweep_steps,
         fit_head=fit_head,
+        random_init=args.random_init,
     )
     acc = df[df.metric == "accuracy"].set_index("split")
     t = acc.loc["test"]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.head import feature_scale
 from igpt_eval.probes.backends import BACKENDS, resolve_device
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid
 from igpt_eval.results import Predictions, prediction_key
@@ -202,9 +203,10 @@ def _encode_labels(train: Features, val: Features, test: Features) -> tuple[np.n
 
 
 def _standardized(Xtr, Xva, Xte) -> tuple[np.ndarray, ...]:
-    """Every split standardised with the training split's mean and standard deviation."""
-    mu = Xtr.mean(1, keepdims=True)
-    sd = Xtr.std(1, keepdims=True) + 1e-6
+    """Every split standardised with the training split's mean and standard deviation (σ
+    floored relative to the layer's largest: :func:`igpt_eval.model.head.feature_scale`,
+    the fine-tuning head's standardisation too)."""
+    mu, sd = (a.astype(Xtr.dtype) for a in feature_scale(Xtr))
     return tuple((x - mu) / sd for x in (Xtr, Xva, Xte))
 
 

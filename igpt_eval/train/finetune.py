@@ -286,15 +286,20 @@ class FineTuner:
         return torch.cat(out).numpy()
 
     @torch.no_grad()
-    def evaluate(self, data: Labelled, model: IGPT | None = None, scale=None):
-        """``(accuracy, mean cross-entropy, per-example correctness)`` of the head on ``data``
+    def predict(self, data: Labelled, model: IGPT | None = None, scale=None):
+        """``(predicted classes [N], per-example cross-entropy [N])`` of the head on ``data``
         (``model``/``scale``: another model and input scaling than the run's, e.g. the
         saved checkpoint, whose head has the scaling folded in)."""
         X = torch.from_numpy(self.features(data, model=model))
         logits = self._head(X.to((model or self.model).device), model, scale).float().cpu()
         y = torch.from_numpy(np.asarray(data.labels))
-        correct = (logits.argmax(1) == y).numpy()
-        losses = F.cross_entropy(logits, y, reduction="none").numpy()
+        return logits.argmax(1).numpy(), F.cross_entropy(logits, y, reduction="none").numpy()
+
+    def evaluate(self, data: Labelled, model: IGPT | None = None, scale=None):
+        """``(accuracy, mean cross-entropy, per-example correctness)`` of the head on
+        ``data`` (arguments as :meth:`predict`)."""
+        pred, losses = self.predict(data, model, scale)
+        correct = pred == np.asarray(data.labels)
         return float(correct.mean()), float(losses.mean()), correct
 
     def saved_model(self) -> IGPT:

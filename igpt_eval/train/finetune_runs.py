@@ -25,7 +25,14 @@ from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.sites import site_name
-from igpt_eval.results import load_results, save_results, to_frame
+from igpt_eval.results import (
+    Predictions,
+    load_results,
+    prediction_key,
+    random_twin,
+    save_results,
+    to_frame,
+)
 from igpt_eval.stats import bootstrap_accuracy_ci
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
@@ -109,19 +116,26 @@ def run_finetune(
             palette.save(out / "palette.npy")
         net.config.save(out / "config.json")
     tuner.fit(progress=progress)
-    df = to_frame(test_rows(tuner, test, dict(meta or {})))
-    save_results(df, out)
+    rows, predictions = test_rows(tuner, test, dict(meta or {}))
+    df = to_frame(rows)
+    save_results(df, out, predictions=predictions)
     return df
 
 
-def test_rows(tuner: FineTuner, test: Labelled, meta: dict, n_boot: int = 10_000) -> list[dict]:
+def test_rows(
+    tuner: FineTuner, test: Labelled, meta: dict, n_boot: int = 10_000
+) -> tuple[list[dict], Predictions]:
     """Tidy result rows of a finished run: its best validation score, and the test score of
     the saved best model (read back from the folder as a user would load it, the head's
-    standardisation folded in) with a bootstrap 95% interval for the test accuracy."""
+    standardisation folded in) with a bootstrap 95% interval for the test accuracy; and
+    its per-example test predictions (``{model}/finetune/{site}``), for paired statistics
+    against probes scored on the same test images."""
     cfg, b = tuner.cfg, tuner.best
     saved = load_model(tuner.out, device=cfg.device)
     d = saved.config.n_embd
-    acc, loss, correct = tuner.evaluate(test, saved, (torch.zeros(d), torch.ones(d)))
+    pred, losses = tuner.predict(test, saved, (torch.zeros(d), torch.ones(d)))
+    correct = pred == np.asarray(test.labels)
+    acc, loss = float(correct.mean()), float(losses.mean())
     lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=cfg.seed)
     L = saved.config.n_layer
     common = dict(
@@ -145,12 +159,16 @@ def test_rows(tuner: FineTuner, test: Labelled, meta: dict, n_boot: int = 10_000
     )
     val = dict(common, split="val", n_eval=len(tuner.val))
     tst = dict(common, split="test", n_eval=len(test))
-    return [
+    predictions = Predictions()
+    predictions.add(prediction_key(meta.get("model", "model"), "finetune", common["site"]),
+                    pred, np.asarray(test.labels))  # fmt: skip
+    rows = [
         dict(val, metric="accuracy", value=b.acc),
         dict(val, metric="loss", value=b.loss),
         dict(tst, metric="accuracy", value=acc, ci_low=lo, ci_high=hi),
         dict(tst, metric="loss", value=loss),
     ]
+    return rows, predictions
 
 
 def finetune_lr_sweep(
@@ -254,6 +272,7 @@ def finetune_model(
     lr_sweep: int | None = None,
     sweep_steps: int | None = None,
     fit_head: HeadFitter | None = None,
+    random_init: bool = False,
 ):
     """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
     runs): train on the train split, early-stop on val, report test.
@@ -266,8 +285,10 @@ def finetune_model(
     ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given. With
     ``lr_sweep=N`` the rate is chosen first by :func:`finetune_lr_sweep` (N rates from
     ``cfg.lr`` down, runs of ``sweep_steps`` steps, default a fifth of the budget).
+    ``random_init`` trains the same architecture from the initialisation its pretraining
+    run started from instead (the from-scratch control: does pretraining pay?).
     """
-    net, palette, ident = open_model(model, device=cfg.device)
+    net, palette, ident = open_model(model, device=cfg.device, random_weights=random_init)
     L = net.config.n_layer
     cfg.validate(L, 1)  # a bad layer is an error before any data is read
     dataset, seed = run_defaults(dataset, ident, split_seed)
@@ -302,7 +323,7 @@ def finetune_model(
         per_epoch = len(train) / min(cfg.batch_size, len(train))
         cfg = dataclasses.replace(cfg, steps=max(1, round(epochs * per_epoch)))
     meta = dict(
-        model=Path(ident.get("model", "model")).name,
+        model=random_twin(Path(model).name) if random_init else Path(model).name,
         objective=net.config.objective,
         dataset=dataset,
         labels_per_class=labels_per_class,
