@@ -9,7 +9,6 @@ import torch
 
 from igpt_eval.cli import main
 from igpt_eval.data.palette import Palette
-from igpt_eval.data.subsets import Labelled
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash
 from igpt_eval.model import IGPT, load_model, save_model
@@ -21,26 +20,9 @@ from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
 from igpt_eval.train.finetune_runs import finetune_lr_sweep, run_finetune
 from igpt_eval.train.runs import walk_rates
+from tests.test_finetune import ft_args, labelled, pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def pretrained(objective="ar"):
-    torch.manual_seed(0)
-    model = IGPT(IGPTConfig.preset("tiny", objective=objective))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.3)
-    return model
-
-
-def labelled(n=48, seed=0):
-    """Three classes told apart by their dominant colour band (8x8 px, 16 colours)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.integers(0, 16, (n, 64))
-    x[:, :32] = (y * 5)[:, None] + rng.integers(0, 2, (n, 32))
-    return Labelled(x.astype(np.uint16), y.astype(np.int64))
 
 
 # ------------------------------------------------------------------ pieces
@@ -190,21 +172,16 @@ def test_probe_choice_takes_the_validation_layer_and_refuses_other_weights():
 
 
 @pytest.fixture
-def tiny_model(tmp_path):
+def saved(tmp_path):
+    """The tiny pretrained model saved as a checkpoint folder named ``model``."""
     pal = Palette(np.random.default_rng(0).uniform(-1, 1, (16, 3)).astype(np.float32))
     return save_model(pretrained(), tmp_path / "model", palette=pal)
 
 
-def ft_args(tmp_path, model, dataset, *extra):
-    return ["finetune", "--model", str(model), "--dataset", dataset, "--out",
-            str(tmp_path / "ft"), "--steps", "6", "--eval-every", "3", "--batch-size", "8",
-            "--token-cache", str(tmp_path / "tok"), "--no-progress", *extra]  # fmt: skip
-
-
-def test_cli_init_from_probe_and_lr_sweep(tmp_path, tiny_model, tiny_npz, capsys):
+def test_cli_init_from_probe_and_lr_sweep(tmp_path, saved, tiny_npz, capsys):
     good = tmp_path / "probe"
-    save_results(fake_probe_results("model", file_hash(tiny_model / WEIGHTS)), good)
-    args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--lr-sweep", "2", "--sweep-steps",
+    save_results(fake_probe_results("model", file_hash(saved / WEIGHTS)), good)
+    args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--lr-sweep", "2", "--sweep-steps",
                    "3", "--init-from-probe", str(good / "results.parquet"))  # fmt: skip
     assert main(args) == 0
     df = load_results(tmp_path / "ft/results.parquet")
@@ -214,10 +191,10 @@ def test_cli_init_from_probe_and_lr_sweep(tmp_path, tiny_model, tiny_npz, capsys
     capsys.readouterr()
 
 
-def test_cli_init_from_another_models_probe_is_one_line(tmp_path, tiny_model, tiny_npz, capsys):
+def test_cli_init_from_another_models_probe_is_one_line(tmp_path, saved, tiny_npz, capsys):
     bad = tmp_path / "probe"
     save_results(fake_probe_results("model", "0123456789abcdef"), bad)
-    args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--init-from-probe",
+    args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--init-from-probe",
                    str(bad / "results.parquet"))  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -227,13 +204,13 @@ def test_cli_init_from_another_models_probe_is_one_line(tmp_path, tiny_model, ti
     assert main(args) == 2 and "no probe results" in capsys.readouterr().err
 
 
-def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, tiny_model, tiny_npz):
+def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, saved, tiny_npz):
     """--random-init: the same architecture from its initialisation, named as the model's
     random-weights twin; every run keeps its per-example test predictions for paired
     statistics against the probes."""
     from igpt_eval.results import load_predictions
 
-    args = ft_args(tmp_path, tiny_model, f"npz:{tiny_npz}", "--random-init", "--objective", "clf")
+    args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--random-init", "--objective", "clf")
     assert main(args) == 0
     df = load_results(tmp_path / "ft/results.parquet")
     assert set(df.model) == {"model (random weights)"}
@@ -241,7 +218,7 @@ def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, tiny_mode
     key = "model (random weights)/finetune/ln_f"
     test = df[(df.split == "test") & (df.metric == "accuracy")].value.iloc[0]
     assert pred.correct(key).mean() == pytest.approx(test) and len(pred.labels) == 12
-    tuned, trained = load_model(tmp_path / "ft").wpe, load_model(tiny_model).wpe
-    start = IGPT.initialised(load_model(tiny_model).config, 0).wpe
+    tuned, trained = load_model(tmp_path / "ft").wpe, load_model(saved).wpe
+    start = IGPT.initialised(load_model(saved).config, 0).wpe
     assert (tuned - start).abs().max() < 0.01  # 6 Adam steps of 1e-3 from the initialisation
     assert (tuned - trained).abs().max() > 0.1  # far from the trained weights
