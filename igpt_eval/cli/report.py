@@ -37,6 +37,14 @@ def _add_report(sub) -> None:
         default=None,
         help="folder written by igpt-eval track: adds its figures and a training-dynamics section",
     )
+    p.add_argument(
+        "--finetune",
+        type=Path,
+        action="append",
+        default=None,
+        help="a folder written by igpt-eval finetune (repeatable): adds a fine-tuning section, "
+        "paired against the comparison's probes on the same test images",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -46,8 +54,15 @@ def _cmd_report(args) -> int:
     command = f"igpt-eval report --results {args.results} --out {args.out}"
     if args.track is not None:
         command += f" --track {args.track}"
+    for d in args.finetune or []:
+        command += f" --finetune {d}"
     files = build_report(
-        args.results, args.out, command=command, lowdata_dir=args.lowdata, track_dir=args.track
+        args.results,
+        args.out,
+        command=command,
+        lowdata_dir=args.lowdata,
+        track_dir=args.track,
+        finetune_dirs=args.finetune,
     )
     print(f"{len(files)} files written to {args.out}; summary: {args.out / 'README.md'}")
     return 0

@@ -24,6 +24,7 @@ from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.reporting import figures as fig
+from igpt_eval.reporting.finetune import finetune_section, load_finetunes
 from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
 from igpt_eval.reporting.model_figures import read_log
 from igpt_eval.reporting.tables import (
@@ -46,7 +47,7 @@ from igpt_eval.reporting.words import (
     describe_depth_curve,
     describe_knn,
 )
-from igpt_eval.results import load_results
+from igpt_eval.results import load_predictions, load_results
 
 
 def _shown(path: Path) -> str:
@@ -110,16 +111,21 @@ def build_report(
     command: str = "",
     lowdata_dir: str | Path | None = "runs/lowdata",
     track_dir: str | Path | None = None,
+    finetune_dirs=None,
 ) -> list[Path]:
     """Draw every figure and write ``README.md`` into ``out`` from the comparison folder
     ``results_dir`` (and, when they hold results, the ``igpt-eval lowdata`` folder
-    ``lowdata_dir`` and the ``igpt-eval track`` folder ``track_dir``); returns the files
-    written."""
+    ``lowdata_dir`` and the ``igpt-eval track`` folder ``track_dir``, and the ``igpt-eval
+    finetune`` folders ``finetune_dirs``: :mod:`igpt_eval.reporting.finetune`); returns the
+    files written."""
     results_dir, out = Path(results_dir), Path(out)
     df, cka = load_comparison(results_dir)
     track_df = None
     if track_dir is not None:  # read (and checked) before anything is written
         track_df = load_track(track_dir)
+    ft_md = None
+    if finetune_dirs:
+        ft_md = finetune_section(*load_finetunes(finetune_dirs), df, load_predictions(results_dir))
     summaries = probe_summaries(df)
     names = list(summaries)
     colours = fig.model_colours(names)
@@ -219,6 +225,9 @@ def build_report(
     if track_md is not None:  # its own section, before the figures
         head, sep, tail = md.partition("## Figures")
         md = head + track_md + "\n" + sep + tail
+    if ft_md is not None:
+        head, sep, tail = md.partition("## Figures")
+        md = head + "## Fine-tuning (`igpt-eval finetune`)\n\n" + ft_md + "\n" + sep + tail
     with atomic_write(out / "README.md", "w") as f:
         f.write(md)
     return files + [out / "README.md"]

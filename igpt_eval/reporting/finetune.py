@@ -1,0 +1,124 @@
+"""The fine-tuning section of a report: fine-tuned classifiers beside the linear probes and
+the controls, every difference paired on the same test images (issue 14).
+
+Inputs are ``igpt-eval finetune`` folders (``results.parquet`` and ``predictions.npz``) and a
+comparison (``igpt-eval compare``: each model's probes of every layer, the raw-pixel probe,
+the random-weights twins), all scored on the same test images: fine-tuning scores the whole
+test split, so run the comparison with ``--test-size all``. A fine-tuning folder whose test
+images differ from the comparison's is one clear error, not a silently unpaired number.
+
+Contrasts, each a paired bootstrap 95% CI and McNemar's exact test
+(:func:`igpt_eval.stats.paired_difference`): every fine-tuned model − its own best linear
+probe (layer chosen on validation) and − the raw pixels; a pretrained model fine-tuned −
+the same architecture trained from scratch (``finetune --random-init``, named as its
+random-weights twin) with the same recipe; and two pretrained models fine-tuned, one −
+the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from igpt_eval.analysis.paired import format_difference
+from igpt_eval.errors import IGPTError
+from igpt_eval.probes.paired import chosen
+from igpt_eval.results import (
+    PIXELS,
+    Predictions,
+    load_predictions,
+    load_results,
+    prediction_key,
+    random_twin,
+    trained_of,
+)
+from igpt_eval.stats import paired_difference
+
+FINETUNE = "finetune"
+
+
+def load_finetunes(dirs) -> tuple[pd.DataFrame, Predictions]:
+    """The results and test predictions of fine-tuning folders (one clear error for a
+    folder that holds none, or whose test images differ from the others')."""
+    frames, preds = [], Predictions()
+    for d in map(Path, dirs):
+        if not (d / "results.parquet").is_file():
+            raise IGPTError(f"{d} holds no fine-tuning results (results.parquet)")
+        df = load_results(d / "results.parquet")
+        if "probe" not in df or set(df.probe) != {FINETUNE}:
+            raise IGPTError(f"{d} holds results of another kind than igpt-eval finetune")
+        p = load_predictions(d)
+        if p is None:
+            raise IGPTError(f"{d} has no predictions.npz: paired statistics need them")
+        preds.update(p)
+        frames.append(df.assign(source=str(d)))
+    return pd.concat(frames, ignore_index=True), preds
+
+
+def _test_row(df: pd.DataFrame) -> pd.Series:
+    return df[(df.split == "test") & (df.metric == "accuracy")].iloc[0]
+
+
+def finetune_section(
+    ft: pd.DataFrame, ft_pred: Predictions, probes: pd.DataFrame, probe_pred: Predictions | None
+) -> str:
+    """Markdown for the fine-tuned classifiers ``ft`` (:func:`load_finetunes`) and the
+    comparison ``probes`` with its predictions: a table of test accuracies, then the paired
+    differences (see the module docstring)."""
+    preds = Predictions().update(probe_pred)
+    try:
+        preds.update(ft_pred)
+    except IGPTError:
+        raise IGPTError(
+            "the fine-tuned models were tested on other images than the comparison's probes; "
+            "run igpt-eval compare with --test-size all (fine-tuning scores the whole test split)"
+        ) from None
+    best = {m: s[s.best].iloc[0] for (m, probe), s in chosen(probes).items() if probe == "lbfgs"}
+    runs = {}  # model name -> (test row, prediction key)
+    for (model, _), g in ft.groupby(["model", "source"], sort=False):
+        r = _test_row(g)
+        runs[model] = (r, prediction_key(model, FINETUNE, r.site))
+    lines = [
+        "| classifier | test accuracy [95% CI] | recipe |",
+        "| --- | --- | --- |",
+    ]
+    for model, (r, _) in runs.items():
+        recipe = (
+            f"fine-tuned ({r.finetune_objective}, head on {r.site}), lr {r.lr:g}, "
+            f"best of {int(r.steps)} steps at step {int(r.n_iter)}"
+        )
+        lines.append(f"| {model} | {_acc(r)} | {recipe} |")
+    for model, s in best.items():
+        lines.append(f"| {model} | {_acc(s, 'test_acc')} | linear probe, layer {int(s.layer)} |")
+    px = probes[(probes.model == PIXELS) & (probes.split == "test") & (probes.metric == "accuracy")]
+    if len(px):
+        lines.append(f"| raw pixels | {_acc(px.iloc[0])} | linear probe |")
+    lines += ["", "Paired differences on the same test images:", ""]
+
+    def diff(name: str, a: str, b: str) -> None:
+        if a in preds and b in preds:
+            d = paired_difference(preds.correct(a), preds.correct(b))
+            row = pd.Series(dict(value=d.diff, ci_low=d.ci_low, ci_high=d.ci_high,
+                                 p_value=d.p_value))  # fmt: skip
+            lines.append(f"- {name}: {format_difference(row)}")
+
+    pixels = prediction_key(PIXELS, PIXELS, PIXELS)
+    for model, (_, key) in runs.items():
+        if model in best:
+            b = best[model]
+            probe_key = prediction_key(model, "lbfgs", b.site)
+            diff(f"{model} fine-tuned − its best probe (layer {int(b.layer)})", key, probe_key)
+        diff(f"{model} fine-tuned − raw pixels", key, pixels)
+        twin = random_twin(model)
+        if twin in runs:
+            diff(f"{model} fine-tuned − from scratch (same recipe)", key, runs[twin][1])
+    pretrained = [m for m in runs if trained_of(m) is None]
+    for i, a in enumerate(pretrained):
+        for b in pretrained[i + 1 :]:
+            diff(f"{a} fine-tuned − {b} fine-tuned", runs[a][1], runs[b][1])
+    return "\n".join(lines) + "\n"
+
+
+def _acc(r, col: str = "value") -> str:
+    return f"{100 * r[col]:.2f}% [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"
