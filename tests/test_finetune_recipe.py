@@ -189,6 +189,16 @@ def test_cli_init_from_probe_and_lr_sweep(tmp_path, saved, tiny_npz, capsys):
     assert load_model(tmp_path / "ft").config.clf_layer == 1
     assert len(pd.read_csv(tmp_path / "ft/lr_sweep.csv")) >= 1
     capsys.readouterr()
+    # The classifier's card: read from the run's own files, the command as typed.
+    assert main(["model-card", "--model", str(tmp_path / "ft")]) == 0
+    card = (tmp_path / "ft/MODEL_CARD.md").read_text()
+    test = df[(df.split == "test") & (df.metric == "accuracy")].iloc[0]
+    assert f"| test | {100 * test.value:.2f}% | [{100 * test.ci_low:.2f}," in card
+    assert "igpt-eval finetune --model" in card and "--init-from-probe" in card
+    assert "at the L2 logistic probe" in card and "### Learning-rate sweep" in card
+    assert (tmp_path / "ft/finetune_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["model-card", "--model", str(tmp_path / "ft")]) == 2  # no --overwrite
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_cli_init_from_another_models_probe_is_one_line(tmp_path, saved, tiny_npz, capsys):

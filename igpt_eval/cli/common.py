@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,9 @@ def add_token_cache_flag(p) -> None:
         help="where token caches live (default: tokens/ in $IGPT_EVAL_CACHE, else in the "
         "user cache folder, ~/.cache/igpt-eval on Linux)",
     )
+
+
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command as typed (``igpt-eval pretrain ...``), for a run to record."""
+    argv = getattr(args, "argv", None)
+    return "igpt-eval " + shlex.join(argv) if argv else None

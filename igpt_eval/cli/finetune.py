@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.cli.common import add_token_cache_flag, config_from_args, subcommand
+from igpt_eval.cli.common import add_token_cache_flag, command_line, config_from_args, subcommand
 
 
 def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
@@ -155,6 +155,7 @@ def _cmd_finetune(args) -> int:
         sweep_steps=args.sweep_steps,
         fit_head=fit_head,
         random_init=args.random_init,
+        command=command_line(args),
     )
     acc = df[df.metric == "accuracy"].set_index("split")
     t = acc.loc["test"]

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed on one line)
         return int(e.code or 0)
+    args.argv = list(argv)  # what runs record as their command (cli.common.command_line)
     try:
         result = args.func(args)
     except KeyboardInterrupt:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
-from igpt_eval.cli.common import add_dataset_flags, add_token_cache_flag, parse_steps, subcommand
+from igpt_eval.cli.common import (
+    add_dataset_flags,
+    add_token_cache_flag,
+    command_line,
+    parse_steps,
+    subcommand,
+)
 from igpt_eval.errors import IGPTError
 
 
@@ -179,7 +183,7 @@ def _cmd_pretrain(args) -> int:
         "train_fingerprint": train.fingerprint,
         "val_fingerprint": val.fingerprint,
         "palette_hash": palette.hash,
-        "command": "igpt-eval " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
+        "command": command_line(args),
         "world_size": dist.world_size(),
     }
     common = dict(palette=palette, identity=identity, progress=progress)

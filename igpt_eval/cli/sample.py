@@ -89,7 +89,9 @@ def _add_model_card(sub) -> None:
         help="measure a trained model and write its MODEL_CARD.md",
         description="Measure a checkpoint on the test split of its dataset next to unigram and "
         "previous-pixel baselines, draw its training curve and completions, and write "
-        "MODEL_CARD.md into the checkpoint folder.",
+        "MODEL_CARD.md into the checkpoint folder. On an igpt-eval finetune folder, write "
+        "the classifier's card from the run's own files instead (test accuracy with its CI, "
+        "recipe, learning curve, command).",
     )
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder of a run")
     p.add_argument("--dataset", default=None, help="dataset (default: the run's, from run.json)")
@@ -113,8 +115,14 @@ def _add_model_card(sub) -> None:
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
     from igpt_eval.model.checkpoint import run_seed
+    from igpt_eval.reporting.classifier_card import is_finetune_folder, write_classifier_card
     from igpt_eval.reporting.modelcard import CARD, set_probe_section, write_model_card
 
+    if is_finetune_folder(args.model):  # a fine-tuned classifier: its own kind of card
+        refuse_overwrite(args.model / CARD, args.overwrite)
+        card = write_classifier_card(args.model, args.name)
+        print(f"classifier card written: {card}")
+        return 0
     if args.probe_results is not None:
         from igpt_eval.results import load_results
 

@@ -75,6 +75,7 @@ def run_finetune(
     resume: bool = False,
     progress: bool = True,
     fit_head: HeadFitter | None = None,
+    command: str | None = None,
 ):
     """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on ``train``,
     early-stopping on ``val``, into the folder ``out``; score the best model on ``test``.
@@ -99,6 +100,7 @@ def run_finetune(
         "identity": identity or {},
         "n_classes": n_classes,
         "head_layer": model.config.n_layer if cfg.layer is None else cfg.layer,
+        "command": command,  # recorded for the model card; not part of the run's identity
     }
     _check_out(out, info, resume)
     if resume and _finished(out, cfg.steps):
@@ -273,6 +275,7 @@ def finetune_model(
     sweep_steps: int | None = None,
     fit_head: HeadFitter | None = None,
     random_init: bool = False,
+    command: str | None = None,
 ):
     """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
     runs): train on the train split, early-stop on val, report test.
@@ -336,7 +339,8 @@ def finetune_model(
         labels_per_class=labels_per_class,
     )
     kwargs = dict(n_classes=len(ds_train.classes), meta=meta, identity=identity,
-                  resume=resume, progress=progress, fit_head=fit_head)  # fmt: skip
+                  resume=resume, progress=progress, fit_head=fit_head,
+                  command=command)  # fmt: skip
     if lr_sweep:
         steps = sweep_steps or max(1, cfg.steps // 5)
         return finetune_lr_sweep(net, palette, train, val, test, cfg, out, max_runs=lr_sweep,
