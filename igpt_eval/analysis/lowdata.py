@@ -42,7 +42,7 @@ from igpt_eval.io import array_hash, atomic_write, read_json, write_json
 from igpt_eval.model.sites import site_name
 from igpt_eval.probes.protocol import Features, probe_lbfgs
 from igpt_eval.reporting.lowdata import lowdata_table
-from igpt_eval.results import load_results, save_results, summary, to_frame
+from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import run_finetune
 
@@ -171,17 +171,8 @@ def _layers_from_results(paths, names: list[str]) -> dict:
     """``{model name: layer}`` chosen on validation in full-data probe results files."""
     if not paths:
         return {}
-
     df = __import__("pandas").concat([load_results(p) for p in paths], ignore_index=True)
-    df = df[df.probe == "lbfgs"]
-    found = {}
-    for name in names:
-        mine = df[df.model == name]
-        if mine.empty:
-            raise IGPTError(f"the --probe-results files hold no L-BFGS rows for model {name!r}")
-        s = summary(mine)
-        found[name] = int(s[s.best].layer.iloc[0])
-    return found
+    return {name: probe_choice(df, name)[0] for name in names}
 
 
 def _find_cache(root: Path, want: dict, layers):

@@ -175,16 +175,18 @@ def _probe_init(args, cfg):
     on: :class:`~igpt_eval.train.finetune.FinetuneConfig`)."""
     import dataclasses
 
-    from igpt_eval.cache.extraction import open_model
     from igpt_eval.errors import IGPTError
+    from igpt_eval.io import file_hash
+    from igpt_eval.model.checkpoint import WEIGHTS
     from igpt_eval.probes.logistic import probe_head
     from igpt_eval.results import load_results, probe_choice
 
     if not args.init_from_probe.is_file():
         raise IGPTError(f"no probe results at {args.init_from_probe}")
     df = load_results(args.init_from_probe)
-    _, _, ident = open_model(args.model)
-    layer, C = probe_choice(df, args.model.name, ident.get("weights_hash"), args.layer)
+    weights = args.model / WEIGHTS  # the hash extraction records (no second model load)
+    weights_hash = file_hash(weights) if weights.is_file() else None
+    layer, C = probe_choice(df, args.model.name, weights_hash, args.layer)
     rows = df[(df.model == args.model.name) & (df.layer == layer) & (df.split == "val")]
     n_probe = rows.n_train.dropna() if "n_train" in rows else rows[:0]
     n = int(n_probe.iloc[0]) if len(n_probe) else None

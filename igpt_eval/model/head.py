@@ -69,11 +69,14 @@ def feature_scale(x: np.ndarray, rel_floor: float = REL_SD_FLOOR):
     float64, with σ floored at ``rel_floor`` times the largest σ of the same layer (see
     :data:`REL_SD_FLOOR`); an all-constant layer gets σ = 1."""
     x = np.asarray(x, dtype=np.float64)
-    mu = x.mean(-2, keepdims=True)
-    sd = x.std(-2, keepdims=True)
+    return x.mean(-2, keepdims=True), floored(x.std(-2, keepdims=True), rel_floor)
+
+
+def floored(sd: np.ndarray, rel_floor: float = REL_SD_FLOOR) -> np.ndarray:
+    """Standard deviations ``[..., d]`` floored at ``rel_floor`` times the largest of their
+    layer (the last axis); an all-zero layer gets 1."""
     top = sd.max(-1, keepdims=True)
-    floor = np.where(top > 0, rel_floor * top, 1.0)
-    return mu, np.maximum(sd, floor)
+    return np.maximum(sd, np.where(top > 0, rel_floor * top, 1.0))
 
 
 def fold_standardisation(weight, bias, mu, sd) -> tuple[torch.Tensor, torch.Tensor]:

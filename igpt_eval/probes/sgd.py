@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.model.head import REL_SD_FLOOR
+from igpt_eval.model.head import floored
 from igpt_eval.probes.backends import resolve_device
 from igpt_eval.results import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
@@ -118,8 +118,7 @@ def feature_stats(
             lam = np.maximum(lam, WHITEN_FLOOR * max(lam.max(), 1e-12))
             maps.append((U / np.sqrt(lam)) @ U.T)
         elif preprocess == "standardize":
-            sd = np.sqrt(np.maximum(np.diag(cov), 0))
-            maps.append(np.diag(1 / np.maximum(sd, REL_SD_FLOOR * sd.max() or 1.0)))
+            maps.append(np.diag(1 / floored(np.sqrt(np.maximum(np.diag(cov), 0)))))
         else:
             m = np.zeros(d)
             maps.append(np.eye(d))
