@@ -307,3 +307,10 @@ def test_sklearn_backend_is_the_converged_reference_on_collinear_features():
     f_ref = objective(ref.coef_, ref.intercept_, X, y, 1000.0)
     assert abs(f_ours - f_ref) <= 1e-4 * f_ref
     assert (ours.predict(X) == ref.predict(X)).mean() >= 0.99
+    # a capped solve is recorded as unconverged (scikit-learn's warning becomes data)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing reaches the console
+        capped = LogisticProbe(C=1000.0, backend="sklearn", max_iter=2).fit(X, y)
+    assert not capped.converged_

@@ -125,7 +125,7 @@ def probe_lbfgs(
     device: str = "cpu",
     dtype: str = "float32",
     tol: float = 1e-4,
-    max_iter: int = 1000,
+    max_iter: int = 10_000,
     standardize: bool = True,
     n_boot: int = 10_000,
     patience: int = 2,
@@ -138,10 +138,13 @@ def probe_lbfgs(
 
     ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site;
     ``probe`` is the rows' probe name (``pixels`` for the raw-pixel baseline).
-    ``Cs`` is the path's grid (walked in increasing order); a layer leaves it after
-    ``patience`` values without a better validation accuracy. ``progress`` prints a line per
-    stage to stderr. With ``return_predictions``, returns ``(rows, predictions)``: every
-    layer's predicted test labels, named ``{model}/{probe}/{site}``.
+    ``max_iter`` is a cap, not a budget: the torch solver converges in a few hundred
+    iterations at most; scikit-learn's lbfgs needs thousands on collinear features (see
+    :mod:`igpt_eval.probes.backends`). ``Cs`` is the path's grid (walked in increasing
+    order); a layer leaves it after ``patience`` values without a better validation
+    accuracy. ``progress`` prints a line per stage to stderr. With ``return_predictions``,
+    returns ``(rows, predictions)``: every layer's predicted test labels, named
+    ``{model}/{probe}/{site}``.
     """
     if backend not in BACKENDS:
         raise IGPTError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
