@@ -121,6 +121,21 @@ def test_probe_initialisation_starts_at_the_probe(tmp_path):
         FineTuner(net, data, data, cfg, tmp_path)
 
 
+def test_probe_initialisation_uses_the_probes_sample_size(tmp_path):
+    data = labelled(90)
+    seen = []
+
+    def fit_head(Z, y, C, K):
+        seen.append((len(Z), C))
+        return probe_head(Z, y, C, K)
+
+    for init_n, want in ((60, 60), (20, 30)):  # at least init_n images, at least scale_images
+        cfg = FinetuneConfig(steps=1, init_C=1.0, init_n=init_n, scale_images=30)
+        net = with_classifier(pretrained(), 3, bias=True)
+        FineTuner(net, data, data, cfg, tmp_path, fit_head=fit_head).prepare()
+        assert seen[-1] == (want, pytest.approx(init_n / want))
+
+
 def test_warm_up_ramps_the_rate(tmp_path):
     data = labelled()
     cfg = FinetuneConfig(steps=10, batch_size=16, lr=1e-3, warmup_steps=4)

@@ -82,6 +82,7 @@ class FinetuneConfig:
     seed: int = 0  # data order, augmentation, BERT masks
     standardize: bool = True  # head on (x − μ)/σ, folded into wclf's weight and bias on save
     scale_images: int = 2048  # training images for μ, σ and the probe init (~40 s for mini)
+    # (with init_C, at least init_n of them)
     init_C: float | None = None  # start the head at the L2 logistic probe with this C, ...
     # ... which was chosen on init_n training images: scikit-learn's C multiplies a sum over
     # examples, so the same per-example penalty on n images is C·init_n/n (None: C as is).
@@ -209,9 +210,15 @@ class FineTuner:
     def prepare(self, progress: bool = False) -> None:
         """Standardisation statistics of the head's input from up to ``cfg.scale_images``
         training images (a seeded sample), and with ``cfg.init_C`` the head set to the L2
-        logistic probe fitted on them (standardised). Call before the first step."""
+        logistic probe fitted on them (standardised; on at least ``cfg.init_n`` images, the
+        sample the probe's C was chosen on). Call before the first step."""
         cfg = self.cfg
-        n = min(cfg.scale_images, len(self.train))
+        n = cfg.scale_images
+        if cfg.init_C is not None and cfg.init_n:
+            # The probe's own sample size at least: on the shipped AR model's layer 7 the
+            # probe fitted on 2,048 images scored 82.1-82.8% on validation, on 5,000 85.2%.
+            n = max(n, cfg.init_n)
+        n = min(n, len(self.train))
         rows = batch_rows(0, len(self.train), n, cfg.seed + 1)  # not the first batch's rows
         data = self.train.take(rows)
         X = self.features(data).astype(np.float64)  # (n, d)
