@@ -86,6 +86,16 @@ def test_saved_classifier_is_one_checkpoint(tmp_path, layer):
     test_acc = df[(df.split == "test") & (df.metric == "accuracy")].value.iloc[0]
     assert np.mean(pred == held.labels) == pytest.approx(test_acc)
     assert test_acc > 0.6  # chance is 1/3
+    n_eval = df[df.metric == "accuracy"].set_index("split").n_eval
+    assert n_eval["val"] == len(held) and n_eval["test"] == len(held)
+
+
+def test_validation_rows_count_the_images_early_stopping_scored(tmp_path):
+    data, held = labelled(), labelled(seed=1)
+    cfg = FinetuneConfig(steps=4, batch_size=16, eval_every=2, eval_images=20)
+    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path, progress=False)
+    n_eval = df[df.metric == "accuracy"].set_index("split").n_eval
+    assert n_eval["val"] == 20 < len(held) == n_eval["test"]
 
 
 def test_standardisation_statistics_come_from_training_features(tmp_path):
