@@ -322,14 +322,16 @@ class FineTuner:
                 raise IGPTError("folding the head's centring in needs a head with a bias")
         return net
 
+    def early_stopping_set(self) -> Labelled:
+        """The validation images each evaluation scores: the first ``cfg.eval_images``
+        (all of them when None)."""
+        n = self.cfg.eval_images
+        return self.val if n is None else self.val.take(np.arange(min(n, len(self.val))))
+
     def fit(self, progress: bool = True) -> _Best:
         """Train until ``cfg.steps`` or early stopping; the best model is in ``out``."""
         cfg, best = self.cfg, self.best
-        val = (
-            self.val
-            if cfg.eval_images is None
-            else self.val.take(np.arange(min(cfg.eval_images, len(self.val))))
-        )
+        val = self.early_stopping_set()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="finetune", disable=not progress)
         t0 = time.perf_counter()
         while self.step < cfg.steps and not best.stopped:

@@ -159,8 +159,7 @@ def test_rows(
         augment=cfg.augment,
         steps=tuner.step,
     )
-    n_val = len(tuner.val) if cfg.eval_images is None else min(cfg.eval_images, len(tuner.val))
-    val = dict(common, split="val", n_eval=n_val)  # the images early stopping scored
+    val = dict(common, split="val", n_eval=len(tuner.early_stopping_set()))
     tst = dict(common, split="test", n_eval=len(test))
     predictions = Predictions()
     predictions.add(prediction_key(meta.get("model", "model"), "finetune", common["site"]),
