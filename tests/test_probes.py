@@ -294,6 +294,34 @@ def test_preconditioning_converges_on_collinear_features_to_the_reference_optimu
     assert f_plain - f_ref > 1e-4 * f_ref
 
 
+def test_a_warm_start_at_weaker_regularisation_still_reaches_the_optimum():
+    """Along the C path the previous solution can pass the gradient test at the next, weaker
+    C while far from its optimum (collinear features are flat there); the gap test makes the
+    solver move on, in float32 as the protocol runs it."""
+    from igpt_eval.probes.lbfgs import fit_lbfgs
+    from igpt_eval.probes.logistic import solver_C
+
+    X, y = collinear_features(seed=2)
+    K = 5
+    Xt, yt = torch.tensor(X[None], dtype=torch.float32), torch.tensor(y)
+    C = lambda c: solver_C(torch.tensor([[c]], dtype=torch.float64), K)  # noqa: E731
+    prev = fit_lbfgs(Xt, yt, C(100.0), K)
+    init = torch.cat([prev.coef, prev.intercept[..., None]], -1)
+    warm = fit_lbfgs(Xt, yt, C(1000.0), K, init=init)
+    grad_only = fit_lbfgs(Xt, yt, C(1000.0), K, init=init, gap_tol=None)
+    ref = LogisticRegression(C=1000.0, solver="newton-cholesky", tol=1e-8, max_iter=100).fit(X, y)
+    f_ref = objective(ref.coef_, ref.intercept_, X, y, 1000.0)
+
+    def gap(r):  # objective above the reference optimum
+        w, b = r.coef[0, 0].double().numpy(), r.intercept[0, 0].double().numpy()
+        return objective(w, b, X, y, 1000.0) - f_ref
+
+    assert bool(warm.converged.all())
+    assert int(grad_only.n_iter) < int(warm.n_iter)
+    assert gap(warm) <= 1e-5 * f_ref
+    assert gap(grad_only) > 10 * gap(warm)  # the gradient test alone stopped short
+
+
 def test_sklearn_backend_is_the_converged_reference_on_collinear_features():
     from igpt_eval.probes.backends import sklearn_solver
 
