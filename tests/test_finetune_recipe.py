@@ -164,6 +164,11 @@ def test_lr_sweep_keeps_the_best_validation_accuracy(tmp_path):
                            start=1e-2, sweep_steps=4, progress=False)  # fmt: skip
     sweep = pd.read_csv(tmp_path / "lr_sweep.csv")
     assert 2 <= len(sweep) <= 3 and list(sweep.lr[:2]) == [0.01, 0.003]
+    for lr in sweep.lr:  # the sweep's runs are scored on validation only: test is the full run's
+        run = pd.read_parquet(tmp_path / "sweep" / f"lr-{lr:g}" / "results.parquet")
+        assert set(run.split) == {"val"}
+        assert not (tmp_path / "sweep" / f"lr-{lr:g}" / "predictions.npz").exists()
+    assert "test" in set(df.split)
     best = sweep[sweep.best]
     assert len(best) == 1 and best.val_acc.iloc[0] == sweep.val_acc.max()
     assert df.lr.iloc[0] == best.lr.iloc[0] and df.steps.max() == 8

@@ -65,7 +65,7 @@ def run_finetune(
     palette,
     train: Labelled,
     val: Labelled,
-    test: Labelled,
+    test: Labelled | None,
     cfg: FinetuneConfig,
     out,
     *,
@@ -78,7 +78,8 @@ def run_finetune(
     command: str | None = None,
 ):
     """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on ``train``,
-    early-stopping on ``val``, into the folder ``out``; score the best model on ``test``.
+    early-stopping on ``val``, into the folder ``out``; score the best model on ``test``
+    (``None``: no test rows; a learning-rate sweep's runs are scored on validation only).
 
     Returns the tidy results (also saved as ``out/results.parquet``/``.csv``). ``meta`` fills
     the model/objective/dataset columns, ``identity`` (data fingerprints) goes into
@@ -92,7 +93,8 @@ def run_finetune(
     out = Path(out)
     if len(np.unique(train.labels)) < 2:
         raise IGPTError("the training labels hold fewer than two classes: nothing to classify")
-    n_classes = n_classes or int(max(train.labels.max(), val.labels.max(), test.labels.max()) + 1)
+    splits = (train, val) if test is None else (train, val, test)
+    n_classes = n_classes or int(max(s.labels.max() for s in splits) + 1)
     info = {
         "finetune_config": {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
@@ -120,26 +122,21 @@ def run_finetune(
     tuner.fit(progress=progress)
     rows, predictions = test_rows(tuner, test, dict(meta or {}))
     df = to_frame(rows)
-    save_results(df, out, predictions=predictions)
+    save_results(df, out, predictions=predictions if predictions.pred else None)
     return df
 
 
 def test_rows(
-    tuner: FineTuner, test: Labelled, meta: dict, n_boot: int = 10_000
+    tuner: FineTuner, test: Labelled | None, meta: dict, n_boot: int = 10_000
 ) -> tuple[list[dict], Predictions]:
-    """Tidy result rows of a finished run: its best validation score, and the test score of
+    """Tidy result rows of a finished run: its best validation score, and (unless ``test``
+    is None) the test score of
     the saved best model (read back from the folder as a user would load it, the head's
     standardisation folded in) with a bootstrap 95% interval for the test accuracy; and
     its per-example test predictions (``{model}/finetune/{site}``), for paired statistics
     against probes scored on the same test images."""
     cfg, b = tuner.cfg, tuner.best
-    saved = load_model(tuner.out, device=cfg.device)
-    d = saved.config.n_embd
-    pred, losses = tuner.predict(test, saved, (torch.zeros(d), torch.ones(d)))
-    correct = pred == np.asarray(test.labels)
-    acc, loss = float(correct.mean()), float(losses.mean())
-    lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=cfg.seed)
-    L = saved.config.n_layer
+    L = tuner.model.config.n_layer
     common = dict(
         meta,
         layer=tuner.layer,
@@ -160,15 +157,21 @@ def test_rows(
         steps=tuner.step,
     )
     val = dict(common, split="val", n_eval=len(tuner.early_stopping_set()))
-    tst = dict(common, split="test", n_eval=len(test))
+    rows = [dict(val, metric="accuracy", value=b.acc), dict(val, metric="loss", value=b.loss)]
     predictions = Predictions()
+    if test is None:
+        return rows, predictions
+    saved = load_model(tuner.out, device=cfg.device)
+    d = saved.config.n_embd
+    pred, losses = tuner.predict(test, saved, (torch.zeros(d), torch.ones(d)))
+    correct = pred == np.asarray(test.labels)
+    lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=cfg.seed)
+    tst = dict(common, split="test", n_eval=len(test))
     predictions.add(prediction_key(meta.get("model", "model"), "finetune", common["site"]),
                     pred, np.asarray(test.labels))  # fmt: skip
-    rows = [
-        dict(val, metric="accuracy", value=b.acc),
-        dict(val, metric="loss", value=b.loss),
-        dict(tst, metric="accuracy", value=acc, ci_low=lo, ci_high=hi),
-        dict(tst, metric="loss", value=loss),
+    rows += [
+        dict(tst, metric="accuracy", value=float(correct.mean()), ci_low=lo, ci_high=hi),
+        dict(tst, metric="loss", value=float(losses.mean())),
     ]
     return rows, predictions
 
@@ -201,7 +204,7 @@ def finetune_lr_sweep(
     def score(lr: float) -> float:
         short = dataclasses.replace(cfg, lr=lr, steps=min(sweep_steps, cfg.steps))
         try:
-            df = run_finetune(model, palette, train, val, test, short,
+            df = run_finetune(model, palette, train, val, None, short,  # val decides
                               out / SWEEP_DIR / f"lr-{lr:g}", **kwargs)  # fmt: skip
         except IGPTError as e:
             if "diverged" not in str(e):
