@@ -443,3 +443,20 @@ def test_tokenize_rejects_channel_mismatch(tmp_path, tiny_npz):
     with pytest.raises(IGPTError, match="3 channels but the palette has 1"):
         tokenize(ds, grey, tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_resized_splits_are_reused_within_a_process_never_stale(tmp_path):
+    from igpt_eval.data.resize import resize_images
+
+    fm = tmp_path / "fm"
+    data = write_fashion(fm, n_train=20)
+    first = load_dataset("fashion-mnist", "test", n_px=16, data_dir=fm)
+    np.testing.assert_array_equal(first.images, resize_images(data["t10k"][0][..., None], 16))
+    first.images[:] = 0  # a caller's writes do not reach the next load
+    again = load_dataset("fashion-mnist", "test", n_px=16, data_dir=fm)
+    np.testing.assert_array_equal(again.images, resize_images(data["t10k"][0][..., None], 16))
+    changed = 255 - data["t10k"][0]  # the same files rewritten with other pixels
+    write_idx(fm / "t10k-images-idx3-ubyte.gz", changed)
+    fresh = load_dataset("fashion-mnist", "test", n_px=16, data_dir=fm)
+    np.testing.assert_array_equal(fresh.images, resize_images(changed[..., None], 16))
+    assert fresh.fingerprint != again.fingerprint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,8 +107,9 @@ def load_dataset(
     else:
         rows = split_indices(train_y, split, seed)
         images, labels = train_x[rows], train_y[rows]
+    content = source_hash(src)
     if n_px is not None:
-        images = resize_images(images, n_px)
+        images = _resized(images, n_px, dataset_fingerprint(content, split, n_px, seed))
     h, w = images.shape[1:3]
     n_px = int(h) if h == w else None
     return ImageDataset(
@@ -118,5 +120,24 @@ def load_dataset(
         split=split,
         n_px=n_px,
         seed=seed,
-        fingerprint=dataset_fingerprint(source_hash(src), split, n_px, seed),
+        fingerprint=dataset_fingerprint(content, split, n_px, seed),
     )
+
+
+#: Resized splits already made in this process, by fingerprint: one ``probe`` run resizes
+#: each split twice otherwise (for the model's cache and for the pixel baseline), and
+#: resizing is most of what loading costs (PIL, image by image). The key hashes the files'
+#: content as just read, so a changed file is a new key, never a stale hit.
+_RESIZED: OrderedDict[str, np.ndarray] = OrderedDict()
+_RESIZED_MAX_BYTES = 512 * 2**20
+
+
+def _resized(images: np.ndarray, n_px: int, key: str) -> np.ndarray:
+    """``resize_images(images, n_px)``, memoised by ``key`` (a copy is returned, so callers
+    may write to it)."""
+    if key not in _RESIZED:
+        _RESIZED[key] = resize_images(images, n_px)
+        while sum(a.nbytes for a in _RESIZED.values()) > _RESIZED_MAX_BYTES and len(_RESIZED) > 1:
+            _RESIZED.popitem(last=False)  # the oldest goes first
+    _RESIZED.move_to_end(key)
+    return _RESIZED[key].copy()
