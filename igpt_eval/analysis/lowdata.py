@@ -198,7 +198,7 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
     L = net.config.n_layer
     layers = list(range(L + 1)) if layer is None else [layer]
     h = state_dict_hash(net)
-    masks = 1 if net.config.objective == "bert" else 0
+    masks = defaults.BERT_MASKS if net.config.objective == "bert" else 0
     # The settings this study extracts with: a cache made with any other is not reused.
     settings = dict(site="ln_1", dtype="float32", bert_masks=masks, seed=0 if masks else None,
                     compute="bfloat16" if cfg.bf16 else "float32")  # fmt: skip

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.defaults import (
+    BERT_MASKS,
+    EXTRACT_BATCH,
+    SAMPLE_TEST,
+    SAMPLE_TRAIN,
+    SAMPLE_VAL,
+)
 from igpt_eval.errors import IGPTError
 
 
@@ -71,6 +77,6 @@ class TrackSettings:
     site: str = "ln_1"  # the paper's feature site
     compute: str = "float32"  # extraction precision ("bfloat16" where the CPU has bf16 units)
     batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
-    bert_masks: int = 1  # masks averaged for BERT snapshots
+    bert_masks: int = BERT_MASKS  # masks averaged for BERT snapshots
     seed: int = 0  # the split seed and the probes' seed
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)

@@ -22,7 +22,7 @@ from igpt_eval.cache.manifest import state_dict_hash
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
 from igpt_eval.data.splits import stratified_split
-from igpt_eval.defaults import EXTRACT_BATCH, cache_root
+from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, file_hash
 from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette, read_run, run_seed
@@ -84,7 +84,7 @@ def extract(
     site: str = "ln_1",
     batch_size: int = EXTRACT_BATCH,
     dtype: str = "float32",
-    bert_masks: int = 1,
+    bert_masks: int = BERT_MASKS,
     seed: int = 0,
     full_sequence_layer: int | None = None,
     data_dir: str | os.PathLike | None = None,

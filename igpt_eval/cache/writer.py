@@ -22,7 +22,7 @@ from igpt_eval.cache.reader import (
     data_files,
     read_manifest,
 )
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, file_lock, save_npy, write_json
 from igpt_eval.model.sites import DEFAULT_SITE
@@ -55,7 +55,7 @@ def write_cache(
     site: str = DEFAULT_SITE,
     batch_size: int = EXTRACT_BATCH,
     dtype: str = "float32",
-    bert_masks: int = 1,
+    bert_masks: int = BERT_MASKS,
     seed: int = 0,
     full_sequence_layer: int | None = None,
     full_sequence_dtype: str = "float16",

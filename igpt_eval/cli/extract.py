@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from igpt_eval.cli.common import add_token_cache_flag, subcommand
-from igpt_eval.defaults import EXTRACT_BATCH
+from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH
 from igpt_eval.errors import IGPTError
 
 _SPLITS = ("train", "val", "test", "trainval")
@@ -56,8 +56,8 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--bert-masks",
         type=int,
-        default=1,
-        help="BERT models: average the features over N masks (default 1; 0: unmasked)",
+        default=BERT_MASKS,
+        help=f"BERT models: average the features over N masks (default {BERT_MASKS}; 0: unmasked)",
     )
     p.add_argument("--seed", type=int, default=None, help="mask seed and train/val split seed "
                    "(default: the model's training seed, else 0)")  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from igpt_eval.cli.common import subcommand
-from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.errors import IGPTError
 
 
@@ -61,7 +61,12 @@ def add_sample_flags(p, train: int | None, val: int | None, test: int | None) ->
 def add_extraction_flags(p) -> None:
     """The feature flags ``probe`` and ``compare`` share (the defaults of ``probe_model``)."""
     add_sample_flags(p, SAMPLE_TRAIN, SAMPLE_VAL, SAMPLE_TEST)
-    p.add_argument("--bert-masks", type=int, default=1, help="masks averaged (BERT models)")
+    p.add_argument(
+        "--bert-masks",
+        type=int,
+        default=BERT_MASKS,
+        help=f"masks averaged (BERT models; default {BERT_MASKS}, 0: unmasked)",
+    )
     p.add_argument(
         "--batch-size",
         type=int,

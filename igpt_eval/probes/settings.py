@@ -11,7 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from igpt_eval.defaults import EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.defaults import (
+    BERT_MASKS,
+    EXTRACT_BATCH,
+    SAMPLE_TEST,
+    SAMPLE_TRAIN,
+    SAMPLE_VAL,
+)
 from igpt_eval.errors import IGPTError
 
 METHODS = ("lbfgs", "sgd")
@@ -29,7 +35,7 @@ class ProbeSettings:
     # --- the features
     layers: tuple[int, ...] | None = None  # None: every layer of the model (0..n_layer)
     site: str = "ln_1"  # the paper's site: block input after its first norm (DESIGN §4)
-    bert_masks: int = 1  # independent masks averaged per image (BERT models only)
+    bert_masks: int = BERT_MASKS  # independent masks averaged per image (BERT models only)
     batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
     compute: str = "float32"  # extraction precision: exact and the same on every machine
     # --- the probe
