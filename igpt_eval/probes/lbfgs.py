@@ -40,7 +40,10 @@ warning. The stopping test has two parts, both required:
   gradient test and the solver took no step: on the AR model's embeddings, C = 215, 464 and
   1000 all scored C = 100's solution (validation loss 0.683 at each, where the optimum's falls
   to 0.621 at C = 1000), so the chosen C, and the layer's test accuracy, differed from
-  scikit-learn's by 1 point.
+  scikit-learn's by 1 point. The estimate is low where the softmax is confident (its curvature
+  is then below the 1/K it assumes), so the tolerance is tight: at 1e-7 the AR model's layer 4
+  at C = 10 still scored 2 validation images off the optimum's score, enough to pick another
+  C than scikit-learn on a flat validation curve.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def fit_lbfgs(
     init: torch.Tensor | None = None,
     max_ls: int = 30,
     precondition: bool = True,
-    gap_tol: float | None = 1e-7,
+    gap_tol: float | None = 1e-8,
 ) -> LBFGSResult:
     """Fit G × nC multinomial logistic regressions by L-BFGS.
 
