@@ -67,6 +67,7 @@ EXTRA = [
     "n_features",
     "concat_layers",
     "weights_hash",
+    "bert_masks",
     *DIFF_COLUMNS,
 ]
 #: Model and probe name of the raw-pixel baseline rows (the palette-quantised image the

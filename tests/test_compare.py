@@ -36,6 +36,8 @@ def test_results_rows(compared, tiny_pair):
         # The random-weights twin: linear probes of every layer, no kNN.
         twin = test[test.model == f"{model} (random weights)"]
         assert set(twin.probe) == {"lbfgs"} and sorted(twin.layer) == [0, 1, 2, 3]
+        # what the features were extracted from is on every row: BERT's unmasked by default
+        assert (test[test.model == model].bert_masks == 0).all()
         assert (twin.n_train == 96).all() and (twin.n_eval == 32).all()
     for name in ("pixels", "pixels_native"):
         px = test[test.probe == name]

@@ -331,3 +331,13 @@ def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
     assert "| 1 (best on val) | blocks.1.ln_1 | 60.00% [10.00, 90.00] | 3 |" in text
     assert "nan" not in text
     assert "- best (layer 1) − last (layer 2): +1.20 pp [+0.60, +1.80], McNemar p = 0.02" in text
+
+
+@pytest.mark.parametrize("masks, words", [(0, "of the unmasked image"), (5, "over 5 random")])
+def test_probe_section_of_a_bert_model_says_what_it_was_extracted_from(masks, words):
+    from igpt_eval.reporting.modelcard import probe_section
+
+    df = _probe_rows().assign(objective="bert", bert_masks=masks)
+    assert words in probe_section(df, "m", "f")
+    ar = _probe_rows().assign(objective="ar", bert_masks=0)
+    assert "mask" not in probe_section(ar, "m", "f")

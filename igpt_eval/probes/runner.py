@@ -153,6 +153,7 @@ def probe_model(
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=s.site,
         weights_hash=caches["test"].manifest.get("weights_hash"),  # which weights were probed
+        bert_masks=caches["test"].manifest.get("bert_masks"),  # masks per image (0: none)
     )
     if s.method == "lbfgs":
         rows, predictions = _probe_lbfgs(caches, layers, sites, meta, s, progress)

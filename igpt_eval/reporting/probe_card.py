@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from igpt_eval.analysis.paired import DIFF, paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
@@ -40,11 +43,16 @@ def probe_section(results, model: str, source: str) -> str:
     test = df[df.split == "test"].iloc[0]
     probe = df.probe.iloc[0]
     hyper = "learning rate" if probe == "sgd" else "C"
+    masks = ""  # what a BERT model saw at extraction
+    bert = pd.notna(val.get("objective")) and val.get("objective") == "bert"
+    if bert and pd.notna(val.get("bert_masks", np.nan)):
+        n = int(val.bert_masks)
+        masks = ", of the unmasked image" if n == 0 else f", averaged over {n} random masks"
     lines = [
         PROBE_HEADING,
         "",
         f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
-        f"features): {hyper} chosen on {int(val.n_eval):,} validation images after training "
+        f"features{masks}): {hyper} chosen on {int(val.n_eval):,} validation images after training "
         f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
         f"images (from `{source}`).",
         "",
