@@ -187,8 +187,11 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     return root / (tag + ("-bf16" if s.compute == "bfloat16" else ""))
 
 
-def _rows_meta(m: ModelInfo, dataset: str, site: str) -> dict:
-    return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site)
+def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
+    """The identifying columns of a model's kNN rows, as probe_model writes its own."""
+    return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site,
+                weights_hash=manifest.get("weights_hash"),
+                bert_masks=manifest.get("bert_masks"))  # fmt: skip
 
 
 def pixel_rows(
@@ -299,7 +302,10 @@ def compare_models(
         if progress:
             print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
         k_rows, k_pred = knn_rows(
-            caches, _rows_meta(m, dataset_name, s.site), **knn, return_predictions=True
+            caches,
+            _rows_meta(m, dataset_name, s.site, caches["test"].manifest),
+            **knn,
+            return_predictions=True,
         )
         # Its paired rows are recomputed below, with every contrast of the comparison.
         frames += [df[df.metric != DIFF], to_frame(k_rows)]
