@@ -125,6 +125,11 @@ def test_describe_says_not_unimodal_and_by_how_much():
     assert "35.00 points above the raw-pixel baseline" in text
     s["test_acc"] = [0.5, 0.6, 0.7, 0.9, 0.6]
     assert "The curve is unimodal" in describe_depth_curve("m", s, None)
+    # validation may choose the embeddings themselves: said so, not "from 90% to 90%"
+    s["test_acc"], s["best"] = [0.9, 0.6, 0.7, 0.8, 0.6], s.layer == 0
+    text = describe_depth_curve("m", s, None)
+    assert "validation chooses the embeddings (layer 0), 90.00% on test" in text
+    assert "goes from" not in text
 
 
 def test_report_bad_input(compared_dir, tmp_path, capsys):

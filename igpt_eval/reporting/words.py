@@ -95,12 +95,20 @@ def describe_depth_curve(
     first, last = s.iloc[0], s.iloc[-1]
     best = s[s.best].iloc[0]
     L = int(last.layer)
-    text = [
-        f"**{name}**: test accuracy goes from {_pct(first.test_acc)} at the embeddings "
-        f"(layer 0) to {_pct(best.test_acc)} at layer {int(best.layer)} of {L}, the layer "
-        f"chosen on validation (relative depth {best.layer / L:.2f}), and ends at "
-        f"{_pct(last.test_acc)} at the last layer."
-    ]
+    if int(best.layer) == int(first.layer):  # nothing after the embeddings beats them
+        opening = (
+            f"**{name}**: validation chooses the embeddings (layer {int(first.layer)}), "
+            f"{_pct(first.test_acc)} on test; no layer of the {L} above them is chosen, "
+            f"and the curve ends at {_pct(last.test_acc)} at the last layer."
+        )
+    else:
+        opening = (
+            f"**{name}**: test accuracy goes from {_pct(first.test_acc)} at the embeddings "
+            f"(layer 0) to {_pct(best.test_acc)} at layer {int(best.layer)} of {L}, the layer "
+            f"chosen on validation (relative depth {best.layer / L:.2f}), and ends at "
+            f"{_pct(last.test_acc)} at the last layer."
+        )
+    text = [opening]
     r = _diff_row(diffs, "best_vs_last")
     if int(best.layer) == L:
         text.append("The layer chosen on validation is the last layer.")
