@@ -66,7 +66,7 @@ from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
     probe_pixels,
 )
 from igpt_eval.probes.protocol import SPLITS
-from igpt_eval.probes.runner import probe_model
+from igpt_eval.probes.runner import probe_model, provenance
 from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours
 from igpt_eval.reporting.tables import (
@@ -190,8 +190,7 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
 def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
     """The identifying columns of a model's kNN rows, as probe_model writes its own."""
     return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site,
-                weights_hash=manifest.get("weights_hash"),
-                bert_masks=manifest.get("bert_masks"))  # fmt: skip
+                **provenance(manifest))  # fmt: skip
 
 
 def pixel_rows(

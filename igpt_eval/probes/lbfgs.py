@@ -54,6 +54,10 @@ import torch
 
 from igpt_eval.errors import IGPTError
 
+#: The second stopping test's bound on the estimated distance to the optimum, in nats (see the
+#: module docstring for why it is this tight).
+GAP_TOL = 1e-8
+
 
 @dataclass
 class LBFGSResult:
@@ -169,7 +173,7 @@ def fit_lbfgs(
     init: torch.Tensor | None = None,
     max_ls: int = 30,
     precondition: bool = True,
-    gap_tol: float | None = 1e-8,
+    gap_tol: float | None = GAP_TOL,
 ) -> LBFGSResult:
     """Fit G × nC multinomial logistic regressions by L-BFGS.
 

@@ -118,8 +118,8 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
     C : inverse regularisation strength, as in scikit-learn.
     backend : ``"torch"`` (batched L-BFGS, CPU or GPU), ``"sklearn"`` or ``"cuml"``.
     max_iter, tol : stopping rule: max-abs gradient <= tol, as scipy/scikit-learn; the torch
-        backend also requires an estimated distance to the optimum below 1e-8 nats (see
-        :mod:`igpt_eval.probes.lbfgs`).
+        backend also requires an estimated distance to the optimum below
+        :data:`igpt_eval.probes.lbfgs.GAP_TOL` nats.
     device : ``"cpu"``, ``"cuda"``, or ``"auto"`` (torch backend).
     dtype : ``"float32"`` or ``"float64"`` (torch backend).
 

@@ -50,6 +50,12 @@ def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[in
     return feats, layers, sites
 
 
+def provenance(manifest: dict) -> dict:
+    """The result columns that say which features were probed, read from a cache's manifest:
+    the weights they came from and the BERT masks per image (0: none)."""
+    return dict(weights_hash=manifest.get("weights_hash"), bert_masks=manifest.get("bert_masks"))
+
+
 def probe_model(
     model: str | Path = DEFAULT_MODEL,
     dataset: str | None = None,
@@ -152,8 +158,7 @@ def probe_model(
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=s.site,
-        weights_hash=caches["test"].manifest.get("weights_hash"),  # which weights were probed
-        bert_masks=caches["test"].manifest.get("bert_masks"),  # masks per image (0: none)
+        **provenance(caches["test"].manifest),
     )
     if s.method == "lbfgs":
         rows, predictions = _probe_lbfgs(caches, layers, sites, meta, s, progress)
