@@ -62,9 +62,8 @@ def main() -> None:
     # Exact float32 features, as `igpt-eval probe` extracts them; --max-rows extracts a
     # stratified sample of the training split (the cache `probe --train-size N` builds).
     settings = dict(layers=None, site="ln_1", seed=0, compute="float32")
-    bert_masks = 0 if net.config.objective == "ar" else BERT_MASKS
     caches = {
-        s: extract_split(net, palette, ident, None, s, bert_masks=bert_masks,
+        s: extract_split(net, palette, ident, None, s, bert_masks=BERT_MASKS,
                          max_rows=args.max_rows if s == "train" else None, **settings)
         for s in ("train", "val")
     }  # fmt: skip

@@ -9,6 +9,7 @@ import torch
 
 from igpt_eval.cache import ActivationCache, row_masks, state_dict_hash, write_cache
 from igpt_eval.cache import writer as cache_writer
+from igpt_eval.cache.manifest import masking
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock
 from igpt_eval.model.config import IGPTConfig
@@ -95,6 +96,19 @@ def test_bert_with_zero_masks_is_read_unmasked(tmp_path, data):
     x = torch.from_numpy(data[0][:8].astype(np.int64))
     np.testing.assert_array_equal(cache[2][:8], model.features(x, [2], n_masks=0)[0].numpy())
     assert cache.manifest["seed"] is None
+
+
+def test_masking_fields_are_one_rule_for_writer_and_lookups(tmp_path, data):
+    # AR ignores a mask count; BERT records its seed and scheme only when it masks. Lookups
+    # (the low-data study's reuse of full-split caches) read the same rule.
+    assert masking("ar", 5, 3) == {"bert_masks": 0, "seed": None, "mask_scheme": None}
+    assert masking("bert", 0, 3) == {"bert_masks": 0, "seed": None, "mask_scheme": None}
+    assert masking("bert", 2, 3)["seed"] == 3 and masking("bert", 2, 3)["mask_scheme"]
+    for kind, masks in (("ar", 2), ("bert", 0), ("bert", 2)):
+        cache = run(make_model(kind), data, tmp_path / f"{kind}{masks}", bert_masks=masks,
+                    seed=7, layers=[1])  # fmt: skip
+        want = masking(kind, masks, 7)
+        assert {k: cache.manifest[k] for k in want} == want
 
 
 def test_float16_and_full_sequence(tmp_path, data):

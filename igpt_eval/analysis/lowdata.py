@@ -35,6 +35,7 @@ from igpt_eval import defaults
 from igpt_eval.analysis.settings import LowDataConfig
 from igpt_eval.cache import ActivationCache, read_manifest, state_dict_hash, write_cache
 from igpt_eval.cache.extraction import open_model
+from igpt_eval.cache.manifest import masking
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
 from igpt_eval.errors import IGPTError
@@ -198,10 +199,10 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
     L = net.config.n_layer
     layers = list(range(L + 1)) if layer is None else [layer]
     h = state_dict_hash(net)
-    masks = defaults.BERT_MASKS if net.config.objective == "bert" else 0
     # The settings this study extracts with: a cache made with any other is not reused.
-    settings = dict(site="ln_1", dtype="float32", bert_masks=masks, seed=0 if masks else None,
-                    compute="bfloat16" if cfg.bf16 else "float32")  # fmt: skip
+    masks = masking(net.config.objective, defaults.BERT_MASKS, seed=0)
+    settings = dict(site="ln_1", dtype="float32", compute="bfloat16" if cfg.bf16 else "float32",
+                    bert_masks=masks["bert_masks"], seed=masks["seed"])  # fmt: skip
     out = {}
     for name, (ds, tok, rows) in (("train", train), ("test", test)):
         want = dict(settings, state_dict_hash=h, dataset_fingerprint=ds.fingerprint,

@@ -56,6 +56,18 @@ def state_dict_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def masking(objective: str, bert_masks: int, seed: int | None) -> dict:
+    """The manifest's masking fields for a model of ``objective``: AR models are read
+    unmasked, so neither the mask count nor its seed applies to them (one rule for the
+    writer and for anything that looks a cache up by its settings)."""
+    masked = objective == "bert" and bert_masks > 0
+    return {
+        "bert_masks": bert_masks if objective == "bert" else 0,
+        "seed": seed if masked else None,
+        "mask_scheme": MASK_SCHEME if masked else None,
+    }
+
+
 def request(
     model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
     full_layer, full_dtype, identity, compute="float32",
@@ -122,10 +134,7 @@ def request(
         "dim": cfg.n_embd,
         "shape": [n, cfg.n_embd],
         "batch_size": batch_size,
-        # AR models are read unmasked: neither setting applies to them.
-        "bert_masks": bert_masks if bert else 0,
-        "seed": seed if bert and bert_masks else None,
-        "mask_scheme": MASK_SCHEME if bert and bert_masks else None,
+        **masking(cfg.objective, bert_masks, seed),
         "full_sequence": full,
         "compute": compute,
         "world_size": dist.world_size(),
