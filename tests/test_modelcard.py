@@ -317,6 +317,34 @@ def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
         set_probe_section(tmp_path / "nowhere", _probe_rows(), "m", "f")
 
 
+def test_model_card_takes_several_probe_runs_one_subsection_each(tmp_path, capsys):
+    from igpt_eval.results import save_results
+
+    sample, full = _probe_rows(), _probe_rows()
+    full.loc[full.split == "val", "n_train"] = 5400
+    full.loc[full.split == "test", "value"] += 0.2  # the full-train probes score higher
+    save_results(sample, tmp_path / "sample")
+    save_results(full, tmp_path / "full")
+    card = tmp_path / "m" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    card.write_text("# m\n\n## Linear probes\n\nold table\n\n## Figures\n\n![x](x.png)\n")
+    args = ["model-card", "--model", str(card.parent), "--probe-results", str(tmp_path / "sample")]
+    assert main([*args, "--probe-results", str(tmp_path / "full")]) == 0
+    text = card.read_text()
+    assert "old table" not in text and text.count("## Linear probes") == 1
+    a, b = text.index("### Probes trained on 100 images"), text.index("### Probes trained on 5,400")
+    assert a < b < text.index("## Figures")
+    assert "| 1 (best on val) | blocks.1.ln_1 | 60.00% [10.00, 90.00]" in text[a:b]
+    assert "| 1 (best on val) | blocks.1.ln_1 | 80.00% [10.00, 90.00]" in text[b:]
+    assert main(args) == 0  # one run again: one plain section, the subsections gone
+    text = card.read_text()
+    assert "###" not in text and "60.00%" in text and "80.00%" not in text
+    assert text.endswith("## Figures\n\n![x](x.png)\n")
+    capsys.readouterr()
+    assert main([*args, "--probe-results", str(tmp_path / "nowhere")]) == 2
+    assert "no results" in one_error_line(capsys) and card.read_text() == text
+
+
 def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
     from igpt_eval.reporting.modelcard import probe_section
     from igpt_eval.results import to_frame

@@ -105,9 +105,11 @@ def _add_model_card(sub) -> None:
     p.add_argument(
         "--probe-results",
         type=Path,
+        action="append",
         default=None,
         help="only (re)write the card's linear-probe section from this results file or folder "
-        "(igpt-eval probe/compare output); nothing is re-measured",
+        "(igpt-eval probe/compare output); repeat it for one subsection per run (e.g. the "
+        "default sample and --train-size all); nothing is re-measured",
     )
     p.set_defaults(func=_cmd_model_card)
 
@@ -127,10 +129,10 @@ def _cmd_model_card(args) -> int:
         from igpt_eval.results import load_results
 
         name = args.name or args.model.resolve().name
-        card = set_probe_section(
-            args.model, load_results(args.probe_results), name, str(args.probe_results)
-        )
-        print(f"linear-probe section of {card} written from {args.probe_results}")
+        sources = [str(p) for p in args.probe_results]
+        results = [load_results(p) for p in args.probe_results]
+        card = set_probe_section(args.model, results, name, sources)
+        print(f"linear-probe section of {card} written from {', '.join(sources)}")
         return 0
 
     model, palette, run = _load(args.model)

@@ -2,7 +2,8 @@
 
 ``igpt-eval model-card --probe-results`` (:func:`set_probe_section`) replaces this one
 section of a checkpoint's ``MODEL_CARD.md`` and leaves the rest (measured by
-:func:`igpt_eval.reporting.modelcard.write_model_card`) as it was.
+:func:`igpt_eval.reporting.modelcard.write_model_card`) as it was. Several results files
+(say the default training sample and ``--train-size all``) make one subsection each.
 """
 
 from __future__ import annotations
@@ -29,6 +30,31 @@ def probe_section(results, model: str, source: str) -> str:
     chosen on validation marked, then its paired differences to the last layer and to the
     raw pixels when the results hold them; from the tidy ``results`` (``source`` names the
     file, ``igpt-eval probe``/``compare`` output)."""
+    return "\n".join([PROBE_HEADING, "", *_probe_lines(results, model, source)]) + "\n"
+
+
+def probe_sections(parts, model: str) -> str:
+    """One linear-probe section from several ``(results, source)`` runs of ``model``, each
+    under its own subheading naming its training sample (probes on the default sample
+    beside probes on the whole training split); a single run is :func:`probe_section`."""
+    parts = list(parts)
+    if len(parts) == 1:
+        ((results, source),) = parts
+        return probe_section(results, model, source)
+    lines = [PROBE_HEADING]
+    for results, source in parts:
+        body = _probe_lines(results, model, source)
+        n = _n_train(results, model)
+        lines += ["", f"### Probes trained on {n:,} images", "", *body]
+    return "\n".join(lines) + "\n"
+
+
+def _n_train(results, model: str) -> int:
+    mine = results[(results.model == model) & (results.split == "val")]
+    return int(mine.n_train.iloc[0])
+
+
+def _probe_lines(results, model: str, source: str) -> list[str]:
     mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
     df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
     if df.empty:
@@ -49,8 +75,6 @@ def probe_section(results, model: str, source: str) -> str:
         n = int(val.bert_masks)
         masks = ", of the unmasked image" if n == 0 else f", averaged over {n} random masks"
     lines = [
-        PROBE_HEADING,
-        "",
         f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
         f"features{masks}): {hyper} chosen on {int(val.n_eval):,} validation images after training "
         f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
@@ -70,17 +94,21 @@ def probe_section(results, model: str, source: str) -> str:
     if len(diffs):
         lines += ["", "Paired on the same test images (95% CI, McNemar's exact test):", ""]
         lines += [f"- {x}" for x in paired_lines(diffs)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def set_probe_section(model_dir: str | Path, results, model: str, source: str) -> Path:
+def set_probe_section(model_dir: str | Path, results, model: str, source) -> Path:
     """Replace (or add, before the figures) the linear-probe section of ``model_dir``'s
-    ``MODEL_CARD.md``; the rest of the card is left as it was."""
+    ``MODEL_CARD.md``; the rest of the card is left as it was. ``results`` and ``source``
+    may be lists (one subsection per run, in that order)."""
     card = Path(model_dir) / CARD
     if not card.is_file():
         raise IGPTError(f"{card} does not exist; write the card first (igpt-eval model-card)")
     text = card.read_text()
-    section = probe_section(results, model, source)
+    if isinstance(results, (list, tuple)):
+        section = probe_sections(zip(results, source, strict=True), model)
+    else:
+        section = probe_section(results, model, source)
     if PROBE_HEADING in text:
         head, _, rest = text.partition(PROBE_HEADING)
         nxt = rest.find("\n## ")
