@@ -152,6 +152,10 @@ def test_report_bad_input(compared_dir, tmp_path, capsys):
         broken / "cka/cka.parquet"
     )
     assert "lacks CKA columns ['value']" in run(broken)
+    code = main(["report", "--results", str(compared_dir), "--out", str(tmp_path / "r"),
+                 "--full-probe", str(compared_dir)])  # fmt: skip
+    assert code == 2 and "give --finetune" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
     with pytest.raises(IGPTError, match="no results folder"):
         build_report(tmp_path / "missing", tmp_path / "r")
 

@@ -77,3 +77,42 @@ def test_other_test_images_are_refused(tmp_path):
         finetune_section(*load_finetunes([other]), df, pred)
     with pytest.raises(IGPTError, match="no fine-tuning results"):
         load_finetunes([tmp_path / "nowhere"])
+
+
+def full_probe(tmp_path, acc: float, labels=LABELS):
+    """An ``igpt-eval probe --train-size all`` folder of model ``m``: layer 2 chosen on val."""
+    rows, pred = [], Predictions()
+    for layer, val in enumerate([0.70, 0.80, 0.85]):
+        site = f"blocks.{layer}.ln_1"
+        common = dict(model="m", probe="lbfgs", layer=layer, site=site, metric="accuracy",
+                      selected=True, ci_low=0.0, ci_high=1.0)  # fmt: skip
+        p = guesses(acc if layer == 2 else 0.5, 40 + layer)
+        test = float(np.mean(p == labels))
+        rows += [dict(common, split="val", value=val, n_train=5400),
+                 dict(common, split="test", value=test, n_train=6000)]  # fmt: skip
+        pred.add(f"m/lbfgs/{site}", p, labels)
+    out = tmp_path / "full"
+    save_results(to_frame(rows), out, predictions=pred)
+    return out
+
+
+def test_full_train_probes_are_a_second_paired_bar(tmp_path):
+    from igpt_eval.reporting.finetune import load_full_probes
+
+    df, pred = comparison()
+    ft = load_finetunes([finetuned(tmp_path, "m", 0.9, 20)])
+    md = finetune_section(*ft, df, pred, load_full_probes([full_probe(tmp_path, 0.86)]))
+    assert "linear probe, layer 1 |" in md  # the comparison's (sample) probe stays
+    assert "| linear probe, layer 2, trained on 5,400 images |" in md
+    line = next(ln for ln in md.splitlines() if "best full-train probe (layer 2)" in ln)
+    want = paired_difference(guesses(0.9, 20) == LABELS, guesses(0.86, 42) == LABELS)
+    assert f"{100 * want.diff:+.2f}".replace("-", "−") in line
+    # The sample probe's line is still paired with the sample probe's predictions.
+    sample = next(ln for ln in md.splitlines() if "its best probe (layer 1)" in ln)
+    want = paired_difference(guesses(0.9, 20) == LABELS, guesses(0.79, 1) == LABELS)
+    assert f"{100 * want.diff:+.2f}".replace("-", "−") in sample
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(IGPTError, match="--test-size all"):
+        shifted = full_probe(other, 0.86, labels=np.roll(LABELS, 1))
+        finetune_section(*ft, df, pred, load_full_probes([shifted]))

@@ -45,6 +45,15 @@ def _add_report(sub) -> None:
         help="a folder written by igpt-eval finetune (repeatable): adds a fine-tuning section, "
         "paired against the comparison's probes on the same test images",
     )
+    p.add_argument(
+        "--full-probe",
+        type=Path,
+        action="append",
+        default=None,
+        help="a folder written by igpt-eval probe --train-size all --test-size all "
+        "(repeatable): the fine-tuning section adds that model's best full-train probe and "
+        "the fine-tuned model's paired difference to it",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -56,6 +65,8 @@ def _cmd_report(args) -> int:
         command += f" --track {args.track}"
     for d in args.finetune or []:
         command += f" --finetune {d}"
+    for d in args.full_probe or []:
+        command += f" --full-probe {d}"
     files = build_report(
         args.results,
         args.out,
@@ -63,6 +74,7 @@ def _cmd_report(args) -> int:
         lowdata_dir=args.lowdata,
         track_dir=args.track,
         finetune_dirs=args.finetune,
+        full_probe_dirs=args.full_probe,
     )
     print(f"{len(files)} files written to {args.out}; summary: {args.out / 'README.md'}")
     return 0

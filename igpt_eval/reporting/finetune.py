@@ -12,7 +12,9 @@ Contrasts, each a paired bootstrap 95% CI and McNemar's exact test
 probe (layer chosen on validation) and − the raw pixels; a pretrained model fine-tuned −
 the same architecture trained from scratch (``finetune --random-init``, named as its
 random-weights twin) with the same recipe; and two pretrained models fine-tuned, one −
-the other.
+the other. Probe runs on the whole training split (``igpt-eval probe --train-size all
+--test-size all``, ``full_probes``) add each model's best full-train probe: the bar the
+paper sets a fine-tuned model against.
 """
 
 from __future__ import annotations
@@ -60,12 +62,29 @@ def _test_row(df: pd.DataFrame) -> pd.Series:
     return df[(df.split == "test") & (df.metric == "accuracy")].iloc[0]
 
 
+def load_full_probes(dirs) -> list[tuple[pd.DataFrame, Predictions, str]]:
+    """``(results, predictions, folder)`` of ``igpt-eval probe`` folders whose probes were
+    trained on the whole training split and tested on the whole test split."""
+    out = []
+    for d in map(Path, dirs):
+        df = load_results(d)
+        p = load_predictions(d)
+        if p is None:
+            raise IGPTError(f"{d} has no predictions.npz: paired statistics need them")
+        out.append((df, p, str(d)))
+    return out
+
+
 def finetune_section(
-    ft: pd.DataFrame, ft_pred: Predictions, probes: pd.DataFrame, probe_pred: Predictions | None
+    ft: pd.DataFrame,
+    ft_pred: Predictions,
+    probes: pd.DataFrame,
+    probe_pred: Predictions | None,
+    full_probes=(),
 ) -> str:
     """Markdown for the fine-tuned classifiers ``ft`` (:func:`load_finetunes`) and the
     comparison ``probes`` with its predictions: a table of test accuracies, then the paired
-    differences (see the module docstring)."""
+    differences (see the module docstring). ``full_probes``: :func:`load_full_probes`."""
     preds = Predictions().update(probe_pred)
     try:
         preds.update(ft_pred)
@@ -92,12 +111,32 @@ def finetune_section(
         lines.append(f"| {model} | {_acc(r)} | {recipe} |")
     for model, s in best.items():
         lines.append(f"| {model} | {_acc(s, 'test_acc')} | linear probe, layer {int(s.layer)} |")
+    full = []  # (model, best row, predictions holding the fine-tunes and this probe run)
+    for df, pred, source in full_probes:
+        try:
+            both = Predictions().update(ft_pred).update(pred)
+        except IGPTError:
+            raise IGPTError(
+                f"{source} was tested on other images than the fine-tuned models; "
+                "probe with --test-size all (fine-tuning scores the whole test split)"
+            ) from None
+        for (m, probe), s in chosen(df).items():
+            if probe == "lbfgs" and m in runs:
+                b = s[s.best].iloc[0]
+                full.append((m, b, both))
+                n = int(df[(df.model == m) & (df.split == "val")].n_train.iloc[0])
+                lines.append(
+                    f"| {m} | {_acc(b, 'test_acc')} | linear probe, layer {int(b.layer)}, "
+                    f"trained on {n:,} images |"
+                )
+        if not any(m in runs for (m, _), _s in chosen(df).items()):
+            raise IGPTError(f"{source} holds no probes of a fine-tuned model ({', '.join(runs)})")
     px = probes[(probes.model == PIXELS) & (probes.split == "test") & (probes.metric == "accuracy")]
     if len(px):
         lines.append(f"| raw pixels | {_acc(px.iloc[0])} | linear probe |")
     lines += ["", "Paired differences on the same test images:", ""]
 
-    def diff(name: str, a: str, b: str) -> None:
+    def diff(name: str, a: str, b: str, preds: Predictions = preds) -> None:
         if a in preds and b in preds:
             d = paired_difference(preds.correct(a), preds.correct(b))
             row = pd.Series(dict(value=d.diff, ci_low=d.ci_low, ci_high=d.ci_high,
@@ -110,6 +149,10 @@ def finetune_section(
             b = best[model]
             probe_key = prediction_key(model, "lbfgs", b.site)
             diff(f"{model} fine-tuned − its best probe (layer {int(b.layer)})", key, probe_key)
+        for m, b, both in full:
+            if m == model:
+                name = f"{model} fine-tuned − its best full-train probe (layer {int(b.layer)})"
+                diff(name, key, prediction_key(model, "lbfgs", b.site), both)
         diff(f"{model} fine-tuned − raw pixels", key, pixels)
         twin = random_twin(model)
         if twin in runs:

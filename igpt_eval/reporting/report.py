@@ -24,7 +24,7 @@ from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.reporting import figures as fig
-from igpt_eval.reporting.finetune import finetune_section, load_finetunes
+from igpt_eval.reporting.finetune import finetune_section, load_finetunes, load_full_probes
 from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
 from igpt_eval.reporting.model_figures import read_log
 from igpt_eval.reporting.tables import (
@@ -112,20 +112,28 @@ def build_report(
     lowdata_dir: str | Path | None = "runs/lowdata",
     track_dir: str | Path | None = None,
     finetune_dirs=None,
+    full_probe_dirs=(),
 ) -> list[Path]:
     """Draw every figure and write ``README.md`` into ``out`` from the comparison folder
     ``results_dir`` (and, when they hold results, the ``igpt-eval lowdata`` folder
     ``lowdata_dir`` and the ``igpt-eval track`` folder ``track_dir``, and the ``igpt-eval
-    finetune`` folders ``finetune_dirs``: :mod:`igpt_eval.reporting.finetune`); returns the
-    files written."""
+    finetune`` folders ``finetune_dirs``, beside the full-train ``igpt-eval probe`` folders
+    ``full_probe_dirs``: :mod:`igpt_eval.reporting.finetune`); returns the files written."""
     results_dir, out = Path(results_dir), Path(out)
+    if full_probe_dirs and not finetune_dirs:
+        raise IGPTError("full-train probes are compared with fine-tuned models: give --finetune")
     df, cka = load_comparison(results_dir)
     track_df = None
     if track_dir is not None:  # read (and checked) before anything is written
         track_df = load_track(track_dir)
     ft_md = None
     if finetune_dirs:
-        ft_md = finetune_section(*load_finetunes(finetune_dirs), df, load_predictions(results_dir))
+        ft_md = finetune_section(
+            *load_finetunes(finetune_dirs),
+            df,
+            load_predictions(results_dir),
+            load_full_probes(full_probe_dirs or ()),
+        )
     summaries = probe_summaries(df)
     names = list(summaries)
     colours = fig.model_colours(names)
