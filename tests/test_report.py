@@ -64,6 +64,11 @@ def test_report_files_and_readme(compared_dir, tmp_path):
     # every image the README shows exists
     for link in [x.split("](")[1].split(")")[0] for x in md.split("![")[1:]]:
         assert (out / link).is_file(), link
+    # Regenerating from the same results writes the same bytes (no dates, fixed ids).
+    before = {f: f.read_bytes() for f in files}
+    build_report(compared_dir, out, command="igpt-eval report")
+    changed = [f.name for f in files if f.read_bytes() != before[f]]
+    assert not changed, changed
 
 
 def test_report_includes_the_lowdata_study(compared_dir, tmp_path):

@@ -29,13 +29,18 @@ def new_figure(width=6.4, height=4.0):
 
 
 def save_figure(fig, path: str | Path, formats=("png", "svg")) -> list[Path]:
-    """Write ``fig`` as ``path`` with each suffix in ``formats`` (atomically)."""
+    """Write ``fig`` as ``path`` with each suffix in ``formats`` (atomically). The same
+    figure gives the same bytes on every run (no date in the SVG, fixed SVG element ids),
+    so regenerating a report changes only the files whose results changed."""
+    from matplotlib import rc_context
+
     path = Path(path)
     out = []
     for fmt in formats:
         p = path.with_suffix(f".{fmt}")
-        with atomic_write(p) as f:
-            fig.savefig(f, format=fmt, bbox_inches="tight")
+        meta = {"Date": None} if fmt == "svg" else None
+        with atomic_write(p) as f, rc_context({"svg.hashsalt": "igpt-eval"}):
+            fig.savefig(f, format=fmt, bbox_inches="tight", metadata=meta)
         out.append(p)
     return out
 
