@@ -39,9 +39,11 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert lrs[54] == pytest.approx(0.005, rel=0.05)  # half-way through the cosine
-    # Default warm-up: one epoch, but never more than 10% of a short run.
+    # Default warm-up: one epoch, but never more than a third of a short run.
     assert TrainConfig(steps=1000).warmup(steps_per_epoch=50) == 50
-    assert TrainConfig(steps=100).warmup(steps_per_epoch=50) == 10
+    assert TrainConfig(steps=100).warmup(steps_per_epoch=50) == 33
+    assert TrainConfig(steps=2529).warmup(steps_per_epoch=843) == 843  # 3 epochs: the paper's
+    assert TrainConfig(steps=2, warmup_steps=7).warmup(steps_per_epoch=843) == 7
 
 
 def test_snapshot_steps_are_log_spaced_and_end_at_the_last_step():
@@ -375,6 +377,27 @@ def test_resume_starts_a_new_run_and_finishes_a_finished_one(run_args, capsys, t
     assert main(run_args("--resume", out="other")) == 2  # files, but no run: never touched
     assert "no run.json" in _one_error(capsys)
     assert (tmp_path / "other/notes.txt").read_text() == "mine"
+
+
+def test_run_records_the_warm_up_it_used_so_a_new_default_cannot_change_it(
+    run_args, capsys, tmp_path
+):
+    import json
+
+    # ~54 training images at batch 8: 6 steps an epoch, so the third-of-the-run cap binds.
+    assert main(run_args("--steps", "6")) == 0
+    run_json = tmp_path / "run/run.json"
+    run = json.loads(run_json.read_text())
+    assert run["train_config"]["warmup_steps"] == 2  # a number, not null ("the default")
+    with open(tmp_path / "run/train_log.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs[1] == pytest.approx(max(lrs)) and lrs[0] < lrs[1]  # the peak at step 2
+    # A run folder from before the warm-up was recorded cannot resume under a new default.
+    run["train_config"]["warmup_steps"] = None
+    run_json.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert main(run_args("--steps", "6", "--resume")) == 2
+    assert "--warmup-steps" in _one_error(capsys)
 
 
 def test_existing_run_is_never_lost(run_args, capsys, tmp_path):

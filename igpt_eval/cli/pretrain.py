@@ -61,7 +61,7 @@ def _add_pretrain(sub) -> None:
         "--warmup-steps",
         type=int,
         default=None,
-        help="linear warm-up steps (default: one epoch, at most 10%% of the steps)",
+        help="linear warm-up steps (default: one epoch, at most a third of the steps)",
     )
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm (off)")

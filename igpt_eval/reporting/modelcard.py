@@ -235,12 +235,15 @@ def _recipe_section(run: dict, n_train: int, log: dict | None, sweep: Path) -> l
     known = {k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}
     L = ["## Training recipe", ""]
     if known:
-        per_epoch = max(1, n_train // known.get("batch_size", 1))
-        warmup = TrainConfig(**known).warmup(per_epoch)
+        warmup = known.get("warmup_steps")  # recorded as steps since the default changed
+        how = (
+            f"linear warm-up for {warmup} step{'s' if warmup != 1 else ''}"
+            if warmup is not None
+            else "linear warm-up (the trainer's default then; the run did not record it)"
+        )
         L += [
             f"- Adam, betas {tuple(known.get('betas', ()))}, no weight decay, no dropout",
-            f"- peak learning rate {known.get('lr'):g}; linear warm-up for {warmup} "
-            f"step{'s' if warmup != 1 else ''}, then cosine decay to 0",
+            f"- peak learning rate {known.get('lr'):g}; {how}, then cosine decay to 0",
             f"- {known.get('steps')} steps of {known.get('batch_size')} images"
             + (f" ({known['grad_accum']} micro-batches)" if known.get("grad_accum", 1) > 1 else "")
             + f"; bf16 autocast: {'yes' if known.get('bf16') else 'no'}; seed {known.get('seed')}"

@@ -55,6 +55,11 @@ def pretrain(
     ``run.json`` and a resumed run must match it, as well as the model config.
     """
     out = Path(out)
+    if train_cfg.warmup_steps is None:
+        # Recorded as the number of steps, not "the default": the run's schedule must not
+        # change if the default does (a resumed run, a model card written later).
+        per_epoch = len(train_tokens) // train_cfg.batch_size
+        train_cfg = dataclasses.replace(train_cfg, warmup_steps=train_cfg.warmup(per_epoch))
     info = {
         "model_config": model_cfg.to_dict(),
         "objective": model_cfg.objective,
@@ -112,6 +117,11 @@ def _check_resumable(out: Path, info: dict) -> None:
                 "(same model, data and palette are needed)"
             )
     for key in _RESUMABLE_SETTINGS:
+        if key == "warmup_steps" and old["train_config"].get(key) is None:
+            raise IGPTError(
+                f"cannot resume {out}: it was started before runs recorded their warm-up, "
+                "under another default; pass the warm-up it used with --warmup-steps"
+            )
         if old["train_config"].get(key) != info["train_config"].get(key):
             raise IGPTError(
                 f"cannot resume {out}: --{key.replace('_', '-')} was "
