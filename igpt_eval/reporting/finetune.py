@@ -120,17 +120,17 @@ def finetune_section(
                 f"{source} was tested on other images than the fine-tuned models; "
                 "probe with --test-size all (fine-tuning scores the whole test split)"
             ) from None
-        for (m, probe), s in chosen(df).items():
-            if probe == "lbfgs" and m in runs:
-                b = s[s.best].iloc[0]
-                full.append((m, b, both))
-                n = int(df[(df.model == m) & (df.split == "val")].n_train.iloc[0])
-                lines.append(
-                    f"| {m} | {_acc(b, 'test_acc')} | linear probe, layer {int(b.layer)}, "
-                    f"trained on {n:,} images |"
-                )
-        if not any(m in runs for (m, _), _s in chosen(df).items()):
+        mine = {m: s for (m, probe), s in chosen(df).items() if probe == "lbfgs" and m in runs}
+        if not mine:
             raise IGPTError(f"{source} holds no probes of a fine-tuned model ({', '.join(runs)})")
+        for m, s in mine.items():
+            top = s[s.best].iloc[0]
+            full.append((m, top, both))
+            n = int(df[(df.model == m) & (df.split == "val")].n_train.iloc[0])
+            lines.append(
+                f"| {m} | {_acc(top, 'test_acc')} | linear probe, layer {int(top.layer)}, "
+                f"trained on {n:,} images |"
+            )
     px = probes[(probes.model == PIXELS) & (probes.split == "test") & (probes.metric == "accuracy")]
     if len(px):
         lines.append(f"| raw pixels | {_acc(px.iloc[0])} | linear probe |")
@@ -149,10 +149,10 @@ def finetune_section(
             b = best[model]
             probe_key = prediction_key(model, "lbfgs", b.site)
             diff(f"{model} fine-tuned − its best probe (layer {int(b.layer)})", key, probe_key)
-        for m, b, both in full:
+        for m, top, both in full:
             if m == model:
-                name = f"{model} fine-tuned − its best full-train probe (layer {int(b.layer)})"
-                diff(name, key, prediction_key(model, "lbfgs", b.site), both)
+                name = f"{model} fine-tuned − its best full-train probe (layer {int(top.layer)})"
+                diff(name, key, prediction_key(model, "lbfgs", top.site), both)
         diff(f"{model} fine-tuned − raw pixels", key, pixels)
         twin = random_twin(model)
         if twin in runs:

@@ -144,7 +144,7 @@ def write_model_card(
     L += _data_section(name, cfg, run, palette, len(train_tokens), len(test_tokens))
     L += _architecture_section(cfg, model.n_params())
     L += _objective_section(cfg.objective, cfg.mask_prob)
-    L += _recipe_section(run, len(train_tokens), log, model_dir / "lr_sweep.csv")
+    L += _recipe_section(run, log, model_dir / "lr_sweep.csv")
     L += _results(metrics, base, cfg.objective, len(test_tokens))
     L += _figures_section(figures, why_no_completions, seed)
     L += _reproduce_section(run.get("command"), model_dir, reports_dir, name)
@@ -228,7 +228,7 @@ def _objective_section(objective: str, mask_prob: float) -> list[str]:
     return ["", "## Objective", "", f"- {obj}", ""]
 
 
-def _recipe_section(run: dict, n_train: int, log: dict | None, sweep: Path) -> list[str]:
+def _recipe_section(run: dict, log: dict | None, sweep: Path) -> list[str]:
     """The optimiser and schedule from ``run.json``, the run's length and final losses from
     its log, the command, and the learning-rate sweep when there was one."""
     tc = run.get("train_config") or {}
