@@ -291,6 +291,13 @@ def summary(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
     return s
 
 
+def probe_train_size(df: pd.DataFrame, model: str) -> int:
+    """How many training images ``model``'s probes in ``df`` were fitted on before the
+    choice on validation (the sample, or the whole split with ``--train-size all``)."""
+    val = df[(df.model == model) & (df.split == "val")]
+    return int(val.n_train.iloc[0])
+
+
 def probe_choice(
     df: pd.DataFrame, model: str, weights_hash: str | None = None, layer: int | None = None
 ) -> tuple[int, float]:

@@ -32,6 +32,7 @@ from igpt_eval.results import (
     load_predictions,
     load_results,
     prediction_key,
+    probe_train_size,
     random_twin,
     trained_of,
 )
@@ -50,12 +51,17 @@ def load_finetunes(dirs) -> tuple[pd.DataFrame, Predictions]:
         df = load_results(d / "results.parquet")
         if "probe" not in df or set(df.probe) != {FINETUNE}:
             raise IGPTError(f"{d} holds results of another kind than igpt-eval finetune")
-        p = load_predictions(d)
-        if p is None:
-            raise IGPTError(f"{d} has no predictions.npz: paired statistics need them")
-        preds.update(p)
+        preds.update(_predictions(d))
         frames.append(df.assign(source=str(d)))
     return pd.concat(frames, ignore_index=True), preds
+
+
+def _predictions(d: Path) -> Predictions:
+    """A folder's per-example test predictions, which every paired line needs."""
+    p = load_predictions(d)
+    if p is None:
+        raise IGPTError(f"{d} has no predictions.npz: paired statistics need them")
+    return p
 
 
 def _test_row(df: pd.DataFrame) -> pd.Series:
@@ -65,14 +71,7 @@ def _test_row(df: pd.DataFrame) -> pd.Series:
 def load_full_probes(dirs) -> list[tuple[pd.DataFrame, Predictions, str]]:
     """``(results, predictions, folder)`` of ``igpt-eval probe`` folders whose probes were
     trained on the whole training split and tested on the whole test split."""
-    out = []
-    for d in map(Path, dirs):
-        df = load_results(d)
-        p = load_predictions(d)
-        if p is None:
-            raise IGPTError(f"{d} has no predictions.npz: paired statistics need them")
-        out.append((df, p, str(d)))
-    return out
+    return [(load_results(d), _predictions(d), str(d)) for d in map(Path, dirs)]
 
 
 def finetune_section(
@@ -126,7 +125,7 @@ def finetune_section(
         for m, s in mine.items():
             top = s[s.best].iloc[0]
             full.append((m, top, both))
-            n = int(df[(df.model == m) & (df.split == "val")].n_train.iloc[0])
+            n = probe_train_size(df, m)
             lines.append(
                 f"| {m} | {_acc(top, 'test_acc')} | linear probe, layer {int(top.layer)}, "
                 f"trained on {n:,} images |"

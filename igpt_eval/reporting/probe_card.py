@@ -16,7 +16,7 @@ import pandas as pd
 from igpt_eval.analysis.paired import DIFF, paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.results import summary
+from igpt_eval.results import probe_train_size, summary
 
 #: A checkpoint folder's model card.
 CARD = "MODEL_CARD.md"
@@ -44,14 +44,9 @@ def probe_sections(parts, model: str) -> str:
     lines = [PROBE_HEADING]
     for results, source in parts:
         body = _probe_lines(results, model, source)
-        n = _n_train(results, model)
+        n = probe_train_size(results, model)
         lines += ["", f"### Probes trained on {n:,} images", "", *body]
     return "\n".join(lines) + "\n"
-
-
-def _n_train(results, model: str) -> int:
-    mine = results[(results.model == model) & (results.split == "val")]
-    return int(mine.n_train.iloc[0])
 
 
 def _probe_lines(results, model: str, source: str) -> list[str]:
