@@ -398,6 +398,11 @@ def test_run_records_the_warm_up_it_used_so_a_new_default_cannot_change_it(
     capsys.readouterr()
     assert main(run_args("--steps", "6", "--resume")) == 2
     assert "--warmup-steps" in _one_error(capsys)
+    assert json.loads(run_json.read_text()) == run  # refused: the folder is as it was
+    # Following the advice resumes it (finished here), and the warm-up is recorded from then.
+    assert main(run_args("--steps", "6", "--resume", "--warmup-steps", "2")) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert json.loads(run_json.read_text())["train_config"]["warmup_steps"] == 2
 
 
 def test_existing_run_is_never_lost(run_args, capsys, tmp_path):

@@ -55,7 +55,8 @@ def pretrain(
     ``run.json`` and a resumed run must match it, as well as the model config.
     """
     out = Path(out)
-    if train_cfg.warmup_steps is None:
+    warmup_given = train_cfg.warmup_steps is not None
+    if not warmup_given:
         # Recorded as the number of steps, not "the default": the run's schedule must not
         # change if the default does (a resumed run, a model card written later).
         per_epoch = len(train_tokens) // train_cfg.batch_size
@@ -72,7 +73,7 @@ def pretrain(
             print(f"no run in {out} yet: starting it", file=sys.stderr)
         resume = False
     if resume:
-        _check_resumable(out, info)
+        _check_resumable(out, info, warmup_given)
         # Killed before its first checkpoint: the run starts again from step 0.
         resume = (out / "resume" / "LATEST").is_file()
     elif _holds_files(out) and dist.is_main():
@@ -104,7 +105,7 @@ def _holds_files(out: Path) -> bool:
     return out.exists() and any(p.name not in ("sweep", SWEEP_CSV) for p in out.iterdir())
 
 
-def _check_resumable(out: Path, info: dict) -> None:
+def _check_resumable(out: Path, info: dict, warmup_given: bool = True) -> None:
     run = out / "run.json"
     if not run.is_file():
         raise IGPTError(f"nothing to resume in {out}: it holds no run (no run.json)")
@@ -118,6 +119,9 @@ def _check_resumable(out: Path, info: dict) -> None:
             )
     for key in _RESUMABLE_SETTINGS:
         if key == "warmup_steps" and old["train_config"].get(key) is None:
+            # Started before runs recorded their warm-up: only the user knows what it was.
+            if warmup_given:
+                continue
             raise IGPTError(
                 f"cannot resume {out}: it was started before runs recorded their warm-up, "
                 "under another default; pass the warm-up it used with --warmup-steps"
