@@ -92,6 +92,11 @@ def test_report_functions_on_a_results_frame(tmp_path):
     table = lowdata_table(df)
     assert "| linear probe (ar) | 55.0 ± 1.0 (l5) | 76.0 ± 1.0 (l5) |" in table
     assert "| raw pixels | 55.0 ± 1.0 | 76.0 ± 1.0 |" in table
+    assert "- fine-tune (ar): rises with K (55.0 < 76.0)" in table
+    worse = df.assign(value=np.where(df.labels_per_class == 25, 0.4, df.value))
+    assert "- fine-tune (ar): **does not rise with K**: K=25 40.0 ≤ K=4 55.0" in lowdata_table(
+        worse
+    )
     files = lowdata_figure(df, tmp_path / "fig")
     assert [f.suffix for f in files] == [".png", ".svg"]
 

@@ -61,7 +61,30 @@ def lowdata_table(df: pd.DataFrame) -> str:
         "images per class (a quarter of them, at most 20, held out to choose C, the probe layer "
         "(lN) and the fine-tuning stopping point); one fixed stratified test subset for all."
     )
-    return "\n".join(lines) + note
+    return "\n".join(lines) + note + "\n\n" + lowdata_trends(s)
+
+
+def lowdata_trends(summary: pd.DataFrame) -> str:
+    """One line per method and model saying whether its mean test accuracy rises with K
+    (issue 14 asks it of fine-tuning: more labels must never buy less accuracy), naming the
+    first K where it does not. ``summary``: :func:`lowdata_summary`."""
+    lines = []
+    for (m, model), g in summary.groupby(["method", "model"], sort=False):
+        g = g.sort_values("labels_per_class")
+        ks, acc = list(g.labels_per_class), [100 * v for v in g["mean"]]
+        path = " < ".join(f"{a:.1f}" for a in acc)
+        drops = [i for i in range(1, len(ks)) if acc[i] <= acc[i - 1]]
+        if len(ks) < 2:
+            verdict = "one K only: no trend"
+        elif not drops:
+            verdict = f"rises with K ({path})"
+        else:
+            i = drops[0]
+            verdict = (
+                f"**does not rise with K**: K={ks[i]} {acc[i]:.1f} ≤ K={ks[i - 1]} {acc[i - 1]:.1f}"
+            )
+        lines.append(f"- {_label(m, model)}: {verdict}")
+    return "\n".join(lines)
 
 
 def lowdata_figure(df: pd.DataFrame, path: str | Path) -> list[Path]:
