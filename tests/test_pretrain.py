@@ -40,10 +40,11 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert lrs[54] == pytest.approx(0.005, rel=0.05)  # half-way through the cosine
     # Default warm-up: one epoch, but never more than a third of a short run.
-    assert TrainConfig(steps=1000).warmup(steps_per_epoch=50) == 50
-    assert TrainConfig(steps=100).warmup(steps_per_epoch=50) == 33
-    assert TrainConfig(steps=2529).warmup(steps_per_epoch=843) == 843  # 3 epochs: the paper's
-    assert TrainConfig(steps=2, warmup_steps=7).warmup(steps_per_epoch=843) == 7
+    assert TrainConfig(steps=1000, batch_size=64).warmup(n_train=3200) == 50
+    assert TrainConfig(steps=100, batch_size=64).warmup(n_train=3200) == 33
+    # The shipped recipe, 3 epochs of 54,000 images at batch 64: the paper's one epoch.
+    assert TrainConfig(steps=2529, batch_size=64).warmup(n_train=54_000) == 843
+    assert TrainConfig(steps=2, warmup_steps=7).warmup(n_train=54_000) == 7
 
 
 def test_snapshot_steps_are_log_spaced_and_end_at_the_last_step():

@@ -112,12 +112,16 @@ class TrainConfig:
                 f"snapshot steps must lie in 0..{self.steps} (the run's steps), got {bad}"
             )
 
-    def warmup(self, steps_per_epoch: int) -> int:
-        """Warm-up steps: ``warmup_steps`` if set, else one epoch, at most WARMUP_CAP of
-        the run."""
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimiser steps in one pass over ``n_train`` training images."""
+        return n_train // self.batch_size
+
+    def warmup(self, n_train: int) -> int:
+        """Warm-up steps on ``n_train`` training images: ``warmup_steps`` if set, else one
+        epoch, at most WARMUP_CAP of the run."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return max(1, min(steps_per_epoch, int(self.steps * WARMUP_CAP)))
+        return max(1, min(self.steps_per_epoch(n_train), int(self.steps * WARMUP_CAP)))
 
 
 def log_spaced_steps(n: int, steps: int, first_fraction: float = 0.01) -> tuple[int, ...]:
@@ -182,8 +186,8 @@ class Trainer:
             model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8, fused=True
         )
         self.step = 0
-        self.steps_per_epoch = len(train_tokens) // cfg.batch_size
-        self.warmup = cfg.warmup(self.steps_per_epoch)
+        self.steps_per_epoch = cfg.steps_per_epoch(len(train_tokens))
+        self.warmup = cfg.warmup(len(train_tokens))
         self.elapsed = 0.0  # training seconds before this process (for resumed runs)
         self.snapshot_steps = frozenset(cfg.snapshot_steps)
         # The loss as a module's forward, so that DDP and torch.compile can wrap it.

@@ -59,8 +59,8 @@ def pretrain(
     if not warmup_given:
         # Recorded as the number of steps, not "the default": the run's schedule must not
         # change if the default does (a resumed run, a model card written later).
-        per_epoch = len(train_tokens) // train_cfg.batch_size
-        train_cfg = dataclasses.replace(train_cfg, warmup_steps=train_cfg.warmup(per_epoch))
+        warmup = train_cfg.warmup(len(train_tokens))
+        train_cfg = dataclasses.replace(train_cfg, warmup_steps=warmup)
     info = {
         "model_config": model_cfg.to_dict(),
         "objective": model_cfg.objective,
