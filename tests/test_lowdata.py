@@ -64,6 +64,31 @@ def test_lowdata_end_to_end(tmp_path, tiny_models, tiny_npz, capsys):
     pd.testing.assert_series_equal(again.value, df.value)
 
 
+def test_more_seeds_extend_a_study_and_other_settings_are_refused(
+    tmp_path, tiny_models, tiny_npz, capsys
+):
+    def args(*extra):
+        a = ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", *extra)
+        return [*a[: a.index("--seeds")], *a[a.index("--seeds") + 2 :]]
+
+    assert main(args("--seeds", "1")) == 0
+    one = load_results(tmp_path / "ld/results.parquet")
+    logs = sorted((tmp_path / "ld/finetune/tiny-ar").glob("*/finetune_log.csv"))
+    stamps = {p: p.stat().st_mtime_ns for p in logs}
+    assert main(args("--seeds", "2")) == 0
+    two = load_results(tmp_path / "ld/results.parquet")
+    assert set(one.seed) == {0} and set(two.seed) == {0, 1}
+    ft = ["method", "labels_per_class", "seed", "split", "metric"]
+    seed0 = two[(two.seed == 0) & (two.method == "fine-tune")].sort_values(ft)
+    first = one[one.method == "fine-tune"].sort_values(ft)
+    np.testing.assert_array_equal(seed0.value.to_numpy(), first.value.to_numpy())
+    assert {p: p.stat().st_mtime_ns for p in logs} == stamps  # read back, not run again
+    capsys.readouterr()
+    assert main(args("--seeds", "2", "--lr", "0.01")) == 2
+    assert "other settings" in one_error(capsys)
+    assert set(load_results(tmp_path / "ld/results.parquet").seed) == {0, 1}  # untouched
+
+
 def test_full_split_caches_are_reused(tmp_path, tiny_models, tiny_npz, monkeypatch):
     from igpt_eval.cache.extraction import extract
 

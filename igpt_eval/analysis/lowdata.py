@@ -68,6 +68,8 @@ def lowdata_study(
 
     Everything is checked before ``out`` is touched. Re-running the same study in the same
     ``out`` continues it: finished fine-tuning runs are read back, an interrupted one resumes.
+    It may change the number of seeds (``cfg.seeds``) and nothing else: more seeds extend
+    the study, the earlier seeds' runs read back.
     """
     cfg = cfg or LowDataConfig()
     cfg.validate()
@@ -157,15 +159,21 @@ def _jsonable(d: dict) -> dict:
 
 
 def _guard(out: Path, settings: dict) -> None:
-    """A new study needs an empty (or absent) folder; the same study may continue."""
+    """A new study needs an empty (or absent) folder; the same study may continue, with
+    more (or fewer) seeds: a draw depends on its K and seed alone, so the finished runs of
+    the seeds both share are read back, not run again."""
     f = out / "lowdata.json"
     if f.is_file():
         old = read_json(f)
-        if old != settings:
+        if _but_seeds(old) != _but_seeds(settings):
             raise IGPTError(f"{out} holds a low-data study with other settings; choose a new --out")
     elif out.exists() and any(out.iterdir()):
         raise IGPTError(f"{out} already holds files; choose a new --out")
     write_json(f, settings)
+
+
+def _but_seeds(settings: dict) -> dict:
+    return {**settings, "config": {k: v for k, v in settings["config"].items() if k != "seeds"}}
 
 
 def _layers_from_results(paths, names: list[str]) -> dict:

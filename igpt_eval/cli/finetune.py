@@ -207,7 +207,8 @@ def _add_lowdata(sub) -> None:
         "are scored on the same fixed stratified test subset. Prints mean ± std over seeds "
         "and writes tidy results, lowdata.md and lowdata.png/svg to --out. The defaults fit "
         "the two shipped models in about 30 minutes on a 2-core CPU; re-running the same "
-        "command in the same --out continues where it stopped.",
+        "command in the same --out continues where it stopped, and with more --seeds extends "
+        "the study (the earlier seeds' runs are read back).",
     )
     p.add_argument(
         "--model", type=Path, action="append", required=True, help="checkpoint (repeatable)"
