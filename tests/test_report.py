@@ -98,6 +98,14 @@ def test_report_cli(compared_dir, tmp_path, capsys):
     assert main(["report", "--results", str(compared_dir), "--out", str(tmp_path / "r")]) == 0
     assert "README.md" in capsys.readouterr().out
     assert (tmp_path / "r/README.md").is_file()
+    # Every folder given is in the command the page records, so the page can be regenerated.
+    low = tmp_path / "low"
+    args = ["report", "--results", str(compared_dir), "--out", str(tmp_path / "r2")]
+    assert main([*args, "--lowdata", str(low)]) == 0
+    md = (tmp_path / "r2/README.md").read_text()
+    assert (
+        f"`igpt-eval report --results {compared_dir} --out {tmp_path / 'r2'} --lowdata {low}`" in md
+    )
 
 
 def test_curve_shape():

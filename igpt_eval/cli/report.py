@@ -61,6 +61,8 @@ def _cmd_report(args) -> int:
     from igpt_eval.reporting.report import build_report
 
     command = f"igpt-eval report --results {args.results} --out {args.out}"
+    if args.lowdata != Path("runs/lowdata"):
+        command += f" --lowdata {args.lowdata}"
     if args.track is not None:
         command += f" --track {args.track}"
     for d in args.finetune or []:
