@@ -266,6 +266,7 @@ def one_error(capsys) -> str:
         (["--labels-per-class", "40"], "class 0 has only 18"),
         (["--layer", "4"], "layer 4 is out of range"),
         (["--layer", "-1"], "layer -1 is out of range"),
+        (["--objective", "generative"], "invalid choice: 'generative'"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_model, tiny_npz, capsys,
