@@ -7,6 +7,8 @@ from pathlib import Path
 from igpt_eval.cli.common import subcommand
 from igpt_eval.cli.compare import DEFAULT_OUT
 
+LOWDATA_OUT = Path("runs/lowdata")  # where the README's lowdata command writes
+
 
 @subcommand
 def _add_report(sub) -> None:
@@ -28,8 +30,8 @@ def _add_report(sub) -> None:
     p.add_argument(
         "--lowdata",
         type=Path,
-        default=Path("runs/lowdata"),
-        help="folder written by igpt-eval lowdata (default runs/lowdata; skipped if empty)",
+        default=LOWDATA_OUT,
+        help=f"folder written by igpt-eval lowdata (default {LOWDATA_OUT}; skipped if empty)",
     )
     p.add_argument(
         "--track",
@@ -61,7 +63,7 @@ def _cmd_report(args) -> int:
     from igpt_eval.reporting.report import build_report
 
     command = f"igpt-eval report --results {args.results} --out {args.out}"
-    if args.lowdata != Path("runs/lowdata"):
+    if args.lowdata != LOWDATA_OUT:
         command += f" --lowdata {args.lowdata}"
     if args.track is not None:
         command += f" --track {args.track}"
