@@ -205,9 +205,8 @@ def _add_lowdata(sub) -> None:
         "held out to choose C, the probe layer and the early-stopping point), then fit the "
         "L-BFGS linear probe on cached features, fine-tune, and fit a raw-pixel probe; all "
         "are scored on the same fixed stratified test subset. Prints mean ± std over seeds "
-        "and writes tidy results, lowdata.md and lowdata.png/svg to --out. Three seeds "
-        "of the two shipped models took 55 minutes on a 2-core CPU (the default five: about "
-        "1.5 hours); re-running the same "
+        "and writes tidy results, lowdata.md and lowdata.png/svg to --out. The default five "
+        "seeds of the two shipped models took 87 minutes on a 2-core CPU; re-running the same "
         "command in the same --out continues where it stopped, and with more --seeds extends "
         "the study (the earlier seeds' runs are read back).",
     )
