@@ -26,6 +26,9 @@ DEFAULT_MODELS = (MODELS_DIR / "fmnist-ar", MODELS_DIR / "fmnist-bert")
 #: 1.4-1.5x faster than 64 (one thread, the 16 px ``mini`` model), whose (64 x 256, 512) MLP
 #: activations spill to memory.
 EXTRACT_BATCH = 16
+#: Images per extraction forward on a GPU: enough rows to fill its matrix units at iGPT-S
+#: size, while a block's (B, 1024, 4d) bf16 MLP activations stay under a GB.
+GPU_EXTRACT_BATCH = 128
 
 #: The stratified sample the main job (``probe``), ``compare`` and ``track`` probe by default,
 #: per split (``None`` would be the whole split). Extraction is the cost: the 16 px, 8-layer
@@ -43,6 +46,14 @@ SAMPLE_TEST = 5_000
 #: (25 at the embeddings, whose mean then carries the mask count), and five masks, at five
 #: forwards per image, passed them at one layer by one validation image.
 BERT_MASKS = 0
+
+
+#: Float32 features (train + val + test) the L-BFGS protocol holds in memory at once; more
+#: layers than fit are probed a group at a time, with the same results. The protocol's
+#: standardised copy and train+val refit matrix take about as much again and half as much
+#: more, so 4 GiB of features peak near 10 GiB: iGPT-S on CIFAR-10 (25 x 512 floats x 60,000
+#: images, 3.1 GB) in one group, iGPT-L (49 x 1536, 18 GB) in five.
+PROBE_FEATURE_BYTES = 4 << 30
 
 
 def cache_root() -> Path:

@@ -173,7 +173,7 @@ def test_errors_are_one_line(tmp_path, ckpt, tiny_npz, capsys):
         assert match in line, line
         return line
 
-    fails(cli_args(tmp_path, tmp_path / "nope"), "no checkpoint folder")
+    fails(cli_args(tmp_path, tmp_path / "nope"), "no model at")
     broken = save_checkpoint(tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     fails(cli_args(tmp_path, broken, "--dataset", f"npz:{tiny_npz}"), "not a readable")

@@ -57,7 +57,7 @@ def test_convert_never_overwrites_without_asking(tmp_path, checkpoint, capsys):
 def test_convert_bad_inputs_are_one_line(tmp_path, checkpoint, capsys):
     ck, _ = checkpoint
     assert main(["convert", "--from-hf", str(ck), "--out", str(tmp_path / "x")]) == 2
-    assert "not an ImageGPT checkpoint" in one_error_line(capsys)
+    assert "already an igpt-eval checkpoint" in one_error_line(capsys)
     assert not (tmp_path / "x").exists()
     assert main(["convert", "--to-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "y")]) == 2
     assert "no checkpoint folder" in one_error_line(capsys)

@@ -3,6 +3,7 @@ pixels, random-weights twins), bad input."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,8 +183,8 @@ def test_compare_cli(compared, tiny_pair, capsys, monkeypatch):
 
 def test_compare_defaults_to_the_shipped_models():
     args = build_parser().parse_args(["compare"])
-    assert [p.name for p in args.models] == ["fmnist-ar", "fmnist-bert"]
-    assert list(args.models) == list(DEFAULT_MODELS)
+    assert [Path(p).name for p in args.models] == ["fmnist-ar", "fmnist-bert"]
+    assert [Path(p) for p in args.models] == list(DEFAULT_MODELS)
 
 
 def _copy(src, dst, *, dataset=None, palette=None):

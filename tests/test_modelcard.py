@@ -241,7 +241,7 @@ def test_cli_sample_errors(grey_run, tmp_path, capsys):
     out, _, _ = grey_run
     png = str(tmp_path / "x.png")
     assert main(["sample", "--model", str(tmp_path / "nothing"), "--out", png]) == 2
-    assert "no checkpoint folder" in one_error_line(capsys)
+    assert "no model at" in one_error_line(capsys)
     bert = tmp_path / "bert"
     save_model(
         IGPT(IGPTConfig.preset("tiny", objective="bert")),

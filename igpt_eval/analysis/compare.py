@@ -55,9 +55,9 @@ from igpt_eval.cache import ActivationCache
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, file_hash, write_json
-from igpt_eval.model.checkpoint import CONFIG, WEIGHTS, load_palette, read_run, run_seed
-from igpt_eval.model.config import IGPTConfig
-from igpt_eval.probes.backends import resolve_device
+from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed
+from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
 from igpt_eval.probes.concat import check_concat
 from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
@@ -102,10 +102,12 @@ class ModelInfo:
     palette: object  # igpt_eval.data.palette.Palette
     dataset: str
     seed: int
+    source: ModelSource | None = None  # where it came from (what probe_model is given)
 
     def to_json(self) -> dict:
         return dict(
             path=str(self.path.resolve()),
+            model=self.source.spec if self.source else str(self.path),
             objective=self.objective,
             n_layer=self.n_layer,
             n_px=self.n_px,
@@ -127,22 +129,22 @@ class Comparison:
     files: list[Path] = field(default_factory=list)
 
 
-def model_info(path: str | Path, dataset: str | None = None) -> ModelInfo:
-    """Read ``config.json``, ``palette.npy`` and ``run.json`` of a checkpoint folder."""
-    path = Path(path)
-    if not path.is_dir():
-        raise IGPTError(f"no model folder at {path}")
-    cfg = IGPTConfig.load(path / CONFIG)
-    palette = load_palette(path)
+def model_info(model, dataset: str | None = None) -> ModelInfo:
+    """What a comparison needs of a model (any source :func:`resolve_model` takes), read
+    from its config, palette and ``run.json`` without loading its weights."""
+    source = resolve_model(model)
+    cfg = source_config(source)
+    palette = source_palette(source)
     if palette is None:
-        raise IGPTError(f"{path} has no palette.npy; its colours (and pixel baseline) are unknown")
-    run = read_run(path)
+        raise IGPTError(
+            f"{source.spec} has no palette; its colours (and pixel baseline) are unknown"
+        )
+    run = read_run(source.path) if source.is_checkpoint else {}
     name = dataset or run.get("dataset")
     if not name:
-        raise IGPTError(f"{path} records no dataset (no run.json); pass --dataset")
-    return ModelInfo(
-        path.name, path, cfg.objective, cfg.n_layer, cfg.n_px, palette, name, run_seed(run)
-    )
+        raise IGPTError(f"{source.spec} records no dataset (no run.json); pass --dataset")
+    return ModelInfo(source.name, source.path, cfg.objective, cfg.n_layer, cfg.n_px, palette,
+                     name, run_seed(run), source)  # fmt: skip
 
 
 def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
@@ -179,7 +181,7 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     if random:  # the twin is a function of the architecture and the run's seed only
         tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
     else:
-        tag = f"{m.name}-{file_hash(m.path / WEIGHTS)[:8]}"
+        tag = f"{m.name}-{m.source.weights_hash()[:8]}"
     tag += f"-{s.site}-s{s.seed}"
     # The sample is part of the name: caches of another sample hold other rows.
     tag += "".join(f"-{split[:2]}{n}" for split, n in s.sizes.items() if n is not None)
@@ -294,7 +296,7 @@ def compare_models(
         if progress:
             print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
         df, pred = probe_model(
-            m.path, m.dataset, each, cache_dir=folder, return_predictions=True, **paths
+            m.source, m.dataset, each, cache_dir=folder, return_predictions=True, **paths
         )
         caches = {split: ActivationCache.open(folder / split) for split in SPLITS}
         dataset_name = df.dataset.iloc[0]
@@ -316,7 +318,7 @@ def compare_models(
                 print(f"[compare] {m.name}: the random-weights control (caches in {folder})")
             twin = each.replace(random_weights=True, concat_layers=None)
             df, pred = probe_model(
-                m.path, m.dataset, twin, cache_dir=folder, return_predictions=True, **paths
+                m.source, m.dataset, twin, cache_dir=folder, return_predictions=True, **paths
             )
             frames.append(df[df.metric != DIFF])
             predictions.update(pred)

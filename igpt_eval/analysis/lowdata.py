@@ -76,8 +76,10 @@ def lowdata_study(
     out = Path(out)
     cache_root = Path(cache_root) if cache_root is not None else defaults.cache_root()
     tok_root = Path(token_cache) if token_cache is not None else cache_root / "tokens"
-    opened = [(Path(m), *open_model(m, device=cfg.device)) for m in models]
-    names = [p.name for p, *_ in opened]
+    # (name, model, palette, identity): the name is the folder's or the Hub repository's.
+    loaded = [open_model(m, device=cfg.device) for m in models]
+    opened = [(ident["name"], net, pal, ident) for net, pal, ident in loaded]
+    names = [name for name, *_ in opened]
     if len(set(names)) < len(names):
         raise IGPTError(f"two models share a folder name ({names}); results would collide")
     dataset = dataset or opened[0][3].get("run_dataset")
@@ -85,11 +87,11 @@ def lowdata_study(
         raise IGPTError("no --dataset given and the model folder has no run.json naming one")
     best_layers = _layers_from_results(probe_results, names)
     data, draws = {}, {}
-    for path, net, _palette, ident in opened:
+    for name, net, _palette, ident in opened:
         L = net.config.n_layer
-        for layer in (cfg.layer, best_layers.get(path.name)):
+        for layer in (cfg.layer, best_layers.get(name)):
             if layer is not None and not 0 <= layer <= L:
-                raise IGPTError(f"layer {layer} is out of range: {path.name} has layers 0..{L}")
+                raise IGPTError(f"layer {layer} is out of range: {name} has layers 0..{L}")
         seed = split_seed if split_seed is not None else ident.get("run_seed", 0)
         key = (net.config.n_px, seed)
         if key not in data:
@@ -105,7 +107,7 @@ def lowdata_study(
                 (s, k): lowdata_split(tr.labels, k, s) for s in range(cfg.seeds) for k in cfg.ks
             }
     settings = {
-        "models": [str(p) for p, *_ in opened],
+        "models": [str(m) for m in models],
         "dataset": dataset,
         "config": _jsonable(dataclasses.asdict(cfg)),
         "best_layers": best_layers,
@@ -121,7 +123,7 @@ def lowdata_study(
 
     for (n_px, seed), (tr, te, test_rows) in data.items():
         pix_done = set()
-        for path, net, palette, ident in opened:
+        for name, net, palette, ident in opened:
             if (net.config.n_px, seed) != (n_px, seed):
                 continue
             t_tok = load_tokens(tr, palette, tok_root, progress=progress)
@@ -129,20 +131,20 @@ def lowdata_study(
             need = np.unique(np.concatenate([np.r_[a, b] for a, b in draws[(n_px, seed)].values()]))
             feats = _features(
                 net, palette, ident, (tr, t_tok, need), (te, e_tok, test_rows), cfg,
-                best_layers.get(path.name), cache_root, progress,
+                best_layers.get(name), cache_root, progress,
             )  # fmt: skip
-            meta = dict(model=path.name, objective=net.config.objective, dataset=dataset)
+            meta = dict(model=name, objective=net.config.objective, dataset=dataset)
             for (s, k), (a, b) in draws[(n_px, seed)].items():
                 extra = dict(labels_per_class=k, seed=s)
                 rows += _probe(feats, a, b, tr.labels, te.labels[test_rows], cfg, meta, extra,
-                               best_layers.get(path.name))  # fmt: skip
+                               best_layers.get(name))  # fmt: skip
                 if (s, k) not in pix_done:
                     pix_done.add((s, k))
                     rows += _pixels(tr, te, test_rows, a, b, cfg, dataset, extra)
                 flush()
                 if cfg.finetune:
                     m = _Opened(net, palette, ident, t_tok, e_tok, meta)
-                    run_dir = out / "finetune" / path.name / f"k{k}-s{s}"
+                    run_dir = out / "finetune" / name / f"k{k}-s{s}"
                     rows += _finetune(m, (tr, te, test_rows), (a, b), extra, cfg, run_dir,
                                       progress)  # fmt: skip
                     flush()

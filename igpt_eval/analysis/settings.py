@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from igpt_eval.defaults import (
     BERT_MASKS,
-    EXTRACT_BATCH,
     SAMPLE_TEST,
     SAMPLE_TRAIN,
     SAMPLE_VAL,
@@ -76,8 +75,9 @@ class TrackSettings:
     val_size: int | None = SAMPLE_VAL
     test_size: int | None = SAMPLE_TEST  # the images every snapshot is scored on
     site: str = "ln_1"  # the paper's feature site
-    compute: str = "float32"  # extraction precision ("bfloat16" where the CPU has bf16 units)
-    batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
+    compute: str = "auto"  # extraction precision: bf16 autocast on a GPU, float32 on the CPU
+    batch_size: int | None = None  # images per forward (None: the device's, model.devices)
+    device: str = "auto"  # extraction and probes: CUDA when present, else the CPU
     bert_masks: int = BERT_MASKS  # masks averaged for BERT snapshots
     seed: int = 0  # the split seed and the probes' seed
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)

@@ -108,6 +108,7 @@ def probe_settings(settings: TrackSettings) -> ProbeSettings:
         site=settings.site,
         compute=settings.compute,
         batch_size=settings.batch_size,
+        device=settings.device,
         bert_masks=settings.bert_masks,
         seed=settings.seed,
         train_size=settings.train_size,

@@ -12,9 +12,10 @@ activation cache's manifest.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
-from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -22,45 +23,46 @@ from igpt_eval.cache.manifest import state_dict_hash
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
 from igpt_eval.data.splits import stratified_split
-from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, cache_root
+from igpt_eval.defaults import BERT_MASKS, cache_root
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import array_hash, file_hash
-from igpt_eval.model.checkpoint import WEIGHTS, load_model, load_palette, read_run, run_seed
+from igpt_eval.io import array_hash
+from igpt_eval.model.devices import resolve_compute, resolve_device
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.sources import ModelSource, load_source, resolve_model
 from igpt_eval.train import distributed as dist
 
 
-def open_model(model, palette=None, device: str = "cpu", *, random_weights: bool = False):
-    """``(IGPT, Palette, identity)`` for a checkpoint folder or an in-memory model.
+def open_model(model, palette=None, device="cpu", *, random_weights: bool = False):
+    """``(IGPT, Palette, identity)`` for a model named any way
+    :func:`igpt_eval.model.sources.resolve_model` takes (a checkpoint folder, a Hugging Face
+    ImageGPT folder, ``hf:OWNER/NAME[@REVISION]``), or an in-memory model.
 
-    ``identity`` holds the model's name, the checkpoint file's hash when there is one, and the
-    dataset and split seed of the run that trained it (from ``run.json``) when known.
-    ``random_weights`` replaces a folder's trained weights by the initialisation its run
-    started from (:meth:`IGPT.initialised` with the run's seed): the same architecture,
-    untrained, the control every probe result should beat.
+    ``identity`` holds the model's name, its weight files' hash, the Hub repository and
+    commit when it came from there, and the dataset and split seed of the run that trained
+    it (from ``run.json``) when known. ``random_weights`` replaces the weights by the
+    initialisation its run started from (:meth:`IGPT.initialised` with the run's seed, 0
+    for a model not trained here): the same architecture, untrained, the control every
+    probe result should beat.
     """
-    ident: dict = {}
-    if isinstance(model, str | os.PathLike):
-        path = Path(model)
-        loaded = load_model(path, device)
+    device = resolve_device(device)
+    if isinstance(model, str | os.PathLike | ModelSource):
+        source = resolve_model(model)
+        loaded, own_palette, ident = load_source(source, device)
         if palette is None:
-            palette = load_palette(path)
+            palette = own_palette
             if palette is None:
-                raise IGPTError(f"{path} has no palette.npy; the model's colours are unknown")
-        ident = {"model": str(path), "weights_hash": file_hash(path / WEIGHTS)}
-        # A folder that is no pretraining run (e.g. converted from HF) records neither.
-        run = read_run(path)
-        ident["run_dataset"] = run.get("dataset")
-        ident["run_seed"] = run_seed(run)
+                where = "palette.npy" if source.is_checkpoint else "preprocessor_config.json"
+                raise IGPTError(f"{source.spec} has no {where}; the model's colours are unknown")
         model = loaded
         if random_weights:
             seed = ident["run_seed"]
             model = IGPT.initialised(loaded.config, seed).to(device).eval()
-            ident["model"] = f"{path} (random weights, seed {seed})"
+            ident["model"] = f"{source.spec} (random weights, seed {seed})"
             ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
+        ident["name"] = source.name
     else:
         if random_weights:
-            raise IGPTError("random_weights needs a checkpoint folder (its config and run seed)")
+            raise IGPTError("random_weights needs a model folder or Hub name (its config)")
         model = model.to(device).eval()
         ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
     if palette is None:
@@ -82,7 +84,7 @@ def extract(
     palette=None,
     layers=None,
     site: str = "ln_1",
-    batch_size: int = EXTRACT_BATCH,
+    batch_size: int | None = None,
     dtype: str = "float32",
     bert_masks: int = BERT_MASKS,
     seed: int = 0,
@@ -90,8 +92,8 @@ def extract(
     data_dir: str | os.PathLike | None = None,
     split_seed: int | None = None,
     token_cache: str | os.PathLike | None = None,
-    device: str = "cpu",
-    compute: str = "float32",
+    device: str = "auto",
+    compute: str = "auto",
     max_rows: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -154,9 +156,13 @@ def extract_split(
     tokens = dist.main_first(
         lambda: load_tokens(ds, palette, token_cache, progress=progress and dist.is_main())
     )
+    if ds.channels == 1 and palette.channels == 3 and progress and dist.is_main():
+        print(f"note: {ds.name} is grey; its images are read as RGB (R = G = B) to fit the "
+              f"model's {palette.k}-colour RGB palette", file=sys.stderr)  # fmt: skip
     identity = {
         "model": ident.get("model"),
         "weights_hash": ident.get("weights_hash"),
+        **{k: ident[k] for k in ("repo", "revision", "commit") if ident.get(k)},
         "palette_hash": palette.hash,
         "dataset": ds.name,
         "split": ds.split,
@@ -170,15 +176,37 @@ def extract_split(
         identity["split"] = f"{ds.split} ({len(rows)} of {len(ds)} images, stratified)"
         identity["dataset_fingerprint"] = sample[:16]
         settings = dict(settings, rows=len(rows))
+    settings = dict(settings, compute=resolve_compute(settings.get("compute"), model.device))
     if out is None:
-        key = json.dumps(sorted(settings.items()), default=str)
-        tag = hashlib.sha256(key.encode()).hexdigest()[:6]
-        weights = state_dict_hash(model)[:8]
-        out = cache_root() / "activations" / f"{tokens.path.name}-m{weights}-{tag}"
+        out = (
+            cache_root()
+            / "activations"
+            / f"{tokens.path.name}-m{state_dict_hash(model)[:8]}-{cache_tag(settings)}"
+        )
     settings.pop("rows", None)
     return write_cache(
         model, token_rows, labels, out, identity=identity, progress=progress, **settings
     )
+
+
+def cache_tag(settings: dict) -> str:
+    """The short hash that names a managed cache folder: of the extraction settings with
+    every one not given filled in from :func:`write_cache`'s defaults, so the same features
+    asked for with or without a default spelt out (``extract()``, ``probe``) share one
+    folder. The batch size is left out: it does not change what is stored."""
+    full = {**_WRITE_DEFAULTS, **settings}
+    full.pop("batch_size", None)
+    if full.get("layers") is not None:
+        full["layers"] = sorted(set(full["layers"]))
+    key = json.dumps(sorted(full.items()), default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
+_WRITE_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(write_cache).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name not in ("identity", "overwrite", "progress")
+}
 
 
 def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:

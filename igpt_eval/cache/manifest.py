@@ -48,12 +48,23 @@ def state_dict_hash(model: torch.nn.Module) -> str:
     Unlike the checkpoint file's hash this is the same however the weights were loaded, so a
     cache made from ``load_model(dir)`` in a notebook is recognised by the CLI and vice versa.
     """
+    state = model.state_dict()
+    # Memoised on the model while no tensor changed (a tensor's version counter moves on
+    # every in-place write): extraction asks once per split, and iGPT-L is 5 GB to hash.
+    key = tuple(
+        (name, t.data_ptr(), str(t.device), t._version) for name, t in sorted(state.items())
+    )
+    memo = getattr(model, "_igpt_state_hash", None)
+    if memo is not None and memo[0] == key:
+        return memo[1]
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    object.__setattr__(model, "_igpt_state_hash", (key, digest))
+    return digest
 
 
 def masking(objective: str, bert_masks: int, seed: int | None) -> dict:
@@ -115,6 +126,8 @@ def request(
         "format": FORMAT,
         "version": VERSION,
         "model": ident.get("model"),
+        # Where the weights came from when it was the Hugging Face Hub (else absent).
+        **{k: ident[k] for k in ("repo", "revision", "commit") if ident.get(k)},
         "objective": cfg.objective,
         "model_config": cfg.to_dict(),
         "weights_hash": ident.get("weights_hash") or sd_hash,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from igpt_eval.cache.reader import (
     data_files,
     read_manifest,
 )
-from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH
+from igpt_eval.defaults import BERT_MASKS
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, file_lock, save_npy, write_json
+from igpt_eval.model.devices import default_extract_batch, resolve_compute
 from igpt_eval.model.sites import DEFAULT_SITE
 from igpt_eval.train import distributed as dist
 
@@ -53,13 +56,13 @@ def write_cache(
     *,
     layers=None,
     site: str = DEFAULT_SITE,
-    batch_size: int = EXTRACT_BATCH,
+    batch_size: int | None = None,
     dtype: str = "float32",
     bert_masks: int = BERT_MASKS,
     seed: int = 0,
     full_sequence_layer: int | None = None,
     full_sequence_dtype: str = "float16",
-    compute: str = "float32",
+    compute: str = "auto",
     identity: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -73,7 +76,12 @@ def write_cache(
     no masks. ``full_sequence_layer=L`` also stores layer L at every position, ``[N, T, d]`` in
     ``full_sequence_dtype`` (float16 by default: it is ``T`` times larger). ``compute`` is the
     precision of the forward pass: ``float32``, or ``bfloat16`` autocast (about twice as fast
-    on CPUs with bf16 units; pooling still accumulates in float32).
+    on CPUs with bf16 units; pooling still accumulates in float32); ``auto`` is bf16 on a GPU
+    and float32 on the CPU. ``batch_size`` defaults to the device's
+    (:func:`igpt_eval.model.devices.default_extract_batch`).
+
+    Before a new cache's files are created, the disk they need is compared with the free
+    space there: too little is one :class:`IGPTError` and nothing is written.
 
     ``identity`` describes the inputs for the manifest: ``model`` (a name), ``weights_hash``
     (the checkpoint file's hash; default: :func:`~igpt_eval.cache.manifest.state_dict_hash`),
@@ -84,6 +92,8 @@ def write_cache(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IGPTError(f"{out} exists and is not a folder")
+    compute = resolve_compute(compute, model.device)
+    batch_size = default_extract_batch(model.device) if batch_size is None else batch_size
     req = request(
         model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
         full_sequence_layer, full_sequence_dtype, identity, compute,
@@ -93,7 +103,7 @@ def write_cache(
     with lock if main else contextlib.nullcontext():
         try:
             if main:
-                m = _prepare(out, req, np.asarray(labels), overwrite)
+                m = _prepare(out, req, np.asarray(labels), overwrite, progress)
             dist.barrier()  # the files exist before any other rank opens them
             if not main:
                 m = read_manifest(out)
@@ -113,7 +123,7 @@ def write_cache(
     return ActivationCache.open(out)
 
 
-def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
+def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress: bool) -> dict:
     """Under the lock: the manifest to continue from, creating the cache when needed."""
     try:
         old = read_manifest(out)
@@ -146,7 +156,42 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
                 f"{out} holds other files and no activation cache; choose an empty --out "
                 "or pass --overwrite"
             )
+    check_disk(out, req, say=progress)
     return _create(out, req, labels, old)
+
+
+def cache_bytes(m: dict) -> int:
+    """Bytes a cache's data files take on disk (the pooled layers, the full-sequence layer,
+    the labels), from its manifest or request."""
+    per = np.dtype(m["dtype"]).itemsize * m["n"] * m["dim"]
+    total = per * len(m["sites"]) + 8 * m["n"]
+    if m["full_sequence"]:
+        fs = m["full_sequence"]
+        total += np.dtype(fs["dtype"]).itemsize * int(np.prod(fs["shape"]))
+    return int(total)
+
+
+def check_disk(out: Path, req: dict, *, say: bool = True) -> None:
+    """Print what a new cache will take and refuse it (one :class:`IGPTError`, nothing
+    written) when the file system under ``out`` has less free space than that."""
+    need = cache_bytes(req)
+    where = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    what = (
+        f"{req['n']:,} images x {len(req['sites'])} sites x {req['dim']} {req['dtype']} = "
+        f"{_gb(need)} on disk, {_gb(free)} free"
+    )
+    if need > free:
+        raise IGPTError(
+            f"the activation cache {out} needs {what}; free some space, store float16 "
+            "(--cache-dtype float16), or cache fewer --layers"
+        )
+    if say:
+        print(f"[extract] {out}: {what}", file=sys.stderr, flush=True)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _files_ok(out: Path, m: dict) -> bool:

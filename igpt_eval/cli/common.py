@@ -15,6 +15,12 @@ from pathlib import Path
 
 from igpt_eval.errors import IGPTError
 
+#: What every ``--model`` flag takes (:func:`igpt_eval.model.sources.resolve_model`).
+MODEL_HELP = (
+    "an igpt-eval checkpoint folder, a Hugging Face ImageGPT folder, or hf:OWNER/NAME[@REVISION] "
+    "(a Hub model, read from the Hugging Face cache when offline)"
+)
+
 # name -> function adding the subcommand's parser; filled by @subcommand in import order.
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
@@ -76,6 +82,23 @@ def add_dataset_flags(
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (and run)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def add_device_flag(p) -> None:
+    """``--device``: resolved once in :func:`igpt_eval.cli.main.main`, before any work, by
+    :func:`igpt_eval.model.devices.resolve_device` (a missing GPU is one line there)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the first CUDA GPU when there is one, else the CPU), cpu, cuda "
+        "or cuda:N",
+    )
+
+
+def compute_of(bf16: bool | None) -> str:
+    """The extraction precision ``--bf16``/``--no-bf16`` ask for; neither given: ``auto``
+    (bf16 autocast on a GPU, float32 on the CPU; see ``model.devices.resolve_compute``)."""
+    return "auto" if bf16 is None else ("bfloat16" if bf16 else "float32")
 
 
 def add_token_cache_flag(p) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import subcommand
+from igpt_eval.cli.common import MODEL_HELP, add_device_flag, compute_of, subcommand
 from igpt_eval.cli.probe import add_extraction_flags, add_native_pixels_flag
 from igpt_eval.errors import IGPTError
 
@@ -27,11 +27,10 @@ def _add_compare(sub) -> None:
     )
     p.add_argument(
         "--models",
-        type=Path,
         nargs="+",
-        default=list(DEFAULT_MODELS),
-        metavar="DIR",
-        help="checkpoint folders (default: models/fmnist-ar models/fmnist-bert)",
+        default=[str(m) for m in DEFAULT_MODELS],
+        metavar="MODEL",
+        help="the models (default: models/fmnist-ar models/fmnist-bert); each " + MODEL_HELP,
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the models' run.json)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
@@ -43,7 +42,7 @@ def _add_compare(sub) -> None:
         help="activation caches root (default: activations/compare/ in the user cache folder)",
     )
     p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_device_flag(p)
     add_extraction_flags(p)
     p.add_argument("--knn-k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="kNN temperature")
@@ -74,7 +73,7 @@ def _cmd_compare(args) -> int:
         site=args.site,
         bert_masks=args.bert_masks,
         batch_size=args.batch_size,
-        compute="bfloat16" if args.bf16 else "float32",
+        compute=compute_of(args.bf16),
         device=args.device,
         seed=args.seed,
         train_size=args.train_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import add_dataset_flags, refuse_overwrite, subcommand
+from igpt_eval.cli.common import add_dataset_flags, add_device_flag, refuse_overwrite, subcommand
 
 
 @subcommand
@@ -20,7 +20,7 @@ def _add_palette(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="palette file to write (.npy)")
     p.add_argument("--split", default="train", help="split to fit on (default: train)")
     p.add_argument("--sample", type=int, default=200_000, help="pixels sampled for k-means")
-    p.add_argument("--device", default="cpu", help="cpu (scikit-learn) or e.g. cuda (torch)")
+    add_device_flag(p)
     p.set_defaults(func=_cmd_palette)
 
 

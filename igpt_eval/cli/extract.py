@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
-from igpt_eval.cli.common import add_token_cache_flag, subcommand
-from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH
-from igpt_eval.errors import IGPTError
+from igpt_eval.cli.common import (
+    MODEL_HELP,
+    add_device_flag,
+    add_token_cache_flag,
+    compute_of,
+    subcommand,
+)
+from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, GPU_EXTRACT_BATCH
 
 _SPLITS = ("train", "val", "test", "trainval")
 
@@ -22,7 +28,7 @@ def _add_extract(sub) -> None:
         ".npy per layer, resumable after an interruption (rerun the same command). Runs under "
         "torchrun, sharding rows over processes.",
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--dataset",
         default=None,
@@ -40,8 +46,9 @@ def _add_extract(sub) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=EXTRACT_BATCH,
-        help=f"images per forward (default {EXTRACT_BATCH})",
+        default=None,
+        help=f"images per forward (default: {EXTRACT_BATCH} on the CPU, {GPU_EXTRACT_BATCH} on "
+        "a GPU)",
     )
     p.add_argument(
         "--out",
@@ -51,7 +58,10 @@ def _add_extract(sub) -> None:
         "in the cache root, $IGPT_EVAL_CACHE or ~/.cache/igpt-eval, where probes reuse it)",
     )
     p.add_argument(
-        "--dtype", choices=["float32", "float16"], default="float32", help="stored dtype"
+        "--cache-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how features are stored (float16 halves the disk)",
     )
     p.add_argument(
         "--bert-masks",
@@ -63,8 +73,9 @@ def _add_extract(sub) -> None:
                    "(default: the model's training seed, else 0)")  # fmt: skip
     p.add_argument(
         "--bf16",
-        action="store_true",
-        help="bf16 autocast forward pass (faster on CPUs with bf16 units)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast forward pass (default: on on a GPU, off on the CPU)",
     )
     p.add_argument(
         "--full-sequence-layer",
@@ -77,28 +88,13 @@ def _add_extract(sub) -> None:
     add_token_cache_flag(p)
     p.add_argument("--overwrite", action="store_true", help="rebuild a mismatching cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_flag(p)
     p.set_defaults(func=_cmd_extract)
-
-
-def parse_layers(spec: str) -> list[int] | None:
-    """``all`` → None; ``0,4,8`` and ranges ``2-5`` → a list of ints."""
-    if spec.strip().lower() == "all":
-        return None
-    layers = []
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            layers.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise IGPTError(
-            f"--layers takes 'all' or numbers like 0,4,8 or 2-5, not {spec!r}"
-        ) from None
-    return layers
 
 
 def _cmd_extract(args) -> int:
     from igpt_eval.cache.extraction import extract_split, open_model
+    from igpt_eval.cli.probe import parse_layers
     from igpt_eval.train import distributed as dist
 
     layers = parse_layers(args.layers)
@@ -119,9 +115,9 @@ def _cmd_extract(args) -> int:
                 model, palette, ident, args.dataset, split, out,
                 data_dir=args.data_dir, split_seed=seed, token_cache=args.token_cache,
                 progress=main and not args.no_progress, layers=layers, site=args.site,
-                batch_size=args.batch_size, dtype=args.dtype, bert_masks=args.bert_masks,
+                batch_size=args.batch_size, dtype=args.cache_dtype, bert_masks=args.bert_masks,
                 seed=seed, full_sequence_layer=args.full_sequence_layer,
-                compute="bfloat16" if args.bf16 else "float32",
+                compute=compute_of(args.bf16),
                 overwrite=args.overwrite,
             )  # fmt: skip
             if main:

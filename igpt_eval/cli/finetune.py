@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.cli.common import add_token_cache_flag, command_line, config_from_args, subcommand
+from igpt_eval.cli.common import (
+    MODEL_HELP,
+    add_device_flag,
+    add_token_cache_flag,
+    command_line,
+    config_from_args,
+    subcommand,
+)
 
 
 def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
@@ -40,7 +47,7 @@ def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
     p.add_argument(
         "--augment", action="store_true", help="reflection pad 4, random crop, horizontal flip"
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_flag(p)
     add_token_cache_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -211,7 +218,7 @@ def _add_lowdata(sub) -> None:
         "the study (the earlier seeds' runs are read back).",
     )
     p.add_argument(
-        "--model", type=Path, action="append", required=True, help="checkpoint (repeatable)"
+        "--model", action="append", required=True, help="a model (repeatable): " + MODEL_HELP
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

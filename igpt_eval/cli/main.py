@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     args.argv = list(argv)  # what runs record as their command (cli.common.command_line)
     try:
+        if getattr(args, "device", None) is not None:  # once, before anything is read
+            from igpt_eval.model.devices import resolve_device
+
+            args.device = str(resolve_device(args.device))
         result = args.func(args)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

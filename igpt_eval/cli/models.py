@@ -14,10 +14,16 @@ def _add_convert(sub) -> None:
         "convert",
         help="import or export Hugging Face ImageGPT checkpoints",
         description="Convert between igpt-eval checkpoint folders and Hugging Face ImageGPT "
-        "folders (config.json + safetensors; pickled weights are refused).",
+        "models: a local HF folder (safetensors, or a pytorch_model.bin read as plain tensors "
+        "only: a pickle that would run code is refused) or hf:OWNER/NAME[@REVISION] from the "
+        "Hub (its cache when offline).",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-hf", type=Path, metavar="DIR", help="HF ImageGPT folder to import")
+    src.add_argument(
+        "--from-hf",
+        metavar="MODEL",
+        help="HF ImageGPT folder or hf:OWNER/NAME[@REVISION] to import",
+    )
     src.add_argument("--to-hf", type=Path, metavar="DIR", help="igpt-eval checkpoint to export")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -26,11 +32,15 @@ def _add_convert(sub) -> None:
 
 def _cmd_convert(args) -> int:
     from igpt_eval.model import from_hf, load_model, load_palette, save_model, to_hf
+    from igpt_eval.model.sources import resolve_model
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise IGPTError(f"{args.out} is not empty; pass --overwrite to write into it")
     if args.from_hf is not None:
-        model = from_hf(args.from_hf)
+        source = resolve_model(args.from_hf)
+        if source.is_checkpoint:
+            raise IGPTError(f"{args.from_hf} is already an igpt-eval checkpoint")
+        model = from_hf(source.path)
         save_model(model, args.out, palette=getattr(model, "palette", None))
         what = "igpt-eval checkpoint"
     else:

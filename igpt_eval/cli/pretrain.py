@@ -7,6 +7,7 @@ from pathlib import Path
 
 from igpt_eval.cli.common import (
     add_dataset_flags,
+    add_device_flag,
     add_token_cache_flag,
     command_line,
     parse_steps,
@@ -65,7 +66,12 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--grad-clip", type=float, default=None, help="clip gradient norm (off)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast for the forward pass (default: on on a GPU, off on the CPU)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
         "--literal-ops",
@@ -92,7 +98,7 @@ def _add_pretrain(sub) -> None:
         help="keep the weights of these steps too (comma-separated; 0 = the untrained "
         "initialisation, a random-weights control)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_flag(p)
     add_token_cache_flag(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -114,6 +120,7 @@ def _cmd_pretrain(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
     from igpt_eval.data.palette import Palette
     from igpt_eval.model.config import IGPTConfig
+    from igpt_eval.model.devices import default_bf16
     from igpt_eval.train import distributed as dist
     from igpt_eval.train.malloc import keep_freed_memory
     from igpt_eval.train.pretrain import TrainConfig, log_spaced_steps
@@ -168,7 +175,7 @@ def _cmd_pretrain(args) -> int:
         warmup_steps=args.warmup_steps,
         grad_accum=args.grad_accum,
         grad_clip=args.grad_clip,
-        bf16=args.bf16,
+        bf16=default_bf16(args.device) if args.bf16 is None else args.bf16,
         compile=args.compile,
         literal_ops=args.literal_ops,
         seed=args.seed,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.cli.common import subcommand
-from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
+from igpt_eval.cli.common import MODEL_HELP, add_device_flag, compute_of, subcommand
+from igpt_eval.defaults import (
+    BERT_MASKS,
+    EXTRACT_BATCH,
+    GPU_EXTRACT_BATCH,
+    SAMPLE_TEST,
+    SAMPLE_TRAIN,
+    SAMPLE_VAL,
+)
 from igpt_eval.errors import IGPTError
 
 
@@ -70,15 +77,23 @@ def add_extraction_flags(p) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=EXTRACT_BATCH,
-        help=f"extraction batch size (default {EXTRACT_BATCH})",
+        default=None,
+        help=f"extraction batch size (default: {EXTRACT_BATCH} on the CPU, "
+        f"{GPU_EXTRACT_BATCH} on a GPU)",
     )
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast for extraction (default: off; pays only on CPUs with bf16 units "
-        "or GPUs, and changes the features slightly)",
+        default=None,
+        help="bf16 autocast for extraction (default: on on a GPU; off on the CPU, where it "
+        "pays only with bf16 units, and it changes the features slightly)",
+    )
+    p.add_argument(
+        "--cache-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how cached features are stored (float16 halves the disk: iGPT-L's 49 sites x "
+        "1536 floats x 60,000 images are 18 GB in float32)",
     )
     p.add_argument(
         "--concat-layers",
@@ -117,7 +132,7 @@ def _add_probe(sub) -> None:
         "predictions and depth_curve.png. With no arguments: the shipped Fashion-MNIST AR "
         "model.",
     )
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--layers", default=None, help="all (default), '0,4,8' or '2-5'")
@@ -125,7 +140,7 @@ def _add_probe(sub) -> None:
     p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
     p.add_argument("--method", choices=["lbfgs", "sgd"], default="lbfgs")
     p.add_argument("--backend", choices=["torch", "sklearn", "cuml"], default="torch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_device_flag(p)
     p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
@@ -164,6 +179,7 @@ def _add_probe(sub) -> None:
 
 
 def _cmd_probe(args) -> int:
+    from igpt_eval.model.sources import model_name
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.figures import baselines_of, depth_curve
@@ -173,13 +189,14 @@ def _cmd_probe(args) -> int:
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")
     suffix = "-random-weights" if args.random_weights else ""
-    out = args.out or Path("runs/probe") / (args.model.name + suffix)
+    out = args.out or Path("runs/probe") / (model_name(args.model) + suffix)
     settings = ProbeSettings(
         layers=parse_layers(args.layers),
         site=args.site,
         bert_masks=args.bert_masks,
         batch_size=args.batch_size,
-        compute="bfloat16" if args.bf16 else "float32",
+        compute=compute_of(args.bf16),
+        cache_dtype=args.cache_dtype,
         method=args.method,
         backend=args.backend,
         device=args.device,

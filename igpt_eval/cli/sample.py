@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import add_token_cache_flag, refuse_overwrite, subcommand
+from igpt_eval.cli.common import MODEL_HELP, add_token_cache_flag, refuse_overwrite, subcommand
 from igpt_eval.errors import IGPTError
 
 
-def _load(model_dir: Path):
-    """(model, palette, run.json) of a checkpoint folder; the palette is required."""
-    from igpt_eval.model.checkpoint import load_model, load_palette, read_run
+def _load(model):
+    """(model, palette, run.json) of any model source (``{}`` for a model not trained here);
+    the palette is required."""
+    from igpt_eval.model.checkpoint import read_run
+    from igpt_eval.model.sources import load_source, resolve_model
 
-    model, palette = load_model(model_dir), load_palette(model_dir)
+    source = resolve_model(model)
+    net, palette, _ = load_source(source, "cpu")
     if palette is None:
-        raise IGPTError(f"{model_dir} has no palette.npy: its tokens cannot be turned into images")
-    return model, palette, read_run(model_dir)
+        raise IGPTError(f"{model} has no palette: its tokens cannot be turned into images")
+    return net, palette, read_run(source.path) if source.is_checkpoint else {}
 
 
 def _dataset_name(args, run: dict) -> str:
@@ -33,7 +36,7 @@ def _add_sample(sub) -> None:
         description="Draw unconditional samples from an autoregressive model as an image grid, "
         "or with --complete, complete the bottom halves of dataset images from their top halves.",
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--n", type=int, default=16, help="samples (or images to complete)")
     p.add_argument("--complete", action="store_true", help="complete dataset images instead")
     p.add_argument("--samples", type=int, default=3, help="completions per image (--complete)")

@@ -7,7 +7,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from igpt_eval.cli.common import parse_steps, refuse_overwrite, subcommand
+from igpt_eval.cli.common import (
+    add_device_flag,
+    compute_of,
+    parse_steps,
+    refuse_overwrite,
+    subcommand,
+)
 from igpt_eval.cli.probe import add_sample_flags
 
 
@@ -36,13 +42,16 @@ def _add_track(sub) -> None:
     p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
     p.add_argument("--steps", type=parse_steps, default=None, help="only these snapshot steps")
     add_sample_flags(p, d.train_size, d.val_size, d.test_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="extraction batch size")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="extraction batch size (default: the device's)"
+    )
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bf16 autocast for extraction (default: off; on only pays on CPUs with bf16 units)",
+        default=None,
+        help="bf16 autocast for extraction (default: on on a GPU, off on the CPU)",
     )
+    add_device_flag(p)
     p.add_argument("--bert-masks", type=int, default=d.bert_masks, help="masks (BERT runs)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
@@ -64,8 +73,9 @@ def _cmd_track(args) -> int:
         train_size=args.train_size,
         val_size=args.val_size,
         test_size=args.test_size,
-        compute="bfloat16" if args.bf16 else "float32",
+        compute=compute_of(args.bf16),
         batch_size=args.batch_size,
+        device=args.device,
         bert_masks=args.bert_masks,
         seed=args.seed,
         steps=args.steps,

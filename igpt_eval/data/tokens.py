@@ -123,10 +123,12 @@ def tokenize(
     if dataset.n_px is None:
         h, w = dataset.images.shape[1:3]
         raise IGPTError(f"images are {h}x{w}; tokenizing needs square images, pass n_px")
-    if dataset.channels != palette.channels:
+    grey_to_rgb = dataset.channels == 1 and palette.channels == 3
+    if dataset.channels != palette.channels and not grey_to_rgb:
         raise IGPTError(
-            f"images have {dataset.channels} channels but the palette has {palette.channels}; "
-            "fit a palette on this dataset with `igpt-eval palette`"
+            f"{dataset.name}'s images have {dataset.channels} channels but the palette has "
+            f"{palette.channels}; a colour dataset needs an RGB palette (fit one on it with "
+            "`igpt-eval palette`)"
         )
     if out.exists() and not out.is_dir():
         raise IGPTError(f"{out} exists and is not a folder")
@@ -162,6 +164,8 @@ def _tokenize_locked(dataset, palette, out: Path, batch_size, progress, overwrit
     ) as bar:
         for start in range(0, n, batch_size):
             batch = dataset.images[start : start + batch_size]
+            if dataset.channels == 1 and palette.channels == 3:  # grey in RGB: R = G = B
+                batch = np.repeat(batch, 3, axis=-1)
             mm[start : start + len(batch)] = palette.encode(batch)
             bar.update(len(batch))
     mm.flush()

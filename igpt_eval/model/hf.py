@@ -11,12 +11,14 @@ HF differs from us in layout only:
 - it always has linear biases (zero in OpenAI's converted weights).
 
 Reading and writing need no ``transformers``: checkpoints are ``config.json`` plus
-safetensors. Pickled ``pytorch_model.bin`` files are refused, never unpickled.
+safetensors, or (what the Hub's ``openai/imagegpt-*`` main branches hold) a pickled
+``pytorch_model.bin``. Those are never unpickled as such: :func:`read_bin` reads them with
+``torch.load(weights_only=True)``, whose unpickler builds tensors and plain containers only,
+and then accepts nothing but a flat mapping of names to tensors.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -49,6 +51,16 @@ _BLOCK_MAP = [
 
 
 # ---------------------------------------------------------------------------- import
+def hf_weight_files(path: Path) -> tuple[Path, ...]:
+    """The weight files of an HF folder: its safetensors (one or the shards), else its
+    pickled ``pytorch_model*.bin``; an :class:`IGPTError` when it has neither."""
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        files = tuple(sorted(path.glob(pattern)))
+        if files:
+            return files
+    raise IGPTError(f"{path} has no weights (no .safetensors, no pytorch_model.bin)")
+
+
 def _read_hf_folder(path: Path) -> tuple[dict, dict, np.ndarray | None]:
     """(config dict, state dict, palette centres or None) from an HF checkpoint folder."""
     cfg_file = path / "config.json"
@@ -58,30 +70,77 @@ def _read_hf_folder(path: Path) -> tuple[dict, dict, np.ndarray | None]:
     if not isinstance(hf_cfg, dict) or hf_cfg.get("model_type") != "imagegpt":
         got = hf_cfg.get("model_type") if isinstance(hf_cfg, dict) else None
         raise IGPTError(f"{path} is not an ImageGPT checkpoint (model_type {got!r})")
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        if (path / "pytorch_model.bin").exists():
-            raise IGPTError(
-                f"{path} has only pickled weights (pytorch_model.bin), which igpt-eval never "
-                "unpickles; re-save them with save_pretrained(safe_serialization=True)"
+    state = read_weights(hf_weight_files(path))
+    return hf_cfg, state, hf_palette_centres(path)
+
+
+def hf_palette_centres(path: Path) -> np.ndarray | None:
+    """The colour clusters ``[k, 3]`` of an HF folder's ``preprocessor_config.json`` (in
+    [-1, 1], our palette's scale), or ``None`` when it has none."""
+    pre = path / "preprocessor_config.json"
+    if not pre.is_file():
+        return None
+    clusters = read_json(pre).get("clusters")
+    return None if clusters is None else np.asarray(clusters, dtype=np.float32)
+
+
+def read_bin(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a pickled ``.bin`` state dict, read without running any code.
+
+    ``torch.load(weights_only=True)`` refuses a pickle that would call anything but the
+    tensor and container constructors it allows (a hostile ``__reduce__`` never runs); what
+    it returns must then be a mapping of names to tensors, nothing else."""
+    try:
+        try:  # memory-mapped: a 5 GB file is not read twice
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler refused, the answer is no
+        why = _refusal(e)
+        raise IGPTError(f"{path} was refused: it is not a plain file of tensors ({why})") from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        what = type(obj).__name__
+        if isinstance(obj, dict):
+            bad = next(
+                k
+                for k, v in obj.items()
+                if not (isinstance(k, str) and isinstance(v, torch.Tensor))
             )
-        raise IGPTError(f"{path} has no .safetensors weights")
+            what = f"a mapping whose entry {bad!r} is no tensor"
+        raise IGPTError(f"{path} holds {what}, not a mapping of names to tensors; refused")
+    return obj
+
+
+def _refusal(e: Exception) -> str:
+    """What torch's unpickler objected to, without its boilerplate (which suggests rerunning
+    with ``weights_only=False``: exactly what must never happen to an untrusted file)."""
+    skip = ("weights only load failed", "check the documentation", "re-running")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln.split("use case:")[-1].strip() for ln in lines if not ln.lower().startswith(skip)]
+    text = " ".join(ln for ln in lines if ln and not ln.startswith("WeightsUnpickler error"))
+    return (text or type(e).__name__)[:200]
+
+
+def read_weights(files) -> dict[str, torch.Tensor]:
+    """The state dict of an HF folder's weight files (safetensors or ``.bin``, one file or
+    the shards of a sharded checkpoint)."""
     state: dict[str, torch.Tensor] = {}
-    for f in files:  # one file or the shards of a sharded checkpoint
+    for f in files:
+        if f.suffix == ".bin":
+            state.update(read_bin(f))
+            continue
         try:
             state.update(load_file(f))
         except (SafetensorError, OSError, ValueError) as e:
             raise IGPTError(f"{f} is not a readable safetensors file ({e})") from None
-    centres = None
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        clusters = json.loads(pre.read_text()).get("clusters")
-        if clusters is not None:
-            centres = np.asarray(clusters, dtype=np.float32)
-    return hf_cfg, state, centres
+    return state
 
 
-def _config_from_hf(hf: dict, has_bias: bool, n_classes: int) -> IGPTConfig:
+def config_from_hf(hf: dict, has_bias: bool, n_classes: int) -> IGPTConfig:
     d = hf.get("n_embd", 512)
     n_inner = hf.get("n_inner")
     act = hf.get("activation_function", "quick_gelu")
@@ -142,7 +201,7 @@ def from_hf(source) -> IGPT:
         k.endswith(".bias") and bool(v.abs().max() > 0) for k, v in state.items() if v.numel()
     )
     n_classes = state["score.weight"].shape[0] if "score.weight" in state else 0
-    cfg = _config_from_hf(hf_cfg, has_bias, n_classes)
+    cfg = config_from_hf(hf_cfg, has_bias, n_classes)
     k = cfg.vocab_size
 
     ours: dict[str, torch.Tensor] = {}

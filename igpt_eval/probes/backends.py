@@ -51,16 +51,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is one clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IGPTError(f"device {device!r} requested but no CUDA GPU is available")
-    return dev
-
-
 def objective(coef, intercept, X, y, C) -> float:
     """scikit-learn's per-sample objective, in float64 numpy (for comparing backends).
 

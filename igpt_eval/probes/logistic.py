@@ -16,11 +16,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.devices import resolve_device
 from igpt_eval.probes.backends import (
     BACKENDS,
     fit_cuml,
     fit_sklearn,
-    resolve_device,
     torch_dtype,
 )
 from igpt_eval.probes.lbfgs import LBFGSResult, fit_lbfgs

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import feature_scale
-from igpt_eval.probes.backends import BACKENDS, resolve_device
+from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid
 from igpt_eval.results import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
@@ -155,6 +156,9 @@ def probe_lbfgs(
     X = (train.X, val.X, test.X)
     if standardize:  # statistics from train only, applied to every split
         X = _standardized(*X)
+    if backend == "torch":  # onto the device once: every stage below reads them there
+        dev = resolve_device(device)
+        X = tuple(torch.as_tensor(x, dtype=torch.float32, device=dev) for x in X)
     base = dict(
         meta,
         probe=probe,
@@ -315,7 +319,8 @@ class _Protocol:
         with a bootstrap 95% interval, and loss); returns the predictions (G, 1, N)."""
         G = len(self.layers)
         t0 = time.perf_counter()
-        X_fit = np.concatenate([self.X["train"], self.X["val"]], 1)
+        both = (self.X["train"], self.X["val"])
+        X_fit = torch.cat(both, 1) if torch.is_tensor(both[0]) else np.concatenate(both, 1)
         y_fit = np.concatenate([self.y["train"], self.y["val"]])
         final = _solve(
             X_fit, y_fit, C_best[:, None], self.K, self.backend, init=init, **self.solver

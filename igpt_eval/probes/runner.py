@@ -14,7 +14,9 @@ import pandas as pd
 from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
-from igpt_eval.probes.concat import check_concat, probe_concat
+from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.sources import ModelSource, resolve_model
+from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
@@ -112,17 +114,13 @@ def probe_model(
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``."""
     s = (settings or ProbeSettings()).replace(**changes)
-    path = Path(model)
-    if not path.exists():
-        raise IGPTError(
-            f"no model at {path}"
-            + (
-                " (the shipped models live in models/ of a source checkout; set IGPT_EVAL_MODELS)"
-                if path == DEFAULT_MODEL
-                else ""
-            )
-        )
-    net, palette, ident = open_model(path, device=s.device, random_weights=s.random_weights)
+    model_exists = DEFAULT_MODEL.exists()
+    if not isinstance(model, ModelSource) and Path(model) == DEFAULT_MODEL and not model_exists:
+        raise IGPTError(f"no model at {DEFAULT_MODEL} (the shipped models live in models/ of a "
+                        "source checkout; set IGPT_EVAL_MODELS)")  # fmt: skip
+    source = resolve_model(model)
+    s = s.replace(device=str(resolve_device(s.device)))  # once: every stage runs there
+    net, palette, ident = open_model(source, device=s.device, random_weights=s.random_weights)
     layers = None if s.layers is None else list(s.layers)
     # Before any extraction: a bad K fails at once, not minutes later.
     check_concat(
@@ -145,6 +143,7 @@ def probe_model(
             layers=layers,
             site=s.site,
             batch_size=s.batch_size,
+            dtype=s.cache_dtype,
             bert_masks=s.bert_masks if net.config.objective == "bert" else 0,
             seed=s.seed,
             compute=s.compute,
@@ -154,7 +153,7 @@ def probe_model(
     extract_seconds = time.perf_counter() - t0
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
-        model=random_twin(path.name) if s.random_weights else path.name,
+        model=random_twin(source.name) if s.random_weights else source.name,
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=s.site,
@@ -194,22 +193,41 @@ def probe_model(
     return (df, predictions) if return_predictions else df
 
 
+def layer_groups(caches: dict, layers: list[int], max_bytes: int) -> list[list[int]]:
+    """``layers`` in consecutive groups whose float32 features, all three splits together,
+    fit in ``max_bytes`` (at least one layer a group): the L-BFGS protocol is independent
+    layer by layer, so a model too large to hold every layer's features in memory (iGPT-L:
+    49 sites x 1536 floats x 60,000 images, 18 GB) is probed a group at a time, with the
+    same results."""
+    per_layer = 4 * caches["train"].manifest["dim"] * sum(len(c.labels) for c in caches.values())
+    size = max(1, int(max_bytes // max(per_layer, 1)))
+    return [layers[i : i + size] for i in range(0, len(layers), size)]
+
+
 def _probe_lbfgs(caches, layers, sites, meta, s: ProbeSettings, progress: bool):
-    """The L-BFGS protocol on every layer (features in memory: full batch) and, with
-    ``concat_layers``, the multi-layer probe around the layer chosen on validation."""
-    feats, _, _ = load_features(caches, layers)
+    """The L-BFGS protocol on every layer (features in memory: full batch, a group of
+    layers at a time, :func:`layer_groups`) and, with ``concat_layers``, the multi-layer
+    probe around the layer chosen on validation."""
     opts = dict(
         meta=meta, backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed,
         progress=progress,
     )  # fmt: skip
-    rows, predictions = probe_lbfgs(
-        feats["train"], feats["val"], feats["test"], layers, sites=sites,
-        return_predictions=True, **opts,
-    )  # fmt: skip
+    rows, predictions = [], Predictions()
+    for group in layer_groups(caches, layers, s.max_feature_bytes):
+        feats, _, group_sites = load_features(caches, group)
+        r, p = probe_lbfgs(
+            feats["train"], feats["val"], feats["test"], group, sites=group_sites,
+            return_predictions=True, **opts,
+        )  # fmt: skip
+        rows += r
+        predictions.update(p)
+        del feats  # the next group's features replace these
     if s.concat_layers is not None:
         best = summary(to_frame(rows))
         chosen = int(best[best.best].layer.iloc[0])
-        c_rows, c_pred = probe_concat(feats, layers, sites, chosen, s.concat_layers, **opts)
+        span = concat_span(layers, chosen, s.concat_layers)
+        feats, _, span_sites = load_features(caches, span)
+        c_rows, c_pred = probe_concat(feats, span, span_sites, chosen, s.concat_layers, **opts)
         rows += c_rows
         predictions.update(c_pred)
     return rows, predictions

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from igpt_eval.defaults import (
     BERT_MASKS,
-    EXTRACT_BATCH,
+    PROBE_FEATURE_BYTES,
     SAMPLE_TEST,
     SAMPLE_TRAIN,
     SAMPLE_VAL,
@@ -36,14 +36,16 @@ class ProbeSettings:
     layers: tuple[int, ...] | None = None  # None: every layer of the model (0..n_layer)
     site: str = "ln_1"  # the paper's site: block input after its first norm (DESIGN §4)
     bert_masks: int = BERT_MASKS  # independent masks averaged per image (BERT models only)
-    batch_size: int = EXTRACT_BATCH  # images per forward (see igpt_eval.defaults)
-    compute: str = "float32"  # extraction precision: exact and the same on every machine
+    batch_size: int | None = None  # images per forward; None: the device's (model.devices)
+    compute: str = "auto"  # bf16 autocast on a GPU; float32 (exact, same everywhere) on CPU
+    cache_dtype: str = "float32"  # stored features; float16 halves the disk at iGPT-M/L size
     # --- the probe
     method: str = "lbfgs"  # lbfgs: full batch, C chosen on val; sgd: streamed from the cache
     backend: str = "torch"  # L-BFGS solver: torch (batched, GPU-able), sklearn or cuml
-    device: str = "cpu"  # where extraction and probes run: cpu, cuda or auto
+    device: str = "auto"  # where extraction and probes run: auto (CUDA when present), cpu, cuda
     standardize: bool = True  # train statistics: standardise (L-BFGS) or whiten (SGD)
     seed: int = 0  # BERT masks, probes, bootstrap intervals (the split seed is the run's)
+    max_feature_bytes: int = PROBE_FEATURE_BYTES  # L-BFGS holds this much at once (groups)
     # --- the sample: a stratified one per split (None: all of it), the main job's budget
     train_size: int | None = SAMPLE_TRAIN
     val_size: int | None = SAMPLE_VAL

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import floored
-from igpt_eval.probes.backends import resolve_device
 from igpt_eval.results import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
 
