@@ -282,3 +282,41 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     assert main(["extract", "--model", "x", "--device", "tpu"]) == 2
     assert "unknown device" in _one_line(capsys) or "not supported" in capsys.readouterr().err
+
+
+def test_layer_groups_give_the_same_results(tiny_pair, tmp_path, one_torch_thread):
+    """A feature budget of one layer (iGPT-L's case, scaled down) probes layer by layer and
+    gives every number the all-at-once probe gives. (One thread: with several, a matmul's
+    rounding depends on its shape, so any change of batch moves the last bits.)"""
+    from igpt_eval.probes.runner import probe_model
+
+    _, ar, _, npz = tiny_pair
+    common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok", progress=False,
+                  train_size=None, val_size=None, test_size=None, pixels=False)  # fmt: skip
+    whole = probe_model(ar, f"npz:{npz}", **common)
+    grouped = probe_model(ar, f"npz:{npz}", max_feature_bytes=1, **common)
+    cols = ["split", "layer", "metric", "C", "value", "n_iter", "converged"]
+    a, b = (d[cols].sort_values(cols[:4]).reset_index(drop=True) for d in (whole, grouped))
+    assert len(a) > 0
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("name", ["stl10", "cifar100"])
+def test_stl10_and_cifar100_at_the_models_resolution(hf_sources, tmp_path, name):
+    from tests.test_data import write_stl10
+
+    root = tmp_path / "data"
+    if name == "stl10":
+        write_stl10(root, n_train=4, n_test=3)  # 96 x 96 on disk
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(1)
+        for part, n in (("train", 8), ("test", 3)):
+            x = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+            d = {b"fine_labels": [int(v) for v in np.arange(n) % 4], b"data": _cifar_rows(x)}
+            (folder / part).write_bytes(_py2_style_pickle(d))
+    cache = extract(hf_sources["safetensors"], name, "test", tmp_path / "acts", data_dir=root,
+                    token_cache=tmp_path / "tok", progress=False)  # fmt: skip
+    assert cache.manifest["n"] == 3 and cache.manifest["seq_len"] == N_PX * N_PX
+    assert np.asarray(cache[L]).shape == (3, D) and np.isfinite(np.asarray(cache[L])).all()
