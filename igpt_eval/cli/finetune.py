@@ -65,7 +65,7 @@ def _add_finetune(sub) -> None:
         "IGPT.classify runs), its log and tidy results (probe=finetune) are written to --out; "
         "--resume continues an interrupted run, or starts it when --out holds none yet.",
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     budget = p.add_mutually_exclusive_group()
@@ -128,6 +128,7 @@ def _add_finetune(sub) -> None:
 
 def _cmd_finetune(args) -> int:
     from igpt_eval.errors import IGPTError
+    from igpt_eval.model.sources import model_name
     from igpt_eval.train.finetune import FinetuneConfig
     from igpt_eval.train.finetune_runs import finetune_model
     from igpt_eval.train.malloc import keep_freed_memory
@@ -167,7 +168,8 @@ def _cmd_finetune(args) -> int:
     acc = df[df.metric == "accuracy"].set_index("split")
     t = acc.loc["test"]
     print(
-        f"fine-tuned {args.model.name} for {int(t.steps)} steps (best at step {int(t.n_iter)}"
+        f"fine-tuned {model_name(args.model)} for {int(t.steps)} steps "
+        f"(best at step {int(t.n_iter)}"
         f"{', stopped early' if t.converged else ''}): val acc {100 * acc.loc['val'].value:.2f}%,"
         f" test acc {100 * t.value:.2f}% [{100 * t.ci_low:.2f}, {100 * t.ci_high:.2f}]"
         f" -> {args.out}"
@@ -183,18 +185,17 @@ def _probe_init(args, cfg):
     import dataclasses
 
     from igpt_eval.errors import IGPTError
-    from igpt_eval.io import file_hash
-    from igpt_eval.model.checkpoint import WEIGHTS
+    from igpt_eval.model.sources import resolve_model
     from igpt_eval.probes.logistic import probe_head
     from igpt_eval.results import load_results, probe_choice
 
     if not args.init_from_probe.is_file():
         raise IGPTError(f"no probe results at {args.init_from_probe}")
     df = load_results(args.init_from_probe)
-    weights = args.model / WEIGHTS  # the hash extraction records (no second model load)
-    weights_hash = file_hash(weights) if weights.is_file() else None
-    layer, C = probe_choice(df, args.model.name, weights_hash, args.layer)
-    rows = df[(df.model == args.model.name) & (df.layer == layer) & (df.split == "val")]
+    source = resolve_model(args.model)
+    weights_hash = source.weights_hash()  # the hash extraction records (no model load)
+    layer, C = probe_choice(df, source.name, weights_hash, args.layer)
+    rows = df[(df.model == source.name) & (df.layer == layer) & (df.split == "val")]
     n_probe = rows.n_train.dropna() if "n_train" in rows else rows[:0]
     n = int(n_probe.iloc[0]) if len(n_probe) else None
     return dataclasses.replace(cfg, layer=layer, init_C=C, init_n=n), probe_head
