@@ -4,6 +4,7 @@ The pipeline, one subpackage a stage: data (palette, datasets, tokens) → model
 cache → probes → analysis → reporting, and the command line over them (cli)::
 
     from igpt_eval import Palette, IGPT, IGPTConfig, load_dataset, load_model
+    from igpt_eval import probe_model, compare_models, track_runs, extract, load_results
 
 Public names are imported lazily, so the command line starts without loading torch.
 """
@@ -16,6 +17,16 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActivationCache": "igpt_eval.cache",
+    "ModelSource": "igpt_eval.model.sources",
+    "Predictions": "igpt_eval.results",
+    "ProbeSettings": "igpt_eval.probes.settings",
+    "TrackSettings": "igpt_eval.analysis.settings",
+    "compare_models": "igpt_eval.analysis.compare",
+    "load_results": "igpt_eval.results",
+    "probe_model": "igpt_eval.probes.runner",
+    "resolve_model": "igpt_eval.model.sources",
+    "summary": "igpt_eval.results",
+    "track_runs": "igpt_eval.analysis.track",
     "IGPT": "igpt_eval.model",
     "IGPTConfig": "igpt_eval.model",
     "ImageDataset": "igpt_eval.data",

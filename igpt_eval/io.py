@@ -31,6 +31,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); the result gets the mode any new file
+        # would, so colleagues sharing a machine can read results as the umask allows.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -47,6 +50,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and back: POSIX has no plain getter)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | os.PathLike, hint: str = "") -> Any:

@@ -157,6 +157,14 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- predictions
+def _site_layer(site: str) -> int | None:
+    """The layer number in a site name (``blocks.3.ln_1`` → 3); ``None`` for ``ln_f`` and
+    names without one (the last layer is asked for by its site name or its number, which
+    only the results table knows)."""
+    parts = site.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
 def prediction_key(model: str, probe: str, site: str) -> str:
     """The name of one probe's test predictions: ``{model}/{probe}/{site}``."""
     return f"{model}/{probe}/{site}"
@@ -222,10 +230,33 @@ class Predictions:
                 self.add(key, p, other.labels)
         return self
 
+    def key(self, model: str, probe: str, layer: int | str) -> str:
+        """The name of ``model``'s ``probe`` predictions at ``layer`` (a layer number, or a
+        site name such as ``ln_f``); a miss is one :class:`IGPTError` listing what is held."""
+        want = f"{model}/{probe}/"
+        sites = {k[len(want) :]: k for k in self.pred if k.startswith(want)}
+        blocks = sorted(n for n in map(_site_layer, sites) if n is not None)
+        for site, key in sites.items():
+            if site == str(layer) or _site_layer(site) == layer:
+                return key
+            # The final norm is layer n_layer: one past the blocks, when all of them are held.
+            if site == "ln_f" and blocks == list(range(len(blocks))) and layer == len(blocks):
+                return key
+        raise IGPTError(
+            f"no test predictions of {model!r}, probe {probe!r}, layer {layer!r}; held: "
+            + ", ".join(sorted(self.pred))
+        )
+
+    def get(self, model: str, probe: str, layer: int | str) -> np.ndarray:
+        """The predicted test labels (N,) of ``model``'s ``probe`` at ``layer``."""
+        return self.pred[self.key(model, probe, layer)]
+
     def correct(self, key: str) -> np.ndarray:
         """Per-example correctness (N,) bool of the predictions named ``key``."""
         if key not in self.pred:
-            raise IGPTError(f"no test predictions named {key!r}")
+            raise IGPTError(
+                f"no test predictions named {key!r}; held: {', '.join(sorted(self.pred))}"
+            )
         return self.pred[key] == self.labels
 
     def __contains__(self, key: str) -> bool:

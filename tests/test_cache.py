@@ -203,7 +203,7 @@ def test_mismatching_request_is_refused(tmp_path, data, change, why):
     if why is None:
         run(model, data, tmp_path / "c", **kw)
         return
-    with pytest.raises(IGPTError, match=f"another {why}.*--overwrite") as e:
+    with pytest.raises(IGPTError, match=f"another {why}.*--rebuild-cache") as e:
         run(model, data, tmp_path / "c", **kw)
     assert "\n" not in str(e.value)
     assert run(model, data, tmp_path / "c", overwrite=True, **kw).complete
@@ -212,7 +212,7 @@ def test_mismatching_request_is_refused(tmp_path, data, change, why):
 def test_cache_of_another_model_is_refused_then_rebuilt(tmp_path, data):
     run(make_model(seed=0), data, tmp_path / "c", identity={"palette_hash": "p"})
     other = make_model(seed=1)
-    with pytest.raises(IGPTError, match="another model weights.*pass --overwrite"):
+    with pytest.raises(IGPTError, match="another model weights.*pass --rebuild-cache"):
         run(other, data, tmp_path / "c", identity={"palette_hash": "p"})
     with pytest.raises(IGPTError, match="another palette"):
         run(make_model(seed=0), data, tmp_path / "c", identity={"palette_hash": "q"})

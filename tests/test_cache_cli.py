@@ -191,8 +191,8 @@ def test_errors_are_one_line(tmp_path, ckpt, tiny_npz, capsys):
     before = (tmp_path / "acts/manifest.json").read_text()
     other = save_checkpoint(tmp_path / "other", seed=1, dataset=f"npz:{tiny_npz}")
     line = fails(cli_args(tmp_path, other), "another model weights")
-    assert "--overwrite" in line and (tmp_path / "acts/manifest.json").read_text() == before
-    assert main(cli_args(tmp_path, other, "--overwrite")) == 0
+    assert "--rebuild-cache" in line and (tmp_path / "acts/manifest.json").read_text() == before
+    assert main(cli_args(tmp_path, other, "--rebuild-cache")) == 0
 
 
 def run_cli(args, **kw):

@@ -109,3 +109,24 @@ def test_finetune_and_lowdata_flags_reach_their_configs():
     cfg = config_from_args(LowDataConfig, args, ks=tuple(args.k), finetune=False)
     assert (cfg.ks, cfg.seeds, cfg.bf16, cfg.finetune) == ((4, 10), 2, False, False)
     assert cfg.select_iter == LowDataConfig().select_iter
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_honour_the_umask(tmp_path, checkpoint, umask):
+    """Checkpoints, JSON and results are written atomically through a temporary file;
+    they still get the mode the user's umask gives any new file."""
+    import os
+    import stat
+
+    from igpt_eval.io import write_json
+    from igpt_eval.model import load_model, load_palette, save_model
+
+    ck, _ = checkpoint
+    old = os.umask(umask)
+    try:
+        out = save_model(load_model(ck), tmp_path / "copy", palette=load_palette(ck))
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for f in (out / "model.safetensors", out / "config.json", tmp_path / "x.json"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f

@@ -304,7 +304,7 @@ def test_probe_cli_bad_concat(ar_run, capsys, monkeypatch, extra, match):
     root, run = ar_run
     monkeypatch.chdir(root)
     monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the fixture's tokens
-    args = probe_cli(root, run, *extra)
+    args = probe_cli(root, run, *extra, "--overwrite")  # the refusal under test comes first
     args[args.index("--cache") + 1] = str(root / "never")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

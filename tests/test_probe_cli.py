@@ -86,8 +86,11 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     assert (tmp_path / "out/results.csv").is_file()
     png = (tmp_path / "out/depth_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    # A second run reuses the caches and gives the same numbers.
-    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 0
+    # A second run reuses the caches and gives the same numbers (replacing its results only
+    # when asked to).
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz, "--overwrite")) == 0
     again = load_results(tmp_path / "out/results.parquet")
     np.testing.assert_allclose(again.value.to_numpy(float), df.value.to_numpy(float))
 
@@ -112,12 +115,13 @@ def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     assert np.bincount(np.asarray(test.labels)).tolist() == [3, 3, 3]
     assert ActivationCache.open(tmp_path / "acts/val").n == 6  # whole: below its cap
     # The whole split is another input: the cache folder is not silently reused for it.
-    full = probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "all", "--test-size", "9")
+    full = probe_args(tmp_path, tiny_model, tiny_npz, "--train-size", "all", "--test-size", "9",
+                      "--overwrite")  # fmt: skip
     assert main(full) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--overwrite" in err
+    assert err.count("\n") == 1 and "--rebuild-cache" in err
     assert ActivationCache.open(tmp_path / "acts/train").n == 30  # refused: left as it was
-    assert main([*full, "--overwrite"]) == 0
+    assert main([*full, "--rebuild-cache"]) == 0
     assert ActivationCache.open(tmp_path / "acts/train").n == 54
     assert main([*probe_args(tmp_path, tiny_model, tiny_npz), "--train-size", "0"]) == 2
     assert "--train-size" in capsys.readouterr().err
@@ -165,7 +169,7 @@ def test_probe_cli_missing_or_corrupt(tmp_path, tiny_model, tiny_npz, capsys, mo
     assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 0
     capsys.readouterr()
     (tmp_path / "acts/test/manifest.json").write_text("{broken")
-    assert main(probe_args(tmp_path, tiny_model, tiny_npz)) == 2
+    assert main(probe_args(tmp_path, tiny_model, tiny_npz, "--overwrite")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("igpt-eval: error:")
 

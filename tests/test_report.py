@@ -60,7 +60,7 @@ def test_report_files_and_readme(compared_dir, tmp_path):
         assert "McNemar p" in md and "paired" in md
     assert f"{100 * table.loc['pixels', 'best_acc']:.2f}%" in md
     assert "No training log for tiny-bert" in md and "## CKA" in md and "## kNN" in md
-    assert md.count("unimodal") >= 2
+    assert md.count("The curve ") >= 2 and "unimodal" not in md  # paired words only
     # every image the README shows exists
     for link in [x.split("](")[1].split(")")[0] for x in md.split("![")[1:]]:
         assert (out / link).is_file(), link
@@ -121,7 +121,7 @@ def test_curve_shape():
     assert deep.dip_pp == pytest.approx(45.0) and deep.dip_layer == 3
 
 
-def test_describe_says_not_unimodal_and_by_how_much():
+def test_describe_names_the_chosen_layer_and_the_embeddings():
     s = pd.DataFrame(
         dict(
             layer=range(5),
@@ -133,11 +133,9 @@ def test_describe_says_not_unimodal_and_by_how_much():
     s["best"] = s.layer == 3
     s["last"] = s.layer == 4
     text = describe_depth_curve("m", s, dict(value=0.55, ci_low=0.5, ci_high=0.6))
-    assert "**not unimodal**" in text and "10.00 points" in text and "layers 1, 3" in text
-    assert "larger than the typical half-width" in text
+    assert "90.00% at layer 3 of 4" in text and "unimodal" not in text
+    assert "untested for a peak inside the network" in text  # no predictions, no verdict
     assert "35.00 points above the raw-pixel baseline" in text
-    s["test_acc"] = [0.5, 0.6, 0.7, 0.9, 0.6]
-    assert "The curve is unimodal" in describe_depth_curve("m", s, None)
     # validation may choose the embeddings themselves: said so, not "from 90% to 90%"
     s["test_acc"], s["best"] = [0.9, 0.6, 0.7, 0.8, 0.6], s.layer == 0
     text = describe_depth_curve("m", s, None)
@@ -271,6 +269,6 @@ def test_report_includes_track_results(compared_dir, tmp_path, capsys):
     save_results(to_frame([dict(r, run=None) for r in _track_rows()]).drop(columns="run"),
                  tmp_path / "notrack")  # fmt: skip
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main([*args, "--track", str(tmp_path / "notrack")]) == 2
+    assert main([*args, "--track", str(tmp_path / "notrack"), "--overwrite"]) == 2
     assert "no track results" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing rewritten

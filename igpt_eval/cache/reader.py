@@ -26,9 +26,11 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise IGPTError(f"{f} is corrupt ({e}); rebuild the cache with --overwrite") from None
+        raise IGPTError(f"{f} is corrupt ({e}); rebuild the cache with --rebuild-cache") from None
     if not isinstance(m, dict):
-        raise IGPTError(f"{f} is corrupt (not a JSON object); rebuild the cache with --overwrite")
+        raise IGPTError(
+            f"{f} is corrupt (not a JSON object); rebuild the cache with --rebuild-cache"
+        )
     return m
 
 
@@ -37,15 +39,15 @@ def open_npy(path: Path, shape: tuple, dtype: str) -> np.memmap:
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
-        raise IGPTError(f"{path} is missing; rebuild the cache with --overwrite") from None
+        raise IGPTError(f"{path} is missing; rebuild the cache with --rebuild-cache") from None
     except (OSError, ValueError, EOFError) as e:
         raise IGPTError(
-            f"{path} is truncated or damaged ({e}); rebuild the cache with --overwrite"
+            f"{path} is truncated or damaged ({e}); rebuild the cache with --rebuild-cache"
         ) from None
     if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
         raise IGPTError(
             f"{path} holds {a.dtype} {list(a.shape)}, the manifest says {dtype} {list(shape)}; "
-            "rebuild the cache with --overwrite"
+            "rebuild the cache with --rebuild-cache"
         )
     return a
 
@@ -92,7 +94,7 @@ class ActivationCache:
         if m.get("version") != VERSION:
             raise IGPTError(
                 f"{path} is an activation cache of version {m.get('version')}; "
-                f"this igpt-eval reads version {VERSION} (rebuild with --overwrite)"
+                f"this igpt-eval reads version {VERSION} (rebuild with --rebuild-cache)"
             )
         cache = cls(path, m)
         if verify:
@@ -176,7 +178,7 @@ class ActivationCache:
             if file_hash(self.path / name) != want:
                 raise IGPTError(
                     f"{self.path / name} does not match its checksum (changed after "
-                    "extraction); rebuild the cache with --overwrite"
+                    "extraction); rebuild the cache with --rebuild-cache"
                 )
         return list(sums)
 

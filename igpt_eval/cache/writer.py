@@ -134,7 +134,7 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress
     if old is not None:
         why = mismatch(old, req)
         if why is not None and not overwrite:
-            raise IGPTError(f"{out} holds activations {why}; pass --overwrite to rebuild it")
+            raise IGPTError(f"{out} holds activations {why}; pass --rebuild-cache to rebuild it")
         if why is None and old["complete"]:
             try:
                 ActivationCache.open(out)  # shapes and sizes, not checksums: cheap
@@ -146,7 +146,7 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress
             raise IGPTError(
                 f"{out} holds an incomplete cache ({old['rows_completed']}/{old['n']} rows) "
                 f"written with batch size {old['batch_size']}; rerun with --batch-size "
-                f"{old['batch_size']} to resume it, or pass --overwrite to start again"
+                f"{old['batch_size']} to resume it, or pass --rebuild-cache to start again"
             )
         elif why is None and _files_ok(out, old):
             return old  # resume from old["rows_completed"]
@@ -154,7 +154,7 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress
         if not overwrite:
             raise IGPTError(
                 f"{out} holds other files and no activation cache; choose an empty --out "
-                "or pass --overwrite"
+                "or pass --rebuild-cache"
             )
     check_disk(out, req, say=progress)
     return _create(out, req, labels, old)

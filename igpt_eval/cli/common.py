@@ -54,6 +54,19 @@ def parse_steps(text: str) -> tuple[int, ...]:
     return tuple(sorted(steps))
 
 
+def add_overwrite_flags(p, *, caches: bool = False) -> None:
+    """``--overwrite``: replace this command's existing output (without it, an output that
+    exists is refused); with ``caches``, also ``--rebuild-cache``: rebuild an activation
+    cache made from other inputs (without it, such a cache is refused, never reused)."""
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    if caches:
+        p.add_argument(
+            "--rebuild-cache",
+            action="store_true",
+            help="rebuild activation caches in --cache that were made from other inputs",
+        )
+
+
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``--overwrite`` was given."""
     if path.exists() and not overwrite:

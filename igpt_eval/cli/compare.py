@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import MODEL_HELP, add_device_flag, compute_of, subcommand
+from igpt_eval.cli.common import (
+    MODEL_HELP,
+    add_device_flag,
+    add_overwrite_flags,
+    compute_of,
+    refuse_overwrite,
+    subcommand,
+)
 from igpt_eval.cli.probe import add_extraction_flags, add_native_pixels_flag
 from igpt_eval.errors import IGPTError
 
@@ -58,6 +65,7 @@ def _add_compare(sub) -> None:
         "probed alike; default: probed, cached like the models)",
     )
     p.add_argument("--seed", type=int, default=0)
+    add_overwrite_flags(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)
 
@@ -69,6 +77,7 @@ def _cmd_compare(args) -> int:
 
     if args.cka_rows < 2:
         raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")
+    refuse_overwrite(args.out / "results.parquet", args.overwrite)
     settings = ProbeSettings(
         site=args.site,
         bert_masks=args.bert_masks,

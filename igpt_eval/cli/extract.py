@@ -86,7 +86,11 @@ def _add_extract(sub) -> None:
     )
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset")
     add_token_cache_flag(p)
-    p.add_argument("--overwrite", action="store_true", help="rebuild a mismatching cache")
+    p.add_argument(
+        "--rebuild-cache",
+        action="store_true",
+        help="rebuild a cache in --out that was made from other inputs (else it is refused)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_flag(p)
     p.set_defaults(func=_cmd_extract)
@@ -118,7 +122,7 @@ def _cmd_extract(args) -> int:
                 batch_size=args.batch_size, dtype=args.cache_dtype, bert_masks=args.bert_masks,
                 seed=seed, full_sequence_layer=args.full_sequence_layer,
                 compute=compute_of(args.bf16),
-                overwrite=args.overwrite,
+                overwrite=args.rebuild_cache,
             )  # fmt: skip
             if main:
                 print(cache)

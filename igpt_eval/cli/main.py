@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from igpt_eval import __version__
 from igpt_eval.cli import (
     compare,
     data,
@@ -35,11 +36,37 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, unless the help already states it or there
+    is none to state (a flag that is off, or a default decided at run time)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line (the usage itself is one ``--help`` away)."""
+    """argparse with usage errors on one line (the usage itself is one ``--help`` away) and
+    defaults shown in every help (subcommands use this class too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of threads, not {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Image GPT: palettes, models, activation caches and layer-wise probes.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's, one per core; see the README)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for module in _MODULES:
         for add in SUBCOMMANDS.values():
             if add.__module__ == module.__name__:
@@ -66,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     args.argv = list(argv)  # what runs record as their command (cli.common.command_line)
     try:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         if getattr(args, "device", None) is not None:  # once, before anything is read
             from igpt_eval.model.devices import resolve_device
 

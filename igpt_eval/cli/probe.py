@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from igpt_eval.cli.common import MODEL_HELP, add_device_flag, compute_of, subcommand
+from igpt_eval.cli.common import (
+    MODEL_HELP,
+    add_device_flag,
+    add_overwrite_flags,
+    compute_of,
+    refuse_overwrite,
+    subcommand,
+)
 from igpt_eval.defaults import (
     BERT_MASKS,
     EXTRACT_BATCH,
@@ -126,20 +133,31 @@ def _add_probe(sub) -> None:
         help="linear probes on every layer (the depth curve)",
         description="Extract (or reuse) features of a model on train/val/test, fit a linear "
         "probe per layer (C chosen on val, refit on train+val, test reported once with a "
-        "bootstrap 95%% CI) and the same probe on the raw pixels, print the table and the "
+        "bootstrap 95% CI) and the same probe on the raw pixels, print the table and the "
         "paired differences (best layer on val minus the last layer, and minus the pixels: "
-        "paired bootstrap 95%% CI, McNemar's exact test), write results, per-example test "
+        "paired bootstrap 95% CI, McNemar's exact test), write results, per-example test "
         "predictions and depth_curve.png. With no arguments: the shipped Fashion-MNIST AR "
         "model.",
     )
     p.add_argument("--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
     p.add_argument("--layers", default=None, help="all (default), '0,4,8' or '2-5'")
     p.add_argument("--all-layers", action="store_true", help="probe every layer (default)")
     p.add_argument("--site", default="ln_1", help="activation site kind (default ln_1)")
-    p.add_argument("--method", choices=["lbfgs", "sgd"], default="lbfgs")
-    p.add_argument("--backend", choices=["torch", "sklearn", "cuml"], default="torch")
+    p.add_argument(
+        "--method",
+        choices=["lbfgs", "sgd"],
+        default="lbfgs",
+        help="lbfgs: full batch, C chosen on validation; sgd: streamed from the cache, for sets "
+        "too large to hold (learning rate chosen on validation)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "sklearn", "cuml"],
+        default="torch",
+        help="L-BFGS solver: torch (batched, CPU or GPU), sklearn (the reference), cuml (GPU)",
+    )
     add_device_flag(p)
     p.add_argument(
         "--standardize",
@@ -155,7 +173,10 @@ def _add_probe(sub) -> None:
         help="activation cache folder (default: under activations/ in the user cache folder)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: runs/probe/<model name>)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: runs/probe/<model name>-<weights hash>, one per model)",
     )
     p.add_argument(
         "--no-pixels",
@@ -171,15 +192,13 @@ def _add_probe(sub) -> None:
         "--cache than the model's; default out: runs/probe/<model>-random-weights)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--overwrite", action="store_true", help="rebuild caches in --cache made from other inputs"
-    )
+    add_overwrite_flags(p, caches=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
 
 
 def _cmd_probe(args) -> int:
-    from igpt_eval.model.sources import model_name
+    from igpt_eval.model.sources import default_folder
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.figures import baselines_of, depth_curve
@@ -189,7 +208,8 @@ def _cmd_probe(args) -> int:
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")
     suffix = "-random-weights" if args.random_weights else ""
-    out = args.out or Path("runs/probe") / (model_name(args.model) + suffix)
+    out = args.out or Path("runs/probe") / (default_folder(args.model) + suffix)
+    refuse_overwrite(out / "results.parquet", args.overwrite)
     settings = ProbeSettings(
         layers=parse_layers(args.layers),
         site=args.site,
@@ -217,7 +237,7 @@ def _cmd_probe(args) -> int:
         data_dir=args.data_dir,
         cache_dir=args.cache,
         out=out,
-        overwrite=args.overwrite,
+        overwrite=args.rebuild_cache,
         progress=not args.no_progress,
     )
     s = summary(df)

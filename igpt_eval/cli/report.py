@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.cli.common import subcommand
+from igpt_eval.cli.common import add_overwrite_flags, refuse_overwrite, subcommand
 from igpt_eval.cli.compare import DEFAULT_OUT
 
 LOWDATA_OUT = Path("runs/lowdata")  # where the README's lowdata command writes
@@ -56,12 +56,14 @@ def _add_report(sub) -> None:
         "(repeatable): the fine-tuning section adds that model's best full-train probe and "
         "the fine-tuned model's paired difference to it",
     )
+    add_overwrite_flags(p)
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args) -> int:
     from igpt_eval.reporting.report import build_report
 
+    refuse_overwrite(args.out / "README.md", args.overwrite)
     command = f"igpt-eval report --results {args.results} --out {args.out}"
     if args.lowdata != LOWDATA_OUT:
         command += f" --lowdata {args.lowdata}"

@@ -84,6 +84,14 @@ def model_name(spec: str | os.PathLike) -> str:
     return Path(text).expanduser().resolve().name
 
 
+def default_folder(spec: str | os.PathLike) -> str:
+    """A folder name for a model's outputs that no other weights share: its name and the
+    first 8 hex of its weights' hash (``fmnist-ar-1a2b3c4d``), so that ``x/model`` and
+    ``y/model`` do not write into one place."""
+    source = resolve_model(spec)
+    return f"{source.name}-{source.weights_hash()[:8]}"
+
+
 def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
     """The :class:`ModelSource` that ``spec`` names (see the module docstring); every way it
     can fail is one :class:`IGPTError`."""

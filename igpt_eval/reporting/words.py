@@ -1,7 +1,8 @@
 """The sentences of a report, computed from the numbers they state.
 
-:func:`curve_shape` decides whether a depth curve is unimodal and, when it is not, by how
-many percentage points it dips; :func:`describe_depth_curve`, :func:`describe_knn`,
+:func:`shape_words` says what a depth curve does from its paired best − last difference
+alone (a dip within noise decides nothing; :func:`curve_shape` describes the curve's local
+maxima for those who want them); :func:`describe_depth_curve`, :func:`describe_knn`,
 :func:`describe_cka`, :func:`random_words` and :func:`concat_words` turn a summary and its
 paired-difference rows into markdown, so that no number in ``reports/README.md`` is typed
 by hand (:mod:`igpt_eval.reporting.report` puts them together).
@@ -84,6 +85,26 @@ def compare_words(r, subject: str, other: str) -> str:
     return f"{subject} is significantly {way} {other} ({format_difference(r)})"
 
 
+def shape_words(best: int, last: int, r) -> str:
+    """What a depth curve does, decided by the paired best − last difference ``r`` alone
+    (the layer ``best`` chosen on validation, ``last`` the network's last layer; ``r`` None
+    when the results hold no per-example predictions). "Peaks inside the network" needs the
+    chosen layer strictly inside and its paired 95% CI over the last layer above 0; a dip or
+    a bump within noise decides nothing."""
+    if best == last:
+        return "does not peak inside the network: validation chooses the last layer"
+    if r is None:
+        return "is untested for a peak inside the network (no per-example predictions)"
+    if resolved(r) and r.value > 0:
+        if best == 0:
+            return "does not peak inside the network: it falls from the embeddings"
+        return f"**peaks inside the network**, at layer {best}"
+    if resolved(r):
+        return (f"does not peak inside the network: the last layer is significantly above "
+                f"layer {best}, the one validation chose")  # fmt: skip
+    return f"is **flat** from layer {best} to the last layer"
+
+
 def describe_depth_curve(
     name: str, s: pd.DataFrame, baseline: dict | None, diffs: pd.DataFrame | None = None
 ) -> str:
@@ -120,21 +141,7 @@ def describe_depth_curve(
             f"The last layer is {abs(gap):.2f} points {'below' if gap >= 0 else 'above'} it on "
             "test; untested (these results hold no per-example predictions)."
         )
-    sh = curve_shape(s.layer, s.test_acc)
-    half_ci = 100 * float(np.median(s.ci_high - s.ci_low)) / 2
-    if sh.unimodal:
-        text.append(
-            "The curve is unimodal: no layer falls below both an earlier and a later layer."
-        )
-    else:
-        noise = "larger" if sh.dip_pp > half_ci else "no larger"
-        text.append(
-            f"The curve is **not unimodal**: it has {len(sh.peaks)} local maxima (layers "
-            f"{', '.join(map(str, sh.peaks))}), and at layer {sh.dip_layer} it falls "
-            f"{sh.dip_pp:.2f} points below both layer {sh.dip_from} and layer {sh.dip_to}; "
-            f"that dip is {noise} than the typical half-width of a layer's 95% CI "
-            f"({half_ci:.2f} points)."
-        )
+    text.append(f"The curve {shape_words(int(best.layer), L, r)}.")
     r = _diff_row(diffs, "best_vs_pixels")
     if r is not None:
         text.append(compare_words(r, "Its chosen layer", "the raw pixels") + ".")
@@ -191,13 +198,11 @@ def describe_knn(results: pd.DataFrame) -> list[str]:
     out = []
     for name, g in knn.groupby("model", sort=False):
         last = g[g.layer == g.layer.max()].iloc[0]
-        sh = curve_shape(g.layer, g.value)
-        shape = "unimodal" if sh.unimodal else f"not unimodal (dip {sh.dip_pp:.2f} points)"
         s = sides.get((name, "knn"))
         if s is None:
             out.append(
                 f"- **{name}**: kNN test accuracy goes from {_pct(g.value.iloc[0])} (layer "
-                f"{int(g.layer.iloc[0])}) to {_pct(last.value)} (last layer); {shape}. These "
+                f"{int(g.layer.iloc[0])}) to {_pct(last.value)} (last layer). These "
                 "results have no validation kNN rows (an earlier version wrote them), so no "
                 "kNN layer is named; rerun `igpt-eval compare`."
             )
@@ -222,7 +227,7 @@ def describe_knn(results: pd.DataFrame) -> list[str]:
                 f"; the linear probe's layer chosen on validation (layer {int(lb.layer)}) has "
                 f"{_pct(lb.test_acc)}"
             )
-        out.append(line + f"; the kNN curve is {shape}.")
+        out.append(line + f"; the kNN curve {shape_words(int(b.layer), int(last.layer), r)}.")
     return out
 
 

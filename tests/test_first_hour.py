@@ -1,0 +1,148 @@
+"""What a new user meets first: outputs never replaced silently, default folders one per
+model, report words decided by paired statistics, and a public API that finds its parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import igpt_eval
+from igpt_eval import IGPTError
+from igpt_eval.cli import main
+from igpt_eval.reporting.words import describe_depth_curve, shape_words
+from igpt_eval.results import Predictions
+
+
+@pytest.fixture
+def tiny_ar(tiny_pair, one_torch_thread):
+    root, ar, _, npz = tiny_pair
+    return ar, npz
+
+
+def _probe(tmp_path, ar, npz, *extra):
+    return ["probe", "--model", str(ar), "--dataset", f"npz:{npz}", "--cache",
+            str(tmp_path / "acts"), "--no-progress", *extra]  # fmt: skip
+
+
+def test_probe_refuses_to_replace_results(tmp_path, tiny_ar, capsys):
+    ar, npz = tiny_ar
+    out = tmp_path / "out"
+    assert main(_probe(tmp_path, ar, npz, "--out", str(out))) == 0
+    before = (out / "results.parquet").read_bytes()
+    capsys.readouterr()
+    assert main(_probe(tmp_path, ar, npz, "--out", str(out))) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "results.parquet").read_bytes() == before
+    assert main(_probe(tmp_path, ar, npz, "--out", str(out), "--overwrite")) == 0
+
+
+def test_default_probe_folders_are_one_per_model(tmp_path, tiny_pair, monkeypatch, capsys):
+    """Two folders named alike with other weights get two output folders."""
+    import shutil
+
+    root, ar, bert, npz = tiny_pair
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    shutil.copytree(ar, tmp_path / "x" / "model")
+    shutil.copytree(bert, tmp_path / "y" / "model")
+    outs = set()
+    for d in ("x", "y"):
+        assert main(["probe", "--model", f"{d}/model", "--dataset", f"npz:{npz}",
+                     "--no-progress", "--no-pixels"]) == 0  # fmt: skip
+        outs |= {p.name for p in (tmp_path / "runs" / "probe").iterdir()}
+    assert len(outs) == 2 and all(o.startswith("model-") for o in outs), outs
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_compare_and_report_refuse_to_replace(tmp_path, command, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = "results.parquet" if command == "compare" else "README.md"
+    (out / marker).write_text("mine")
+    args = [command, "--out", str(out)] + (
+        ["--results", str(tmp_path)] if command == "report" else []
+    )
+    assert main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (out / marker).read_text() == "mine"
+
+
+# ------------------------------------------------------------------------- report words
+def _summary(acc, best):
+    L = len(acc) - 1
+    s = pd.DataFrame(dict(layer=range(L + 1), test_acc=acc, ci_low=np.array(acc) - 0.01,
+                          ci_high=np.array(acc) + 0.01))  # fmt: skip
+    s["best"], s["last"] = s.layer == best, s.layer == L
+    return s
+
+
+def _diff(value, lo, hi):
+    return pd.DataFrame([dict(contrast="best_vs_last", value=value, ci_low=lo, ci_high=hi,
+                              p_value=0.01, n=1000)])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "acc, best, diff, words",
+    [
+        ([0.5, 0.8, 0.9, 0.8], 2, (0.1, 0.07, 0.13), "**peaks inside the network**, at layer 2"),
+        ([0.9, 0.8, 0.7, 0.6], 0, (0.3, 0.25, 0.35), "falls from the embeddings"),
+        ([0.5, 0.80, 0.8011, 0.80], 2, (0.0011, -0.01, 0.012), "is **flat** from layer 2"),
+        ([0.5, 0.6, 0.7, 0.8], 3, None, "validation chooses the last layer"),
+        ([0.5, 0.8, 0.7, 0.9], 1, (-0.1, -0.13, -0.07), "the last layer is significantly above"),
+    ],
+)
+def test_shape_words_come_from_the_paired_difference(acc, best, diff, words):
+    d = None if diff is None else _diff(*diff)
+    text = describe_depth_curve("m", _summary(acc, best), None, d)
+    assert words in text, text
+    assert "unimodal" not in text  # a dip within noise decides nothing
+    r = None if d is None else d.iloc[0]
+    assert words in shape_words(best, len(acc) - 1, r)
+
+
+def test_a_dip_within_noise_is_not_a_finding():
+    # 0.11-point dip at layer 2, best - last within noise: flat, not "not unimodal".
+    text = describe_depth_curve("m", _summary([0.5, 0.85, 0.8489, 0.85, 0.849], 3, ), None,
+                                _diff(0.001, -0.005, 0.007))  # fmt: skip
+    assert "**flat** from layer 3" in text
+
+
+# ------------------------------------------------------------------------- public API
+def test_public_api_exports_the_studies():
+    for name in ("probe_model", "compare_models", "track_runs", "extract", "load_results",
+                 "ProbeSettings", "resolve_model", "Predictions", "summary"):  # fmt: skip
+        assert callable(getattr(igpt_eval, name)), name
+        assert name in dir(igpt_eval)
+
+
+def test_predictions_by_model_probe_and_layer():
+    p = Predictions()
+    y = np.array([0, 1, 1, 0])
+    for site in ("blocks.0.ln_1", "blocks.1.ln_1", "ln_f"):
+        p.add(f"m/lbfgs/{site}", y, y)
+    assert p.key("m", "lbfgs", 1) == "m/lbfgs/blocks.1.ln_1"
+    assert p.key("m", "lbfgs", 2) == "m/lbfgs/ln_f"  # the final norm: one past the blocks
+    assert p.key("m", "lbfgs", "ln_f") == "m/lbfgs/ln_f"
+    assert np.array_equal(p.get("m", "lbfgs", 0), y)
+    with pytest.raises(IGPTError, match="held: m/lbfgs/blocks.0.ln_1, m/lbfgs/blocks.1.ln_1"):
+        p.get("m", "knn", 1)
+    with pytest.raises(IGPTError, match="held: "):
+        p.correct("m/lbfgs/blocks.7.ln_1")
+
+
+def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
+    """The managed cache key comes from normalised settings: extract() with defaults spelt
+    out, or left out, finds the folder probe_model made."""
+    from igpt_eval.cache import extract
+    from igpt_eval.probes.runner import probe_model
+
+    ar, npz = tiny_ar
+    df = probe_model(ar, f"npz:{npz}", progress=False, pixels=False, train_size=None,
+                     val_size=None, test_size=None)  # fmt: skip
+    probed = df.attrs["caches"]["test"]
+    assert str(extract(ar, f"npz:{npz}", "test", progress=False).path) == probed
+    spelt = extract(ar, f"npz:{npz}", "test", progress=False, site="ln_1", dtype="float32",
+                    compute="float32", bert_masks=0, batch_size=7)  # fmt: skip
+    assert str(spelt.path) == probed
