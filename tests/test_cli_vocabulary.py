@@ -57,7 +57,7 @@ def test_threads(tmp_path, capsys):
         torch.set_num_threads(n)
     capsys.readouterr()
     assert main(["--threads", "0", "info", "x"]) == 2
-    assert "positive number of threads" in capsys.readouterr().err
+    assert "must be a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--device"])

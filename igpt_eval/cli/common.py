@@ -67,6 +67,17 @@ def add_overwrite_flags(p, *, caches: bool = False) -> None:
         )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (threads, snapshots, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``--overwrite`` was given."""
     if path.exists() and not overwrite:

@@ -22,7 +22,7 @@ from igpt_eval.cli import (
     sample,
     track,
 )
-from igpt_eval.cli.common import SUBCOMMANDS
+from igpt_eval.cli.common import SUBCOMMANDS, positive_int
 from igpt_eval.errors import IGPTError
 
 PROG = "igpt-eval"
@@ -59,16 +59,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
-def _threads(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of threads, not {text!r}")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (one subparser per registered subcommand)."""
     parser = _Parser(
@@ -79,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--threads",
-        type=_threads,
+        type=positive_int,
         default=None,
         metavar="N",
         help="CPU threads for torch (default: torch's, one per core; see the README)",

@@ -11,6 +11,7 @@ from igpt_eval.cli.common import (
     add_token_cache_flag,
     command_line,
     parse_steps,
+    positive_int,
     subcommand,
 )
 from igpt_eval.errors import IGPTError
@@ -52,7 +53,7 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--sweep-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="S",
         help="with --lr-sweep: sweep with S-step runs, then train the full run at the best "
@@ -84,7 +85,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument(
         "--snapshots",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="keep the weights of N log-spaced steps plus the last under OUT/snapshots/ "
@@ -104,16 +105,6 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pretrain)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def _cmd_pretrain(args) -> int:
