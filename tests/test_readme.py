@@ -54,3 +54,32 @@ def test_readme_python_example_runs(tiny_pair, tmp_path, monkeypatch):
     assert len(summary := scope["summary"](scope["df"])) == 9 and summary.best.sum() == 1
     assert (tmp_path / "runs/probe/ar/predictions.npz").is_file()
     assert scope["pred"].correct(scope["layer4"]).shape == (32,)
+
+
+def readme_quickstart() -> list[list[str]]:
+    """The commands of the one-minute section, split as a shell would."""
+    import shlex
+
+    text = README.read_text()
+    section = text[text.index("## One minute on `digits`") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
+    """The three commands as printed, with fewer training steps (the test checks that they
+    run and chain, not the model they make)."""
+    from igpt_eval.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    commands = readme_quickstart()
+    assert [c[:2] for c in commands] == [["igpt-eval", "pretrain"], ["igpt-eval", "probe"],
+                                         ["igpt-eval", "track"]]  # fmt: skip
+    pretrain = commands[0][1:]
+    pretrain[pretrain.index("--steps") + 1] = "60"
+    for argv in (pretrain, commands[1][1:], commands[2][1:]):
+        assert main([*argv, "--no-progress"]) == 0, argv
+    out = capsys.readouterr().out
+    assert "linear probes (lbfgs, torch) of digits-ar" in out and "Spearman rho" in out
+    assert (tmp_path / "runs/track/results.parquet").is_file()
