@@ -146,3 +146,27 @@ def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
     spelt = extract(ar, f"npz:{npz}", "test", progress=False, site="ln_1", dtype="float32",
                     compute="float32", bert_masks=0, batch_size=7)  # fmt: skip
     assert str(spelt.path) == probed
+
+
+# ------------------------------------------------------------------------- figures
+def test_figures_are_returned_with_legends_outside_and_integer_layers(tmp_path):
+    from matplotlib.figure import Figure
+
+    from igpt_eval.reporting.figures import cka_heatmap, depth_curve, save_figure
+
+    s = _summary([0.5, 0.8, 0.9, 0.8], 2)
+    fig = depth_curve({"m": s}, title="t")
+    assert isinstance(fig, Figure)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, never over the data
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # 3 layers: no 0.5 ticks
+    files = save_figure(fig, tmp_path / "curve")
+    assert [f.suffix for f in files] == [".png", ".svg"] and all(f.is_file() for f in files)
+    cka = pd.DataFrame([dict(model_a="m", model_b="m", layer_a=i, layer_b=j, n=10,
+                             value=1.0 if i == j else 0.9 + 0.01 * (i + j))
+                        for i in range(3) for j in range(3)])  # fmt: skip
+    heat = cka_heatmap(cka, "m", "m", vmin=0.9)
+    assert heat.axes[0].images[0].get_clim() == (0.9, 1.0)

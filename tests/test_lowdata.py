@@ -122,7 +122,9 @@ def test_report_functions_on_a_results_frame(tmp_path):
     assert "- fine-tune (ar): **does not rise with K**: K=25 40.0 ≤ K=4 55.0" in lowdata_table(
         worse
     )
-    files = lowdata_figure(df, tmp_path / "fig")
+    from igpt_eval.reporting.figures import save_figure
+
+    files = save_figure(lowdata_figure(df), tmp_path / "fig")
     assert [f.suffix for f in files] == [".png", ".svg"]
 
 

@@ -68,7 +68,7 @@ from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
 from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.probes.runner import probe_model, provenance
 from igpt_eval.probes.settings import ProbeSettings
-from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours
+from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours, save_figure
 from igpt_eval.reporting.tables import (
     MODELS_FILE,
     comparison_table,
@@ -341,9 +341,8 @@ def compare_models(
         out = Path(out)
         c.files = save_comparison(c, out)
         summaries = probe_summaries(results)
-        c.files += depth_curve(
+        drawn = depth_curve(
             summaries,
-            out / "depth_curve",
             relative=True,
             baseline=baselines_of(results),
             colours=model_colours(list(summaries)),
@@ -351,4 +350,5 @@ def compare_models(
             concat=concat_summaries(results),
             title=f"linear probes of every layer on {dataset_name} ({s.site})",
         )
+        c.files += save_figure(drawn, out / "depth_curve")
     return c

@@ -262,6 +262,7 @@ def _add_lowdata(sub) -> None:
 
 def _cmd_lowdata(args) -> int:
     from igpt_eval.analysis.lowdata import LowDataConfig, lowdata_study
+    from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
     from igpt_eval.train.malloc import keep_freed_memory
 
@@ -280,7 +281,7 @@ def _cmd_lowdata(args) -> int:
         progress=not args.no_progress,
     )
     table = lowdata_table(df)
-    files = lowdata_figure(df, args.out / "lowdata")
+    files = save_figure(lowdata_figure(df), args.out / "lowdata")
     print(table)
     print(f"results: {args.out / 'results.parquet'} (+ .csv, lowdata.md); figure: {files[0]}")
     return 0

@@ -201,7 +201,7 @@ def _cmd_probe(args) -> int:
     from igpt_eval.model.sources import default_folder
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.probes.settings import ProbeSettings
-    from igpt_eval.reporting.figures import baselines_of, depth_curve
+    from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
     from igpt_eval.reporting.tables import concat_summaries, format_summary
     from igpt_eval.results import CONCAT, summary
 
@@ -244,13 +244,13 @@ def _cmd_probe(args) -> int:
     model = df.model.iloc[0]  # "<name> (random weights)" for the control
     cat = concat_summaries(df).get(model)
     name = f"{model} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
-    files = depth_curve(
+    drawn = depth_curve(
         {model: s},
-        out / "depth_curve",
         title=f"{args.method} linear probes: {name}",
         baseline=baselines_of(df),
         concat=None if cat is None else {model: cat},
     )
+    files = save_figure(drawn, out / "depth_curve")
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
     own = df[df.probe == args.method]
     val, test = own[own.split == "val"].iloc[0], own[own.split == "test"].iloc[0]

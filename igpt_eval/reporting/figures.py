@@ -8,6 +8,7 @@ PNG and SVG. A model keeps its colour in every figure: pass the same
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.reporting.model_figures import read_log
 from igpt_eval.results import PIXEL_CONTROLS, PIXELS, PIXELS_NATIVE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def new_figure(width=6.4, height=4.0):
@@ -95,6 +99,11 @@ def draw_baseline(ax, baseline: dict | list[dict] | None) -> None:
 
 
 def depth_axis(ax, relative: bool) -> None:
+    """The depth axis: relative (0..1), or layer numbers with integer ticks only."""
+    if not relative:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(
         "relative depth (0 = embeddings, 1 = final ln_f)"
         if relative
@@ -104,7 +113,6 @@ def depth_axis(ax, relative: bool) -> None:
 
 def depth_curve(
     summaries: dict[str, pd.DataFrame],
-    path: str | Path,
     *,
     title: str = "",
     relative: bool = False,
@@ -112,8 +120,9 @@ def depth_curve(
     colours: dict | None = None,
     random: dict[str, pd.DataFrame] | None = None,
     concat: dict[str, pd.Series] | None = None,
-) -> list[Path]:
-    """Test accuracy (with its 95% CI band) against layer for one or more models.
+) -> Figure:
+    """Test accuracy (with its 95% CI band) against layer for one or more models; returns
+    the figure (:func:`save_figure` writes it).
 
     ``summaries`` maps a model name to :func:`igpt_eval.results.summary` output. The
     layer chosen on validation is starred and the last layer drawn hollow. ``relative``
@@ -160,10 +169,12 @@ def depth_curve(
     depth_axis(ax, relative)
     ax.set_ylabel("linear probe test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+    )  # outside: never over the data
     if title:
         ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def _draw_controls(ax, name: str, colour, scale, random, concat) -> None:
@@ -184,9 +195,7 @@ def _draw_controls(ax, name: str, colour, scale, random, concat) -> None:
         )  # fmt: skip
 
 
-def knn_curve(
-    results: pd.DataFrame, path: str | Path, *, colours: dict | None = None, title: str = ""
-) -> list[Path]:
+def knn_curve(results: pd.DataFrame, *, colours: dict | None = None, title: str = "") -> Figure:
     """kNN test accuracy (95% CI band) against relative depth, one line per model, with the
     linear probe of the same layers drawn thin and dashed for reference."""
     knn = results[(results.probe == "knn") & (results.split == "test")]
@@ -217,17 +226,18 @@ def knn_curve(
     depth_axis(ax, True)
     ax.set_ylabel("weighted kNN test accuracy (%)" + setting)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or "kNN (cosine, DINO weighting) on every layer", fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def cka_heatmap(
-    cka: pd.DataFrame, model_a: str, model_b: str, path: str | Path, *, vmin: float = 0.0
-) -> list[Path]:
+    cka: pd.DataFrame, model_a: str, model_b: str, *, vmin: float = 0.0, vmax: float = 1.0
+) -> Figure:
     """Linear CKA between the layers of ``model_a`` (rows) and ``model_b`` (columns), on a
-    fixed ``vmin``..1 colour scale (pass the same ``vmin`` to every heatmap of a report so
-    that colours compare), annotated when there are few layers."""
+    ``vmin``..``vmax`` colour scale (pass the same range to every heatmap of a report so
+    that colours compare; fit it to the values, or mean-pooled features' 0.84-0.98 all look
+    alike), annotated when there are few layers."""
     d = cka[(cka.model_a == model_a) & (cka.model_b == model_b)]
     if d.empty:
         raise IGPTError(f"the CKA table has no rows for {model_a} vs {model_b}")
@@ -235,8 +245,8 @@ def cka_heatmap(
     M = M.sort_index(axis=1)
     fig = new_figure(5.6, 4.6)
     ax = fig.add_subplot()
-    im = ax.imshow(M.to_numpy(float), vmin=vmin, vmax=1, cmap="viridis", origin="lower")
-    fig.colorbar(im, ax=ax, label="linear CKA (0 = unrelated, 1 = same up to rotation/scale)")
+    im = ax.imshow(M.to_numpy(float), vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
+    fig.colorbar(im, ax=ax, label="linear CKA")
     if M.size <= 16 * 16:
         for (i, j), v in np.ndenumerate(M.to_numpy(float)):
             ax.text(
@@ -246,18 +256,19 @@ def cka_heatmap(
                 ha="center",
                 va="center",
                 fontsize=6,
-                color="black" if v > vmin + 0.6 * (1 - vmin) else "white",
+                color="black" if v > vmin + 0.6 * (vmax - vmin) else "white",
             )
     ax.set_xticks(range(M.shape[1]), M.columns)
     ax.set_yticks(range(M.shape[0]), M.index)
     ax.set_xlabel(f"layer of {model_b} (0 = embeddings)")
     ax.set_ylabel(f"layer of {model_a} (0 = embeddings)")
     what = model_a if model_a == model_b else f"{model_a} vs {model_b}"
-    ax.set_title(f"linear CKA between layers: {what} (test split, n={d.n.iloc[0]})", fontsize=9)
-    return save_figure(fig, path)
+    # Two short lines over the axes alone: a long one ran into the colour bar.
+    ax.set_title(f"linear CKA between layers\n{what} (test split, n={d.n.iloc[0]})", fontsize=9)
+    return fig
 
 
-def training_curves(logs: dict, path: str | Path, *, colours: dict | None = None) -> list[Path]:
+def training_curves(logs: dict, *, colours: dict | None = None) -> Figure:
     """Training curves of several runs side by side (``logs`` maps a model name to its
     ``train_log.csv``): moving-average train loss and validation loss, nats per token. One
     panel per model: AR and BERT losses measure different things and share no scale."""
@@ -284,10 +295,10 @@ def training_curves(logs: dict, path: str | Path, *, colours: dict | None = None
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def palette_swatch(palette, path: str | Path, *, title: str = "") -> list[Path]:
+def palette_swatch(palette, *, title: str = "") -> Figure:
     """The palette's ``k`` colours as a strip of swatches labelled with their token ids."""
     rgb = np.clip(np.round(127.5 * (palette.centers + 1)), 0, 255).astype(np.uint8)
     rgb = np.repeat(rgb, 3, axis=1) if rgb.shape[1] == 1 else rgb  # grey → RGB
@@ -311,7 +322,7 @@ def palette_swatch(palette, path: str | Path, *, title: str = "") -> list[Path]:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"palette: {palette.k} colours (token id on each)", fontsize=9)
-    return save_figure(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------ training dynamics (track)

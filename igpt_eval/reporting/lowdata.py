@@ -5,12 +5,15 @@ raw-pixel baseline, against K labels per class, for each model."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.reporting.figures import new_figure, save_figure
+from igpt_eval.reporting.figures import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def lowdata_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +90,7 @@ def lowdata_trends(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def lowdata_figure(df: pd.DataFrame, path: str | Path) -> list[Path]:
+def lowdata_figure(df: pd.DataFrame) -> Figure:
     """Test accuracy against K (log axis) with ± std bars: one colour per model, solid for
     the linear probe, dashed for fine-tuning, grey dotted for raw pixels. PNG and SVG."""
     import seaborn as sns
@@ -114,4 +117,4 @@ def lowdata_figure(df: pd.DataFrame, path: str | Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no overlap
     ax.set_title("low-data: linear probe vs fine-tuning vs raw pixels", fontsize=10)
-    return save_figure(fig, path)
+    return fig

@@ -147,34 +147,34 @@ def build_report(
     figs: list[str] = []  # README sections, in order
     notes: list[str] = []
 
-    files += fig.depth_curve(
+    drawn = fig.depth_curve(
         summaries,
-        out / "depth_curves",
         relative=True,
         colours=colours,
         title=f"linear probes of every layer, {dataset}",
         **controls,
     )
+    files += fig.save_figure(drawn, out / "depth_curves")
     figs.append(_figure_line("Depth curves, all models (relative depth)", "depth_curves"))
     for n, s in summaries.items():
-        files += fig.depth_curve(
-            {n: s},
-            out / f"depth_curve-{n}",
-            colours=colours,
-            title=f"linear probes of {n}, {dataset}",
-            **controls,
+        drawn = fig.depth_curve(
+            {n: s}, colours=colours, title=f"linear probes of {n}, {dataset}", **controls
         )
+        files += fig.save_figure(drawn, out / f"depth_curve-{n}")
         figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{n}"))
     if len(accuracy_rows(df, "knn")):
-        files += fig.knn_curve(df, out / "knn", colours=colours)
+        files += fig.save_figure(fig.knn_curve(df, colours=colours), out / "knn")
         figs.append(_figure_line("kNN accuracy per layer", "knn"))
     if cka is not None:
-        # One colour scale for all heatmaps, from 0 or (when every value is high, as for
-        # mean-pooled features) from the tenth below the smallest value.
-        vmin = min(0.5, np.floor(10 * np.nanmin(cka.value)) / 10)
+        # One colour scale for all heatmaps, fitted to the values off the diagonal (which is
+        # 1 by definition): mean-pooled features lie in a narrow high band that a 0.5-1
+        # scale would paint one colour.
+        off = cka[(cka.model_a != cka.model_b) | (cka.layer_a != cka.layer_b)].value
+        lo = float(np.nanmin(off)) if len(off) else 0.0
+        vmin = max(0.0, np.floor(100 * lo) / 100 - 0.01)
         for (a, b), _ in cka.groupby(["model_a", "model_b"], sort=False):
             stem = f"cka-{a}" if a == b else f"cka-{a}-vs-{b}"
-            files += fig.cka_heatmap(cka, a, b, out / stem, vmin=max(vmin, 0.0))
+            files += fig.save_figure(fig.cka_heatmap(cka, a, b, vmin=vmin), out / stem)
             figs.append(_figure_line(f"CKA, {a if a == b else f'{a} vs {b}'}", stem))
     else:
         notes.append(f"No CKA table in {results_dir}/cka: CKA heatmaps not drawn.")
@@ -187,11 +187,13 @@ def build_report(
         f"No training log for {n}: its training curve is not drawn." for n in names if n not in logs
     ]
     if logs:
-        files += fig.training_curves(logs, out / "training_curves", colours=colours)
+        drawn = fig.training_curves(logs, colours=colours)
+        files += fig.save_figure(drawn, out / "training_curves")
         figs.append(_figure_line("Training curves", "training_curves"))
     pal_dir = next((d for d in dirs.values() if d and (d / "palette.npy").is_file()), None)
     if pal_dir is not None:
-        files += fig.palette_swatch(Palette.load(pal_dir / "palette.npy"), out / "palette")
+        drawn = fig.palette_swatch(Palette.load(pal_dir / "palette.npy"))
+        files += fig.save_figure(drawn, out / "palette")
         figs.append(_figure_line("Palette", "palette"))
     for n, d in dirs.items():
         src = d / "completions.png" if d else None
@@ -208,7 +210,7 @@ def build_report(
     low = None
     if lowdata_dir is not None and any(Path(lowdata_dir).glob("results.*")):
         low_df = load_results(Path(lowdata_dir) / "results.parquet")
-        files += lowdata_figure(low_df, out / "lowdata")
+        files += fig.save_figure(lowdata_figure(low_df), out / "lowdata")
         figs.append(_figure_line("Low-data: linear probe vs fine-tuning vs pixels", "lowdata"))
         low = (lowdata_table(low_df), lowdata_dir)
     elif lowdata_dir is not None:

@@ -9,6 +9,7 @@ Figures: the best layer's test accuracy against validation loss, one line per ru
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from igpt_eval.reporting.figures import (
     save_figure,
 )
 from igpt_eval.results import PIXEL_CONTROLS, summary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def format_track(summ: pd.DataFrame, corr: pd.DataFrame) -> str:
@@ -58,14 +62,13 @@ def track_figures(results: pd.DataFrame, summ: pd.DataFrame, out: str | Path) ->
     ``summ`` is :func:`track_summary` of ``results``."""
     out = Path(out)
     colours = model_colours(list(summ.run.unique()))
-    files = track_loss_accuracy(
-        summ, out / "track_loss_vs_probe", baseline=baseline_of(results), colours=colours
-    )
+    drawn = track_loss_accuracy(summ, baseline=baseline_of(results), colours=colours)
+    files = save_figure(drawn, out / "track_loss_vs_probe")
     for run in summ.run.unique():
         stem = _file_stem(run)
         best = summ[summ.run == run].set_index("step").best_layer
-        files += track_heatmap(results, run, best, out / f"track_heatmap-{stem}")
-        files += track_depth_curves(results, run, out / f"track_depth_curves-{stem}")
+        files += save_figure(track_heatmap(results, run, best), out / f"track_heatmap-{stem}")
+        files += save_figure(track_depth_curves(results, run), out / f"track_depth_curves-{stem}")
     return files
 
 
@@ -123,7 +126,6 @@ def track_markdown(
 
 def track_loss_accuracy(
     summ: pd.DataFrame,
-    path: str | Path,
     *,
     baseline: dict | None = None,
     colours: dict | None = None,
@@ -158,14 +160,12 @@ def track_loss_accuracy(
     ax.set_xlabel("generative validation loss (nats/token; training moves right)")
     ax.set_ylabel("best layer (chosen on val): probe test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or "Representation quality vs generative loss", fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
-def track_heatmap(
-    results: pd.DataFrame, run: str, best_layers: pd.Series, path: str | Path
-) -> list[Path]:
+def track_heatmap(results: pd.DataFrame, run: str, best_layers: pd.Series) -> Figure:
     """Layer × snapshot heatmap of one run's probe test accuracy, the layer chosen on
     validation at each step (``best_layers``, indexed by step) outlined: where the peak sits
     as training goes on."""
@@ -192,7 +192,7 @@ def track_heatmap(
     ax.set_ylabel("layer (0 = embeddings, last = ln_f)")
     fig.colorbar(im, ax=ax, label="probe test accuracy (%)")
     ax.set_title(f"{run}: probe accuracy by layer and step (outlined: chosen on val)", fontsize=9)
-    return save_figure(fig, path)
+    return fig
 
 
 def _outline(x: float, y: float):
@@ -201,7 +201,7 @@ def _outline(x: float, y: float):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, ec="red", lw=1.8)
 
 
-def track_depth_curves(results: pd.DataFrame, run: str, path: str | Path) -> list[Path]:
+def track_depth_curves(results: pd.DataFrame, run: str) -> Figure:
     """One run's depth curves, one per snapshot, coloured from early (light) to late (dark),
     each with its validation-chosen layer starred."""
     import matplotlib as mpl
@@ -225,6 +225,6 @@ def track_depth_curves(results: pd.DataFrame, run: str, path: str | Path) -> lis
     depth_axis(ax, False)
     ax.set_ylabel("linear probe test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(f"{run}: depth curve at each snapshot (star: chosen on val)", fontsize=10)
-    return save_figure(fig, path)
+    return fig
