@@ -157,6 +157,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- predictions
+#: Beside a results table: each model's name → where its folder is (``path``) and how it was
+#: named (``model``), so a report finds the model's training log and palette.
+MODELS_FILE = "models.json"
+
+
 def _site_layer(site: str) -> int | None:
     """The layer number in a site name (``blocks.3.ln_1`` → 3); ``None`` for ``ln_f`` and
     names without one (the last layer is asked for by its site name or its number, which

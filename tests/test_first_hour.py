@@ -170,3 +170,23 @@ def test_figures_are_returned_with_legends_outside_and_integer_layers(tmp_path):
                         for i in range(3) for j in range(3)])  # fmt: skip
     heat = cka_heatmap(cka, "m", "m", vmin=0.9)
     assert heat.axes[0].images[0].get_clim() == (0.9, 1.0)
+
+
+def test_a_report_on_one_probe_folder_says_what_it_is(tiny_pair, tmp_path, one_torch_thread):
+    """Title, source and training log are read from the data given: one AR model's probe
+    folder is no "AR vs BERT" comparison, was written by probe, and has its log found."""
+    import shutil
+
+    root, ar, _, npz = tiny_pair
+    model = tmp_path / "elsewhere" / "my-ar"
+    shutil.copytree(ar, model)
+    (model / "train_log.csv").write_text("step,train_loss,val_loss\n1,2.5,\n2,2.0,2.1\n")
+    out = tmp_path / "probe"
+    argv = ["probe", "--model", str(model), "--dataset", f"npz:{npz}", "--out", str(out),
+            "--cache", str(tmp_path / "acts"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["report", "--results", str(out), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "README.md").read_text()
+    assert md.startswith("# Where do the best features live? my-ar, layer by layer")
+    assert "(written by `igpt-eval probe`)" in md and "AR vs BERT" not in md
+    assert "No training log" not in md and (tmp_path / "r" / "training_curves.png").is_file()

@@ -120,7 +120,8 @@ def _add_finetune(sub) -> None:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="bf16 autocast (about 2x faster on CPU; default: off)",
+        help="bf16 autocast (default: off; pays on GPUs and CPUs with bf16 units, and was "
+        "slower than float32 on this project's AVX2-only CPU)",
     )
     _add_common(p, eval_every=50, lr=1e-3, batch_size=32)
     p.set_defaults(func=_cmd_finetune)

@@ -14,6 +14,7 @@ import pandas as pd
 from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
@@ -23,6 +24,7 @@ from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
 from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import (
+    MODELS_FILE,
     Predictions,
     random_twin,
     save_results,
@@ -190,6 +192,9 @@ def probe_model(
     df.attrs["caches"] = {split: str(c.path) for split, c in caches.items()}  # for reuse
     if out is not None:
         save_results(df, out, predictions=predictions)
+        # Where the model lives, for a report drawn from this folder (its log, its palette).
+        entry = dict(path=str(source.path.resolve()), model=source.spec)
+        write_json(Path(out) / MODELS_FILE, {meta["model"]: entry})
     return (df, predictions) if return_predictions else df
 
 

@@ -19,14 +19,13 @@ from igpt_eval.io import read_json
 from igpt_eval.results import (
     CKA_COLUMNS,  # PIXELS, PIXELS_NATIVE: the pixel controls (re-exported)
     CONCAT,
+    MODELS_FILE,
     PIXELS,
     PIXELS_NATIVE,
     model_names,
     random_twin,
     summary,
 )
-
-MODELS_FILE = "models.json"
 
 
 # --------------------------------------------------------------------------- tables

@@ -78,7 +78,7 @@ class FinetuneConfig:
     eval_every: int = 50  # steps between validation accuracies (and checkpoints)
     patience: int = 5  # evaluations without improvement before stopping
     eval_images: int | None = None  # validation images scored (None: all of them)
-    bf16: bool = False  # bf16 autocast (about 2x faster on CPU); weights stay float32
+    bf16: bool = False  # bf16 autocast (pays with bf16 units or a GPU); weights stay float32
     seed: int = 0  # data order, augmentation, BERT masks
     standardize: bool = True  # head on (x − μ)/σ, folded into wclf's weight and bias on save
     scale_images: int = 2048  # training images for μ, σ and the probe init (~40 s for mini)
