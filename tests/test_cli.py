@@ -105,8 +105,10 @@ def test_finetune_and_lowdata_flags_reach_their_configs():
     assert (cfg.objective, cfg.batch_size, cfg.eval_every, cfg.seed) == ("clf", 16, 7, 5)
     assert cfg.augment and cfg.betas == FinetuneConfig().betas  # no flag: the default
 
-    args = parser.parse_args("lowdata --model m --out o --k 4 10 --seeds 2 --no-bf16".split())
-    cfg = config_from_args(LowDataConfig, args, ks=tuple(args.k), finetune=False)
+    args = parser.parse_args(
+        "lowdata --model m --out o --labels-per-class 4 10 --seeds 2 --no-bf16".split()
+    )
+    cfg = config_from_args(LowDataConfig, args, ks=tuple(args.labels_per_class), finetune=False)
     assert (cfg.ks, cfg.seeds, cfg.bf16, cfg.finetune) == ((4, 10), 2, False, False)
     assert cfg.select_iter == LowDataConfig().select_iter
 

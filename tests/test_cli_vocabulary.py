@@ -70,3 +70,37 @@ def test_shared_flags_mean_one_thing(flag):
                 seen[name] = (a.default, a.help)
     assert len(seen) >= 5, seen
     assert len(set(seen.values())) == 1, seen
+
+
+def _flags(p: argparse.ArgumentParser) -> set[str]:
+    """The documented option strings of a subcommand (hidden aliases left out)."""
+    return {s for a in _options(p) for s in a.option_strings}
+
+
+def test_one_vocabulary_across_subcommands():
+    subs = _subparsers(build_parser())
+    flags = {name: _flags(p) for name, p in subs.items()}
+    # One way to name several models, the control, and snapshot steps.
+    for name, f in flags.items():
+        assert not f & {"--models", "--no-random-control", "--random-init"}, name
+    assert "--model" in flags["compare"] and "--model" in flags["lowdata"]
+    assert {"--random-weights"} <= flags["probe"] & flags["finetune"] & flags["compare"]
+    # --steps counts optimizer steps only; --k is palette colours only.
+    assert {n for n, f in flags.items() if "--steps" in f} <= {"pretrain", "finetune"}
+    assert {n for n, f in flags.items() if "--k" in f} == {"palette"}
+    assert "--snapshot-steps" in flags["track"] and "--labels-per-class" in flags["lowdata"]
+    # Every --model takes any model source and says so.
+    for name, p in subs.items():
+        for a in _options(p):
+            if "--model" in a.option_strings and name not in ("pretrain", "model-card"):
+                assert "hf:OWNER/NAME" in a.help, name
+
+
+def test_old_spellings_still_parse():
+    """Recorded commands keep running: the earlier names are hidden aliases."""
+    parse = build_parser().parse_args
+    assert parse(["compare", "--models", "a", "b"]).models == ["a", "b"]
+    assert parse(["compare", "--no-random-control"]).random_weights is False
+    assert parse(["finetune", "--model", "m", "--out", "o", "--random-init"]).random_weights
+    assert parse(["track", "--run", "r", "--out", "o", "--steps", "0,10"]).snapshot_steps == (0, 10)
+    assert parse(["lowdata", "--model", "m", "--out", "o", "--k", "4"]).labels_per_class == [4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from igpt_eval.cli.common import (
@@ -20,7 +21,6 @@ DEFAULT_OUT = Path("runs/compare")
 
 @subcommand
 def _add_compare(sub) -> None:
-    from igpt_eval.defaults import DEFAULT_MODELS
 
     p = sub.add_parser(
         "compare",
@@ -33,12 +33,15 @@ def _add_compare(sub) -> None:
         "shipped fmnist-ar and fmnist-bert models.",
     )
     p.add_argument(
-        "--models",
-        nargs="+",
-        default=[str(m) for m in DEFAULT_MODELS],
+        "--model",
+        action="append",
+        default=None,
         metavar="MODEL",
-        help="the models (default: models/fmnist-ar models/fmnist-bert); each " + MODEL_HELP,
+        help="a model to compare (repeat for each; default: models/fmnist-ar and "
+        "models/fmnist-bert): " + MODEL_HELP,
     )
+    # The earlier spelling (all models after one flag), so that recorded commands still run.
+    p.add_argument("--models", nargs="+", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dataset", default=None, help="dataset (default: the models' run.json)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
@@ -59,10 +62,14 @@ def _add_compare(sub) -> None:
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
     add_native_pixels_flag(p, default=True)
     p.add_argument(
-        "--no-random-control",
-        action="store_true",
-        help="skip each model's random-weights control (the same architecture untrained, "
-        "probed alike; default: probed, cached like the models)",
+        "--random-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also probe each model's random-weights control (the same architecture "
+        "untrained, probed alike, cached like the models)",
+    )
+    p.add_argument(
+        "--no-random-control", dest="random_weights", action="store_false", help=argparse.SUPPRESS
     )
     p.add_argument("--seed", type=int, default=0)
     add_overwrite_flags(p)
@@ -92,8 +99,11 @@ def _cmd_compare(args) -> int:
         native_pixels=args.native_pixels,
         concat_layers=args.concat_layers,
     )
+    from igpt_eval.defaults import DEFAULT_MODELS
+
+    models = (args.model or []) + (args.models or []) or [str(m) for m in DEFAULT_MODELS]
     c = compare_models(
-        args.models,
+        models,
         args.dataset,
         settings,
         out=args.out,
@@ -102,7 +112,7 @@ def _cmd_compare(args) -> int:
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,
-        random_control=not args.no_random_control,
+        random_control=args.random_weights,
         progress=not args.no_progress,
     )
     ds = c.results.dataset.iloc[0]

@@ -104,10 +104,14 @@ def _add_finetune(sub) -> None:
         "validation and its C, from `igpt-eval probe` results (results.parquet) of this model",
     )
     p.add_argument(
-        "--random-init",
+        "--random-weights",
         action="store_true",
         help="the from-scratch control: the same architecture from its pretraining run's "
         "initialisation, not the trained weights (results name it '<model> (random weights)')",
+    )
+    # The earlier name, so that recorded commands still run.
+    p.add_argument(
+        "--random-init", dest="random_weights", action="store_true", help=argparse.SUPPRESS
     )
     p.add_argument(
         "--standardize",
@@ -163,7 +167,7 @@ def _cmd_finetune(args) -> int:
         lr_sweep=args.lr_sweep,
         sweep_steps=args.sweep_steps,
         fit_head=fit_head,
-        random_init=args.random_init,
+        random_init=args.random_weights,
         command=command_line(args),
     )
     acc = df[df.metric == "accuracy"].set_index("split")
@@ -224,7 +228,15 @@ def _add_lowdata(sub) -> None:
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the model's run.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--k", type=int, nargs="+", default=list(d.ks), help="labels per class")
+    p.add_argument(
+        "--labels-per-class",
+        type=int,
+        nargs="+",
+        default=list(d.ks),
+        metavar="K",
+        help="labelled images per class, one study per value",
+    )
+    p.add_argument("--k", dest="labels_per_class", type=int, nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per K (mean ± std)")
     p.add_argument(
         "--epochs",
@@ -268,7 +280,9 @@ def _cmd_lowdata(args) -> int:
     from igpt_eval.train.malloc import keep_freed_memory
 
     keep_freed_memory()  # many fine-tuning runs in one process
-    cfg = config_from_args(LowDataConfig, args, ks=tuple(args.k), finetune=not args.no_finetune)
+    cfg = config_from_args(
+        LowDataConfig, args, ks=tuple(args.labels_per_class), finetune=not args.no_finetune
+    )
     df = lowdata_study(
         args.model,
         args.dataset,

@@ -40,7 +40,14 @@ def _add_track(sub) -> None:
         help="a pretraining run folder with snapshots/ (repeat for several runs)",
     )
     p.add_argument("--dataset", default=None, help="dataset (default: the run's run.json)")
-    p.add_argument("--steps", type=parse_steps, default=None, help="only these snapshot steps")
+    p.add_argument(
+        "--snapshot-steps",
+        type=parse_steps,
+        default=None,
+        metavar="STEPS",
+        help="only the snapshots of these training steps, e.g. 0,100,300 (default: all)",
+    )
+    p.add_argument("--steps", dest="snapshot_steps", type=parse_steps, help=argparse.SUPPRESS)
     add_sample_flags(p, d.train_size, d.val_size, d.test_size)
     p.add_argument(
         "--batch-size", type=int, default=None, help="extraction batch size (default: the device's)"
@@ -78,7 +85,7 @@ def _cmd_track(args) -> int:
         device=args.device,
         bert_masks=args.bert_masks,
         seed=args.seed,
-        steps=args.steps,
+        steps=args.snapshot_steps,
     )
     df = track_runs(args.run, settings, progress=not args.no_progress)
     summ = track_summary(df)
