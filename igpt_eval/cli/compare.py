@@ -71,7 +71,13 @@ def _add_compare(sub) -> None:
     p.add_argument(
         "--no-random-control", dest="random_weights", action="store_false", help=argparse.SUPPRESS
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
+        "split is the one the model was trained on: its run's --seed)",
+    )
     add_overwrite_flags(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)

@@ -69,8 +69,18 @@ def _add_extract(sub) -> None:
         default=BERT_MASKS,
         help=f"BERT models: average the features over N masks (default {BERT_MASKS}; 0: unmasked)",
     )
-    p.add_argument("--seed", type=int, default=None, help="mask seed and train/val split seed "
-                   "(default: the model's training seed, else 0)")  # fmt: skip
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the train/val split (default: the model's training run's, else 0)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the BERT masks (default: the model's training run's, else 0)",
+    )
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
@@ -110,14 +120,16 @@ def _cmd_extract(args) -> int:
     try:
         model, palette, ident = open_model(args.model, device=device)
         splits = ("train", "val", "test") if args.split == "all" else (args.split,)
-        seed = args.seed if args.seed is not None else ident.get("run_seed", 0)
+        run = ident.get("run_seed", 0)
+        split_seed = args.split_seed if args.split_seed is not None else run
+        seed = args.seed if args.seed is not None else run
         for split in splits:
             out = args.out
             if out is not None and args.split == "all":
                 out = out / split
             cache = extract_split(
                 model, palette, ident, args.dataset, split, out,
-                data_dir=args.data_dir, split_seed=seed, token_cache=args.token_cache,
+                data_dir=args.data_dir, split_seed=split_seed, token_cache=args.token_cache,
                 progress=main and not args.no_progress, layers=layers, site=args.site,
                 batch_size=args.batch_size, dtype=args.cache_dtype, bert_masks=args.bert_masks,
                 seed=seed, full_sequence_layer=args.full_sequence_layer,

@@ -42,7 +42,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        off = action.default is None or action.default is False  # not `in`: 0 == False
+        if "default" in text.lower() or off or action.default is argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
 

@@ -191,7 +191,13 @@ def _add_probe(sub) -> None:
         "the initialisation its training run started from (its own caches: give it another "
         "--cache than the model's; default out: runs/probe/<model>-random-weights)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
+        "split is the one the model was trained on: its run's --seed)",
+    )
     add_overwrite_flags(p, caches=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)

@@ -60,7 +60,13 @@ def _add_track(sub) -> None:
     )
     add_device_flag(p)
     p.add_argument("--bert-masks", type=int, default=d.bert_masks, help="masks (BERT runs)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the train/val split and of the probes (the runs' own seed to probe "
+        "each on the split it was trained on)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--no-progress", action="store_true")
