@@ -13,7 +13,7 @@ from igpt_eval.cli.common import (
     refuse_overwrite,
     subcommand,
 )
-from igpt_eval.cli.probe import add_extraction_flags, add_native_pixels_flag
+from igpt_eval.cli.probe import add_extraction_flags, add_native_pixels_flag, add_probe_seed_flag
 from igpt_eval.errors import IGPTError
 
 DEFAULT_OUT = Path("runs/compare")
@@ -71,13 +71,7 @@ def _add_compare(sub) -> None:
     p.add_argument(
         "--no-random-control", dest="random_weights", action="store_false", help=argparse.SUPPRESS
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
-        "split is the one the model was trained on: its run's --seed)",
-    )
+    add_probe_seed_flag(p)
     add_overwrite_flags(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)

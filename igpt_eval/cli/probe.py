@@ -112,6 +112,18 @@ def add_extraction_flags(p) -> None:
     )
 
 
+def add_probe_seed_flag(p) -> None:
+    """``--seed`` of ``probe`` and ``compare`` (the run's randomness; the split is the
+    model's own)."""
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
+        "split is the one the model was trained on: its run's --seed)",
+    )
+
+
 def add_native_pixels_flag(p, default: bool) -> None:
     """``--native-pixels``/``--no-native-pixels`` (``probe`` and ``compare`` differ only in
     the default)."""
@@ -191,13 +203,7 @@ def _add_probe(sub) -> None:
         "the initialisation its training run started from (its own caches: give it another "
         "--cache than the model's; default out: runs/probe/<model>-random-weights)",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
-        "split is the one the model was trained on: its run's --seed)",
-    )
+    add_probe_seed_flag(p)
     add_overwrite_flags(p, caches=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
