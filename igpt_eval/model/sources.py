@@ -18,6 +18,7 @@ accepted only as a flat mapping of names to tensors (:func:`igpt_eval.model.hf.r
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,22 @@ class ModelSource:
         return self.kind == CHECKPOINT
 
     def weights_hash(self) -> str:
-        """SHA-256 (first 16 hex) of the weight files, in name order."""
-        return "+".join(file_hash(f) for f in self.weight_files)
+        """SHA-256 (first 16 hex) of each weight file, in name order, joined by ``+``;
+        computed once per file version (iGPT-L's 5 GB take seconds to hash)."""
+        missing = [f for f in self.weight_files if not f.is_file()]
+        if missing:
+            raise IGPTError(
+                f"{self.path} has no {missing[0].name}: the model's weights are missing"
+            )
+        stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.weight_files)
+        return _files_hash(stamps)
+
+
+@functools.lru_cache(maxsize=64)
+def _files_hash(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    """The joined hashes of files named with their size and modification time (so a file
+    rewritten in place is hashed again)."""
+    return "+".join(file_hash(name) for name, _, _ in stamps)
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None]:
@@ -242,15 +257,15 @@ def load_source(source: ModelSource, device="cpu"):
     ``weights_hash`` (of the weight files) and, for the Hub, ``repo``, ``revision`` (asked)
     and ``commit`` (resolved); checkpoints add their run's dataset and seed (``run.json``).
     """
-    ident: dict = {"model": source.spec, "weights_hash": source.weights_hash()}
+    # The model first: a missing or broken weights file is its one clear error.
     if source.is_checkpoint:
         model, palette = load_model(source.path, device), load_palette(source.path)
         run = read_run(source.path)
-        ident.update(run_dataset=run.get("dataset"), run_seed=run_seed(run))
     else:
         model = from_hf(source.path).to(device)
-        palette = getattr(model, "palette", None)
-        ident.update(run_dataset=None, run_seed=0)
-        if source.kind == HUB:
-            ident.update(repo=source.repo, revision=source.revision, commit=source.commit)
+        palette, run = getattr(model, "palette", None), {}
+    ident: dict = {"model": source.spec, "weights_hash": source.weights_hash()}
+    ident.update(run_dataset=run.get("dataset"), run_seed=run_seed(run))
+    if source.kind == HUB:
+        ident.update(repo=source.repo, revision=source.revision, commit=source.commit)
     return model, palette, ident
