@@ -10,7 +10,7 @@ from igpt_eval.analysis.paired import signed_pp
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
 from igpt_eval.reporting.report import build_report
-from igpt_eval.reporting.words import curve_shape, describe_depth_curve, describe_knn
+from igpt_eval.reporting.words import describe_depth_curve, describe_knn
 from igpt_eval.results import PREDICTIONS_FILE
 
 
@@ -106,19 +106,6 @@ def test_report_cli(compared_dir, tmp_path, capsys):
     assert (
         f"`igpt-eval report --results {compared_dir} --out {tmp_path / 'r2'} --lowdata {low}`" in md
     )
-
-
-def test_curve_shape():
-    up_down = curve_shape([0, 1, 2, 3], [0.5, 0.7, 0.9, 0.8])
-    assert up_down.unimodal and up_down.peaks == [2] and up_down.dip_pp == 0
-    plateau = curve_shape([0, 1, 2, 3], [0.5, 0.8, 0.8, 0.7])
-    assert plateau.unimodal and plateau.peaks == [1]
-    two = curve_shape([0, 1, 2, 3, 4], [0.5, 0.8, 0.7, 0.9, 0.6])
-    assert not two.unimodal and two.peaks == [1, 3]
-    assert two.dip_pp == pytest.approx(10.0)
-    assert (two.dip_from, two.dip_layer, two.dip_to) == (1, 2, 3)
-    deep = curve_shape(range(5), [0.9, 0.5, 0.6, 0.4, 0.85])
-    assert deep.dip_pp == pytest.approx(45.0) and deep.dip_layer == 3
 
 
 def test_describe_names_the_chosen_layer_and_the_embeddings():

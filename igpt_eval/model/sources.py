@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igpt_eval.data.palette import Palette
+from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, read_json
 from igpt_eval.model.checkpoint import CONFIG, load_model, load_palette, read_run, run_seed
@@ -117,8 +118,12 @@ def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
         return _from_hub(text)
     path = Path(text).expanduser()
     if not path.exists():
-        raise IGPTError(f"no model at {path} (give a checkpoint folder, a Hugging Face "
-                        "ImageGPT folder, or hf:OWNER/NAME)")  # fmt: skip
+        where = (
+            "the shipped models live in models/ of a source checkout; set IGPT_EVAL_MODELS"
+            if path.parent.resolve() == MODELS_DIR.resolve()
+            else "give a checkpoint folder, a Hugging Face ImageGPT folder, or hf:OWNER/NAME"
+        )
+        raise IGPTError(f"no model at {path} ({where})")
     if not path.is_dir():
         raise IGPTError(f"{path} is a file; a model is a folder (or hf:OWNER/NAME)")
     return _from_folder(path, text)

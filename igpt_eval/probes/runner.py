@@ -16,7 +16,7 @@ from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
-from igpt_eval.model.sources import ModelSource, resolve_model
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
@@ -116,10 +116,6 @@ def probe_model(
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``."""
     s = (settings or ProbeSettings()).replace(**changes)
-    model_exists = DEFAULT_MODEL.exists()
-    if not isinstance(model, ModelSource) and Path(model) == DEFAULT_MODEL and not model_exists:
-        raise IGPTError(f"no model at {DEFAULT_MODEL} (the shipped models live in models/ of a "
-                        "source checkout; set IGPT_EVAL_MODELS)")  # fmt: skip
     source = resolve_model(model)
     s = s.replace(device=str(resolve_device(s.device)))  # once: every stage runs there
     net, palette, ident = open_model(source, device=s.device, random_weights=s.random_weights)

@@ -1,8 +1,7 @@
 """The sentences of a report, computed from the numbers they state.
 
 :func:`shape_words` says what a depth curve does from its paired best − last difference
-alone (a dip within noise decides nothing; :func:`curve_shape` describes the curve's local
-maxima for those who want them); :func:`describe_depth_curve`, :func:`describe_knn`,
+alone (a dip within noise decides nothing); :func:`describe_depth_curve`, :func:`describe_knn`,
 :func:`describe_cka`, :func:`random_words` and :func:`concat_words` turn a summary and its
 paired-difference rows into markdown, so that no number in ``reports/README.md`` is typed
 by hand (:mod:`igpt_eval.reporting.report` puts them together).
@@ -10,50 +9,11 @@ by hand (:mod:`igpt_eval.reporting.report` puts them together).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from igpt_eval.analysis.paired import chosen, differences, format_difference, resolved
 from igpt_eval.reporting.tables import accuracy_rows
-
-
-@dataclass
-class Shape:
-    """The shape of a curve ``values`` over ``layers`` (accuracies as fractions)."""
-
-    unimodal: bool
-    peaks: list[int]  # layers of the local maxima (plateaus count once)
-    dip_pp: float  # largest drop below both an earlier and a later layer, in points
-    dip_layer: int | None  # where that drop bottoms out
-    dip_from: int | None  # the earlier layer it drops from
-    dip_to: int | None  # the later layer it recovers to
-
-
-def curve_shape(layers, values) -> Shape:
-    """Whether ``values`` (ordered by ``layers``) rises to one peak and then only falls.
-
-    A curve is unimodal when no point lies below both an earlier and a later point. The
-    *dip* is the largest such shortfall: for each layer j, ``min(max(before j), max(after
-    j)) - value_j``; 0 for a unimodal curve.
-    """
-    layers, v = list(layers), np.asarray(values, dtype=float)
-    best = (0.0, None, None, None)
-    for j in range(1, len(v) - 1):
-        i = int(np.argmax(v[:j]))
-        k = j + 1 + int(np.argmax(v[j + 1 :]))
-        dip = min(v[i], v[k]) - v[j]
-        if dip > best[0] + 1e-12:
-            best = (dip, layers[j], layers[i], layers[k])
-    peaks, prev = [], -np.inf
-    for j in range(len(v)):  # local maxima, a plateau counted at its first point
-        nxt = next((x for x in v[j + 1 :] if x != v[j]), -np.inf)
-        if v[j] > prev and v[j] > nxt:
-            peaks.append(layers[j])
-        if v[j] != prev:
-            prev = v[j]
-    return Shape(best[0] == 0, peaks, 100 * best[0], best[1], best[2], best[3])
 
 
 def _pct(x: float) -> str:
