@@ -5,6 +5,7 @@ cache → probes → analysis → reporting, and the command line over them (cli
 
     from igpt_eval import Palette, IGPT, IGPTConfig, load_dataset, load_model
     from igpt_eval import probe_model, compare_models, track_runs, extract, load_results
+    from igpt_eval import probe_depth_curve  # results and a matplotlib Figure in one call
 
 Public names are imported lazily, so the command line starts without loading torch.
 """
@@ -17,6 +18,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActivationCache": "igpt_eval.cache",
+    "DepthCurve": "igpt_eval.reporting.curve",
+    "MODELS_DIR": "igpt_eval.defaults",
+    "probe_depth_curve": "igpt_eval.reporting.curve",
     "ModelSource": "igpt_eval.model.sources",
     "Predictions": "igpt_eval.results",
     "ProbeSettings": "igpt_eval.probes.settings",

@@ -18,6 +18,7 @@ have no such file: :func:`load_predictions` returns ``None`` for them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,9 +88,20 @@ PREDICTIONS_FILE = "predictions.npz"
 
 # --------------------------------------------------------------------------- controls
 def random_twin(model: str) -> str:
-    """The model name of ``model``'s random-weights control: ``"fmnist-ar (random
+    """The model name of ``model``'s random-weights control: ``"fmnist-ar-1a2b3c4d (random
     weights)"`` (the same architecture at its initialisation, probed alike)."""
     return model + RANDOM_SUFFIX
+
+
+_LABEL_HASH = re.compile(r"-[0-9a-f]{8}$")
+
+
+def bare_name(label: str) -> str:
+    """A model label without its weights hash: ``"fmnist-ar-1a2b3c4d (random weights)"``
+    → ``"fmnist-ar (random weights)"`` (labels: :attr:`igpt_eval.ModelSource.label`)."""
+    base, twin = (trained_of(label), True) if trained_of(label) is not None else (label, False)
+    base = _LABEL_HASH.sub("", base)
+    return random_twin(base) if twin else base
 
 
 def trained_of(name: str) -> str | None:
@@ -237,7 +249,10 @@ class Predictions:
 
     def key(self, model: str, probe: str, layer: int | str) -> str:
         """The name of ``model``'s ``probe`` predictions at ``layer`` (a layer number, or a
-        site name such as ``ln_f``); a miss is one :class:`IGPTError` listing what is held."""
+        site name such as ``ln_f``); a miss is one :class:`IGPTError` listing what is held.
+        ``model`` is a label as the results table has it (``fmnist-ar-1a2b3c4d``), or the
+        bare name (``fmnist-ar``) when only one model of that name is held."""
+        model = self._model(model)
         want = f"{model}/{probe}/"
         sites = {k[len(want) :]: k for k in self.pred if k.startswith(want)}
         blocks = sorted(n for n in map(_site_layer, sites) if n is not None)
@@ -251,6 +266,18 @@ class Predictions:
             f"no test predictions of {model!r}, probe {probe!r}, layer {layer!r}; held: "
             + ", ".join(sorted(self.pred))
         )
+
+    @property
+    def models(self) -> list[str]:
+        """The models (and controls) whose test predictions are held."""
+        return sorted({k.split("/")[0] for k in self.pred})
+
+    def _model(self, model: str) -> str:
+        held = self.models
+        if model in held:
+            return model
+        like = [m for m in held if bare_name(m) == model]
+        return like[0] if len(like) == 1 else model
 
     def get(self, model: str, probe: str, layer: int | str) -> np.ndarray:
         """The predicted test labels (N,) of ``model``'s ``probe`` at ``layer``."""
@@ -344,6 +371,17 @@ def probe_choice(
     initialise a classifier; files written before the hash was recorded are matched by
     name."""
     mine = df[(df.model == model) & (df.probe == "lbfgs")] if "probe" in df else df[:0]
+    if mine.empty and "probe" in df:
+        # The same name with another weights hash in its label: other weights.
+        same = df[
+            (df.probe == "lbfgs")
+            & (df.model.map(bare_name, na_action="ignore") == bare_name(model))
+        ]
+        if len(same):
+            raise IGPTError(
+                f"the probe results for {bare_name(model)!r} were measured on other weights "
+                f"({', '.join(sorted(set(same.model)))}, not {model}): probe this model first"
+            )
     if mine.empty:
         names = sorted(set(df.model.dropna())) if "model" in df else []
         raise IGPTError(

@@ -116,3 +116,23 @@ def test_seeds_say_what_they_seed():
             if "--seed" in a.option_strings:
                 assert a.help and "seed" in a.help, name
     assert "--split-seed" in _flags(_subparsers(build_parser())["extract"])
+
+
+def test_the_split_has_its_own_seed_everywhere_data_is_read():
+    """palette, tokenize and pretrain take --split-seed for the split; --seed, where there
+    is one, seeds the command's own randomness and never the split."""
+    subs = _subparsers(build_parser())
+    for name in ("palette", "tokenize", "pretrain", "extract", "finetune"):
+        assert "--split-seed" in _flags(subs[name]), name
+    assert "--seed" not in _flags(subs["tokenize"])  # nothing random but the split
+    for name in ("palette", "pretrain"):
+        seed = next(a for a in _options(subs[name]) if "--seed" in a.option_strings)
+        assert "split" not in seed.help or "--split-seed" in seed.help, name
+
+
+def test_native_pixels_has_one_default():
+    from igpt_eval import ProbeSettings
+
+    parse = build_parser().parse_args
+    defaults = {parse(["probe"]).native_pixels, parse(["compare"]).native_pixels}
+    assert defaults == {ProbeSettings().native_pixels}

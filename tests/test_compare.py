@@ -14,6 +14,7 @@ from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import build_parser, main
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.reporting.tables import load_cka, load_models
 from igpt_eval.results import COLUMNS, load_predictions, load_results
 
@@ -23,13 +24,20 @@ def compared(tiny_comparison):
     return tiny_comparison
 
 
-def test_results_rows(compared, tiny_pair):
+@pytest.fixture(scope="module")
+def names(tiny_pair):
+    """The two models' labels (name and weights hash): what result tables call them."""
+    return tuple(resolve_model(d).label for d in tiny_pair[1:3])
+
+
+def test_results_rows(compared, tiny_pair, names):
+    AR, BERT = names
     root = tiny_pair[0]
     df = load_results(root / "cmp/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     assert set(df.probe) == {"lbfgs", "knn", "pixels", "pixels_native"}
     test = df[(df.split == "test") & (df.metric == "accuracy")]
-    for model in ("tiny-ar", "tiny-bert"):
+    for model in (AR, BERT):
         for probe in ("lbfgs", "knn"):
             rows = test[(test.model == model) & (test.probe == probe)]
             assert sorted(rows.layer) == [0, 1, 2, 3]
@@ -48,26 +56,26 @@ def test_results_rows(compared, tiny_pair):
         assert px.n_train.iloc[0] == 96 and px.n_features.iloc[0] == 64
 
 
-def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair):
+def test_knn_rows_are_the_analysis_on_the_caches(compared, tiny_pair, names):
+    AR, BERT = names
     root = tiny_pair[0]
     folder = next((root / "acts").glob("tiny-bert-*"))
     tr, va, te = (ActivationCache.open(folder / s) for s in ("train", "val", "test"))
     bank = np.concatenate([tr[2], va[2]])
     want = knn_accuracy(bank, np.concatenate([tr.labels, va.labels]), te[2], te.labels)
     r = compared.results
-    got = r[(r.probe == "knn") & (r.model == "tiny-bert") & (r.layer == 2)]
+    got = r[(r.probe == "knn") & (r.model == BERT) & (r.layer == 2)]
     assert got.value.iloc[0] == pytest.approx(want.accuracy)
     assert got.k.iloc[0] == 20 and got.temperature.iloc[0] == pytest.approx(0.07)
     # The layer is chosen on validation: val queries against a train-only bank.
     val = got[got.split == "val"]
     assert val.value.iloc[0] == pytest.approx(knn_accuracy(tr[2], tr.labels, va[2], va.labels)[0])
     assert val.n_train.iloc[0] == len(tr.labels) and val.n_eval.iloc[0] == len(va.labels)
-    np.testing.assert_array_equal(
-        compared.predictions.pred["tiny-bert/knn/blocks.2.ln_1"], want.pred
-    )
+    np.testing.assert_array_equal(compared.predictions.pred[f"{BERT}/knn/blocks.2.ln_1"], want.pred)
 
 
-def test_paired_rows_and_predictions(compared, tiny_pair):
+def test_paired_rows_and_predictions(compared, tiny_pair, names):
+    AR, BERT = names
     root = tiny_pair[0]
     df = load_results(root / "cmp/results.parquet")
     pred = load_predictions(root / "cmp")
@@ -80,18 +88,18 @@ def test_paired_rows_and_predictions(compared, tiny_pair):
     diffs = df[df.metric == "accuracy_diff"]
     got = sorted(zip(diffs.contrast, diffs.model, diffs.probe, diffs.vs_model, strict=True))
     assert got == [
-        ("best_vs_best", "tiny-ar", "knn", "tiny-bert"),
-        ("best_vs_best", "tiny-ar", "lbfgs", "tiny-bert"),
-        ("best_vs_last", "tiny-ar", "knn", "tiny-ar"),
-        ("best_vs_last", "tiny-ar", "lbfgs", "tiny-ar"),
-        ("best_vs_last", "tiny-bert", "knn", "tiny-bert"),
-        ("best_vs_last", "tiny-bert", "lbfgs", "tiny-bert"),
-        ("best_vs_pixels", "tiny-ar", "lbfgs", "pixels"),
-        ("best_vs_pixels", "tiny-bert", "lbfgs", "pixels"),
-        ("best_vs_pixels_native", "tiny-ar", "lbfgs", "pixels_native"),
-        ("best_vs_pixels_native", "tiny-bert", "lbfgs", "pixels_native"),
-        ("best_vs_random", "tiny-ar", "lbfgs", "tiny-ar (random weights)"),
-        ("best_vs_random", "tiny-bert", "lbfgs", "tiny-bert (random weights)"),
+        ("best_vs_best", AR, "knn", BERT),
+        ("best_vs_best", AR, "lbfgs", BERT),
+        ("best_vs_last", AR, "knn", AR),
+        ("best_vs_last", AR, "lbfgs", AR),
+        ("best_vs_last", BERT, "knn", BERT),
+        ("best_vs_last", BERT, "lbfgs", BERT),
+        ("best_vs_pixels", AR, "lbfgs", "pixels"),
+        ("best_vs_pixels", BERT, "lbfgs", "pixels"),
+        ("best_vs_pixels_native", AR, "lbfgs", "pixels_native"),
+        ("best_vs_pixels_native", BERT, "lbfgs", "pixels_native"),
+        ("best_vs_random", AR, "lbfgs", AR + " (random weights)"),
+        ("best_vs_random", BERT, "lbfgs", BERT + " (random weights)"),
     ]
     assert ((diffs.ci_low <= diffs.value) & (diffs.value <= diffs.ci_high)).all()
     assert ((diffs.p_value > 0) & (diffs.p_value <= 1)).all()
@@ -104,39 +112,41 @@ def test_paired_rows_and_predictions(compared, tiny_pair):
         if r.probe == "lbfgs":
             assert r.layer == t.loc[r.model, "best_layer"]
     gap = diffs[(diffs.contrast == "best_vs_last") & (diffs.probe == "lbfgs")]
-    assert t.loc["tiny-ar", "gap_p"] == gap[gap.model == "tiny-ar"].p_value.iloc[0]
+    assert t.loc[AR, "gap_p"] == gap[gap.model == AR].p_value.iloc[0]
 
 
-def test_cka_table(compared, tiny_pair):
+def test_cka_table(compared, tiny_pair, names):
+    AR, BERT = names
     cka = load_cka(tiny_pair[0] / "cmp")
     assert len(cka) == 3 * 16  # ar×ar, ar×bert, bert×bert; 4 layers each
-    own = cka[(cka.model_a == "tiny-ar") & (cka.model_b == "tiny-ar")]
+    own = cka[(cka.model_a == AR) & (cka.model_b == AR)]
     assert np.allclose(own[own.layer_a == own.layer_b].value, 1.0)
     M = own.pivot(index="layer_a", columns="layer_b", values="value").to_numpy()
     np.testing.assert_allclose(M, M.T)
-    cross = cka[(cka.model_a == "tiny-ar") & (cka.model_b == "tiny-bert")]
+    cross = cka[(cka.model_a == AR) & (cka.model_b == BERT)]
     assert len(cross) == 16 and ((cross.value > 0) & (cross.value <= 1 + 1e-9)).all()
     assert not np.allclose(cross[cross.layer_a == cross.layer_b].value, 1.0)
 
 
-def test_table_and_files(compared, tiny_pair):
+def test_table_and_files(compared, tiny_pair, names):
+    AR, BERT = names
     root = tiny_pair[0]
     t = compared.table.set_index("model")
-    assert list(t.index) == ["tiny-ar", "tiny-bert", "pixels", "pixels_native"]
-    s = t.loc["tiny-bert"]
+    assert list(t.index) == [AR, BERT, "pixels", "pixels_native"]
+    s = t.loc[BERT]
     assert s.gap_pp == pytest.approx(100 * (s.best_acc - s.last_acc))
     r = compared.results
-    last = r[(r.model == "tiny-bert") & (r.probe == "lbfgs") & (r.split == "test")]
+    last = r[(r.model == BERT) & (r.probe == "lbfgs") & (r.split == "test")]
     last = last[(last.metric == "accuracy") & (last.layer == 3)]
     assert s.last_acc == pytest.approx(last.value.iloc[0])
     md = (root / "cmp/tables/comparison.md").read_text()
-    assert "| tiny-ar | ar |" in md and "raw pixels" in md
+    assert f"| {AR} | ar |" in md and "raw pixels" in md
     assert "raw pixels, native resolution" in md and "best − random (pp)" in md
     assert "multi-layer" not in md  # not run: its columns are left out
     for f in ("depth_curve.png", "depth_curve.svg", "tables/comparison.csv", "cka/cka.csv"):
         assert (root / "cmp" / f).stat().st_size > 0
     models = load_models(root / "cmp")
-    assert models["tiny-bert"]["objective"] == "bert" and models["tiny-ar"]["n_layer"] == 3
+    assert models[BERT]["objective"] == "bert" and models[AR]["n_layer"] == 3
 
 
 def test_pixel_features_decode_tokens():
@@ -147,7 +157,8 @@ def test_pixel_features_decode_tokens():
     np.testing.assert_array_equal(X[0], [-1, 0, 1, 0, 0.5, -0.5])
 
 
-def test_compare_cli(compared, tiny_pair, capsys, monkeypatch):
+def test_compare_cli(compared, tiny_pair, capsys, monkeypatch, names):
+    AR, BERT = names
     root, ar, bert, npz = tiny_pair
     monkeypatch.chdir(root)
     monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the library run's tokens
@@ -173,7 +184,7 @@ def test_compare_cli(compared, tiny_pair, capsys, monkeypatch):
     finally:
         torch.set_num_threads(n)
     out = capsys.readouterr().out
-    assert "| tiny-bert | bert |" in out and "raw pixels" in out
+    assert f"| {BERT} | bert |" in out and "raw pixels" in out
     a = load_results(root / "cli/results.parquet")
     b = compared.results
     key = ["model", "probe", "split", "layer", "metric", "C"]

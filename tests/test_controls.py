@@ -14,6 +14,7 @@ from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import IGPT, load_model
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes import Features
 from igpt_eval.probes.concat import check_concat, concat_site, concat_span, probe_concat
 from igpt_eval.probes.pixels import native_pixel_features
@@ -79,8 +80,8 @@ def test_control_names():
 def test_random_twin_features_are_the_initialisation(ar_run):
     root, run = ar_run
     df, pred = _probe(run, root, cache_dir=root / "acts-random", random_weights=True)
-    twin = "tiny-ar (random weights)"
-    assert set(df.model) == {twin, "pixels"}
+    twin = random_twin(resolve_model(run).label)  # the label: name and weights hash
+    assert set(df.model) == {twin, "pixels", PIXELS_NATIVE}
     assert all(k.startswith(f"{twin}/") for k in pred.pred if not k.startswith("pixels"))
     test = ActivationCache.open(root / "acts-random/test")
     assert "random weights, seed 3" in test.manifest["model"]
@@ -249,7 +250,9 @@ def test_concat_probe_on_the_model(ar_run):
     assert set(cat.site) == {concat_site(span, [sites[x] for x in span])}
     assert set(cat.n_features) == {3 * 32}  # K · d
     test = cat[cat.split == "test"].iloc[0]
-    assert pred.correct(f"tiny-ar/{CONCAT}/{test.site}").mean() == pytest.approx(test.value)
+    assert pred.correct(f"{resolve_model(run).label}/{CONCAT}/{test.site}").mean() == pytest.approx(
+        test.value
+    )
     d = df[df.metric == "accuracy_diff"].set_index("contrast").loc["concat_vs_best"]
     assert (d.probe, d.vs_probe, d.layer, d.vs_layer) == (CONCAT, "lbfgs", b, b)
     assert d.value == pytest.approx(test.value - best[best.best].test_acc.iloc[0])
@@ -275,7 +278,7 @@ def test_probe_cli_controls(ar_run, capsys, monkeypatch):
     assert main(probe_cli(root, run, *extra)) == 0
     out = capsys.readouterr().out
     df = load_results(root / "cli-out")
-    twin = "tiny-ar (random weights)"
+    twin = random_twin(resolve_model(run).label)
     assert set(df.model) == {twin, "pixels", PIXELS_NATIVE}
     assert set(df.probe) == {"lbfgs", CONCAT, "pixels", PIXELS_NATIVE}
     assert f"of {twin} (ar)" in out and "multi-layer probe concat(" in out
@@ -314,6 +317,7 @@ def test_probe_cli_bad_concat(ar_run, capsys, monkeypatch, extra, match):
 
 def test_compare_cli_flags(tiny_pair, tiny_comparison, capsys, monkeypatch):
     root, ar, bert, npz = tiny_pair
+    AR, BERT = (resolve_model(d).label for d in (ar, bert))
     monkeypatch.chdir(root)
     monkeypatch.setenv("IGPT_EVAL_CACHE", str(root / "runs/cache"))  # the fixture's tokens
     args = [
@@ -325,18 +329,18 @@ def test_compare_cli_flags(tiny_pair, tiny_comparison, capsys, monkeypatch):
     assert main([*args, "--no-random-control", "--no-native-pixels", "--concat-layers", "3"]) == 0
     out = capsys.readouterr().out
     df = load_results(root / "cli-flags")
-    assert set(df.model) == {"tiny-ar", "tiny-bert", "pixels"}  # no twins, no native pixels
+    assert set(df.model) == {AR, BERT, "pixels"}  # no twins, no native pixels
     assert set(df.probe) == {"lbfgs", "knn", "pixels", CONCAT}
     diffs = df[df.metric == "accuracy_diff"]
     assert "best_vs_random" not in set(diffs.contrast)
     cat = diffs[diffs.contrast == "concat_vs_best"]
-    assert sorted(cat.model) == ["tiny-ar", "tiny-bert"]
+    assert sorted(cat.model) == [AR, BERT]
     assert "multi-layer probe" in out and "random" not in out
     table = pd.read_csv(root / "cli-flags/tables/comparison.csv").set_index("model")
-    assert table.loc["tiny-ar", "concat_site"].startswith("concat(")
+    assert table.loc[AR, "concat_site"].startswith("concat(")
     # The default run (the fixture) probed the twins and the native pixels.
     t = tiny_comparison.table.set_index("model")
     r = tiny_comparison.results
-    twin = summary(r[(r.model == "tiny-bert (random weights)") & (r.probe == "lbfgs")])
-    assert t.loc["tiny-bert", "random_best_layer"] == twin[twin.best].layer.iloc[0]
-    assert t.loc["tiny-bert", "random_acc"] == pytest.approx(twin[twin.best].test_acc.iloc[0])
+    twin = summary(r[(r.model == random_twin(BERT)) & (r.probe == "lbfgs")])
+    assert t.loc[BERT, "random_best_layer"] == twin[twin.best].layer.iloc[0]
+    assert t.loc[BERT, "random_acc"] == pytest.approx(twin[twin.best].test_acc.iloc[0])

@@ -15,6 +15,7 @@ from igpt_eval.model import IGPT, load_model, save_model
 from igpt_eval.model.checkpoint import WEIGHTS
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.head import feature_scale, fold_standardisation, pooled_feature
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes.logistic import LogisticProbe, probe_head
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
@@ -210,7 +211,8 @@ def saved(tmp_path):
 
 def test_cli_init_from_probe_and_lr_sweep(tmp_path, saved, tiny_npz, capsys):
     good = tmp_path / "probe"
-    save_results(fake_probe_results("model", file_hash(saved / WEIGHTS)), good)
+    label = resolve_model(saved).label  # what probe results call the model
+    save_results(fake_probe_results(label, file_hash(saved / WEIGHTS)), good)
     args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--lr-sweep", "2", "--sweep-steps",
                    "3", "--init-from-probe", str(good / "results.parquet"))  # fmt: skip
     assert main(args) == 0
@@ -253,9 +255,10 @@ def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, saved, ti
     args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--random-init", "--objective", "clf")
     assert main(args) == 0
     df = load_results(tmp_path / "ft/results.parquet")
-    assert set(df.model) == {"model (random weights)"}
+    twin = resolve_model(saved).label + " (random weights)"
+    assert set(df.model) == {twin}
     pred = load_predictions(tmp_path / "ft")
-    key = "model (random weights)/finetune/ln_f"
+    key = f"{twin}/finetune/ln_f"
     test = df[(df.split == "test") & (df.metric == "accuracy")].value.iloc[0]
     assert pred.correct(key).mean() == pytest.approx(test) and len(pred.labels) == 12
     tuned, trained = load_model(tmp_path / "ft").wpe, load_model(saved).wpe

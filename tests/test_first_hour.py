@@ -10,6 +10,7 @@ import pytest
 import igpt_eval
 from igpt_eval import IGPTError
 from igpt_eval.cli import main
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.reporting.words import describe_depth_curve, shape_words
 from igpt_eval.results import Predictions
 
@@ -187,6 +188,90 @@ def test_a_report_on_one_probe_folder_says_what_it_is(tiny_pair, tmp_path, one_t
     assert main(argv) == 0
     assert main(["report", "--results", str(out), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "README.md").read_text()
-    assert md.startswith("# Where do the best features live? my-ar, layer by layer")
+    label = resolve_model(model).label  # my-ar-<weights hash>
+    assert md.startswith(f"# Where do the best features live? {label}, layer by layer")
     assert "(written by `igpt-eval probe`)" in md and "AR vs BERT" not in md
     assert "No training log" not in md and (tmp_path / "r" / "training_curves.png").is_file()
+
+
+# ------------------------------------------------------------------------ model labels
+def test_two_folders_of_one_name_are_two_labels(tiny_pair, tmp_path):
+    """x/model and y/model with other weights: other default folders, other rows."""
+    import shutil
+
+    from igpt_eval.model.sources import default_folder
+    from igpt_eval.results import bare_name
+
+    ar, bert = tiny_pair[1:3]
+    x, y = tmp_path / "x" / "model", tmp_path / "y" / "model"
+    shutil.copytree(ar, x)
+    shutil.copytree(ar, y)
+    shutil.copyfile(bert / "model.safetensors", y / "model.safetensors")
+    a, b = resolve_model(x), resolve_model(y)
+    assert a.name == b.name == "model" and a.label != b.label
+    assert a.label == f"model-{a.weights_hash()[:8]}" and default_folder(x) == a.label
+    assert bare_name(a.label) == "model" and bare_name(f"{b.label} (random weights)") == (
+        "model (random weights)"
+    )
+
+
+def test_predictions_by_bare_name_when_unambiguous():
+    p = Predictions()
+    labels = np.array([0, 1, 1])
+    p.add("m-1a2b3c4d/lbfgs/blocks.0.ln_1", np.array([0, 1, 0]), labels)
+    assert p.get("m", "lbfgs", 0).tolist() == [0, 1, 0]
+    assert p.key("m-1a2b3c4d", "lbfgs", 0) == "m-1a2b3c4d/lbfgs/blocks.0.ln_1"
+    p.add("m-99999999/lbfgs/blocks.0.ln_1", np.array([1, 1, 1]), labels)
+    with pytest.raises(IGPTError, match="held: m-1a2b3c4d/lbfgs"):
+        p.get("m", "lbfgs", 0)  # two models of that name: the label is needed
+
+
+def test_probe_results_of_the_same_name_and_other_weights_are_refused():
+    from igpt_eval.results import probe_choice, to_frame
+
+    rows = [dict(model="m-1a2b3c4d", probe="lbfgs", layer=0, site="s", C=1.0, split=s,
+                 metric="accuracy", value=0.5, selected=True) for s in ("val", "test")]  # fmt: skip
+    with pytest.raises(IGPTError, match="measured on other weights"):
+        probe_choice(to_frame(rows), "m-99999999")
+
+
+# ------------------------------------------------------------------------ one call
+def test_probe_depth_curve_returns_results_and_a_figure(tiny_ar, tmp_path):
+    from matplotlib.figure import Figure
+
+    ar, npz = tiny_ar
+    curve = igpt_eval.probe_depth_curve(
+        ar, f"npz:{npz}", cache_dir=tmp_path / "acts", progress=False
+    )
+    assert isinstance(curve, igpt_eval.DepthCurve) and isinstance(curve.figure, Figure)
+    assert list(curve.summary.layer) == [0, 1, 2, 3] and curve.summary.best.sum() == 1
+    assert set(curve.results.model) == {resolve_model(ar).label, "pixels", "pixels_native"}
+    assert {"best_vs_last", "best_vs_pixels"} <= set(curve.differences.contrast)
+    assert curve._repr_png_()[:4] == b"\x89PNG"
+    assert [p.suffix for p in curve.save(tmp_path / "fig")] == [".png", ".svg"]
+    # The same predictions the table was scored from, looked up by the bare name.
+    b = int(curve.summary.query("best").layer.iloc[0])
+    right = curve.predictions.get(resolve_model(ar).name, "lbfgs", b) == curve.predictions.labels
+    row = curve.summary.query("best").iloc[0]
+    assert right.mean() == pytest.approx(row.test_acc)
+
+
+# ------------------------------------------------------------------------ split seed
+def test_pretrain_splits_with_split_seed_not_seed(tiny_npz, tmp_path):
+    from igpt_eval.model.checkpoint import read_run, run_seed, run_split_seed
+
+    def run(name, *extra):
+        out = tmp_path / name
+        argv = ["pretrain", "--dataset", f"npz:{tiny_npz}", "--model", "tiny", "--steps", "2",
+                "--batch-size", "4", "--eval-every", "1", "--eval-images", "4",
+                "--token-cache", str(tmp_path / "tok"), "--no-progress", "--out", str(out),
+                *extra]  # fmt: skip
+        assert main(argv) == 0
+        return read_run(out)
+
+    a, b, c = run("a"), run("b", "--seed", "1"), run("c", "--split-seed", "1")
+    assert a["train_fingerprint"] == b["train_fingerprint"]  # another run, the same split
+    assert a["train_fingerprint"] != c["train_fingerprint"]
+    assert (run_seed(b), run_split_seed(b), run_split_seed(c)) == (1, 0, 1)
+    # A run recorded before the split had its own seed read its split with --seed.
+    assert run_split_seed({"train_config": {"seed": 3}}) == 3

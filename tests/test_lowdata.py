@@ -7,6 +7,7 @@ import pytest
 from igpt_eval.cli import main
 from igpt_eval.data.palette import Palette
 from igpt_eval.model import save_model
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_summary, lowdata_table
 from igpt_eval.results import COLUMNS, load_results
 from tests.test_finetune import one_error, pretrained
@@ -32,16 +33,17 @@ def ld_args(tmp_path, models, dataset, *extra, out="ld"):
 
 
 def test_lowdata_end_to_end(tmp_path, tiny_models, tiny_npz, capsys):
+    AR, BERT = (resolve_model(m).label for m in tiny_models)
     assert main(ld_args(tmp_path, tiny_models, f"npz:{tiny_npz}")) == 0
     out = capsys.readouterr().out
-    assert "| linear probe (tiny-ar) |" in out and "±" in out
+    assert f"| linear probe ({AR}) |" in out and "±" in out
     df = load_results(tmp_path / "ld/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     t = df[(df.split == "test") & (df.metric == "accuracy")]
     counts = t.groupby(["method", "model"]).size().to_dict()
     assert counts == {
-        ("fine-tune", "tiny-ar"): 4, ("fine-tune", "tiny-bert"): 4,
-        ("linear probe", "tiny-ar"): 4, ("linear probe", "tiny-bert"): 4,
+        ("fine-tune", AR): 4, ("fine-tune", BERT): 4,
+        ("linear probe", AR): 4, ("linear probe", BERT): 4,
         ("raw pixels", "raw pixels"): 4,
     }  # fmt: skip
     assert set(t.labels_per_class) == {2, 4} and set(t.seed) == {0, 1}
@@ -50,8 +52,8 @@ def test_lowdata_end_to_end(tmp_path, tiny_models, tiny_npz, capsys):
     assert (probe.n_train == 3 * probe.labels_per_class).all()  # refit on all K labels
     s = lowdata_summary(df)
     assert len(s) == 10 and (s.n == 2).all() and (s["std"] >= 0).all()
-    one = t[(t.method == "fine-tune") & (t.model == "tiny-ar") & (t.labels_per_class == 4)]
-    row = s[(s.method == "fine-tune") & (s.model == "tiny-ar") & (s.labels_per_class == 4)]
+    one = t[(t.method == "fine-tune") & (t.model == AR) & (t.labels_per_class == 4)]
+    row = s[(s.method == "fine-tune") & (s.model == AR) & (s.labels_per_class == 4)]
     assert row["mean"].item() == pytest.approx(one.value.mean())
     assert row["std"].item() == pytest.approx(one.value.std())
     assert (tmp_path / "ld/lowdata.md").read_text().startswith("| method | K=2 | K=4 |")
@@ -73,7 +75,9 @@ def test_more_seeds_extend_a_study_and_other_settings_are_refused(
 
     assert main(args("--seeds", "1")) == 0
     one = load_results(tmp_path / "ld/results.parquet")
-    logs = sorted((tmp_path / "ld/finetune/tiny-ar").glob("*/finetune_log.csv"))
+    logs = sorted(
+        (tmp_path / "ld/finetune" / resolve_model(tiny_models[0]).label).glob("*/finetune_log.csv")
+    )
     stamps = {p: p.stat().st_mtime_ns for p in logs}
     assert main(args("--seeds", "2")) == 0
     two = load_results(tmp_path / "ld/results.parquet")
@@ -193,7 +197,7 @@ def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz
     assert set(df[df.method == "linear probe"].layer) == {best}
     # A model the results do not cover: one clear error, nothing written.
     assert main(ld_args(tmp_path, tiny_models[1:], f"npz:{tiny_npz}", *results, out="ld2")) == 2
-    assert "no L-BFGS rows for model 'tiny-bert'" in one_error(capsys)
+    assert f"no L-BFGS rows for model '{resolve_model(tiny_models[1]).label}'" in one_error(capsys)
     assert not (tmp_path / "ld2").exists()
 
 

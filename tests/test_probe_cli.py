@@ -61,7 +61,7 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     assert "<- best (val)" in out and "(last)" in out
     df = load_results(tmp_path / "out/results.parquet")
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
-    assert set(df.probe) == {"lbfgs", "pixels"}
+    assert set(df.probe) == {"lbfgs", "pixels", "pixels_native"}  # both pixel controls
     test = df[(df.split == "test") & (df.metric == "accuracy") & (df.probe == "lbfgs")]
     assert sorted(test.layer) == [0, 1, 2, 3]
     assert set(test.site) == {"blocks.0.ln_1", "blocks.1.ln_1", "blocks.2.ln_1", "ln_f"}
@@ -69,7 +69,7 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
     s = summary(df)
     best, last = int(s[s.best].layer.iloc[0]), 3
     diffs = df[df.metric == "accuracy_diff"].set_index("contrast")
-    assert set(diffs.index) == {"best_vs_last", "best_vs_pixels"}
+    assert set(diffs.index) == {"best_vs_last", "best_vs_pixels", "best_vs_pixels_native"}
     assert (diffs.layer == best).all() and diffs.vs_layer["best_vs_last"] == last
     px = diffs.loc["best_vs_pixels"]
     line = f"best (layer {best}) − raw pixels: {format_difference(px)}"
@@ -80,7 +80,7 @@ def test_probe_cli_end_to_end(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
         assert f"best (layer {best}) is the last layer" in out
     # Per-example test predictions beside the results: their accuracy is the rows'.
     pred = load_predictions(tmp_path / "out")
-    assert len(pred.labels) == 12 and len(pred) == 5  # 4 layers + pixels
+    assert len(pred.labels) == 12 and len(pred) == 6  # 4 layers + the two pixel controls
     for r in df[(df.split == "test") & (df.metric == "accuracy")].itertuples():
         assert pred.correct(f"{r.model}/{r.probe}/{r.site}").mean() == pytest.approx(r.value)
     assert (tmp_path / "out/results.csv").is_file()
@@ -131,7 +131,9 @@ def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
 
 def test_probe_cli_sgd_and_layers(tmp_path, tiny_model, tiny_npz, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = probe_args(tmp_path, tiny_model, tiny_npz, "--method", "sgd", "--no-pixels")
+    args = probe_args(
+        tmp_path, tiny_model, tiny_npz, "--method", "sgd", "--no-pixels", "--no-native-pixels"
+    )
     args.remove("--all-layers")
     assert main([*args, "--layers", "1,3"]) == 0
     df = load_results(tmp_path / "out/results.parquet")

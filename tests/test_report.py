@@ -9,6 +9,7 @@ import pytest
 from igpt_eval.analysis.paired import signed_pp
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.reporting.report import build_report
 from igpt_eval.reporting.words import describe_depth_curve, describe_knn
 from igpt_eval.results import PREDICTIONS_FILE
@@ -32,7 +33,7 @@ def compared_dir(tiny_pair, tiny_comparison):
     return root / "cmp"
 
 
-def test_report_files_and_readme(compared_dir, tmp_path):
+def test_report_files_and_readme(compared_dir, tmp_path, tiny_pair):
     out = tmp_path / "reports"
     files = build_report(compared_dir, out, command="igpt-eval report")
     names = {f.name for f in files}
@@ -54,12 +55,13 @@ def test_report_files_and_readme(compared_dir, tmp_path):
     md = (out / "README.md").read_text()
     # The numbers in the words are the measured ones.
     table = pd.read_csv(compared_dir / "tables/comparison.csv").set_index("model")
-    for m in ("tiny-ar", "tiny-bert"):
+    AR, BERT = (resolve_model(d).label for d in tiny_pair[1:3])
+    for m in (AR, BERT):
         assert f"{100 * table.loc[m, 'best_acc']:.2f}%" in md
         assert signed_pp(table.loc[m, "gap_pp"] / 100) in md
         assert "McNemar p" in md and "paired" in md
     assert f"{100 * table.loc['pixels', 'best_acc']:.2f}%" in md
-    assert "No training log for tiny-bert" in md and "## CKA" in md and "## kNN" in md
+    assert f"No training log for {BERT}" in md and "## CKA" in md and "## kNN" in md
     assert md.count("The curve ") >= 2 and "unimodal" not in md  # paired words only
     # every image the README shows exists
     for link in [x.split("](")[1].split(")")[0] for x in md.split("![")[1:]]:
@@ -202,7 +204,7 @@ def test_describe_uses_the_paired_intervals():
     assert "1.20 points below it on test; untested" in text
 
 
-def test_report_on_results_without_predictions(compared_dir, tmp_path):
+def test_report_on_results_without_predictions(compared_dir, tmp_path, tiny_pair):
     """Results written before paired statistics (no predictions.npz, no p_value column, no
     paired rows, no validation kNN rows) still make a report, with notes instead."""
     old = tmp_path / "old"
@@ -218,7 +220,8 @@ def test_report_on_results_without_predictions(compared_dir, tmp_path):
     assert "untested: these results hold no per-example test predictions" in md
     assert "no validation kNN rows" in md and "kNN layer chosen on validation" not in md
     assert "McNemar" not in md
-    assert describe_knn(df)[0].startswith("- **tiny-ar**: kNN test accuracy goes from")
+    AR = resolve_model(tiny_pair[1]).label
+    assert describe_knn(df)[0].startswith(f"- **{AR}**: kNN test accuracy goes from")
 
 
 def _track_rows():

@@ -22,8 +22,8 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   model sees, the palette-quantised image (each token decoded to its palette colour in
   [-1, 1], flattened to n_px²·channels features; ``model = probe = "pixels"``), and on the
   dataset's own pixels at native resolution (``"pixels_native"``; ``native_pixels``, on by
-  default: no extraction, so cheap). Shared by all models (their palette and n_px must
-  match); ``layer = 0``.
+  default as in ``probe``: no extraction, so cheap). Shared by all models (their palette and
+  n_px must match); ``layer = 0``.
 - **Random-weights control** (``random_control``, on by default): each model's twin, the
   same architecture at the initialisation its run started from
   (:func:`igpt_eval.cache.extraction.open_model` with ``random_weights``), probed alike: same
@@ -55,7 +55,7 @@ from igpt_eval.cache import ActivationCache
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, file_hash, write_json
-from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed
+from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_seed
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
 from igpt_eval.probes.concat import check_concat
@@ -85,10 +85,6 @@ from igpt_eval.results import (
     to_frame,
 )
 
-#: What :func:`compare_models` does by default: :class:`ProbeSettings`' defaults, and the
-#: native-resolution pixels too (no extraction: cheap beside the models).
-COMPARE_SETTINGS = ProbeSettings(native_pixels=True)
-
 
 @dataclass
 class ModelInfo:
@@ -101,7 +97,8 @@ class ModelInfo:
     n_px: int
     palette: object  # igpt_eval.data.palette.Palette
     dataset: str
-    seed: int
+    seed: int  # the run's: its untrained twin is rebuilt from it
+    split_seed: int  # the train/val split it was trained on
     source: ModelSource | None = None  # where it came from (what probe_model is given)
 
     def to_json(self) -> dict:
@@ -114,6 +111,7 @@ class ModelInfo:
             palette_hash=self.palette.hash,
             dataset=self.dataset,
             seed=self.seed,
+            split_seed=self.split_seed,
         )
 
 
@@ -143,8 +141,8 @@ def model_info(model, dataset: str | None = None) -> ModelInfo:
     name = dataset or run.get("dataset")
     if not name:
         raise IGPTError(f"{source.spec} records no dataset (no run.json); pass --dataset")
-    return ModelInfo(source.name, source.path, cfg.objective, cfg.n_layer, cfg.n_px, palette,
-                     name, run_seed(run), source)  # fmt: skip
+    return ModelInfo(source.label, source.path, cfg.objective, cfg.n_layer, cfg.n_px, palette,
+                     name, run_seed(run), run_split_seed(run), source)  # fmt: skip
 
 
 def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
@@ -165,7 +163,7 @@ def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
             ("datasets", first.dataset, m.dataset),
             ("palettes", first.palette.hash, m.palette.hash),
             ("image sizes (n_px)", first.n_px, m.n_px),
-            ("train/val split seeds", first.seed, m.seed),
+            ("train/val split seeds", first.split_seed, m.split_seed),
         ):
             if a != b:
                 raise IGPTError(
@@ -181,7 +179,7 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     if random:  # the twin is a function of the architecture and the run's seed only
         tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
     else:
-        tag = f"{m.name}-{m.source.weights_hash()[:8]}"
+        tag = m.name  # its label: name and weights hash
     tag += f"-{s.site}-s{s.seed}"
     # The sample is part of the name: caches of another sample hold other rows.
     tag += "".join(f"-{split[:2]}{n}" for split, n in s.sizes.items() if n is not None)
@@ -214,7 +212,7 @@ def pixel_rows(
         n_px=m.n_px,
         pixels=s.pixels,
         native=s.native_pixels,
-        split_seed=m.seed,
+        split_seed=m.split_seed,
         data_dir=data_dir,
         token_cache=token_cache,
         device=s.device,
@@ -266,15 +264,15 @@ def compare_models(
     multi-layer probe of each model, and (with ``out``) write every file and the
     depth-curve figure.
 
-    ``settings`` (a :class:`~igpt_eval.probes.settings.ProbeSettings`; default
-    :data:`COMPARE_SETTINGS`: its defaults with ``native_pixels`` on) with ``changes``, its
+    ``settings`` (a :class:`~igpt_eval.probes.settings.ProbeSettings`; default: its
+    defaults, as ``probe_model``'s) with ``changes``, its
     fields as keywords, are the site, extraction, sample, seed and controls, the same for
     every model; every layer is probed with L-BFGS. ``cache_dir`` (default:
     ``activations/compare`` in the user cache, :func:`igpt_eval.defaults.cache_root`) holds
     one activation cache folder per model (and per random-weights twin), named after its
     weights and settings, so reruns reuse them.
     """
-    s = (settings or COMPARE_SETTINGS).replace(**changes)
+    s = (settings or ProbeSettings()).replace(**changes)
     if s.method != "lbfgs" or s.layers is not None or s.random_weights:
         raise IGPTError(
             "a comparison probes every layer of each model with L-BFGS (random_control adds "

@@ -92,7 +92,7 @@ def lowdata_study(
         for layer in (cfg.layer, best_layers.get(name)):
             if layer is not None and not 0 <= layer <= L:
                 raise IGPTError(f"layer {layer} is out of range: {name} has layers 0..{L}")
-        seed = split_seed if split_seed is not None else ident.get("run_seed", 0)
+        seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
         key = (net.config.n_px, seed)
         if key not in data:
             tr, te = (

@@ -79,5 +79,5 @@ class TrackSettings:
     batch_size: int | None = None  # images per forward (None: the device's, model.devices)
     device: str = "auto"  # extraction and probes: CUDA when present, else the CPU
     bert_masks: int = BERT_MASKS  # masks averaged for BERT snapshots
-    seed: int = 0  # the split seed and the probes' seed
+    seed: int = 0  # the probes' and the BERT masks' (the split is each run's own)
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)

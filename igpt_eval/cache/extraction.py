@@ -59,7 +59,7 @@ def open_model(model, palette=None, device="cpu", *, random_weights: bool = Fals
             model = IGPT.initialised(loaded.config, seed).to(device).eval()
             ident["model"] = f"{source.spec} (random weights, seed {seed})"
             ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
-        ident["name"] = source.name
+        ident["name"] = source.label  # the model column of its results
     else:
         if random_weights:
             raise IGPTError("random_weights needs a model folder or Hub name (its config)")
@@ -216,7 +216,7 @@ def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
         dataset = ident.get("run_dataset")
         if dataset is None:
             raise IGPTError("no dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else ident.get("run_seed", 0)
+    seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
     return dataset, seed
 
 

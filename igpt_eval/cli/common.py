@@ -85,10 +85,16 @@ def refuse_overwrite(path: Path, overwrite: bool) -> None:
 
 
 def add_dataset_flags(
-    p: argparse.ArgumentParser, *, overwrite: bool = True, dataset: str | None = None
+    p: argparse.ArgumentParser,
+    *,
+    overwrite: bool = True,
+    dataset: str | None = None,
+    seed_help: str | None = None,
 ) -> None:
     """The flags every data-reading subcommand shares (``--dataset`` required unless a
-    default is given)."""
+    default is given): ``--split-seed`` seeds the train/val split and nothing else, and a
+    command with randomness of its own adds ``--seed`` for it (``seed_help`` says what it
+    seeds), so that two runs with other seeds still read the same split."""
     p.add_argument(
         "--dataset",
         required=dataset is None,
@@ -103,7 +109,11 @@ def add_dataset_flags(
         help="folder holding the dataset files (default: $IGPT_EVAL_DATA, ./data)",
     )
     p.add_argument("--n-px", type=int, default=None, help="resize images to N x N pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (and run)")
+    p.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the train/val split (nothing else)"
+    )
+    if seed_help is not None:
+        p.add_argument("--seed", type=int, default=0, help=seed_help)
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 

@@ -60,7 +60,7 @@ def _add_compare(sub) -> None:
         "--cka-rows", type=int, default=10_000, help="test rows used for CKA (default 10000)"
     )
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
-    add_native_pixels_flag(p, default=True)
+    add_native_pixels_flag(p)
     p.add_argument(
         "--random-weights",
         action=argparse.BooleanOptionalAction,

@@ -15,7 +15,7 @@ def _add_palette(sub) -> None:
         description="Fit a k-means colour palette on a sample of a dataset's "
         "training pixels and save it as a float32 [k, c] .npy.",
     )
-    add_dataset_flags(p)
+    add_dataset_flags(p, seed_help="seed of the pixel sample and the k-means initialisation")
     p.add_argument("--k", type=int, required=True, help="number of colours (512 in the paper)")
     p.add_argument("--out", type=Path, required=True, help="palette file to write (.npy)")
     p.add_argument("--split", default="train", help="split to fit on (default: train)")
@@ -30,7 +30,11 @@ def _cmd_palette(args) -> int:
 
     refuse_overwrite(args.out, args.overwrite)
     ds = load_dataset(
-        args.dataset, split=args.split, n_px=args.n_px, data_dir=args.data_dir, seed=args.seed
+        args.dataset,
+        split=args.split,
+        n_px=args.n_px,
+        data_dir=args.data_dir,
+        seed=args.split_seed,
     )
     pal = Palette.fit(
         ds.images, args.k, seed=args.seed, sample=args.sample, device=args.device, progress=True
@@ -65,7 +69,11 @@ def _cmd_tokenize(args) -> int:
 
     pal = Palette.load(args.palette)
     ds = load_dataset(
-        args.dataset, split=args.split, n_px=args.n_px, data_dir=args.data_dir, seed=args.seed
+        args.dataset,
+        split=args.split,
+        n_px=args.n_px,
+        data_dir=args.data_dir,
+        seed=args.split_seed,
     )
     before = read_manifest(args.out)
     cache = tokenize(ds, pal, args.out, batch_size=args.batch_size, overwrite=args.overwrite)

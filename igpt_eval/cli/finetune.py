@@ -199,8 +199,8 @@ def _probe_init(args, cfg):
     df = load_results(args.init_from_probe)
     source = resolve_model(args.model)
     weights_hash = source.weights_hash()  # the hash extraction records (no model load)
-    layer, C = probe_choice(df, source.name, weights_hash, args.layer)
-    rows = df[(df.model == source.name) & (df.layer == layer) & (df.split == "val")]
+    layer, C = probe_choice(df, source.label, weights_hash, args.layer)
+    rows = df[(df.model == source.label) & (df.layer == layer) & (df.split == "val")]
     n_probe = rows.n_train.dropna() if "n_train" in rows else rows[:0]
     n = int(n_probe.iloc[0]) if len(n_probe) else None
     return dataclasses.replace(cfg, layer=layer, init_C=C, init_n=n), probe_head

@@ -25,7 +25,13 @@ def _add_pretrain(sub) -> None:
         description="Pretrain iGPT with the paper's recipe: Adam (0.9, 0.95), no weight decay, "
         "linear warm-up for one epoch, cosine decay to 0. Runs under torchrun for DDP.",
     )
-    add_dataset_flags(p, overwrite=False, dataset="fashion-mnist")
+    add_dataset_flags(
+        p,
+        overwrite=False,
+        dataset="fashion-mnist",
+        seed_help="seed of the initialisation, the batch order, the BERT masks and the palette "
+        "fit (the split has --split-seed)",
+    )
     p.add_argument("--model", default="mini", help="preset name or config JSON (default: mini)")
     p.add_argument(
         "--objective",
@@ -130,7 +136,11 @@ def _cmd_pretrain(args) -> int:
 
     def split(name):
         return load_dataset(
-            args.dataset, split=name, n_px=model_cfg.n_px, data_dir=args.data_dir, seed=args.seed
+            args.dataset,
+            split=name,
+            n_px=model_cfg.n_px,
+            data_dir=args.data_dir,
+            seed=args.split_seed,
         )
 
     train, val = split("train"), split("val")
@@ -178,6 +188,7 @@ def _cmd_pretrain(args) -> int:
     )
     identity = {
         "dataset": args.dataset,
+        "split_seed": args.split_seed,
         "train_fingerprint": train.fingerprint,
         "val_fingerprint": val.fingerprint,
         "palette_hash": palette.hash,

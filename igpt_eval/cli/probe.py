@@ -120,13 +120,16 @@ def add_probe_seed_flag(p) -> None:
         type=int,
         default=0,
         help="seed of the probes, the BERT masks and the bootstrap intervals (the train/val "
-        "split is the one the model was trained on: its run's --seed)",
+        "split is the one the model was trained on: its run's --split-seed)",
     )
 
 
-def add_native_pixels_flag(p, default: bool) -> None:
-    """``--native-pixels``/``--no-native-pixels`` (``probe`` and ``compare`` differ only in
-    the default)."""
+def add_native_pixels_flag(p) -> None:
+    """``--native-pixels``/``--no-native-pixels`` of ``probe`` and ``compare``, one default
+    (:class:`ProbeSettings`')."""
+    from igpt_eval.probes.settings import ProbeSettings
+
+    default = ProbeSettings.native_pixels
     p.add_argument(
         "--native-pixels",
         action=argparse.BooleanOptionalAction,
@@ -195,7 +198,7 @@ def _add_probe(sub) -> None:
         action="store_true",
         help="skip the raw-pixel baseline (and the best − pixels difference)",
     )
-    add_native_pixels_flag(p, default=False)
+    add_native_pixels_flag(p)
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -213,7 +216,8 @@ def _cmd_probe(args) -> int:
     from igpt_eval.model.sources import default_folder
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.probes.settings import ProbeSettings
-    from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
+    from igpt_eval.reporting.curve import probe_figure
+    from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.tables import concat_summaries, format_summary
     from igpt_eval.results import CONCAT, summary
 
@@ -253,16 +257,10 @@ def _cmd_probe(args) -> int:
         progress=not args.no_progress,
     )
     s = summary(df)
-    model = df.model.iloc[0]  # "<name> (random weights)" for the control
+    model = df.model.iloc[0]  # "<label> (random weights)" for the control
     cat = concat_summaries(df).get(model)
     name = f"{model} ({df.objective.iloc[0]}) on {df.dataset.iloc[0]}"
-    drawn = depth_curve(
-        {model: s},
-        title=f"{args.method} linear probes: {name}",
-        baseline=baselines_of(df),
-        concat=None if cat is None else {model: cat},
-    )
-    files = save_figure(drawn, out / "depth_curve")
+    files = save_figure(probe_figure(df), out / "depth_curve")
     print(f"linear probes ({args.method}, {args.backend}) of {name}, site {args.site}")
     own = df[df.probe == args.method]
     val, test = own[own.split == "val"].iloc[0], own[own.split == "test"].iloc[0]

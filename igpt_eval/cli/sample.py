@@ -119,7 +119,7 @@ def _add_model_card(sub) -> None:
 
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.model.checkpoint import run_seed
+    from igpt_eval.model.checkpoint import run_split_seed
     from igpt_eval.reporting.classifier_card import is_finetune_folder, write_classifier_card
     from igpt_eval.reporting.modelcard import CARD, set_probe_section, write_model_card
 
@@ -147,8 +147,8 @@ def _cmd_model_card(args) -> int:
     if run.get("palette_hash", palette.hash) != palette.hash:
         raise IGPTError(f"{args.model}/palette.npy is not the palette recorded in run.json")
     dataset = _dataset_name(args, run)
-    # The split seed is the run's seed: the card must see the train split the model saw.
-    seed = run_seed(run)
+    # The card must see the train split the model saw.
+    seed = run_split_seed(run)
     splits = {}
     for split in ("train", "test"):
         ds = load_dataset(

@@ -104,10 +104,18 @@ def read_run(model_dir: str | Path) -> dict:
 
 
 def run_seed(run: dict) -> int:
-    """The seed a pretraining run (its ``run.json``, :func:`read_run`) split its data and
-    drew its initialisation with; 0 when it records none. Everything that reads a model on
-    "the split it was trained on", or rebuilds its untrained twin, uses this one value."""
+    """The seed a pretraining run (its ``run.json``, :func:`read_run`) drew its
+    initialisation, batch order and masks with; 0 when it records none. The untrained twin
+    (the random-weights control) is rebuilt from it."""
     return int((run.get("train_config") or {}).get("seed") or 0)
+
+
+def run_split_seed(run: dict) -> int:
+    """The seed of the train/val split a pretraining run read; everything that reads a
+    model on "the split it was trained on" uses it. A ``run.json`` that records none
+    comes from a run whose one ``--seed`` seeded the split too."""
+    seed = run.get("split_seed")
+    return run_seed(run) if seed is None else int(seed)
 
 
 @contextmanager

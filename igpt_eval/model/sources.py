@@ -27,7 +27,14 @@ from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, read_json
-from igpt_eval.model.checkpoint import CONFIG, load_model, load_palette, read_run, run_seed
+from igpt_eval.model.checkpoint import (
+    CONFIG,
+    load_model,
+    load_palette,
+    read_run,
+    run_seed,
+    run_split_seed,
+)
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.hf import config_from_hf, from_hf, hf_palette_centres, hf_weight_files
 
@@ -43,9 +50,9 @@ class ModelSource:
     """A model's files on disk and where they came from.
 
     ``kind`` is ``checkpoint``, ``hf-folder`` or ``hub``; ``path`` the folder read (for the
-    Hub: the cached snapshot); ``name`` a short name for tables and default folders; ``spec``
-    what the user typed. Hub sources also carry ``repo``, the ``revision`` asked for, and the
-    ``commit`` it resolved to.
+    Hub: the cached snapshot); ``name`` its short name (the folder's, the repository's);
+    ``spec`` what the user typed. Hub sources also carry ``repo``, the ``revision`` asked
+    for, and the ``commit`` it resolved to.
     """
 
     kind: str
@@ -71,6 +78,19 @@ class ModelSource:
             )
         stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.weight_files)
         return _files_hash(stamps)
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset its pretraining run read (``run.json``), ``None`` when unknown (a
+        Hugging Face folder, a checkpoint without a run)."""
+        return read_run(self.path).get("dataset") if self.is_checkpoint else None
+
+    @property
+    def label(self) -> str:
+        """What result tables and default output folders call the model: its name and the
+        first 8 hex of its weights' hash (``fmnist-ar-1a2b3c4d``), so that two folders of
+        one name (``x/model``, ``y/model``) are never mistaken for each other."""
+        return f"{self.name}-{self.weights_hash()[:8]}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,11 +121,10 @@ def model_name(spec: str | os.PathLike) -> str:
 
 
 def default_folder(spec: str | os.PathLike) -> str:
-    """A folder name for a model's outputs that no other weights share: its name and the
-    first 8 hex of its weights' hash (``fmnist-ar-1a2b3c4d``), so that ``x/model`` and
-    ``y/model`` do not write into one place."""
-    source = resolve_model(spec)
-    return f"{source.name}-{source.weights_hash()[:8]}"
+    """A folder name for a model's outputs that no other weights share: its
+    :attr:`ModelSource.label`, so that ``x/model`` and ``y/model`` do not write into one
+    place."""
+    return resolve_model(spec).label
 
 
 def resolve_model(spec: str | os.PathLike | ModelSource) -> ModelSource:
@@ -260,7 +279,8 @@ def load_source(source: ModelSource, device="cpu"):
 
     ``identity`` is what a cache records about the weights: ``model`` (what the user typed),
     ``weights_hash`` (of the weight files) and, for the Hub, ``repo``, ``revision`` (asked)
-    and ``commit`` (resolved); checkpoints add their run's dataset and seed (``run.json``).
+    and ``commit`` (resolved); checkpoints add their run's dataset, seed and split seed
+    (``run.json``).
     """
     # The model first: a missing or broken weights file is its one clear error.
     if source.is_checkpoint:
@@ -270,7 +290,9 @@ def load_source(source: ModelSource, device="cpu"):
         model = from_hf(source.path).to(device)
         palette, run = getattr(model, "palette", None), {}
     ident: dict = {"model": source.spec, "weights_hash": source.weights_hash()}
-    ident.update(run_dataset=run.get("dataset"), run_seed=run_seed(run))
+    ident.update(
+        run_dataset=run.get("dataset"), run_seed=run_seed(run), run_split_seed=run_split_seed(run)
+    )
     if source.kind == HUB:
         ident.update(repo=source.repo, revision=source.revision, commit=source.commit)
     return model, palette, ident

@@ -151,7 +151,7 @@ def probe_model(
     extract_seconds = time.perf_counter() - t0
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
-        model=random_twin(source.name) if s.random_weights else source.name,
+        model=random_twin(source.label) if s.random_weights else source.label,
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=s.site,

@@ -44,7 +44,7 @@ class ProbeSettings:
     backend: str = "torch"  # L-BFGS solver: torch (batched, GPU-able), sklearn or cuml
     device: str = "auto"  # where extraction and probes run: auto (CUDA when present), cpu, cuda
     standardize: bool = True  # train statistics: standardise (L-BFGS) or whiten (SGD)
-    seed: int = 0  # BERT masks, probes, bootstrap intervals (the split seed is the run's)
+    seed: int = 0  # BERT masks, probes, bootstrap intervals (the split is the run's)
     max_feature_bytes: int = PROBE_FEATURE_BYTES  # L-BFGS holds this much at once (groups)
     # --- the sample: a stratified one per split (None: all of it), the main job's budget
     train_size: int | None = SAMPLE_TRAIN
@@ -52,7 +52,8 @@ class ProbeSettings:
     test_size: int | None = SAMPLE_TEST
     # --- controls and extra probes (DESIGN §5)
     pixels: bool = True  # the raw-pixel baseline (palette-quantised), same splits and sample
-    native_pixels: bool = False  # also the dataset's pixels at native resolution
+    native_pixels: bool = True  # and the dataset's own pixels at native resolution: the
+    # stronger control (Fashion-MNIST: 784 grey values, not 256 palette indices), for seconds
     random_weights: bool = False  # probe the model's random-weights twin instead of the model
     concat_layers: int | None = None  # K (odd): the K layers around the best, concatenated
 

@@ -231,6 +231,15 @@ def knn_curve(results: pd.DataFrame, *, colours: dict | None = None, title: str 
     return fig
 
 
+def cka_vmin(cka: pd.DataFrame) -> float:
+    """The low end of one colour scale for every CKA heatmap of ``cka``, fitted to the
+    values off the diagonal (which is 1 by definition): mean-pooled features lie in a
+    narrow high band that a 0.5-1 scale would paint one colour."""
+    off = cka[(cka.model_a != cka.model_b) | (cka.layer_a != cka.layer_b)].value
+    lo = float(np.nanmin(off)) if len(off) else 0.0
+    return max(0.0, np.floor(100 * lo) / 100 - 0.01)
+
+
 def cka_heatmap(
     cka: pd.DataFrame, model_a: str, model_b: str, *, vmin: float = 0.0, vmax: float = 1.0
 ) -> Figure:

@@ -26,7 +26,7 @@ import pandas as pd
 from igpt_eval.analysis.metrics import model_metrics, token_baselines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.model.checkpoint import load_model, load_palette, read_run
+from igpt_eval.model.checkpoint import load_model, load_palette, read_run, run_split_seed
 from igpt_eval.reporting.model_figures import completion_grid, loss_curve, read_log, sample_grid
 from igpt_eval.reporting.probe_card import CARD, PROBE_HEADING, probe_section, set_probe_section
 from igpt_eval.train.pretrain import TrainConfig
@@ -247,6 +247,7 @@ def _recipe_section(run: dict, log: dict | None, sweep: Path) -> list[str]:
             f"- {known.get('steps')} steps of {known.get('batch_size')} images"
             + (f" ({known['grad_accum']} micro-batches)" if known.get("grad_accum", 1) > 1 else "")
             + f"; bf16 autocast: {'yes' if known.get('bf16') else 'no'}; seed {known.get('seed')}"
+            + f", split seed {run_split_seed(run)}"
             + (f"; {run['world_size']} processes" if run.get("world_size", 1) > 1 else ""),
         ]
         if known.get("grad_clip"):

@@ -47,7 +47,7 @@ from igpt_eval.reporting.words import (
     describe_depth_curve,
     describe_knn,
 )
-from igpt_eval.results import load_predictions, load_results
+from igpt_eval.results import bare_name, load_predictions, load_results
 
 
 def _shown(path: Path) -> str:
@@ -64,7 +64,7 @@ def _model_dirs(results_dir: Path, names: list[str]) -> dict[str, Path | None]:
     out = {}
     for n in names:
         cands = [Path(known[n]["path"])] if n in known else []
-        cands.append(MODELS_DIR / n)
+        cands.append(MODELS_DIR / bare_name(n))
         out[n] = next((p for p in cands if p.is_dir()), None)
     return out
 
@@ -99,6 +99,14 @@ def _training_lines(logs: dict[str, Path]) -> list[str]:
             f"(mean of the first 10 / last 50 steps){v} (nats per token)."
         )
     return out
+
+
+def file_stems(labels: list[str]) -> dict[str, str]:
+    """The part of each figure's file name that names its model: the bare name
+    (``depth_curve-fmnist-ar.png``) where no two models of the report share it, else the
+    label with its weights hash."""
+    bare = [bare_name(x) for x in labels]
+    return {x: b if bare.count(b) == 1 else x for x, b in zip(labels, bare, strict=True)}
 
 
 def _figure_line(title: str, stem: str) -> str:
@@ -136,6 +144,7 @@ def build_report(
         )
     summaries = probe_summaries(df)
     names = list(summaries)
+    stems = file_stems(names)
     colours = fig.model_colours(names)
     baseline = fig.baseline_of(df)
     controls = dict(
@@ -160,20 +169,15 @@ def build_report(
         drawn = fig.depth_curve(
             {n: s}, colours=colours, title=f"linear probes of {n}, {dataset}", **controls
         )
-        files += fig.save_figure(drawn, out / f"depth_curve-{n}")
-        figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{n}"))
+        files += fig.save_figure(drawn, out / f"depth_curve-{stems[n]}")
+        figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{stems[n]}"))
     if len(accuracy_rows(df, "knn")):
         files += fig.save_figure(fig.knn_curve(df, colours=colours), out / "knn")
         figs.append(_figure_line("kNN accuracy per layer", "knn"))
     if cka is not None:
-        # One colour scale for all heatmaps, fitted to the values off the diagonal (which is
-        # 1 by definition): mean-pooled features lie in a narrow high band that a 0.5-1
-        # scale would paint one colour.
-        off = cka[(cka.model_a != cka.model_b) | (cka.layer_a != cka.layer_b)].value
-        lo = float(np.nanmin(off)) if len(off) else 0.0
-        vmin = max(0.0, np.floor(100 * lo) / 100 - 0.01)
+        vmin = fig.cka_vmin(cka)  # one colour scale for every heatmap
         for (a, b), _ in cka.groupby(["model_a", "model_b"], sort=False):
-            stem = f"cka-{a}" if a == b else f"cka-{a}-vs-{b}"
+            stem = f"cka-{stems[a]}" if a == b else f"cka-{stems[a]}-vs-{stems[b]}"
             files += fig.save_figure(fig.cka_heatmap(cka, a, b, vmin=vmin), out / stem)
             figs.append(_figure_line(f"CKA, {a if a == b else f'{a} vs {b}'}", stem))
     else:
@@ -198,7 +202,7 @@ def build_report(
     for n, d in dirs.items():
         src = d / "completions.png" if d else None
         if src is not None and src.is_file():
-            dst = out / f"{n}-completions.png"
+            dst = out / f"{stems[n]}-completions.png"
             if not dst.exists() or not dst.samefile(src):
                 shutil.copyfile(src, dst)
             files.append(dst)

@@ -130,7 +130,7 @@ def track_loss_accuracy(
     baseline: dict | None = None,
     colours: dict | None = None,
     title: str = "",
-) -> list[Path]:
+) -> Figure:
     """The paper's Figure 3: the best layer's (chosen on validation) linear-probe test
     accuracy against the generative validation loss, one line per run.
 

@@ -329,7 +329,7 @@ def finetune_model(
         per_epoch = len(train) / min(cfg.batch_size, len(train))
         cfg = dataclasses.replace(cfg, steps=max(1, round(epochs * per_epoch)))
     meta = dict(
-        model=random_twin(Path(model).name) if random_init else Path(model).name,
+        model=random_twin(ident["name"]) if random_init else ident["name"],  # the label
         objective=net.config.objective,
         dataset=dataset,
         labels_per_class=labels_per_class,

@@ -1,0 +1,85 @@
+"""From a model to its depth curve in one call: :func:`probe_depth_curve`.
+
+``igpt-eval probe`` and notebooks draw the same figure (:func:`probe_figure`) from the same
+results table, so what a notebook shows is what the command line saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from igpt_eval.defaults import DEFAULT_MODEL
+from igpt_eval.probes.runner import probe_model
+from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
+from igpt_eval.reporting.tables import concat_summaries
+from igpt_eval.results import PIXEL_CONTROLS, Predictions, summary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def probe_figure(results: pd.DataFrame, title: str | None = None) -> Figure:
+    """The depth curve of one model's probe results (:func:`igpt_eval.probe_model`'s
+    table): test accuracy per layer with its CI band, the layer chosen on validation
+    starred, the pixel controls as lines, the multi-layer probe when there is one."""
+    own = results[~results.probe.isin(PIXEL_CONTROLS) & (results.metric == "accuracy")]
+    model, method = own.model.iloc[0], own.probe.iloc[0]
+    cat = concat_summaries(results).get(model)
+    name = f"{model} ({own.objective.iloc[0]}) on {own.dataset.iloc[0]}"
+    return depth_curve(
+        {model: summary(results)},
+        title=title if title is not None else f"{method} linear probes: {name}",
+        baseline=baselines_of(results),
+        concat=None if cat is None else {model: cat},
+    )
+
+
+@dataclass
+class DepthCurve:
+    """What :func:`probe_depth_curve` returns: the tidy ``results`` (every fit, the
+    controls, the paired differences), the per-example test ``predictions`` and the
+    ``figure`` (a matplotlib ``Figure``; a notebook shows it as the cell's value)."""
+
+    results: pd.DataFrame
+    predictions: Predictions
+    figure: Figure
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per layer: validation and test accuracy, the chosen C, the test CI, and
+        which layer is ``best`` (on validation) and ``last``."""
+        return summary(self.results)
+
+    @property
+    def differences(self) -> pd.DataFrame:
+        """The paired contrasts (best − last layer, best − pixels, ...), one row each, with
+        the bootstrap 95% CI and McNemar's p-value."""
+        d = self.results[self.results.metric == "accuracy_diff"]
+        cols = ["contrast", "model", "layer", "vs_model", "vs_layer", "value", "ci_low",
+                "ci_high", "p_value"]  # fmt: skip
+        return d[[c for c in cols if c in d]].reset_index(drop=True)
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the figure as ``path``.png and .svg."""
+        return save_figure(self.figure, path)
+
+    def _repr_png_(self):  # a notebook cell ending in a DepthCurve shows its figure
+        from io import BytesIO
+
+        buf = BytesIO()
+        self.figure.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+
+def probe_depth_curve(
+    model: str | Path = DEFAULT_MODEL, dataset: str | None = None, settings=None, **changes
+) -> DepthCurve:
+    """Probe every layer of ``model`` as ``igpt-eval probe`` does (same caches, samples,
+    controls and paired statistics: :func:`igpt_eval.probe_model`, which takes the same
+    ``settings``, keywords and ``out``) and draw its depth curve."""
+    df, predictions = probe_model(model, dataset, settings, return_predictions=True, **changes)
+    return DepthCurve(df, predictions, probe_figure(df))
