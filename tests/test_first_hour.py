@@ -275,3 +275,29 @@ def test_pretrain_splits_with_split_seed_not_seed(tiny_npz, tmp_path):
     assert (run_seed(b), run_split_seed(b), run_split_seed(c)) == (1, 0, 1)
     # A run recorded before the split had its own seed read its split with --seed.
     assert run_split_seed({"train_config": {"seed": 3}}) == 3
+
+
+def test_model_figures_return_figures_and_write_nothing(tiny_pair, tmp_path):
+    from matplotlib.figure import Figure
+
+    from igpt_eval import load_model, load_palette
+    from igpt_eval.reporting.model_figures import (
+        completion_grid,
+        loss_curve,
+        sample_grid,
+        save_png,
+    )
+
+    ar = tiny_pair[1]
+    log = tmp_path / "train_log.csv"
+    log.write_text("step,train_loss,val_loss\n1,2.5,\n2,2.0,2.1\n")
+    model, palette = load_model(ar), load_palette(ar)
+    tokens = palette.encode(np.zeros((2, 8, 8, 1), np.uint8))
+    drawn = [
+        loss_curve(log, title="t"),
+        completion_grid(model, palette, tokens, n=2, samples=2),
+        sample_grid(model, palette, 4),
+    ]
+    assert all(isinstance(f, Figure) for f in drawn)
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.csv"]  # nothing written
+    assert save_png(drawn[0], tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -53,7 +53,7 @@ def _add_sample(sub) -> None:
 
 def _cmd_sample(args) -> int:
     from igpt_eval.data import load_dataset
-    from igpt_eval.reporting.model_figures import completion_grid, sample_grid
+    from igpt_eval.reporting.model_figures import completion_grid, sample_grid, save_png
 
     refuse_overwrite(args.out, args.overwrite)
     if args.n < 1:
@@ -61,7 +61,7 @@ def _cmd_sample(args) -> int:
     model, palette, run = _load(args.model)
     if model.config.objective != "ar":
         raise IGPTError("sampling needs an autoregressive model; this one is BERT")
-    opts = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed, out_png=args.out)
+    opts = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.complete:
         ds = load_dataset(
             _dataset_name(args, run),
@@ -69,7 +69,7 @@ def _cmd_sample(args) -> int:
             n_px=model.config.n_px,
             data_dir=args.data_dir,
         )
-        completion_grid(
+        drawn = completion_grid(
             model,
             palette,
             palette.encode(ds.images[: args.n]),
@@ -79,8 +79,9 @@ def _cmd_sample(args) -> int:
         )
         what = f"completions of {min(args.n, len(ds))} {ds.name}/{ds.split} images"
     else:
-        sample_grid(model, palette, args.n, **opts)
+        drawn = sample_grid(model, palette, args.n, **opts)
         what = f"{args.n} samples"
+    save_png(drawn, args.out)
     print(f"{what} -> {args.out}")
     return 0
 

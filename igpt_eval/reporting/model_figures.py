@@ -1,13 +1,14 @@
 """Figures of one trained model: its training curve and grids of sampled images.
 
-Figures are drawn on a bare :class:`matplotlib.figure.Figure` (the Agg canvas), never through
-``pyplot``: nothing here touches the global backend or leaves figures open, so these functions
-are safe in notebooks, tests and headless machines alike. PNGs are written atomically.
+Each function returns its :class:`matplotlib.figure.Figure`, drawn on a bare Agg canvas,
+never through ``pyplot``: nothing here touches the global backend or leaves figures open, so
+they are safe in notebooks (a cell ending in one shows it), tests and headless machines
+alike. :func:`save_png` writes one atomically.
 
 Example::
 
-    loss_curve("runs/ar/train_log.csv", "runs/ar/loss_curve.png")
-    completion_grid(model, palette, test_tokens, n=8, seed=0, out_png="completions.png")
+    save_png(loss_curve("runs/ar/train_log.csv"), "runs/ar/loss_curve.png")
+    completion_grid(model, palette, test_tokens, n=8, seed=0)  # a Figure
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ GREY = 128  # the blanked half of a completion prompt
 _MIN_SIDE = 64  # upscale small images (nearest) to at least this many pixels a side
 
 
-def _save(fig, out_png: str | Path) -> Path:
+def save_png(fig, out_png: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``out_png`` (atomically); returns the path."""
     out_png = Path(out_png)
     with atomic_write(out_png, "wb") as f:
         fig.savefig(f, format="png", dpi=fig.dpi, bbox_inches="tight")
@@ -52,8 +54,8 @@ def read_log(log_csv: str | Path):
     return log
 
 
-def loss_curve(log_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Plot the training curve of ``train_log.csv``: per-step train loss (faint), its moving
+def loss_curve(log_csv: str | Path, title: str | None = None):
+    """The training curve of ``train_log.csv``: per-step train loss (faint), its moving
     average, and the validation losses as points, in nats per token against the step."""
     import seaborn as sns
     from matplotlib.figure import Figure
@@ -77,7 +79,7 @@ def loss_curve(log_csv: str | Path, out_png: str | Path, title: str | None = Non
             ax.set_title(title)
         ax.legend(frameon=True)
         fig.tight_layout()
-    return _save(fig, out_png)
+    return fig
 
 
 def _upscale(img: np.ndarray) -> np.ndarray:
@@ -88,11 +90,10 @@ def _upscale(img: np.ndarray) -> np.ndarray:
 
 def image_grid(
     rows: list[list[np.ndarray]],
-    out_png: str | Path,
     col_titles: list[str] | None = None,
     title: str | None = None,
-) -> Path:
-    """Save a grid of uint8 images ``[H, W, C]`` (``rows[i][j]``), nearest-upscaled; one-channel
+):
+    """A grid of uint8 images ``[H, W, C]`` (``rows[i][j]``), nearest-upscaled; one-channel
     images are drawn with a grey colour map."""
     from matplotlib.figure import Figure
 
@@ -115,7 +116,7 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return fig
 
 
 def sample_grid(
@@ -126,15 +127,14 @@ def sample_grid(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
-    out_png: str | Path = "samples.png",
-) -> Path:
-    """Draw ``n`` unconditional samples of an AR ``model`` and save them as a square-ish grid."""
+):
+    """``n`` unconditional samples of an AR ``model``, drawn now, as a square-ish grid."""
     _check_palette(model, palette)
     ids = model.generate(n, temperature=temperature, top_k=top_k, seed=seed).cpu().numpy()
     images = palette.decode(ids, model.config.n_px)
     cols = math.ceil(math.sqrt(n))
     rows = [list(images[i : i + cols]) for i in range(0, n, cols)]
-    return image_grid(rows, out_png, title=_sampling_title(n, temperature, top_k, seed))
+    return image_grid(rows, title=_sampling_title(n, temperature, top_k, seed))
 
 
 def completion_grid(
@@ -143,12 +143,11 @@ def completion_grid(
     tokens,
     n: int = 8,
     seed: int = 0,
-    out_png: str | Path = "completions.png",
     *,
     samples: int = 3,
     temperature: float = 1.0,
     top_k: int | None = None,
-) -> Path:
+):
     """For the first ``n`` images of ``tokens`` (``[N, n_px²]`` palette ids): the original,
     the top half given with the bottom blanked grey, and ``samples`` completions of the bottom
     half drawn by ``model.generate(prefix=top half)``; one image per row."""
@@ -172,7 +171,7 @@ def completion_grid(
     given[:, n_px // 2 :] = GREY
     rows = [[originals[i], given[i], *done[:, i]] for i in range(n)]
     titles = ["original", "top half given"] + [f"sample {s + 1}" for s in range(samples)]
-    return image_grid(rows, out_png, titles, title=_sampling_title(None, temperature, top_k, seed))
+    return image_grid(rows, titles, title=_sampling_title(None, temperature, top_k, seed))
 
 
 def _check_palette(model, palette) -> None:

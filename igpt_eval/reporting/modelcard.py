@@ -27,7 +27,13 @@ from igpt_eval.analysis.metrics import model_metrics, token_baselines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.model.checkpoint import load_model, load_palette, read_run, run_split_seed
-from igpt_eval.reporting.model_figures import completion_grid, loss_curve, read_log, sample_grid
+from igpt_eval.reporting.model_figures import (
+    completion_grid,
+    loss_curve,
+    read_log,
+    sample_grid,
+    save_png,
+)
 from igpt_eval.reporting.probe_card import CARD, PROBE_HEADING, probe_section, set_probe_section
 from igpt_eval.train.pretrain import TrainConfig
 
@@ -170,13 +176,11 @@ def _draw_figures(model_dir, name, model, palette, tokens, seed, log, why_not) -
     there is a reason ``why_not``, completions of test ``tokens``; ``{kind: path}``."""
     figures: dict[str, Path] = {}
     if log:
-        figures["loss_curve"] = loss_curve(
-            model_dir / "train_log.csv", model_dir / "loss_curve.png", title=name
-        )
+        drawn = loss_curve(model_dir / "train_log.csv", title=name)
+        figures["loss_curve"] = save_png(drawn, model_dir / "loss_curve.png")
     if why_not is None:
-        figures["completions"] = completion_grid(
-            model, palette, tokens, n=8, seed=seed, out_png=model_dir / "completions.png"
-        )
+        drawn = completion_grid(model, palette, tokens, n=8, seed=seed)
+        figures["completions"] = save_png(drawn, model_dir / "completions.png")
     return figures
 
 
