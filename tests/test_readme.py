@@ -54,6 +54,7 @@ def test_readme_python_example_runs(tiny_pair, tmp_path, monkeypatch):
     assert len(summary := scope["summary"](scope["df"])) == 9 and summary.best.sum() == 1
     assert (tmp_path / "runs/probe/ar/predictions.npz").is_file()
     assert scope["pred"].correct(scope["layer4"]).shape == (32,)
+    assert len(scope["curve"].summary) == 9 and scope["curve"].figure.axes
 
 
 def readme_quickstart() -> list[list[str]]:
