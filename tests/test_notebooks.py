@@ -238,6 +238,7 @@ def test_notebook_stored_with_outputs(path):
         for o in cell.outputs:
             text = o.get("text", "") if o.output_type == "stream" else ""
             assert "Traceback" not in text and "/tmp/pytest" not in text
+            assert "Warning" not in text, f"{path.name}: a warning in its outputs"
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name}: no figure in its outputs"
     indices = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]

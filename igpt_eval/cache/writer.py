@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.cache.manifest import COMPUTE, mismatch, request
 from igpt_eval.cache.reader import (

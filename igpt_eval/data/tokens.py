@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval import defaults
 from igpt_eval.data.dataset import ImageDataset

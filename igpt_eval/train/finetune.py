@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.data.subsets import Labelled, augment_images
 from igpt_eval.errors import IGPTError

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
