@@ -22,7 +22,7 @@ _LAZY = {
     "MODELS_DIR": "igpt_eval.defaults",
     "probe_depth_curve": "igpt_eval.reporting.curve",
     "ModelSource": "igpt_eval.model.sources",
-    "Predictions": "igpt_eval.results",
+    "Predictions": "igpt_eval.predictions",
     "ProbeSettings": "igpt_eval.probes.settings",
     "TrackSettings": "igpt_eval.analysis.settings",
     "compare_models": "igpt_eval.analysis.compare",
