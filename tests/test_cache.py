@@ -312,3 +312,42 @@ def test_bad_tokens(tmp_path):
         run(model, (np.zeros((4, 16), np.uint16), np.zeros(4)), tmp_path / "c")
     with pytest.raises(IGPTError, match="labels"):
         run(model, (np.zeros((4, T), np.uint16), np.zeros(3)), tmp_path / "c")
+
+
+def test_two_threads_compute_two_batches_at_once_with_the_same_bits(tmp_path, data, monkeypatch):
+    """On the CPU each torch thread takes a batch of its own (one intra-op thread each): the
+    cache is bit for bit the one-thread cache, and a kill mid-round resumes to it."""
+    import threading
+
+    model = make_model()
+    ref = run(model, data, tmp_path / "ref")  # one thread (this module's default)
+    torch.set_num_threads(2)
+    assert cache_writer.extract_workers("cpu") == 2
+    names, real = set(), cache_writer._batch
+
+    def spy(*a, **k):
+        names.add(threading.current_thread().name)
+        assert torch.get_num_threads() == 1  # each batch on one thread
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_writer, "_batch", spy)
+    two = run(model, data, tmp_path / "two")
+    assert len(names) == 2 and torch.get_num_threads() == 2  # restored after
+    for (_, a), (_, b) in zip(two, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+    calls = []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # in the second round (batches 2 and 3)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_writer, "_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(model, data, tmp_path / "c")
+    assert json.loads((tmp_path / "c/manifest.json").read_text())["rows_completed"] == 16
+    monkeypatch.setattr(cache_writer, "_batch", real)
+    done = run(model, data, tmp_path / "c")
+    for (_, a), (_, b) in zip(done, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
