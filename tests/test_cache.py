@@ -322,7 +322,7 @@ def test_two_threads_compute_two_batches_at_once_with_the_same_bits(tmp_path, da
     model = make_model()
     ref = run(model, data, tmp_path / "ref")  # one thread (this module's default)
     torch.set_num_threads(2)
-    assert cache_writer.extract_workers("cpu") == 2
+    assert cache_writer.cpu_workers("cpu") == 2
     names, real = set(), cache_writer._batch
 
     def spy(*a, **k):

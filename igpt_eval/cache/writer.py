@@ -7,8 +7,6 @@ import errno
 import os
 import shutil
 import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +27,12 @@ from igpt_eval.cache.reader import (
 from igpt_eval.defaults import BERT_MASKS
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, file_lock, save_npy, write_json
-from igpt_eval.model.devices import default_extract_batch, resolve_compute
+from igpt_eval.model.devices import (
+    cpu_workers,
+    default_extract_batch,
+    one_thread_each,
+    resolve_compute,
+)
 from igpt_eval.model.sites import DEFAULT_SITE
 from igpt_eval.train import distributed as dist
 
@@ -287,32 +290,8 @@ def _batch(model, tokens: np.ndarray, row0: int, m: dict) -> list[np.ndarray]:
     return outs
 
 
-def extract_workers(device) -> int:
-    """Batches computed at once: on the CPU one per torch thread, each on one thread. The
-    models' matmuls are narrow (d = 128 at the shipped size), so one batch split across two
-    threads ran 1.5x slower than two batches side by side, one thread each; and a batch on
-    one thread gives the same bits whatever the thread count. On a GPU: one."""
-    return max(1, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
-
-
-@contextlib.contextmanager
-def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor | None]:
-    """A pool of ``workers`` Python threads with torch's intra-op threads set to 1 while it
-    runs (restored after); ``None`` for one worker (the caller's thread, as set)."""
-    if workers == 1:
-        yield None
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="extract") as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(before)
-
-
 def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
-    """Compute every uncommitted batch (this rank's share, ``extract_workers`` batches at a
+    """Compute every uncommitted batch (this rank's share, ``cpu_workers`` batches at a
     time) and commit round by round, in row order: a cache killed mid-round resumes from
     the last commit."""
     n, B = m["n"], m["batch_size"]
@@ -320,7 +299,7 @@ def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
     writers = [_Rows(out / name) for name in data_files(m)[:-1]]
     n_batches = -(-n // B)
     start = -(-m["rows_completed"] // B)  # rows_completed is a multiple of B, or n
-    W = extract_workers(model.device)
+    W = cpu_workers(model.device)
     per_round = world * W  # each rank takes W consecutive batches of a round
 
     def compute(b: int) -> tuple[int, list[np.ndarray]]:
@@ -332,7 +311,7 @@ def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
         tqdm(
             total=n, initial=min(n, start * B), desc=desc, unit="img", disable=not progress
         ) as bar,
-        _one_thread_each(W) as pool,
+        one_thread_each(W) as pool,
     ):
         for first in range(start, n_batches, per_round):
             mine = [b for b in range(first + rank * W, first + (rank + 1) * W) if b < n_batches]
