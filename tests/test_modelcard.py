@@ -369,3 +369,25 @@ def test_probe_section_of_a_bert_model_says_what_it_was_extracted_from(masks, wo
     assert words in probe_section(df, "m", "f")
     ar = _probe_rows().assign(objective="ar", bert_masks=0)
     assert "mask" not in probe_section(ar, "m", "f")
+
+
+def test_cli_complete_reads_the_runs_own_split(grey_run, tmp_path, monkeypatch):
+    """--split val completes the run's own validation images: the split seed is the run's."""
+    import json
+
+    import igpt_eval.data as data
+
+    out, _, _ = grey_run
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "split_seed": 7}))
+    seen, real = [], data.load_dataset
+
+    def spy(*a, **k):
+        seen.append(k.get("seed"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(data, "load_dataset", spy)
+    png = tmp_path / "v.png"
+    argv = ["sample", "--model", str(out), "--complete", "--split", "val", "--n", "2"]
+    assert main([*argv, "--out", str(png)]) == 0
+    assert seen == [7]

@@ -63,11 +63,14 @@ def _cmd_sample(args) -> int:
         raise IGPTError("sampling needs an autoregressive model; this one is BERT")
     opts = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.complete:
+        from igpt_eval.model.checkpoint import run_split_seed
+
         ds = load_dataset(
             _dataset_name(args, run),
             split=args.split,
             n_px=model.config.n_px,
             data_dir=args.data_dir,
+            seed=run_split_seed(run),  # --split val: the run's own validation images
         )
         drawn = completion_grid(
             model,
