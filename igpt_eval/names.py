@@ -36,9 +36,9 @@ _LABEL_HASH = re.compile(r"-[0-9a-f]{8}$")
 def bare_name(label: str) -> str:
     """A model label without its weights hash: ``"fmnist-ar-1a2b3c4d (random weights)"``
     → ``"fmnist-ar (random weights)"`` (labels: :attr:`igpt_eval.ModelSource.label`)."""
-    base, twin = (trained_of(label), True) if trained_of(label) is not None else (label, False)
-    base = _LABEL_HASH.sub("", base)
-    return random_twin(base) if twin else base
+    trained = trained_of(label)
+    base = _LABEL_HASH.sub("", label if trained is None else trained)
+    return base if trained is None else random_twin(base)
 
 
 def trained_of(name: str) -> str | None:

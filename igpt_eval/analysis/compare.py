@@ -80,6 +80,7 @@ from igpt_eval.reporting.tables import (
 from igpt_eval.results import (
     PIXEL_CONTROLS,
     Predictions,
+    bare_name,
     model_names,
     save_results,
     to_frame,
@@ -177,7 +178,7 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     """The activation cache folder of ``m`` (or of its random-weights twin) probed with
     ``s``: named after the weights and every setting the features depend on."""
     if random:  # the twin is a function of the architecture and the run's seed only
-        tag = f"random-{m.name}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
+        tag = f"random-{bare_name(m.name)}-init{m.seed}-{file_hash(m.path / CONFIG)[:8]}"
     else:
         tag = m.name  # its label: name and weights hash
     tag += f"-{s.site}-s{s.seed}"
