@@ -342,3 +342,30 @@ def test_sklearn_backend_is_the_converged_reference_on_collinear_features():
         warnings.simplefilter("error")  # and nothing reaches the console
         capped = LogisticProbe(C=1000.0, backend="sklearn", max_iter=2).fit(X, y)
     assert not capped.converged_
+
+
+def test_path_start_follows_the_solution_path():
+    from igpt_eval.probes.logistic import path_start
+
+    W = lambda c: torch.full((2, 3), float(np.log10(c)))  # noqa: E731  a path linear in log C
+    Cs, sols = [0.1, 1.0, 10.0], [W(0.1), W(1.0), W(10.0)]
+    for C in (100.0, 0.01, 3.0, 0.2, 10.0):  # past either end, between points, on one
+        torch.testing.assert_close(path_start(Cs, sols, C), W(C))
+    one = path_start([1.0], [W(1.0)], 100.0)  # a single solution: itself, as a copy
+    torch.testing.assert_close(one, W(1.0))
+    assert one.data_ptr() != sols[1].data_ptr()
+
+
+def test_padded_layout_round_trips_unequal_blocks():
+    from igpt_eval.probes.lbfgs import _Layout
+
+    layer = torch.tensor([0, 0, 0, 2, 5, 5])  # sets with 3, 1 and 2 live problems
+    lay = _Layout(layer)
+    assert lay.sets.tolist() == [0, 2, 5] and lay.c == 3 and not lay.uniform
+    T = torch.arange(6 * 4 * 2, dtype=torch.float32).view(6, 4, 2)
+    padded = lay.pad(T)  # (sets, c·K, m), zero rows where a set has fewer problems
+    assert padded.shape == (3, 12, 2) and padded[1, 4:].abs().sum() == 0
+    torch.testing.assert_close(lay.unpad(padded, 4), T)
+    even = _Layout(torch.tensor([1, 1, 3, 3]))
+    U = torch.randn(4, 4, 2)
+    assert even.uniform and even.pad(U).data_ptr() == U.data_ptr()  # a view, no copy

@@ -10,10 +10,12 @@ intercept), written per sample so that values are comparable across data sizes:
 Why it is fast:
 
 - the problems of one feature set share X, so an iteration reads X once for all of that
-  set's live problems (two matmuls: X·D for the search direction, Xᵀ·R for the gradient)
-  instead of once per problem;
+  set's live problems (two products: X·D for the search direction, Xᵀ·R for the gradient)
+  instead of once per problem, and every set's products go in one batched matmul
+  (:class:`_Layout`): the sets' own small matmuls, one after another, were half the solve;
 - the line search costs no matmul: along D the logits are ``Z + t·(X D)``, so trying a
-  step is element-wise work on cached logits;
+  step is element-wise work on cached logits, and the accepted trial's softmax is the
+  gradient's: the logits are exponentiated once per iteration;
 - problems are compacted as they finish: the state of the finished ones is dropped, so each
   iteration works only on live problems and a slow one (large C) does not make the
   converged ones pay;
@@ -71,6 +73,44 @@ class LBFGSResult:
     converged: torch.Tensor  # (G, nC) bool: both stopping tests passed
 
 
+class _Layout:
+    """Where each live problem sits in a padded batch (Gl, c, …): its feature set's slot
+    among the live sets and its place in that set's block of at most c problems.
+
+    The live problems (sorted by feature set) are laid out so that one batched matmul per
+    product serves every set: a set's X is read once per product for all of its problems,
+    and the G sets' small matmuls become one ``bmm`` (one small matmul per set left the
+    second core idle and re-read the per-set call overhead G times). When every live set
+    has the same number of problems (the C path, the refit) the padded batch is a view of
+    the problems' own tensors, with no copy; otherwise finished problems leave zero rows.
+    """
+
+    def __init__(self, layer: torch.Tensor):
+        sets, counts = torch.unique_consecutive(layer, return_counts=True)
+        self.sets = sets  # (Gl,) the live feature sets
+        self.c = int(counts.max())
+        self.uniform = bool((counts == self.c).all())
+        starts = counts.cumsum(0) - counts
+        self.slot = torch.repeat_interleave(torch.arange(len(sets), device=layer.device), counts)
+        self.pos = torch.arange(len(layer), device=layer.device) - starts[self.slot]
+
+    def pad(self, T: torch.Tensor) -> torch.Tensor:
+        """(P', K, m) per problem → (Gl, c·K, m) per live set."""
+        P, K, m = T.shape
+        if self.uniform:
+            return T.contiguous().view(len(self.sets), self.c * K, m)
+        out = T.new_zeros(len(self.sets), self.c, K, m)
+        out[self.slot, self.pos] = T
+        return out.view(len(self.sets), self.c * K, m)
+
+    def unpad(self, T: torch.Tensor, K: int) -> torch.Tensor:
+        """(Gl, c·K, m) per live set → (P', K, m) per problem."""
+        T = T.view(len(self.sets), self.c, K, -1)
+        if self.uniform:
+            return T.view(-1, K, T.shape[-1])
+        return T[self.slot, self.pos]
+
+
 class _Preconditioner:
     """Each problem's initial inverse Hessian for the weights: ``(Σ_g + λ_p I)⁻¹``, applied
     as ``V_g diag(1 / (e_g + λ_p)) V_gᵀ`` from the eigendecomposition of its feature set's
@@ -96,27 +136,34 @@ class _Preconditioner:
         """Drop the finished problems' scales."""
         self.scale = self.scale[mask]
 
-    def gap(self, g: torch.Tensor, blocks) -> torch.Tensor:
-        """Each live problem's estimated distance to the optimum (P',), in nats:
-        ``f − f* ≈ ½ ∇fᵀ H⁻¹ ∇f`` with ``H⁻¹ ≈ K·H0`` (the Hessian is about ``Σ/K + I/(CN)``).
-        Where the softmax is confident its curvature is below 1/K and this underestimates,
-        so it is a test beside the gradient's, not instead of it."""
-        return 0.5 * self.K * (g * self.apply(g, blocks)).sum((-1, -2))
+    def relayout(self, lay: _Layout) -> None:
+        """The live sets' eigenbases (Gl, d, d) and the scales padded to the layout
+        (Gl, c, 1, d), for :meth:`apply`."""
+        self.lay = lay
+        self.Vl = self.V if len(lay.sets) == len(self.V) else self.V[lay.sets]
+        self.scale_p = lay.pad(self.scale[:, None]).view(len(lay.sets), lay.c, 1, -1)
 
-    def apply(self, q: torch.Tensor, blocks) -> torch.Tensor:
+    def gap(self, g: torch.Tensor, Pg: torch.Tensor) -> torch.Tensor:
+        """Each live problem's estimated distance to the optimum (P',), in nats, from its
+        gradient and ``Pg = apply(g)``: ``f − f* ≈ ½ ∇fᵀ H⁻¹ ∇f`` with ``H⁻¹ ≈ K·H0`` (the
+        Hessian is about ``Σ/K + I/(CN)``). Where the softmax is confident its curvature is
+        below 1/K and this underestimates, so it is a test beside the gradient's, not
+        instead of it."""
+        return 0.5 * self.K * (g * Pg).sum((-1, -2))
+
+    def apply(self, q: torch.Tensor) -> torch.Tensor:
         """H0 q for q (P', K, d+1): weights through (Σ + λI)⁻¹, the intercept unchanged."""
-        out = q.clone()
+        lay, K = self.lay, q.shape[1]
         d = q.shape[-1] - 1
-        for g, a, b in blocks:
-            V = self.V[g]
-            r = q[a:b, :, :d] @ V  # (n, K, d) in the eigenbasis
-            out[a:b, :, :d] = (r * self.scale[a:b, None]) @ V.T
-        return out
+        r = torch.bmm(lay.pad(q[..., :d]), self.Vl)  # (Gl, c·K, d) in the eigenbasis
+        r = (r.view(len(lay.sets), lay.c, K, d) * self.scale_p).view(len(lay.sets), -1, d)
+        w = lay.unpad(torch.bmm(r, self.Vl.mT), K)  # (P', K, d)
+        return torch.cat([w, q[..., d:]], -1)
 
 
 class _Problems:
-    """Data shared by the problems: feature sets X (G, N, d), labels, and each live problem's
-    feature set, kept sorted so that the problems of one set form a contiguous block."""
+    """Data shared by the problems: feature sets X (G, N, d), labels, and the layout of the
+    live problems (:class:`_Layout`), kept sorted by feature set."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, K: int):
         self.X = X  # (G, N, d)
@@ -124,40 +171,46 @@ class _Problems:
         self.K = K
         self.y = y.view(1, 1, -1)  # (1, 1, N) for gathering the true-class logit
         self.onehot = torch.nn.functional.one_hot(y, K).T.to(X.dtype)  # (K, N)
+        self.sets = None
 
-    def blocks(self, layer: torch.Tensor) -> list[tuple[int, int, int]]:
-        """(feature set, start, end) of each contiguous run in the sorted ``layer`` (P',)."""
-        sets, counts = torch.unique_consecutive(layer, return_counts=True)
-        ends = counts.cumsum(0).tolist()
-        return [(g, e - c, e) for g, c, e in zip(sets.tolist(), counts.tolist(), ends, strict=True)]
+    def relayout(self, layer: torch.Tensor) -> _Layout:
+        """The layout of the live problems' feature sets ``layer`` (P',), sorted; the live
+        sets' features are gathered (a copy) only when that set of sets changes."""
+        lay = _Layout(layer)
+        if self.sets is None or not torch.equal(lay.sets, self.sets):
+            self.sets = lay.sets
+            self.Xl = self.X if len(lay.sets) == self.X.shape[0] else self.X[lay.sets]
+        self.lay = lay
+        return lay
 
-    def xw(self, W: torch.Tensor, blocks) -> torch.Tensor:
+    def xw(self, W: torch.Tensor) -> torch.Tensor:
         """Logits W_p X_pᵀ + b_p: (P', K, N) from W (P', K, d+1)."""
-        out = W.new_empty(W.shape[0], self.K, self.N)
-        for g, a, b in blocks:
-            Wg = W[a:b, :, : self.d].reshape(-1, self.d)  # (n·K, d)
-            out[a:b] = (Wg @ self.X[g].T).view(b - a, self.K, self.N)
-        return out.add_(W[:, :, self.d, None])
+        lay, d = self.lay, self.d
+        Z = torch.baddbmm(lay.pad(W[..., d:]), lay.pad(W[..., :d]), self.Xl.mT)
+        return lay.unpad(Z, self.K)  # (Gl, c·K, N) → (P', K, N)
 
-    def xtr(self, R: torch.Tensor, blocks) -> torch.Tensor:
+    def xtr(self, R: torch.Tensor) -> torch.Tensor:
         """R_p X_p per problem: (P', K, d) from residuals R (P', K, N)."""
-        out = R.new_empty(R.shape[0], self.K, self.d)
-        for g, a, b in blocks:
-            out[a:b] = (R[a:b].reshape(-1, self.N) @ self.X[g]).view(b - a, self.K, self.d)
-        return out
+        return self.lay.unpad(torch.bmm(self.lay.pad(R), self.Xl), self.K)
 
-    def value(self, Z: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor) -> torch.Tensor:
-        """f (P',) from logits Z (P', K, N) and weights W (P', K, d+1)."""
+    def value(
+        self, Z: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """f (P',) and the softmax (P', K, N) from logits Z (P', K, N) and weights W
+        (P', K, d+1): the line search's trial step hands its softmax on to the gradient, so
+        an iteration exponentiates the logits once."""
         m = Z.amax(1, keepdim=True)  # (P', 1, N)
-        lse = (Z - m).exp_().sum(1).log_() + m[:, 0]  # (P', N)
+        E = (Z - m).exp_()
+        s = E.sum(1, keepdim=True)  # (P', 1, N)
+        lse = s.log()[:, 0] + m[:, 0]  # (P', N)
         zy = Z.gather(1, self.y.expand(Z.shape[0], 1, -1))[:, 0]  # (P', N)
         ce = (lse - zy).mean(-1)
-        return ce + 0.5 * inv_cn * W[..., : self.d].square().sum((-1, -2))
+        return ce + 0.5 * inv_cn * W[..., : self.d].square().sum((-1, -2)), E.div_(s)
 
-    def grad(self, Z: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor, blocks) -> torch.Tensor:
-        """∇f (P', K, d+1) at W from its logits Z (P', K, N)."""
-        R = torch.softmax(Z, 1).sub_(self.onehot).div_(self.N)  # (P', K, N)
-        gW = self.xtr(R, blocks).add_(inv_cn[:, None, None] * W[..., : self.d])
+    def grad(self, prob: torch.Tensor, W: torch.Tensor, inv_cn: torch.Tensor) -> torch.Tensor:
+        """∇f (P', K, d+1) at W from its softmax ``prob`` (P', K, N)."""
+        R = prob.sub_(self.onehot).div_(self.N)  # (P', K, N), in place: prob is spent
+        gW = self.xtr(R).add_(inv_cn[:, None, None] * W[..., : self.d])
         return torch.cat([gW, R.sum(-1, keepdim=True)], -1)
 
 
@@ -209,14 +262,17 @@ def fit_lbfgs(
     ids = torch.arange(P, device=dev)
     layer = ids // nC
     inv_cn = (1.0 / (C.to(dev, dt) * N)).reshape(-1)  # weight of ½||W||² per problem
-    blocks = prob.blocks(layer)
+    lay = prob.relayout(layer)
     pre = _Preconditioner(X, inv_cn, layer, K) if precondition else None
+    if pre is not None:
+        pre.relayout(lay)
     W = W_out.clone()
-    Z = prob.xw(W, blocks)  # (P, K, N) cached logits
-    f = prob.value(Z, W, inv_cn)  # (P,)
-    g = prob.grad(Z, W, inv_cn, blocks)  # (P, K, d+1)
+    Z = prob.xw(W)  # (P, K, N) cached logits
+    f, p = prob.value(Z, W, inv_cn)  # (P,), (P, K, N)
+    g = prob.grad(p, W, inv_cn)  # (P, K, d+1)
     gmax = g.abs().amax((-1, -2))
-    gap = pre.gap(g, blocks) if pre is not None and gap_tol is not None else None
+    Pg = None if pre is None else pre.apply(g)  # H0 ∇f: the gap test's and γ's
+    gap = None if Pg is None or gap_tol is None else pre.gap(g, Pg)
     n_iter = torch.zeros(P, dtype=torch.long, device=dev)
     stalled = torch.zeros(P, dtype=torch.bool, device=dev)
     # Curvature pairs, oldest first; a zero pair (rho = 0) carries no information.
@@ -243,13 +299,15 @@ def fit_lbfgs(
             ids, layer, inv_cn = ids[keep], layer[keep], inv_cn[keep]
             W, Z, f, g, gmax = W[keep], Z[keep], f[keep], g[keep], gmax[keep]
             gap = None if gap is None else gap[keep]
+            Pg = None if Pg is None else Pg[keep]
             n_iter, stalled, gamma = n_iter[keep], stalled[keep], gamma[keep]
             S, Yc, rho = S[:, keep], Yc[:, keep], rho[:, keep]
-            if pre is not None:
-                pre.keep(keep)
             if ids.numel() == 0:
                 break
-            blocks = prob.blocks(layer)
+            lay = prob.relayout(layer)
+            if pre is not None:
+                pre.keep(keep)
+                pre.relayout(lay)
         L = ids.numel()
 
         # Two-loop recursion: D = -H ∇f, batched over the live problems.
@@ -262,7 +320,7 @@ def fit_lbfgs(
         if pre is None:
             q *= gamma[:, None]
         else:
-            q = pre.apply(q.view_as(g), blocks).reshape(L, n).mul_(gamma[:, None])
+            q = pre.apply(q.view_as(g)).reshape(L, n).mul_(gamma[:, None])
         for j, a in zip(range(S.shape[0]), reversed(alphas), strict=True):
             q += (a - rho[j] * (Yc[j] * q).sum(-1))[:, None] * S[j]
         D = -q.view_as(g)
@@ -278,14 +336,21 @@ def fit_lbfgs(
 
         # Backtracking (Armijo) line search: logits move linearly along D, so one matmul
         # serves every trial step. A few ulps of slack stop it stalling on rounding noise
-        # near the optimum (a standard non-monotone safeguard).
-        dZ = prob.xw(D, blocks)  # (P', K, N): the logits' change per unit step
+        # near the optimum (a standard non-monotone safeguard). The accepted trial's logits
+        # and softmax are kept for the gradient.
+        dZ = prob.xw(D)  # (P', K, N): the logits' change per unit step
         pending = torch.ones(L, dtype=torch.bool, device=dev)
         f_new = f.clone()
         slack = slack_eps * f.abs()
+        Zn = pn = None
         for _ls in range(max_ls):
-            ft = prob.value(Z + t[:, None, None] * dZ, W + t[:, None, None] * D, inv_cn)
+            Zt = Z + t[:, None, None] * dZ
+            ft, pt = prob.value(Zt, W + t[:, None, None] * D, inv_cn)
             ok = pending & (ft <= f + 1e-4 * t * slope + slack)
+            if Zn is None:  # the first trial: most problems take it
+                Zn, pn = Zt, pt
+            else:
+                Zn[ok], pn[ok] = Zt[ok], pt[ok]
             f_new = torch.where(ok, ft, f_new)
             pending &= ~ok
             if not bool(pending.any()):
@@ -293,8 +358,9 @@ def fit_lbfgs(
             t = torch.where(pending, t * 0.5, t)
         t = torch.where(pending, torch.zeros_like(t), t)  # failed searches stay put
         Wn = W + t[:, None, None] * D
-        Zn = Z + t[:, None, None] * dZ
-        gn = prob.grad(Zn, Wn, inv_cn, blocks)
+        gn = prob.grad(pn, Wn, inv_cn)
+        if bool(pending.any()):  # those stay at W: its logits and gradient
+            Zn[pending], gn[pending] = Z[pending], g[pending]
 
         s_vec = (Wn - W).reshape(L, n)
         y_vec = (gn - g).reshape(L, n)
@@ -305,8 +371,10 @@ def fit_lbfgs(
         S = torch.cat([S[max(old, 0) :], (s_vec * good[:, None])[None]])
         Yc = torch.cat([Yc[max(old, 0) :], (y_vec * good[:, None])[None]])
         rho = torch.cat([rho[max(old, 0) :], r_new[None]])
-        if pre is not None:  # scale H0 = γ·P by the newest pair: γ = sᵀy / yᵀPy
-            yy = (y_vec * pre.apply(y_vec.view_as(g), blocks).reshape(L, n)).sum(-1)
+        if pre is not None:  # scale H0 = γ·P by the newest pair: γ = sᵀy / yᵀPy, with
+            Pgn = pre.apply(gn)  # P y = P ∇f_new − P ∇f (P is linear): one apply, not two
+            yy = (y_vec * (Pgn - Pg).reshape(L, n)).sum(-1)
+            Pg = Pgn
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
 
         f = torch.where(pending, f, f_new)
@@ -314,7 +382,7 @@ def fit_lbfgs(
         n_iter += 1
         gmax = g.abs().amax((-1, -2))
         if gap is not None:
-            gap = pre.gap(g, blocks)
+            gap = pre.gap(g, Pg)
         stalled |= pending
 
     shape = (G, nC)

@@ -82,24 +82,49 @@ def fit_path(
     max_iter: int = 1000,
 ) -> LBFGSResult:
     """Solve every feature set × every C, walking the C path from strong to weak
-    regularisation: each C's problems (one per feature set, batched) start from the previous
-    C's solutions, which are close, so most of the path costs a fraction of a cold solve.
+    regularisation: each C's problems (one per feature set, batched) start from the solutions
+    so far (:func:`path_start`), which are close, so most of the path costs a fraction of a
+    cold solve.
     Same result layout as :func:`fit_grid`, columns in the order of ``Cs``."""
     X = _tensor(X, device, dtype)  # once for the whole path
     Cs = np.asarray(Cs, dtype=np.float64)
     order = np.argsort(Cs)
     parts: list[LBFGSResult | None] = [None] * len(Cs)
-    init = None
+    done_C, done_W = [], []
     for j in order:
+        init = path_start(done_C, done_W, Cs[j]) if done_W else None
         r = fit_grid(
             X, y, [Cs[j]], n_classes, device=device, dtype=dtype, tol=tol, max_iter=max_iter,
             init=init,
         )  # fmt: skip
         parts[j] = r
-        init = torch.cat([r.coef, r.intercept[..., None]], -1)  # (G, 1, K, d+1)
+        done_C.append(Cs[j])
+        done_W.append(torch.cat([r.coef, r.intercept[..., None]], -1))  # (G, 1, K, d+1)
     return LBFGSResult(
         *(torch.cat([getattr(p, f) for p in parts], 1) for f in LBFGSResult.__dataclass_fields__)
     )
+
+
+def path_start(Cs, solutions, C: float) -> torch.Tensor:
+    """A warm start at ``C`` from ``solutions`` (tensors of one shape) already found at
+    ``Cs``: the solution path ``W(log C)`` followed along the line through the solution
+    nearest in C and its neighbour on C's side (the other side past the end of the path).
+    Between grid points that interpolates; past the last one it is the secant step from the
+    last two. At weak regularisation the solution moves far between grid points, and the
+    nearest solution alone left L-BFGS most of that way to walk: on the shipped AR model's
+    embeddings, 1,846 iterations from C = 100's solution to C = 1000's, 950 from the secant.
+    A warm start changes where a fit begins, never the optimum it converges to."""
+    logC = np.log(np.asarray(Cs, dtype=np.float64))
+    order = np.argsort(logC)
+    logC, solutions = logC[order], [solutions[i] for i in order]
+    x = float(np.log(C))
+    i = int(np.argmin(np.abs(logC - x)))
+    side = 1 if x >= logC[i] else -1
+    j = i + side if 0 <= i + side < len(logC) else i - side
+    if not 0 <= j < len(logC) or logC[j] == logC[i]:
+        return solutions[i].clone()
+    w = (x - logC[i]) / (logC[j] - logC[i])
+    return solutions[i] + float(w) * (solutions[j] - solutions[i])
 
 
 def probe_head(Z, y, C: float, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The linear-probe protocol (DESIGN §5): choose on validation, refit, report test once.
+"""The linear-probe protocol (docs/design.md): choose on validation, refit, report test once.
 
 For every layer at once:
 
@@ -33,7 +33,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import feature_scale
 from igpt_eval.probes.backends import BACKENDS
-from igpt_eval.probes.logistic import LogisticProbe, fit_grid
+from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
 from igpt_eval.results import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
 
@@ -277,33 +277,43 @@ class _Protocol:
                 self.rows.append(dict(common, metric="loss", value=float(loss[i, c])))
 
     def walk(self, Cs: np.ndarray, patience: int) -> None:
-        """The C path, warm-started from one C to the next; each layer leaves it on its own,
-        after ``patience`` values of C without a better validation accuracy."""
+        """The C path, each fit warm-started from the layer's path so far (:meth:`_start`);
+        each layer leaves it on its own, after ``patience`` values of C without a better
+        validation accuracy."""
         G = len(self.layers)
         live = np.arange(G)
         since_best = np.zeros(G, int)
         init = None
         for C in Cs:
-            sol = self.stage(live, np.full((len(live), 1), C), init)
+            self.stage(live, np.full((len(live), 1), C), init)
             for g in live:
                 accs = [c[0] for c in self.cands[g]]
                 since_best[g] = 0 if accs[-1] > max(accs[:-1], default=-1.0) else since_best[g] + 1
-            going = since_best[live] < patience
-            live = live[going]
-            if live.size == 0:
+            live = live[since_best[live] < patience]
+            if live.size == 0 or C == Cs[-1]:
                 break
-            init = sol.init(np.zeros(len(going), int))[torch.from_numpy(going)]
+            C_next = Cs[np.searchsorted(Cs, C, side="right")]
+            init = torch.stack([self._start(self.cands[g], [C_next])[0] for g in live])[:, None]
+
+    @staticmethod
+    def _start(path: list[tuple], Cs) -> list[torch.Tensor]:
+        """Warm starts (K, d+1) at each C of ``Cs`` from a layer's fits so far (candidates):
+        :func:`~igpt_eval.probes.logistic.path_start`, the solution path followed."""
+        known, sols = [c[2] for c in path], [_warm(c) for c in path]
+        return [path_start(known, sols, C) for C in Cs]
 
     def best(self) -> list[tuple]:
         """Each layer's best candidate so far (see :func:`_best`)."""
         return [c[_best(c)] for c in self.cands]
 
     def refine(self) -> None:
-        """Four more values of C around each layer's best, warm-started from it."""
+        """Four more values of C around each layer's best, each warm-started between the
+        best and its neighbour on the path (:meth:`_start`)."""
         best = self.best()
         C2 = np.array([b[2] for b in best])[:, None] * REFINE_STEPS[None]
-        init = torch.stack([_warm(b) for b in best])[:, None]
-        self.stage(np.arange(len(best)), C2, init.expand(-1, C2.shape[1], -1, -1).contiguous())
+        starts = [torch.stack(self._start(c, C)) for c, C in zip(self.cands, C2, strict=True)]
+        init = torch.stack(starts)  # (G, 4, K, d+1)
+        self.stage(np.arange(len(best)), C2, init)
 
     def select(self) -> tuple[np.ndarray, torch.Tensor]:
         """Each layer's C chosen on validation (its rows marked ``selected``), and warm
