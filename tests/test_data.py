@@ -460,3 +460,18 @@ def test_resized_splits_are_reused_within_a_process_never_stale(tmp_path):
     fresh = load_dataset("fashion-mnist", "test", n_px=16, data_dir=fm)
     np.testing.assert_array_equal(fresh.images, resize_images(changed[..., None], 16))
     assert fresh.fingerprint != again.fingerprint
+
+
+def test_idx_reads_are_kept_per_file_version_and_handed_out_as_copies(tmp_path):
+    from igpt_eval.data.formats import read_idx
+
+    path = tmp_path / "x-images-idx3-ubyte.gz"
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    write_idx(path, a)
+    first = read_idx(path)
+    first[:] = 0  # the caller's copy: the next read is unaffected
+    np.testing.assert_array_equal(read_idx(path), a)
+    write_idx(path, a[::-1].copy())  # same size, new content: a new version of the file
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    np.testing.assert_array_equal(read_idx(path), a[::-1])

@@ -61,9 +61,33 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> tuple:
 _IDX_DTYPES = {0x08: np.uint8}
 
 
+#: IDX files already decoded in this process, by (path, inode, size, modification time): one
+#: ``probe`` run reads Fashion-MNIST's files for each split of the model's caches and of both
+#: pixel controls, and decompressing them is most of a read (0.3 s each time). A file that
+#: changed on disk has another key; each caller gets its own copy.
+_IDX_READ: dict[tuple, np.ndarray] = {}
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): magic ``00 00 <type> <ndim>``, then ``ndim``
     big-endian uint32 sizes, then the data (only unsigned bytes, type 0x08, are needed)."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _IDX_READ:
+        return _IDX_READ[key].copy()
+    data = _decode_idx(path)
+    if key is not None:
+        if len(_IDX_READ) >= 8:  # a handful of datasets' files; the oldest goes first
+            _IDX_READ.pop(next(iter(_IDX_READ)))
+        _IDX_READ[key] = data.copy()
+    return data
+
+
+def _decode_idx(path: Path) -> np.ndarray:
+    """The array in IDX file ``path`` (see :func:`read_idx`)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
