@@ -6,7 +6,7 @@
 Covers the shipped models' features of every layer (Fashion-MNIST test images from Debian's
 ``dataset-fashion-mnist``, AR and BERT), the activation cache they write, a short pretraining
 loss trajectory and a fine-tuning step with a fixed seed, and L-BFGS / SGD probe results.
-Runs on one CPU thread in about a minute. The reference used for issue 13's layout change
+Runs on one CPU thread in about a minute. The reference used for the package's layout change
 was saved from the flat layout (commit ea017a5) with the same computations.
 """
 
