@@ -37,7 +37,8 @@ from igpt_eval.predictions import (  # noqa: F401 - public here too
     save_predictions,
 )
 
-#: The columns of DESIGN §5, in order; ``site`` holds the site name (``blocks.3.ln_1``).
+#: The columns of a results table (docs/design.md), in order; ``site`` holds the site name
+#: (``blocks.3.ln_1``).
 COLUMNS = [
     "model",
     "objective",

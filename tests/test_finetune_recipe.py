@@ -1,4 +1,4 @@
-"""The fine-tuning recipe (issue 14): the standardised head folded into one checkpoint, the
+"""The fine-tuning recipe: the standardised head folded into one checkpoint, the
 head at an inner layer in the saved config, the probe initialisation, warm-up, the
 learning-rate sweep, and their bad input."""
 

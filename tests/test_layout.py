@@ -1,4 +1,4 @@
-"""The package's shape (issue 13): no import cycles between modules, imports that point down
+"""The package's shape: no import cycles between modules, imports that point down
 the pipeline, no module over 400 lines. Static checks over the source (nothing is imported),
 so they run in milliseconds."""
 
@@ -126,7 +126,7 @@ def test_graph_sees_imports_inside_functions():
     assert "igpt_eval.model.checkpoint" not in graph["igpt_eval.model.igpt"]
 
 
-#: The pipeline's stages, bottom up (DESIGN §2). A module imports its own stage, the stages
+#: The pipeline's stages, bottom up (docs/design.md). A module imports its own stage, the stages
 #: below it, and the shared top-level modules (``errors``, ``io``, ``defaults``,
 #: ``results``, ``stats``), which import only each other; ``igpt_eval/__init__`` (the
 #: package's lazy front door) is exempt.

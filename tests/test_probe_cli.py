@@ -211,7 +211,7 @@ def test_whitening_is_zca():
 
 @pytest.mark.slow
 def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatch):
-    """Issue 5's bar, on the real thing: the shipped AR model's Fashion-MNIST features
+    """The depth-curve bar, on the real thing: the shipped AR model's Fashion-MNIST features
     (the default sample: 5,000 train, 2,000 val, 5,000 test images), every layer."""
     from igpt_eval.data.registry import read_source
     from igpt_eval.probes.runner import probe_model

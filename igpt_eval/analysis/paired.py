@@ -1,4 +1,4 @@
-"""Paired differences between probes on the same test images (DESIGN §5): reading and
+"""Paired differences between probes on the same test images (docs/design.md, "Probes"): reading and
 wording the rows :mod:`igpt_eval.probes.paired` computes.
 
 :func:`differences` selects a results table's paired-difference rows (``metric =

@@ -1,4 +1,4 @@
-"""Activation caches (DESIGN §4, §6): per-layer pooled features of a dataset split, on disk.
+"""Activation caches (docs/design.md): per-layer pooled features of a dataset split, on disk.
 
 :func:`write_cache` runs a model over a ``[N, T]`` token array and writes, into one folder::
 

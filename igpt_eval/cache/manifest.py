@@ -4,7 +4,7 @@
 returns the manifest they call for: the inputs' identity (weights hash, palette hash, dataset
 fingerprint) and every extraction setting. :func:`mismatch` says why a cache on disk cannot
 serve a request (``None`` when it can): a cache is reused only when every field of
-``_IDENTITY`` matches, never silently otherwise (DESIGN §6).
+``_IDENTITY`` matches, never silently otherwise (docs/design.md, "Activation cache").
 """
 
 from __future__ import annotations

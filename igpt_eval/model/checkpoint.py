@@ -1,4 +1,4 @@
-"""Checkpoint folders (DESIGN §6): ``model.safetensors`` + ``config.json`` (+ ``palette.npy``).
+"""Checkpoint folders (docs/design.md): ``model.safetensors`` + ``config.json`` (+ ``palette.npy``).
 
 Weights are safetensors only: nothing in a checkpoint is ever unpickled. Files are written
 atomically, so an interrupted save leaves the previous checkpoint readable.

@@ -2,7 +2,7 @@
 
 ``IGPT.classify`` and fine-tuning read the same feature: layer ``l``'s probe feature (block
 ``l``'s ``ln_1`` output), or for the last layer the final ``ln_f`` output, averaged over
-positions (DESIGN §3; ``IGPTConfig.clf_layer`` says which). It is read with a site tap
+positions (docs/design.md, "Model"; ``IGPTConfig.clf_layer`` says which). It is read with a site tap
 (:meth:`~igpt_eval.model.igpt.IGPT.residual`; ``model`` below is an ``IGPT``, which
 imports this module, so it is typed loosely), which the fast CPU training path serves as
 the literal one does (no forward hooks, which one path would skip), and the forward stops

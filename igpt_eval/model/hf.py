@@ -1,4 +1,4 @@
-"""Import and export of Hugging Face ImageGPT checkpoints (DESIGN §3, the HF mapping).
+"""Import and export of Hugging Face ImageGPT checkpoints (docs/design.md, "Hugging Face").
 
 HF differs from us in layout only:
 

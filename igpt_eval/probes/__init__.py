@@ -1,4 +1,4 @@
-"""Linear probes (DESIGN §5): batched L-BFGS logistic regression and streaming SGD heads."""
+"""Linear probes (docs/design.md): batched L-BFGS logistic regression and streaming SGD heads."""
 
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, fit_path
 from igpt_eval.probes.protocol import COARSE_CS, Features, probe_lbfgs

@@ -1,4 +1,4 @@
-"""Paired differences between probes on the same test images (DESIGN §5), as tidy rows.
+"""Paired differences between probes on the same test images (docs/design.md), as tidy rows.
 
 Two accuracies measured on the same test images are compared on those images: per example,
 both right, both wrong, or only one right. The difference ``a − b`` gets a paired bootstrap

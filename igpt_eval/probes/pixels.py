@@ -1,4 +1,4 @@
-"""The raw-pixel controls (DESIGN §5): the linear-probe protocol on the images themselves.
+"""The raw-pixel controls (docs/design.md): the linear-probe protocol on the images themselves.
 
 Two of them, each a single "layer" probed with :func:`~igpt_eval.probes.protocol.probe_lbfgs`:
 

@@ -34,7 +34,7 @@ class ProbeSettings:
 
     # --- the features
     layers: tuple[int, ...] | None = None  # None: every layer of the model (0..n_layer)
-    site: str = "ln_1"  # the paper's site: block input after its first norm (DESIGN §4)
+    site: str = "ln_1"  # the paper's site: block input after its first norm (docs/design.md)
     bert_masks: int = BERT_MASKS  # independent masks averaged per image (BERT models only)
     batch_size: int | None = None  # images per forward; None: the device's (model.devices)
     compute: str = "auto"  # bf16 autocast on a GPU; float32 (exact, same everywhere) on CPU
@@ -50,7 +50,7 @@ class ProbeSettings:
     train_size: int | None = SAMPLE_TRAIN
     val_size: int | None = SAMPLE_VAL
     test_size: int | None = SAMPLE_TEST
-    # --- controls and extra probes (DESIGN §5)
+    # --- controls and extra probes (docs/design.md, "Probes")
     pixels: bool = True  # the raw-pixel baseline (palette-quantised), same splits and sample
     native_pixels: bool = True  # and the dataset's own pixels at native resolution: the
     # stronger control (Fashion-MNIST: 784 grey values, not 256 palette indices), for seconds

@@ -1,4 +1,4 @@
-"""Figures drawn from results files only (DESIGN §5): depth curves, kNN, CKA, training.
+"""Figures drawn from results files only (docs/design.md): depth curves, kNN, CKA, training.
 
 Every figure is a bare Agg :class:`~matplotlib.figure.Figure` (no pyplot state), written as
 PNG and SVG. A model keeps its colour in every figure: pass the same

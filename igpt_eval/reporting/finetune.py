@@ -1,5 +1,5 @@
 """The fine-tuning section of a report: fine-tuned classifiers beside the linear probes and
-the controls, every difference paired on the same test images (issue 14).
+the controls, every difference paired on the same test images.
 
 Inputs are ``igpt-eval finetune`` folders (``results.parquet`` and ``predictions.npz``) and a
 comparison (``igpt-eval compare``: each model's probes of every layer, the raw-pixel probe,
@@ -167,8 +167,8 @@ def finetune_section(
 def catch_up(model: str, pretrained: Path, scratch: Path) -> str:
     """How soon the pretrained run's validation accuracy reached the from-scratch run's
     best (the one its early stopping kept), read from both runs' ``finetune_log.csv`` (the
-    paper: pretrained iGPT matches from-scratch accuracy after about one epoch; issue 14
-    asks for at most a third of the steps). Validation is scored every ``eval_every``
+    paper: pretrained iGPT matches from-scratch accuracy after about one epoch; the
+    report's bar is at most a third of the steps). Validation is scored every ``eval_every``
     steps, so the step is that coarse."""
     logs = {}
     for name, d in (("pretrained", pretrained), ("scratch", scratch)):

@@ -69,7 +69,7 @@ def lowdata_table(df: pd.DataFrame) -> str:
 
 def lowdata_trends(summary: pd.DataFrame) -> str:
     """One line per method and model saying whether its mean test accuracy rises with K
-    (issue 14 asks it of fine-tuning: more labels must never buy less accuracy), naming the
+    (asked of fine-tuning too: more labels must never buy less accuracy), naming the
     first K where it does not. ``summary``: :func:`lowdata_summary`."""
     lines = []
     for (m, model), g in summary.groupby(["method", "model"], sort=False):

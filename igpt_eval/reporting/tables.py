@@ -1,4 +1,4 @@
-"""Summaries of a results table (DESIGN §5): per-model depth-curve summaries, the comparison
+"""Summaries of a results table (docs/design.md): per-model depth-curve summaries, the comparison
 table (best layer, best and last-layer accuracy, gap) and its markdown, and the readers of a
 comparison folder's other files (CKA table, models.json).
 

@@ -1,11 +1,12 @@
 """Classification fine-tuning (Chen et al. 2020, §2.3): the whole model plus a linear head.
 
-The head is DESIGN §3's classifier: ``wclf [classes, d]``, no bias, zero-initialised, on the
-position-averaged final ``ln_f`` output, or (``layer=l``) on the paper's probe feature of
-layer ``l`` (block l's ``ln_1`` output, averaged; see :mod:`igpt_eval.model.sites`). The objective
-is ``L_gen + L_clf`` by default (the paper found the joint loss better) or ``L_clf`` alone;
-``L_gen`` is the model's own pretraining loss (AR, or BERT on masked inputs; the classifier
-then sees the same masked input, as the paper's BERT features do).
+The head is the paper's classifier (docs/design.md): ``wclf [classes, d]``, no bias,
+zero-initialised, on the position-averaged final ``ln_f`` output, or (``layer=l``) on the
+paper's probe feature of layer ``l`` (block l's ``ln_1`` output, averaged; see
+:mod:`igpt_eval.model.sites`). The objective is ``L_gen + L_clf`` by default (the paper
+found the joint loss better) or ``L_clf`` alone; ``L_gen`` is the model's own pretraining
+loss (AR, or BERT on masked inputs; the classifier then sees the same masked input, as the
+paper's BERT features do).
 
 The recipe: Adam with the pretraining betas (0.9, 0.95), no weight decay, an optional linear
 warm-up and then a *constant* learning rate (no cosine; the paper early-stops instead), early
@@ -73,7 +74,7 @@ class FinetuneConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to lr (0: none, the earlier recipe)
     betas: tuple[float, float] = (0.9, 0.95)  # the pretraining betas (the paper)
     objective: str = "joint"  # "joint" = L_gen + L_clf (the paper's better one), or "clf"
-    layer: int | None = None  # head on layer l's probe feature; None = ln_f (DESIGN §3)
+    layer: int | None = None  # head on layer l's probe feature; None = ln_f (docs/design.md)
     augment: bool = False  # reflection pad 4, random crop, horizontal flip (the paper's CIFAR)
     eval_every: int = 50  # steps between validation accuracies (and checkpoints)
     patience: int = 5  # evaluations without improvement before stopping
