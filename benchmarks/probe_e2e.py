@@ -47,7 +47,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/probe_e2e.json")
     args = ap.parse_args()
-    probe_model(pixels=False, native_pixels=False, progress=False)  # caches in place, untimed
+    # Untimed: builds the caches if missing, and warms the imports and the page cache.
+    probe_model(pixels=False, native_pixels=False, progress=False)
     sides = {}
     for backend in ("torch", "sklearn"):
         seconds, res = run(backend)

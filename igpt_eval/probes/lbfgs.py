@@ -132,9 +132,10 @@ class _Preconditioner:
         self.V = V.to(X.dtype)  # (G, d, d)
         self.scale = (1.0 / (e[layer] + lam[:, None])).to(X.dtype)  # (P, d)
 
-    def keep(self, mask: torch.Tensor) -> None:
-        """Drop the finished problems' scales."""
+    def keep(self, mask: torch.Tensor, lay: _Layout) -> None:
+        """Drop the finished problems' scales and follow the live problems' new layout."""
         self.scale = self.scale[mask]
+        self.relayout(lay)
 
     def relayout(self, lay: _Layout) -> None:
         """The live sets' eigenbases (Gl, d, d) and the scales padded to the layout
@@ -306,8 +307,7 @@ def fit_lbfgs(
                 break
             lay = prob.relayout(layer)
             if pre is not None:
-                pre.keep(keep)
-                pre.relayout(lay)
+                pre.keep(keep, lay)
         L = ids.numel()
 
         # Two-loop recursion: D = -H ∇f, batched over the live problems.

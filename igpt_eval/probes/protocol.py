@@ -284,16 +284,15 @@ class _Protocol:
         live = np.arange(G)
         since_best = np.zeros(G, int)
         init = None
-        for C in Cs:
+        for k, C in enumerate(Cs):
             self.stage(live, np.full((len(live), 1), C), init)
             for g in live:
                 accs = [c[0] for c in self.cands[g]]
                 since_best[g] = 0 if accs[-1] > max(accs[:-1], default=-1.0) else since_best[g] + 1
             live = live[since_best[live] < patience]
-            if live.size == 0 or C == Cs[-1]:
+            if live.size == 0 or k + 1 == len(Cs):
                 break
-            C_next = Cs[np.searchsorted(Cs, C, side="right")]
-            init = torch.stack([self._start(self.cands[g], [C_next])[0] for g in live])[:, None]
+            init = torch.stack([self._start(self.cands[g], [Cs[k + 1]])[0] for g in live])[:, None]
 
     @staticmethod
     def _start(path: list[tuple], Cs) -> list[torch.Tensor]:
