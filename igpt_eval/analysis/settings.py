@@ -81,3 +81,79 @@ class TrackSettings:
     bert_masks: int = BERT_MASKS  # masks averaged for BERT snapshots
     seed: int = 0  # the probes' and the BERT masks' (the split is each run's own)
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)
+    pixels: bool = True  # the pixel controls beside each snapshot (the same at every step)
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """One pretraining campaign (:mod:`igpt_eval.analysis.campaign`), sized for one call of
+    at most ~9 minutes on one H200 (docs/campaign.md gives the reasoning behind each shape
+    choice and the expected tokens and FLOPs)."""
+
+    budget_min: float = 5.0  # pretraining wall clock, the throughput pilot included
+    finetune_min: float = 1.0  # fine-tuning wall clock after the probes (0: none)
+    name: str = "fmnist-ar-gpu"  # the model folder's name, the label in every result
+    dataset: str = "fashion-mnist"
+    split_seed: int = 0
+    seed: int = 0  # initialisation, batch order, palette fit, probes
+    device: str = "auto"
+    # --- the model: deeper than the CPU models (the paper's deeper-is-better), at the native
+    # 28 × 28 (T = 784, the paper's regime of long sequences), with a finer palette; the
+    # bf16 weights of 7.2M parameters fit one 16 MiB file (what a GPU call can bring back)
+    n_px: int = 28
+    vocab_size: int = 32
+    n_embd: int = 192
+    n_head: int = 6  # head size 32, as the CPU models
+    n_layer: int = 16
+    # --- the recipe: the paper's Adam, warm-up and cosine; its batch of 128
+    batch_size: int = 128
+    lr: float = 2e-3
+    grad_clip: float | None = 1.0  # one diverged run would spend the only GPU call
+    pilot_steps: int = 20  # timed steps (after 5 untimed) that fix the step count
+    snapshots: int = 6  # log-spaced snapshots + the last, and step 0 (random weights)
+    evals: int = 20  # validation losses over the run (plus one per snapshot)
+    eval_images: int = 2000
+    # --- the probes: every snapshot on the main job's sample, the final model on full splits
+    track_sizes: tuple[int | None, int | None, int | None] = (SAMPLE_TRAIN, SAMPLE_VAL, SAMPLE_TEST)
+    final_sizes: tuple[int | None, int | None, int | None] = (None, None, None)
+    concat_layers: int | None = 5
+    # --- fine-tuning: the shipped fine-tune's recipe (head on the layer chosen on validation)
+    finetune_lr: float = 1e-4
+    finetune_batch: int = 64
+    finetune_eval_every: int = 200
+
+    def validate(self) -> None:
+        """One clear error for settings that cannot run."""
+        for name in ("budget_min", "finetune_min"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and v == v and 0 <= v < float("inf")):
+                raise IGPTError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.budget_min > 0:
+            raise IGPTError(f"the pretraining budget must be positive, got {self.budget_min}")
+        if self.pilot_steps < 1 or self.snapshots < 1 or self.evals < 1:
+            raise IGPTError("pilot steps, snapshots and evaluations must be >= 1")
+        if self.n_embd % self.n_head:
+            raise IGPTError(f"width {self.n_embd} is not divisible by {self.n_head} heads")
+
+
+#: ``igpt-eval campaign --smoke``: the same code path at a size that runs in seconds on a CPU.
+SMOKE_CAMPAIGN = CampaignSettings(
+    budget_min=0.1,
+    finetune_min=0.05,
+    device="cpu",
+    n_px=8,
+    vocab_size=8,
+    n_embd=32,
+    n_head=4,
+    n_layer=3,
+    batch_size=16,
+    pilot_steps=3,
+    snapshots=2,
+    evals=3,
+    eval_images=100,
+    track_sizes=(200, 100, 200),
+    final_sizes=(400, 100, 300),
+    concat_layers=3,
+    finetune_batch=16,
+    finetune_eval_every=5,
+)

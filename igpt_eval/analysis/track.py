@@ -111,6 +111,8 @@ def probe_settings(settings: TrackSettings) -> ProbeSettings:
         device=settings.device,
         bert_masks=settings.bert_masks,
         seed=settings.seed,
+        pixels=settings.pixels,
+        native_pixels=settings.pixels,
         train_size=settings.train_size,
         val_size=settings.val_size,
         test_size=settings.test_size,
@@ -123,30 +125,47 @@ def track_runs(
     *,
     progress: bool = True,
     log=print,
+    data_dir=None,
+    token_cache=None,
+    cache_dir: str | Path | None = None,
+    on_snapshot=None,
+    name: str | None = None,
 ) -> pd.DataFrame:
     """Probe every layer of every snapshot of ``runs``; one tidy results table.
 
     All snapshots are checked before any is probed, so a bad folder fails at once. Rows carry
     ``run``, ``step``, ``val_loss`` and ``tokens_seen``; ``model`` is ``run@step``.
+    ``data_dir`` and ``token_cache`` are where the data and its tokens live; ``cache_dir``
+    holds each snapshot's activation caches in ``<run>/step-XXXXXX/`` (default: the managed
+    cache, keyed by the weights); ``on_snapshot(table)`` sees each snapshot's rows as they
+    come; ``name`` names a single run (default: its folder's name).
     """
     settings = settings or TrackSettings()
     paths = [Path(r) for r in runs]
     if len(set(p.resolve() for p in paths)) < len(paths):
         raise IGPTError("the same run is given twice")
+    if name is not None and len(paths) != 1:
+        raise IGPTError("a run's name is for a single run")
     plan = [
         s
         for p in paths
-        for s in find_snapshots(p, run_name(p, paths), settings.steps, settings.dataset)
+        for s in find_snapshots(p, name or run_name(p, paths), settings.steps, settings.dataset)
     ]
     probe = probe_settings(settings)
     frames = []
     for i, snap in enumerate(plan, 1):
         t0 = time.perf_counter()
-        df = probe_model(snap.path, settings.dataset, probe, progress=progress)
+        caches = None
+        if cache_dir is not None:
+            caches = Path(cache_dir) / snap.run.replace("/", "_") / f"step-{snap.step:06d}"
+        df = probe_model(snap.path, settings.dataset, probe, data_dir=data_dir,
+                         token_cache=token_cache, cache_dir=caches, progress=progress)  # fmt: skip
         df["model"] = f"{snap.run}@{snap.step}"
         df["run"], df["step"] = snap.run, snap.step
         df["val_loss"], df["tokens_seen"] = snap.val_loss, snap.tokens_seen
         frames.append(df)
+        if on_snapshot is not None:
+            on_snapshot(df)
         if log is not None:
             best = summary(df)
             b = best[best.best].iloc[0]

@@ -11,6 +11,7 @@ import sys
 
 from igpt_eval import __version__
 from igpt_eval.cli import (
+    campaign,
     compare,
     data,
     extract,
@@ -28,7 +29,9 @@ from igpt_eval.errors import IGPTError
 PROG = "igpt-eval"
 
 # Command modules, in the order of the pipeline (each registers its subcommands on import).
-_MODULES = (data, pretrain, finetune, extract, probe, models, sample, compare, track, report)
+_MODULES = (
+    data, pretrain, finetune, extract, probe, models, sample, compare, track, campaign, report,
+)  # fmt: skip
 
 
 def _fail(msg: str, code: int = 2) -> int:

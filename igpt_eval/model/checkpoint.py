@@ -28,8 +28,13 @@ CONFIG = "config.json"
 PALETTE = "palette.npy"
 
 
-def save_model(model: IGPT, path: str | Path, palette=None) -> Path:
-    """Write ``model`` (an :class:`~igpt_eval.model.igpt.IGPT`) and optionally its palette."""
+def save_model(
+    model: IGPT, path: str | Path, palette=None, dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``model`` (an :class:`~igpt_eval.model.igpt.IGPT`) and optionally its palette.
+
+    ``dtype`` stores the floating-point weights in that type (``torch.bfloat16`` halves the
+    file); :func:`load_model` widens them back to float32, exactly."""
     path = Path(path)
     if palette is not None and palette.k != model.config.vocab_size:
         raise IGPTError(
@@ -38,6 +43,8 @@ def save_model(model: IGPT, path: str | Path, palette=None) -> Path:
         )
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     blob = st_save(tensors, metadata={"format": "pt", "library": "igpt-eval"})
     with atomic_write(path / WEIGHTS) as f:
         f.write(blob)
@@ -82,6 +89,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> IGPT:
     with torch.device("meta"):
         model = IGPT(cfg)
     check_state_dict(model.state_dict(), state, str(weights))
+    # Weights stored narrower (bf16, to fit a file) compute in float32 like any other.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     return model.eval()
 

@@ -88,6 +88,8 @@ class FinetuneConfig:
     # ... which was chosen on init_n training images: scikit-learn's C multiplies a sum over
     # examples, so the same per-example penalty on n images is C·init_n/n (None: C as is).
     init_n: int | None = None
+    # Stop at the first evaluation past this many seconds of training (the best model kept).
+    max_seconds: float | None = None
     device: str = "cpu"
 
     def validate(self, n_layer: int, n_train: int) -> None:
@@ -109,6 +111,8 @@ class FinetuneConfig:
             raise IGPTError("warm-up steps must be >= 0 and scale images >= 2")
         if self.init_C is not None and not (self.init_C > 0 and math.isfinite(self.init_C)):
             raise IGPTError(f"the probe's C must be a positive number, got {self.init_C}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise IGPTError(f"the wall-clock cap must be positive, got {self.max_seconds}")
         if n_train < 1:
             raise IGPTError("the training set is empty")
 
@@ -354,6 +358,8 @@ class FineTuner:
                 best.stopped = best.bad >= cfg.patience
             self.elapsed += time.perf_counter() - t0
             t0 = time.perf_counter()
+            if cfg.max_seconds is not None and self.elapsed >= cfg.max_seconds:
+                best.stopped = True
             row = dict(step=self.step, val_acc=acc, val_loss=loss, seconds=round(self.elapsed, 2))
             best.history.append({**losses, **row})
             self.checkpoint()

@@ -1,0 +1,358 @@
+"""A pretraining campaign: one process that trains a model for a wall-clock budget, then probes,
+tracks and fine-tunes it, writing what a user needs into one small folder as it goes.
+
+It is made for the rare GPU call (one command of at most ten minutes, whose results must come
+back as at most 8 files of at most 16 MiB), and it runs the same code on a CPU at the
+:data:`~igpt_eval.analysis.settings.SMOKE_CAMPAIGN` size in seconds. The stages:
+
+1. **data**: the dataset's splits at the model's resolution, a palette fitted on train, tokens;
+2. **throughput pilot**: a throwaway copy of the model trains a few steps; their time fixes the
+   step count, so that warm-up and cosine end inside the budget (:func:`make_plan`);
+3. **pretraining** (:func:`igpt_eval.train.runs.pretrain`) in the scratch folder, keeping
+   log-spaced snapshots and step 0 (the random-weights network);
+4. **the weights** go into ``OUT/<name>/`` as soon as training ends, in bfloat16 when float32
+   would not fit one file; every probe below reads the model from there, so the results are
+   those of the weights as shipped;
+5. **the final model on the full splits**: every layer, both pixel controls (the palette at
+   the model's resolution, the native pixels), the multi-layer probe and the random-weights
+   twin, with the paired contrasts (``OUT/results.csv``, ``OUT/predictions.npz``). This comes
+   before the snapshots: if the call is cut off, the answer to "is the curve unimodal" is
+   already home;
+6. **every snapshot** on the main job's sample (``OUT/track.csv``, rewritten after each);
+7. **fine-tuning** for the time asked (rows appended to ``OUT/results.csv``).
+
+``OUT`` holds exactly: ``<name>/{model.safetensors, config.json, palette.npy, run.json,
+train_log.csv}`` (a checkpoint folder; ``run.json`` also carries the campaign's settings,
+plan, stage times and log, rewritten after every stage) and ``results.csv``, ``track.csv``,
+``predictions.npz``. Snapshots, caches and resumable checkpoints stay in the scratch folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from igpt_eval.analysis.campaign_plan import Plan, make_plan, model_config
+from igpt_eval.analysis.settings import CampaignSettings, TrackSettings
+from igpt_eval.analysis.track import track_runs
+from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data.palette import Palette
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import atomic_write, read_json, write_json
+from igpt_eval.model.checkpoint import load_model, save_model
+from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.igpt import IGPT
+from igpt_eval.predictions import Predictions, save_predictions
+from igpt_eval.probes.paired import DIFF, paired_rows
+from igpt_eval.probes.runner import probe_model
+from igpt_eval.probes.settings import ProbeSettings
+from igpt_eval.results import summary, to_frame
+from igpt_eval.train.finetune import FinetuneConfig
+from igpt_eval.train.finetune_runs import finetune_model
+from igpt_eval.train.pretrain import TrainConfig, Trainer
+from igpt_eval.train.runs import pretrain
+
+#: Untimed pilot steps before the timed ones: allocator and kernel selection settle.
+PILOT_WARMUP = 5
+OUT_FILES = ("results.csv", "track.csv", "predictions.npz")
+
+
+class Campaign:
+    """One campaign's run: ``Campaign(settings, out, work).run()``; see the module docstring.
+
+    ``out`` must not exist unless ``overwrite``; ``work`` is scratch (snapshots, caches,
+    checkpoints), cleared first when ``overwrite``."""
+
+    def __init__(
+        self,
+        settings: CampaignSettings,
+        out: str | Path,
+        work: str | Path,
+        *,
+        data_dir=None,
+        overwrite: bool = False,
+        progress: bool = True,
+        command: str | None = None,
+        dry_run: bool = False,
+    ):
+        settings.validate()
+        self.s, self.out, self.work = settings, Path(out), Path(work)
+        self.data_dir, self.progress, self.command = data_dir, progress, command
+        for path in (self.out, self.work):
+            if path.exists() and not overwrite:
+                raise IGPTError(f"{path} already exists; pass --overwrite to replace it")
+        # A dry run plans for the device asked for, present or not.
+        asked = settings.device if dry_run and settings.device != "auto" else None
+        self.device = asked or str(resolve_device(settings.device))
+        self.model_dir = self.out / settings.name
+        self.record: dict = {
+            "settings": _jsonable(dataclasses.asdict(settings)),
+            "device": None if dry_run else _device_name(self.device),
+            "torch": torch.__version__,
+            "command": command,
+            "status": "started",
+            "stages": {},
+            "log": [],
+        }
+        self._clear = overwrite
+
+    # ------------------------------------------------------------------ bookkeeping
+    def log(self, msg: str) -> None:
+        print(f"[campaign] {msg}", file=sys.stderr, flush=True)
+        self.record["log"].append(msg)
+
+    def _save_record(self, status: str) -> None:
+        self.record["status"] = status
+        path = self.model_dir / "run.json"
+        run = read_json(path) if path.is_file() else {}
+        write_json(path, {**run, "campaign": self.record})
+
+    def _stage(self, name: str, t0: float) -> None:
+        self.record["stages"][name] = round(time.perf_counter() - t0, 2)
+        self._save_record(f"{name} done")
+
+    # ------------------------------------------------------------------ stages
+    def data(self):
+        """Splits at the model's resolution, the palette, the tokens."""
+        s = self.s
+
+        def split(name):
+            return load_dataset(
+                s.dataset, split=name, n_px=s.n_px, data_dir=self.data_dir, seed=s.split_seed
+            )
+
+        train, val = split("train"), split("val")
+        palette = Palette.fit(train.images, s.vocab_size, seed=s.seed, progress=self.progress)
+        tok = [load_tokens(d, palette, self.work / "tokens", progress=self.progress)
+               for d in (train, val)]  # fmt: skip
+        return train, val, palette, tok[0].tokens, tok[1].tokens
+
+    def test_size(self) -> int:
+        """Images in the test split (for the plan)."""
+        ds = load_dataset(self.s.dataset, split="test", n_px=None, data_dir=self.data_dir)
+        return len(ds)
+
+    def pilot(self, cfg: IGPTConfig, train_cfg: TrainConfig, tr, va) -> tuple[float, float]:
+        """Seconds per training step and per validation, on a throwaway copy of the model."""
+        n = self.s.pilot_steps
+        torch.manual_seed(self.s.seed)
+        steps = PILOT_WARMUP + n
+        pilot_cfg = dataclasses.replace(train_cfg, steps=steps, snapshot_steps=())
+        trainer = Trainer(IGPT(cfg), tr, va, pilot_cfg, self.work / "pilot")
+        for _ in range(PILOT_WARMUP):
+            trainer.train_step()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            trainer.train_step()
+        _sync(self.device)
+        step_s = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        trainer.validate()
+        _sync(self.device)
+        return step_s, time.perf_counter() - t0
+
+    def dry_run(self) -> Plan:
+        """The plan, with an assumed step time (:data:`ASSUMED_RATE`), from the dataset's
+        split sizes: nothing is trained or written."""
+        s = self.s
+        sizes = tuple(
+            len(load_dataset(s.dataset, split=n, data_dir=self.data_dir, seed=s.split_seed))
+            for n in ("train", "val", "test")
+        )
+        return make_plan(s, sizes, self.device)
+
+    def run(self) -> Plan:
+        """Every stage in turn; returns the plan the pilot fixed."""
+        s, t_start = self.s, time.perf_counter()
+        if self._clear:
+            for path in [self.work, *(self.out / f for f in OUT_FILES), self.model_dir]:
+                _remove(path)
+        self.work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        train, val, palette, tr, va = self.data()
+        cfg = model_config(s)
+        sizes = (len(train), len(val), self.test_size())
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self._stage("data", t0)
+        self.log(f"data: {len(train):,} train / {len(val):,} val images at {s.n_px} px, "
+                 f"palette of {palette.k} colours, on {self.record['device']}")  # fmt: skip
+
+        t0 = time.perf_counter()
+        base = TrainConfig(
+            steps=1, batch_size=s.batch_size, lr=s.lr, grad_clip=s.grad_clip,
+            bf16=torch.device(self.device).type == "cuda", seed=s.seed,
+            eval_images=s.eval_images, device=self.device,
+        )  # fmt: skip
+        step_s, val_s = self.pilot(cfg, base, tr, va)
+        plan = make_plan(s, sizes, self.device, step_s, val_s,
+                         spent_seconds=time.perf_counter() - t0)  # fmt: skip
+        self.record["plan"] = _jsonable({**dataclasses.asdict(plan), "model": cfg.to_dict()})
+        for line in plan.lines():
+            self.log(line)
+        train_cfg = dataclasses.replace(
+            base, steps=plan.steps, eval_every=plan.eval_every,
+            checkpoint_every=max(1, plan.steps // 4), snapshot_steps=plan.snapshot_steps,
+        )  # fmt: skip
+        identity = {
+            "dataset": s.dataset, "split_seed": s.split_seed,
+            "train_fingerprint": train.fingerprint, "val_fingerprint": val.fingerprint,
+            "palette_hash": palette.hash, "command": self.command,
+        }  # fmt: skip
+        run_dir = self.work / "run"
+        res = pretrain(cfg, train_cfg, tr, va, run_dir, palette=palette, identity=identity,
+                       progress=self.progress)  # fmt: skip
+        self.record["training"] = _jsonable(res)
+        self.log(f"trained {plan.steps:,} steps in {res['seconds']:.0f} s: val loss "
+                 f"{res['val_loss']:.4f} nats/token")  # fmt: skip
+        self.ship(run_dir, plan)
+        self._stage("pretraining", t0)
+
+        t0 = time.perf_counter()
+        final = self.final_probes()
+        self._stage("final probes", t0)
+        t0 = time.perf_counter()
+        self.track(run_dir)
+        self._stage("snapshots", t0)
+        if s.finetune_min > 0:
+            t0 = time.perf_counter()
+            self.finetune(final, plan)
+            self._stage("fine-tuning", t0)
+        self.record["seconds"] = round(time.perf_counter() - t_start, 1)
+        self._save_record("done")
+        self.log(f"done in {self.record['seconds']:.0f} s -> {self.out}")
+        return plan
+
+    def ship(self, run_dir: Path, plan: Plan) -> None:
+        """The trained weights (bf16 when float32 would not fit a file), config, palette,
+        run record and training log into ``OUT/<name>``, before any probe."""
+        net = load_model(run_dir)
+        dtype = getattr(torch, plan.weight_dtype)
+        save_model(net, self.model_dir, Palette.load(run_dir / "palette.npy"), dtype=dtype)
+        run = read_json(run_dir / "run.json")
+        write_json(self.model_dir / "run.json", {**run, "campaign": self.record})
+        shutil.copyfile(run_dir / "train_log.csv", self.model_dir / "train_log.csv")
+
+    def _probe_settings(self, sizes) -> ProbeSettings:
+        return ProbeSettings(
+            train_size=sizes[0], val_size=sizes[1], test_size=sizes[2], device=self.device,
+            seed=self.s.seed,
+        )  # fmt: skip
+
+    def final_probes(self) -> pd.DataFrame:
+        """The shipped model on the final sample (default: the full splits) with every
+        control and contrast; ``OUT/results.csv`` and ``OUT/predictions.npz``."""
+        s = self.s
+        probe = self._probe_settings(s.final_sizes).replace(
+            native_pixels=True, concat_layers=s.concat_layers
+        )
+        twin = probe.replace(random_weights=True, pixels=False, native_pixels=False,
+                             concat_layers=None)  # fmt: skip
+        rows, predictions = [], Predictions()
+        for name, settings in (("model", probe), ("random-weights twin", twin)):
+            df, pred = probe_model(
+                self.model_dir, s.dataset, settings, data_dir=self.data_dir,
+                token_cache=self.work / "tokens", cache_dir=self.work / "activations" / name,
+                progress=self.progress, return_predictions=True,
+            )  # fmt: skip
+            rows.append(df[df.metric != DIFF])
+            predictions.update(pred)
+            if name == "model":
+                self.label = str(df.model.iloc[0])  # the name every result row carries
+            self.log(f"final probes, {name}: {_best_line(df)}")
+        df = to_frame(pd.concat(rows, ignore_index=True))
+        df = to_frame(pd.concat([df, to_frame(paired_rows(df, predictions, seed=s.seed))]))
+        self._write_csv(df, "results.csv")
+        save_predictions(predictions, self.out)
+        for r in df[df.metric == DIFF].itertuples():
+            self.log(f"{r.contrast}: {100 * r.value:+.2f} pp [{100 * r.ci_low:+.2f}, "
+                     f"{100 * r.ci_high:+.2f}], McNemar p = {r.p_value:.3g}")  # fmt: skip
+        return df
+
+    def track(self, run_dir: Path) -> pd.DataFrame:
+        """Every snapshot on the track sample; ``OUT/track.csv`` after each."""
+        s, frames = self.s, []
+        settings = TrackSettings(
+            dataset=s.dataset, train_size=s.track_sizes[0], val_size=s.track_sizes[1],
+            test_size=s.track_sizes[2], device=self.device, seed=s.seed, pixels=False,
+        )  # fmt: skip
+
+        def keep(df: pd.DataFrame) -> None:
+            frames.append(df)
+            self._write_csv(to_frame(pd.concat(frames, ignore_index=True)), "track.csv")
+
+        track_runs([run_dir], settings, progress=self.progress, log=self.log,
+                   data_dir=self.data_dir, token_cache=self.work / "tokens",
+                   cache_dir=self.work / "activations" / "track", on_snapshot=keep,
+                   name=s.name)  # fmt: skip
+        return pd.concat(frames, ignore_index=True)
+
+    def finetune(self, final: pd.DataFrame, plan: Plan) -> None:
+        """Fine-tune the shipped model for ``finetune_min`` minutes, the head on the layer
+        chosen on validation; its test rows are appended to ``OUT/results.csv``."""
+        s = self.s
+        best = summary(final[final.model == self.label])
+        layer = int(best[best.best].layer.iloc[0])
+        seconds = s.finetune_min * 60
+        # An upper bound only: the wall-clock cap ends the run (the rate is constant).
+        steps = max(10, math.ceil(3 * seconds / plan.step_seconds))
+        cfg = FinetuneConfig(
+            steps=steps, batch_size=s.finetune_batch, lr=s.finetune_lr, warmup_steps=100,
+            layer=layer, eval_every=s.finetune_eval_every, patience=4, eval_images=2000,
+            bf16=torch.device(self.device).type == "cuda", seed=s.seed, device=self.device,
+            max_seconds=seconds,
+        )  # fmt: skip
+        df = finetune_model(self.model_dir, s.dataset, self.work / "finetune", cfg,
+                            data_dir=self.data_dir, token_cache=self.work / "tokens",
+                            progress=self.progress, command=self.command)  # fmt: skip
+        self._write_csv(to_frame(pd.concat([final, df], ignore_index=True)), "results.csv")
+        acc = df[(df.split == "test") & (df.metric == "accuracy")]
+        if len(acc):
+            self.log(f"fine-tuned (head on layer {layer}): test {100 * acc.value.iloc[0]:.2f}%")
+
+    def _write_csv(self, df: pd.DataFrame, name: str) -> None:
+        with atomic_write(self.out / name, "w") as f:
+            df.to_csv(f, index=False)
+
+
+def _best_line(df: pd.DataFrame) -> str:
+    s = summary(df[df.metric != DIFF])
+    b, last = s[s.best].iloc[0], s[s["last"]].iloc[0]
+    return (f"best layer (val) {b.layer}: test {100 * b.test_acc:.2f}%, last layer "
+            f"{100 * last.test_acc:.2f}%")  # fmt: skip
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, list | tuple):
+        return [_jsonable(v) for v in d]
+    if isinstance(d, float) and not math.isfinite(d):
+        return None
+    return d

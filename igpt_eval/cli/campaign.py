@@ -1,0 +1,100 @@
+"""``igpt-eval campaign``: pretrain for a wall-clock budget, then probe, track and fine-tune,
+into one small folder (:mod:`igpt_eval.analysis.campaign`; docs/campaign.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+from igpt_eval.analysis.settings import SMOKE_CAMPAIGN, CampaignSettings
+from igpt_eval.cli.common import command_line, subcommand
+
+
+def positive_minutes(text: str) -> float:
+    """An argparse type: a finite number of minutes > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
+
+
+def minutes(text: str) -> float:
+    """An argparse type: a finite number of minutes >= 0."""
+    return 0.0 if text.strip() in ("0", "0.0") else positive_minutes(text)
+
+
+@subcommand
+def _add_campaign(sub) -> None:
+    d = CampaignSettings()
+    p = sub.add_parser(
+        "campaign",
+        help="pretrain for a wall-clock budget, then probe, track and fine-tune (a GPU call)",
+        description="One process: fit a palette, time a few training steps, pretrain an AR "
+        "model for the budget, write its weights, probe every layer on the full splits with "
+        "every control and the random-weights twin, probe every snapshot, fine-tune for the "
+        "time left. OUT ends with at most 8 files of at most 16 MiB.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for the results (new)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="scratch folder for snapshots, caches, checkpoints (default: OUT.work beside OUT)",
+    )
+    p.add_argument(
+        "--budget-min", type=positive_minutes, default=d.budget_min,
+        help="pretraining wall clock in minutes, the throughput pilot included",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-min", type=minutes, default=d.finetune_min,
+        help="fine-tuning wall clock in minutes (0: no fine-tuning)",
+    )  # fmt: skip
+    p.add_argument("--name", default=d.name, help="the model's name (its folder in OUT)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="folder holding Fashion-MNIST's files (default: $IGPT_EVAL_DATA, ./data, "
+        "/usr/share/datasets/fashion-mnist)",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the plan; train nothing")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the same code path at a tiny size on the CPU, in seconds (a check, not a model)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT and the scratch folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device", dest="campaign_device", default=None,
+        help=f"auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+        f"(default {d.device}; with --smoke, cpu); a dry run plans for the device named, "
+        "present or not",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_campaign)
+
+
+def _cmd_campaign(args) -> int:
+    from igpt_eval.analysis.campaign import Campaign
+
+    base = SMOKE_CAMPAIGN if args.smoke else CampaignSettings()
+    given = {"name": args.name}
+    if not args.smoke:  # the smoke size keeps its own budgets
+        given |= {"budget_min": args.budget_min, "finetune_min": args.finetune_min}
+    if args.campaign_device is not None:  # a smoke run on a GPU checks the GPU path
+        given["device"] = args.campaign_device
+    settings = dataclasses.replace(base, **given)
+    work = args.work or args.out.with_name(args.out.name + ".work")
+    campaign = Campaign(
+        settings, args.out, work, data_dir=args.data_dir, overwrite=args.overwrite,
+        progress=not args.no_progress, command=command_line(args), dry_run=args.dry_run,
+    )  # fmt: skip
+    if args.dry_run:
+        for line in campaign.dry_run().lines():
+            print(line)
+    else:
+        campaign.run()
+    return 0
