@@ -7,6 +7,7 @@ without importing the studies.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from igpt_eval.defaults import (
@@ -134,6 +135,16 @@ class CampaignSettings:
             raise IGPTError("pilot steps, snapshots and evaluations must be >= 1")
         if self.n_embd % self.n_head:
             raise IGPTError(f"width {self.n_embd} is not divisible by {self.n_head} heads")
+
+    def replace(self, **changes) -> CampaignSettings:
+        """A copy with ``changes`` (field names; lists become tuples, as JSON gives them);
+        an unknown name is one clear error."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise IGPTError(f"no campaign setting named {unknown[0]!r}; see docs/campaign.md")
+        changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        return dataclasses.replace(self, **changes)
 
 
 #: ``igpt-eval campaign --smoke``: the same code path at a size that runs in seconds on a CPU.

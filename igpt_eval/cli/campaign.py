@@ -4,12 +4,13 @@ into one small folder (:mod:`igpt_eval.analysis.campaign`; docs/campaign.md)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
 from igpt_eval.analysis.settings import SMOKE_CAMPAIGN, CampaignSettings
 from igpt_eval.cli.common import command_line, subcommand
+from igpt_eval.errors import IGPTError
+from igpt_eval.io import read_json
 
 
 def positive_minutes(text: str) -> float:
@@ -47,18 +48,24 @@ def _add_campaign(sub) -> None:
         help="scratch folder for snapshots, caches, checkpoints (default: OUT.work beside OUT)",
     )
     p.add_argument(
-        "--budget-min", type=positive_minutes, default=d.budget_min,
-        help="pretraining wall clock in minutes, the throughput pilot included",
+        "--budget-min", type=positive_minutes, default=None,
+        help=f"pretraining wall clock in minutes, the throughput pilot included (default "
+        f"{d.budget_min:g})",
     )  # fmt: skip
     p.add_argument(
-        "--finetune-min", type=minutes, default=d.finetune_min,
-        help="fine-tuning wall clock in minutes (0: no fine-tuning)",
+        "--finetune-min", type=minutes, default=None,
+        help=f"fine-tuning wall clock in minutes, 0 for none (default {d.finetune_min:g})",
     )  # fmt: skip
-    p.add_argument("--name", default=d.name, help="the model's name (its folder in OUT)")
+    p.add_argument("--name", default=None, help=f"the model's folder in OUT (default {d.name})")
     p.add_argument(
         "--data-dir", type=Path, default=None,
         help="folder holding Fashion-MNIST's files (default: $IGPT_EVAL_DATA, ./data, "
         "/usr/share/datasets/fashion-mnist)",
+    )  # fmt: skip
+    p.add_argument(
+        "--settings", type=Path, default=None, metavar="JSON",
+        help="a JSON object of campaign settings to change (CampaignSettings' fields: shape, "
+        "recipe, sample sizes; docs/campaign.md), applied before the flags",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan; train nothing")
     p.add_argument(
@@ -81,12 +88,17 @@ def _cmd_campaign(args) -> int:
     from igpt_eval.analysis.campaign import Campaign
 
     base = SMOKE_CAMPAIGN if args.smoke else CampaignSettings()
-    given = {"name": args.name}
-    if not args.smoke:  # the smoke size keeps its own budgets
-        given |= {"budget_min": args.budget_min, "finetune_min": args.finetune_min}
-    if args.campaign_device is not None:  # a smoke run on a GPU checks the GPU path
-        given["device"] = args.campaign_device
-    settings = dataclasses.replace(base, **given)
+    if args.settings is not None:
+        changes = read_json(args.settings)
+        if not isinstance(changes, dict):
+            raise IGPTError(f"{args.settings} must hold a JSON object of campaign settings")
+        base = base.replace(**changes)
+    # Flags given win over the settings file; --device also with --smoke (a GPU smoke run
+    # checks the GPU path).
+    flags = dict(name=args.name, budget_min=args.budget_min, finetune_min=args.finetune_min,
+                 device=args.campaign_device)  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings = base.replace(**given)
     work = args.work or args.out.with_name(args.out.name + ".work")
     campaign = Campaign(
         settings, args.out, work, data_dir=args.data_dir, overwrite=args.overwrite,
