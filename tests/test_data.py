@@ -125,6 +125,24 @@ def test_fashion_mnist_idx(tmp_path):
     assert tv.classes[0] == "T-shirt/top" and tv.n_px == 28
 
 
+def test_fashion_mnist_xz_reads_as_gzip(tmp_path):
+    import lzma
+
+    gz, xz = tmp_path / "gz", tmp_path / "xz"
+    write_fashion(gz)
+    xz.mkdir()
+    for f in gz.iterdir():
+        (xz / f.name.replace(".gz", ".xz")).write_bytes(
+            lzma.compress(gzip.decompress(f.read_bytes()))
+        )
+    a = load_dataset("fashion-mnist", split="test", data_dir=gz)
+    b = load_dataset("fashion-mnist", split="test", data_dir=xz)
+    assert np.array_equal(a.images, b.images) and a.fingerprint == b.fingerprint
+    (xz / "t10k-labels-idx1-ubyte.xz").write_bytes(b"not xz")
+    with pytest.raises(IGPTError, match="cannot read IDX"):
+        load_dataset("fashion-mnist", split="test", data_dir=xz)
+
+
 def test_fashion_mnist_bad_magic(tmp_path):
     write_fashion(tmp_path)
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:

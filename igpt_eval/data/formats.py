@@ -8,6 +8,7 @@ malformed file, naming the file and what was expected.
 from __future__ import annotations
 
 import gzip
+import lzma
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,8 @@ _IDX_READ: dict[tuple, np.ndarray] = {}
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): magic ``00 00 <type> <ndim>``, then ``ndim``
-    big-endian uint32 sizes, then the data (only unsigned bytes, type 0x08, are needed)."""
+    """Read an IDX file (plain, gzipped or xz-compressed): magic ``00 00 <type> <ndim>``,
+    then ``ndim`` big-endian uint32 sizes, then the data (only unsigned bytes, type 0x08)."""
     try:
         st = path.stat()
         key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
@@ -88,11 +89,12 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _decode_idx(path: Path) -> np.ndarray:
     """The array in IDX file ``path`` (see :func:`read_idx`)."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    # xz: the same bytes in 26 MB instead of gzip's 31, for a copy that must travel small.
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, lzma.LZMAError) as e:
         raise IGPTError(f"cannot read IDX file {path}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise IGPTError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
@@ -132,14 +134,14 @@ _FASHION_FILES = {
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
+    for name in (stem + ".gz", stem + ".xz", stem):
         if (folder / name).is_file():
             return folder / name
     return None
 
 
 def read_fashion_mnist(folders: list[Path]) -> Source:
-    """Fashion-MNIST from the first folder holding all four IDX files (gzipped or not)."""
+    """Fashion-MNIST from the first folder holding all four IDX files (plain, .gz or .xz)."""
     for folder in folders:
         files = {key: _find_file(folder, stem) for key, stem in _FASHION_FILES.items()}
         if all(files.values()):
