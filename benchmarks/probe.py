@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpt_eval.cache.extraction import extract_split, open_model
+from igpt_eval.cache.extraction import extract_split
 from igpt_eval.defaults import BERT_MASKS
 from igpt_eval.model.head import feature_scale
+from igpt_eval.model.loading import open_model
 from igpt_eval.probes import COARSE_CS, fit_grid, fit_path
 from igpt_eval.probes.backends import fit_cuml, fit_sklearn
 from igpt_eval.probes.runner import DEFAULT_MODEL, load_features

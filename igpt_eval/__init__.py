@@ -31,6 +31,7 @@ _LAZY = {
     "resolve_model": "igpt_eval.model.sources",
     "summary": "igpt_eval.results",
     "track_runs": "igpt_eval.analysis.track",
+    "write_comparison": "igpt_eval.reporting.comparison",
     "IGPT": "igpt_eval.model",
     "IGPTConfig": "igpt_eval.model",
     "ImageDataset": "igpt_eval.data",

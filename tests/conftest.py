@@ -92,19 +92,21 @@ def tiny_comparison(tiny_pair):
     import torch
 
     from igpt_eval.analysis.compare import compare_models
+    from igpt_eval.reporting.comparison import write_comparison
 
     root, ar, bert, npz = tiny_pair
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return compare_models(
+        c = compare_models(
             [ar, bert],
             f"npz:{npz}",
-            out=root / "cmp",
             cache_dir=root / "acts",
             token_cache=root / "runs/cache/tokens",
             progress=False,
         )
+        write_comparison(c, root / "cmp")
+        return c
     finally:
         torch.set_num_threads(n)
 

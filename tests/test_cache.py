@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from igpt_eval.cache import ActivationCache, row_masks, state_dict_hash, write_cache
+from igpt_eval.cache import ActivationCache, row_masks, write_cache
 from igpt_eval.cache import writer as cache_writer
 from igpt_eval.cache.manifest import masking
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.loading import state_dict_hash
 
 N, T = 37, 64  # 37 rows: the last batch of 8 is partial
 

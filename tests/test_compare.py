@@ -15,7 +15,7 @@ from igpt_eval.cli import build_parser, main
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.sources import resolve_model
-from igpt_eval.reporting.tables import load_cka, load_models
+from igpt_eval.reporting.tables import comparison_table, load_cka, load_models
 from igpt_eval.results import COLUMNS, load_predictions, load_results
 
 
@@ -105,7 +105,7 @@ def test_paired_rows_and_predictions(compared, tiny_pair, names):
     assert ((diffs.p_value > 0) & (diffs.p_value <= 1)).all()
     # Each difference is the difference of the two test rows it names; "best" is on val.
     acc = test.set_index(["model", "probe", "layer"]).value
-    t = compared.table.set_index("model")
+    t = comparison_table(compared.results).set_index("model")
     for r in diffs.itertuples():
         b = acc[(r.model, r.probe, r.layer)] - acc[(r.vs_model, r.vs_probe, int(r.vs_layer))]
         assert r.value == pytest.approx(b)
@@ -131,7 +131,7 @@ def test_cka_table(compared, tiny_pair, names):
 def test_table_and_files(compared, tiny_pair, names):
     AR, BERT = names
     root = tiny_pair[0]
-    t = compared.table.set_index("model")
+    t = comparison_table(compared.results).set_index("model")
     assert list(t.index) == [AR, BERT, "pixels", "pixels_native"]
     s = t.loc[BERT]
     assert s.gap_pp == pytest.approx(100 * (s.best_acc - s.last_acc))

@@ -339,7 +339,7 @@ def test_compare_cli_flags(tiny_pair, tiny_comparison, capsys, monkeypatch):
     table = pd.read_csv(root / "cli-flags/tables/comparison.csv").set_index("model")
     assert table.loc[AR, "concat_site"].startswith("concat(")
     # The default run (the fixture) probed the twins and the native pixels.
-    t = tiny_comparison.table.set_index("model")
+    t = comparison_table(tiny_comparison.results).set_index("model")
     r = tiny_comparison.results
     twin = summary(r[(r.model == random_twin(BERT)) & (r.probe == "lbfgs")])
     assert t.loc[BERT, "random_best_layer"] == twin[twin.best].layer.iloc[0]

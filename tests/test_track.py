@@ -163,8 +163,8 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
     import torch
     from safetensors.torch import load_file
 
-    from igpt_eval.cache.extraction import open_model
     from igpt_eval.model.igpt import IGPT
+    from igpt_eval.model.loading import open_model
 
     b = runs[3]  # trained with --seed 1
     step0 = load_file(b / "snapshots" / "step-000000" / "model.safetensors")

@@ -2,8 +2,7 @@
 
 What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly::
 
-    c = compare_models(["models/fmnist-ar", "models/fmnist-bert"], out="runs/compare")
-    c.table          # best layer / best accuracy / last-layer accuracy / gap, per model
+    c = compare_models(["models/fmnist-ar", "models/fmnist-bert"])
     c.results        # tidy rows (probe = "lbfgs", "knn", "pixels", ...), results.COLUMNS first
     c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
     c.predictions    # per-example test predictions of every probe (results.Predictions)
@@ -26,7 +25,7 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   n_px must match); ``layer = 0``.
 - **Random-weights control** (``random_control``, on by default): each model's twin, the
   same architecture at the initialisation its run started from
-  (:func:`igpt_eval.cache.extraction.open_model` with ``random_weights``), probed alike: same
+  (:func:`igpt_eval.model.loading.open_model` with ``random_weights``), probed alike: same
   protocol, splits and training sample, its own activation caches (cached like the
   others). Its rows are named ``"<model> (random weights)"``; no kNN or CKA for it.
 - **Multi-layer probe** (``concat_layers`` = K, off by default): per model, the K layers
@@ -37,15 +36,13 @@ train/val/test split), and the kNN and CKA analyses read the same activation cac
   model A best − model B best for each pair, with paired bootstrap 95% CIs and McNemar's
   exact p-values (``metric = "accuracy_diff"`` rows).
 
-Output folder: ``results.parquet``/``.csv`` (the tidy table), ``predictions.npz`` (the
-per-example test predictions, see :mod:`igpt_eval.results`), ``cka/cka.parquet``/``.csv``,
-``tables/comparison.md``/``.csv``, ``depth_curve.png``/``.svg`` and ``models.json`` (where
-each model lives, for ``igpt-eval report``'s training curves and palette).
+:func:`igpt_eval.reporting.comparison.write_comparison` writes a comparison's files and
+figure; its table is :func:`igpt_eval.reporting.tables.comparison_table` of the results.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +51,7 @@ from igpt_eval.analysis.layers import cka_rows, knn_rows
 from igpt_eval.cache import ActivationCache
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, file_hash, write_json
+from igpt_eval.io import file_hash
 from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_seed
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
@@ -68,21 +65,11 @@ from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
 from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.probes.runner import probe_model, provenance
 from igpt_eval.probes.settings import ProbeSettings
-from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours, save_figure
-from igpt_eval.reporting.tables import (
-    MODELS_FILE,
-    comparison_table,
-    concat_summaries,
-    probe_summaries,
-    random_summaries,
-    table_markdown,
-)
 from igpt_eval.results import (
     PIXEL_CONTROLS,
     Predictions,
     bare_name,
     model_names,
-    save_results,
     to_frame,
 )
 
@@ -122,10 +109,8 @@ class Comparison:
 
     results: pd.DataFrame
     cka: pd.DataFrame
-    table: pd.DataFrame
     models: list[ModelInfo]
     predictions: Predictions | None = None
-    files: list[Path] = field(default_factory=list)
 
 
 def model_info(model, dataset: str | None = None) -> ModelInfo:
@@ -225,30 +210,12 @@ def pixel_rows(
     return (rows, pred) if return_predictions else rows
 
 
-# --------------------------------------------------------------------------- files
-def save_comparison(c: Comparison, out: str | Path) -> list[Path]:
-    """Write the results, CKA and table files of a comparison into ``out``."""
-    out = Path(out)
-    files = [
-        save_results(c.results, out, predictions=c.predictions),
-        save_results(c.cka, out / "cka", stem="cka"),
-    ]
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "tables/comparison.csv", "w") as f:
-        c.table.to_csv(f, index=False)
-    with atomic_write(out / "tables/comparison.md", "w") as f:
-        f.write(table_markdown(c.table) + "\n")
-    write_json(out / MODELS_FILE, {m.name: m.to_json() for m in c.models})
-    return files + [out / "tables/comparison.md", out / MODELS_FILE]
-
-
 # --------------------------------------------------------------------------- driver
 def compare_models(
     models=DEFAULT_MODELS,
     dataset: str | None = None,
     settings: ProbeSettings | None = None,
     *,
-    out: str | Path | None = None,
     cache_dir: str | Path | None = None,
     data_dir=None,
     token_cache=None,
@@ -261,9 +228,8 @@ def compare_models(
 ) -> Comparison:
     """Probe every layer of each model, run kNN and CKA on the same caches, probe the
     controls (the pixel baseline; with ``native_pixels`` the native-resolution pixels; with
-    ``random_control`` each model's random-weights twin), with ``concat_layers`` = K the
-    multi-layer probe of each model, and (with ``out``) write every file and the
-    depth-curve figure.
+    ``random_control`` each model's random-weights twin), and with ``concat_layers`` = K the
+    multi-layer probe of each model.
 
     ``settings`` (a :class:`~igpt_eval.probes.settings.ProbeSettings`; default: its
     defaults, as ``probe_model``'s) with ``changes``, its
@@ -335,19 +301,5 @@ def compare_models(
     diffs = to_frame(paired_rows(results, predictions, seed=s.seed))
     results = to_frame(pd.concat([results, diffs], ignore_index=True))
     cka = cka_rows(test_caches, dataset_name, max_rows=cka_max_rows, seed=s.seed)
-    c = Comparison(results, cka, comparison_table(results), infos, predictions)
-    if out is not None:
-        out = Path(out)
-        c.files = save_comparison(c, out)
-        summaries = probe_summaries(results)
-        drawn = depth_curve(
-            summaries,
-            relative=True,
-            baseline=baselines_of(results),
-            colours=model_colours(list(summaries)),
-            random=random_summaries(results),
-            concat=concat_summaries(results),
-            title=f"linear probes of every layer on {dataset_name} ({s.site})",
-        )
-        c.files += save_figure(drawn, out / "depth_curve")
+    c = Comparison(results, cka, infos, predictions)
     return c

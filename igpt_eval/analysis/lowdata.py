@@ -33,16 +33,15 @@ import numpy as np
 
 from igpt_eval import defaults
 from igpt_eval.analysis.settings import LowDataConfig
-from igpt_eval.cache import ActivationCache, read_manifest, state_dict_hash, write_cache
-from igpt_eval.cache.extraction import open_model
+from igpt_eval.cache import ActivationCache, read_manifest, write_cache
 from igpt_eval.cache.manifest import masking
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import array_hash, atomic_write, read_json, write_json
+from igpt_eval.io import array_hash, read_json, write_json
+from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
 from igpt_eval.probes.protocol import Features, probe_lbfgs
-from igpt_eval.reporting.lowdata import lowdata_table
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import run_finetune
@@ -148,11 +147,7 @@ def lowdata_study(
                     rows += _finetune(m, (tr, te, test_rows), (a, b), extra, cfg, run_dir,
                                       progress)  # fmt: skip
                     flush()
-    df = flush()
-
-    with atomic_write(out / "lowdata.md", "w") as f:
-        f.write(lowdata_table(df) + "\n")
-    return df
+    return flush()
 
 
 # ------------------------------------------------------------------ pieces

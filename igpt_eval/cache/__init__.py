@@ -42,8 +42,7 @@ the same files; after each round of ``world`` batches all ranks meet at a barrie
 commits the round. Rank 0 creates the files and holds the lock.
 """
 
-from igpt_eval.cache.extraction import extract, extract_split, open_model
-from igpt_eval.cache.manifest import state_dict_hash
+from igpt_eval.cache.extraction import extract, extract_split
 from igpt_eval.cache.reader import FORMAT, ActivationCache, read_manifest
 from igpt_eval.cache.writer import row_masks, write_cache
 
@@ -52,9 +51,7 @@ __all__ = [
     "ActivationCache",
     "extract",
     "extract_split",
-    "open_model",
     "read_manifest",
     "row_masks",
-    "state_dict_hash",
     "write_cache",
 ]

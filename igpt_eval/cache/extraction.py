@@ -19,60 +19,15 @@ import sys
 
 import numpy as np
 
-from igpt_eval.cache.manifest import state_dict_hash
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
 from igpt_eval.data.splits import stratified_split
 from igpt_eval.defaults import BERT_MASKS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
-from igpt_eval.model.devices import resolve_compute, resolve_device
-from igpt_eval.model.igpt import IGPT
-from igpt_eval.model.sources import ModelSource, load_source, resolve_model
+from igpt_eval.model.devices import resolve_compute
+from igpt_eval.model.loading import open_model, run_defaults, state_dict_hash
 from igpt_eval.train import distributed as dist
-
-
-def open_model(model, palette=None, device="cpu", *, random_weights: bool = False):
-    """``(IGPT, Palette, identity)`` for a model named any way
-    :func:`igpt_eval.model.sources.resolve_model` takes (a checkpoint folder, a Hugging Face
-    ImageGPT folder, ``hf:OWNER/NAME[@REVISION]``), or an in-memory model.
-
-    ``identity`` holds the model's name, its weight files' hash, the Hub repository and
-    commit when it came from there, and the dataset and split seed of the run that trained
-    it (from ``run.json``) when known. ``random_weights`` replaces the weights by the
-    initialisation its run started from (:meth:`IGPT.initialised` with the run's seed, 0
-    for a model not trained here): the same architecture, untrained, the control every
-    probe result should beat.
-    """
-    device = resolve_device(device)
-    if isinstance(model, str | os.PathLike | ModelSource):
-        source = resolve_model(model)
-        loaded, own_palette, ident = load_source(source, device)
-        if palette is None:
-            palette = own_palette
-            if palette is None:
-                where = "palette.npy" if source.is_checkpoint else "preprocessor_config.json"
-                raise IGPTError(f"{source.spec} has no {where}; the model's colours are unknown")
-        model = loaded
-        if random_weights:
-            seed = ident["run_seed"]
-            model = IGPT.initialised(loaded.config, seed).to(device).eval()
-            ident["model"] = f"{source.spec} (random weights, seed {seed})"
-            ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
-        ident["name"] = source.label  # the model column of its results
-    else:
-        if random_weights:
-            raise IGPTError("random_weights needs a model folder or Hub name (its config)")
-        model = model.to(device).eval()
-        ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
-    if palette is None:
-        raise IGPTError("give the palette the model was trained with (palette=...)")
-    if palette.k != model.config.vocab_size:
-        raise IGPTError(
-            f"the palette has {palette.k} colours but the model's vocabulary is "
-            f"{model.config.vocab_size}"
-        )
-    return model, palette, ident
 
 
 def extract(
@@ -207,17 +162,6 @@ _WRITE_DEFAULTS = {
     for name, p in inspect.signature(write_cache).parameters.items()
     if p.kind is p.KEYWORD_ONLY and name not in ("identity", "overwrite", "progress")
 }
-
-
-def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
-    """``(dataset, split_seed)`` a model is read on: those given, else those of the run
-    that trained it (``ident`` from :func:`open_model`), else (the seed) 0."""
-    if dataset is None:
-        dataset = ident.get("run_dataset")
-        if dataset is None:
-            raise IGPTError("no dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
-    return dataset, seed
 
 
 def subset_rows(labels, n: int, seed: int):

@@ -17,6 +17,7 @@ import torch
 from igpt_eval.cache.reader import DTYPES, FORMAT, VERSION
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
+from igpt_eval.model.loading import state_dict_hash
 from igpt_eval.model.sites import check_kind, check_layers, site_name, valid_layers
 from igpt_eval.train import distributed as dist
 
@@ -40,31 +41,6 @@ _IDENTITY = {
     "full_sequence": "full-sequence layer",
     "compute": "compute precision",
 }
-
-
-def state_dict_hash(model: torch.nn.Module) -> str:
-    """SHA-256 (first 16 hex) of a model's parameters: names, dtypes, shapes and bytes.
-
-    Unlike the checkpoint file's hash this is the same however the weights were loaded, so a
-    cache made from ``load_model(dir)`` in a notebook is recognised by the CLI and vice versa.
-    """
-    state = model.state_dict()
-    # Memoised on the model while no tensor changed (a tensor's version counter moves on
-    # every in-place write): extraction asks once per split, and iGPT-L is 5 GB to hash.
-    key = tuple(
-        (name, t.data_ptr(), str(t.device), t._version) for name, t in sorted(state.items())
-    )
-    memo = getattr(model, "_igpt_state_hash", None)
-    if memo is not None and memo[0] == key:
-        return memo[1]
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    digest = h.hexdigest()[:16]
-    object.__setattr__(model, "_igpt_state_hash", (key, digest))
-    return digest
 
 
 def masking(objective: str, bert_masks: int, seed: int | None) -> dict:

@@ -89,7 +89,7 @@ def write_cache(
     space there: too little is one :class:`IGPTError` and nothing is written.
 
     ``identity`` describes the inputs for the manifest: ``model`` (a name), ``weights_hash``
-    (the checkpoint file's hash; default: :func:`~igpt_eval.cache.manifest.state_dict_hash`),
+    (the checkpoint file's hash; default: :func:`~igpt_eval.model.loading.state_dict_hash`),
     ``palette_hash``, ``dataset``, ``split`` and ``dataset_fingerprint`` (default: a hash of
     tokens and labels).
     Returns the opened cache. See the module docstring for resumption and reuse rules.

@@ -80,7 +80,8 @@ def _add_compare(sub) -> None:
 def _cmd_compare(args) -> int:
     from igpt_eval.analysis.compare import compare_models
     from igpt_eval.probes.settings import ProbeSettings
-    from igpt_eval.reporting.tables import table_markdown
+    from igpt_eval.reporting.comparison import write_comparison
+    from igpt_eval.reporting.tables import comparison_table, table_markdown
 
     if args.cka_rows < 2:
         raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")
@@ -106,7 +107,6 @@ def _cmd_compare(args) -> int:
         models,
         args.dataset,
         settings,
-        out=args.out,
         cache_dir=args.cache,
         data_dir=args.data_dir,
         knn_k=args.knn_k,
@@ -115,9 +115,10 @@ def _cmd_compare(args) -> int:
         random_control=args.random_weights,
         progress=not args.no_progress,
     )
+    write_comparison(c, args.out)
     ds = c.results.dataset.iloc[0]
     print(f"comparison on {ds} (test accuracy; best layer chosen on validation):")
-    print(table_markdown(c.table))
+    print(table_markdown(comparison_table(c.results)))
     print(f"results: {args.out / 'results.parquet'} (+ .csv, cka/, tables/, depth_curve.png)")
     print(f"next: igpt-eval report --results {args.out} --out reports/")
     return 0

@@ -107,8 +107,9 @@ def _add_extract(sub) -> None:
 
 
 def _cmd_extract(args) -> int:
-    from igpt_eval.cache.extraction import extract_split, open_model
+    from igpt_eval.cache.extraction import extract_split
     from igpt_eval.cli.probe import parse_layers
+    from igpt_eval.model.loading import open_model
     from igpt_eval.train import distributed as dist
 
     layers = parse_layers(args.layers)

@@ -275,6 +275,7 @@ def _add_lowdata(sub) -> None:
 
 def _cmd_lowdata(args) -> int:
     from igpt_eval.analysis.lowdata import LowDataConfig, lowdata_study
+    from igpt_eval.io import atomic_write
     from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
     from igpt_eval.train.malloc import keep_freed_memory
@@ -296,6 +297,8 @@ def _cmd_lowdata(args) -> int:
         progress=not args.no_progress,
     )
     table = lowdata_table(df)
+    with atomic_write(args.out / "lowdata.md", "w") as f:
+        f.write(table + "\n")
     files = save_figure(lowdata_figure(df), args.out / "lowdata")
     print(table)
     print(f"results: {args.out / 'results.parquet'} (+ .csv, lowdata.md); figure: {files[0]}")

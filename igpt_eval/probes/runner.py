@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.cache.extraction import extract_split, open_model, run_defaults
+from igpt_eval.cache.extraction import extract_split
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows

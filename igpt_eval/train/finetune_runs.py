@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpt_eval.cache.extraction import open_model, run_defaults
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, lowdata_split
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sites import site_name
 from igpt_eval.results import (
     Predictions,

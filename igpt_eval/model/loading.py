@@ -1,0 +1,100 @@
+"""Opening a model for use: the network, its palette and its identity.
+
+:func:`open_model` takes a model named any way :func:`~igpt_eval.model.sources.resolve_model`
+takes (or an in-memory :class:`~igpt_eval.model.igpt.IGPT`) and returns what every stage that
+runs one needs: the network on its device, the palette its tokens come from, and the identity
+that caches and results record (name, weights hash, the run's dataset and split seed).
+:func:`state_dict_hash` is the weights' identity however they were loaded, and
+:func:`run_defaults` the dataset and split seed a model is read on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+from igpt_eval.errors import IGPTError
+from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.sources import ModelSource, load_source, resolve_model
+
+
+def open_model(model, palette=None, device="cpu", *, random_weights: bool = False):
+    """``(IGPT, Palette, identity)`` for a model named any way
+    :func:`igpt_eval.model.sources.resolve_model` takes (a checkpoint folder, a Hugging Face
+    ImageGPT folder, ``hf:OWNER/NAME[@REVISION]``), or an in-memory model.
+
+    ``identity`` holds the model's name, its weight files' hash, the Hub repository and
+    commit when it came from there, and the dataset and split seed of the run that trained
+    it (from ``run.json``) when known. ``random_weights`` replaces the weights by the
+    initialisation its run started from (:meth:`IGPT.initialised` with the run's seed, 0
+    for a model not trained here): the same architecture, untrained, the control every
+    probe result should beat.
+    """
+    device = resolve_device(device)
+    if isinstance(model, str | os.PathLike | ModelSource):
+        source = resolve_model(model)
+        loaded, own_palette, ident = load_source(source, device)
+        if palette is None:
+            palette = own_palette
+            if palette is None:
+                where = "palette.npy" if source.is_checkpoint else "preprocessor_config.json"
+                raise IGPTError(f"{source.spec} has no {where}; the model's colours are unknown")
+        model = loaded
+        if random_weights:
+            seed = ident["run_seed"]
+            model = IGPT.initialised(loaded.config, seed).to(device).eval()
+            ident["model"] = f"{source.spec} (random weights, seed {seed})"
+            ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
+        ident["name"] = source.label  # the model column of its results
+    else:
+        if random_weights:
+            raise IGPTError("random_weights needs a model folder or Hub name (its config)")
+        model = model.to(device).eval()
+        ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
+    if palette is None:
+        raise IGPTError("give the palette the model was trained with (palette=...)")
+    if palette.k != model.config.vocab_size:
+        raise IGPTError(
+            f"the palette has {palette.k} colours but the model's vocabulary is "
+            f"{model.config.vocab_size}"
+        )
+    return model, palette, ident
+
+
+def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
+    """``(dataset, split_seed)`` a model is read on: those given, else those of the run
+    that trained it (``ident`` from :func:`open_model`), else (the seed) 0."""
+    if dataset is None:
+        dataset = ident.get("run_dataset")
+        if dataset is None:
+            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+    seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
+    return dataset, seed
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex) of a model's parameters: names, dtypes, shapes and bytes.
+
+    Unlike the checkpoint file's hash this is the same however the weights were loaded, so a
+    cache made from ``load_model(dir)`` in a notebook is recognised by the CLI and vice versa.
+    """
+    state = model.state_dict()
+    # Memoised on the model while no tensor changed (a tensor's version counter moves on
+    # every in-place write): extraction asks once per split, and iGPT-L is 5 GB to hash.
+    key = tuple(
+        (name, t.data_ptr(), str(t.device), t._version) for name, t in sorted(state.items())
+    )
+    memo = getattr(model, "_igpt_state_hash", None)
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    digest = h.hexdigest()[:16]
+    object.__setattr__(model, "_igpt_state_hash", (key, digest))
+    return digest
