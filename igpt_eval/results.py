@@ -18,22 +18,13 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.names import (  # noqa: F401 - public here too
+from igpt_eval.names import (
     CONCAT,
     PIXEL_CONTROLS,
-    PIXELS,
-    PIXELS_NATIVE,
-    RANDOM_SUFFIX,
     bare_name,
-    model_names,
-    random_twin,
-    trained_of,
 )
-from igpt_eval.predictions import (  # noqa: F401 - public here too
-    PREDICTIONS_FILE,
+from igpt_eval.predictions import (
     Predictions,
-    load_predictions,
-    prediction_key,
     save_predictions,
 )
 

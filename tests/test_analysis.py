@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci, cka_matrix, knn_accuracy, linear_cka
+from igpt_eval.analysis.stats import cka_matrix, knn_accuracy, linear_cka
 from igpt_eval.errors import IGPTError
+from igpt_eval.stats import bootstrap_accuracy_ci
 
 
 # --------------------------------------------------------------------------- kNN

@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from igpt_eval.analysis.compare import DEFAULT_MODELS, check_models, pixel_features
+from igpt_eval.analysis.compare import DEFAULT_MODELS, check_models
 from igpt_eval.analysis.stats import knn_accuracy
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import build_parser, main
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.sources import resolve_model
+from igpt_eval.predictions import load_predictions
+from igpt_eval.probes.pixels import pixel_features
 from igpt_eval.reporting.tables import comparison_table, load_cka, load_models
-from igpt_eval.results import COLUMNS, load_predictions, load_results
+from igpt_eval.results import COLUMNS, load_results
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,22 @@ import pandas as pd
 import pytest
 import torch
 
-from igpt_eval.analysis.paired import paired_lines, paired_rows
+from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import IGPT, load_model
 from igpt_eval.model.sources import resolve_model
+from igpt_eval.names import CONCAT, PIXELS_NATIVE, model_names, random_twin
+from igpt_eval.predictions import load_predictions
 from igpt_eval.probes import Features
 from igpt_eval.probes.concat import check_concat, concat_site, concat_span, probe_concat
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import native_pixel_features
 from igpt_eval.probes.runner import probe_model, summary
 from igpt_eval.reporting.tables import comparison_table, table_markdown
 from igpt_eval.reporting.words import describe_depth_curve, random_words
-from igpt_eval.results import (
-    CONCAT,
-    PIXELS_NATIVE,
-    load_predictions,
-    load_results,
-    model_names,
-    random_twin,
-    to_frame,
-)
+from igpt_eval.results import load_results, to_frame
 from tests.test_paired import probe as synthetic_probe
 
 

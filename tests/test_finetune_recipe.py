@@ -250,7 +250,7 @@ def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, saved, ti
     """--random-init: the same architecture from its initialisation, named as the model's
     random-weights twin; every run keeps its per-example test predictions for paired
     statistics against the probes."""
-    from igpt_eval.results import load_predictions
+    from igpt_eval.predictions import load_predictions
 
     args = ft_args(tmp_path, saved, f"npz:{tiny_npz}", "--random-init", "--objective", "clf")
     assert main(args) == 0

@@ -11,8 +11,8 @@ import igpt_eval
 from igpt_eval import IGPTError
 from igpt_eval.cli import main
 from igpt_eval.model.sources import resolve_model
+from igpt_eval.predictions import Predictions
 from igpt_eval.reporting.words import describe_depth_curve, shape_words
-from igpt_eval.results import Predictions
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def test_two_folders_of_one_name_are_two_labels(tiny_pair, tmp_path):
     import shutil
 
     from igpt_eval.model.sources import default_folder
-    from igpt_eval.results import bare_name
+    from igpt_eval.names import bare_name
 
     ar, bert = tiny_pair[1:3]
     x, y = tmp_path / "x" / "model", tmp_path / "y" / "model"

@@ -31,6 +31,8 @@ MARK = "NOTEBOOK-VALUES "
 # The modules a notebook may import from: the package and its documented subpackages.
 PUBLIC = {
     "igpt_eval",
+    "igpt_eval.names",
+    "igpt_eval.stats",
     "igpt_eval.analysis",
     "igpt_eval.analysis.track",
     "igpt_eval.cli",

@@ -10,10 +10,11 @@ from igpt_eval.cli import main
 from igpt_eval.data.palette import Palette
 from igpt_eval.model import IGPT, save_model
 from igpt_eval.model.config import IGPTConfig
+from igpt_eval.predictions import load_predictions
 from igpt_eval.probes import probe_lbfgs
 from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
-from igpt_eval.results import COLUMNS, load_predictions, load_results, to_frame
+from igpt_eval.results import COLUMNS, load_results, to_frame
 from tests.test_probes import synthetic
 
 

@@ -10,9 +10,9 @@ from igpt_eval.analysis.paired import signed_pp
 from igpt_eval.cli import main
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.sources import resolve_model
+from igpt_eval.predictions import PREDICTIONS_FILE
 from igpt_eval.reporting.report import build_report
 from igpt_eval.reporting.words import describe_depth_curve, describe_knn
-from igpt_eval.results import PREDICTIONS_FILE
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.predictions import Predictions
 from igpt_eval.reporting.finetune import finetune_section, load_finetunes
-from igpt_eval.results import Predictions, save_results, to_frame
+from igpt_eval.results import save_results, to_frame
 from igpt_eval.stats import paired_difference
 
 N = 400

@@ -1,8 +1,8 @@
 """The analysis stage: statistics over features and probe results, and the studies.
 
-- :mod:`~igpt_eval.analysis.stats`: weighted kNN, linear CKA, and the bootstrap intervals,
-  paired bootstrap and McNemar's test of :mod:`igpt_eval.stats` (plain arrays in, numbers
-  out; re-exported here);
+- :mod:`~igpt_eval.analysis.stats`: weighted kNN and linear CKA (plain arrays in, numbers
+  out; exported here). The bootstrap intervals, paired bootstrap and McNemar's test are
+  :mod:`igpt_eval.stats`, where every stage finds them;
 - :mod:`~igpt_eval.analysis.paired`: paired-difference rows of a results table, read and
   put into words (computed by :mod:`igpt_eval.probes.paired`);
 - :mod:`~igpt_eval.analysis.metrics`: a model's bits per dimension next to token baselines;
@@ -16,14 +16,9 @@ from importlib import import_module
 
 __all__ = [
     "KNNResult",
-    "PairedResult",
-    "bootstrap_accuracy_ci",
     "cka_matrix",
     "knn_accuracy",
     "linear_cka",
-    "mcnemar_exact",
-    "paired_bootstrap",
-    "paired_difference",
 ]
 
 

@@ -55,23 +55,17 @@ from igpt_eval.io import file_hash
 from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_seed
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
+from igpt_eval.names import PIXEL_CONTROLS, bare_name, model_names
+from igpt_eval.predictions import Predictions
 from igpt_eval.probes.concat import check_concat
 from igpt_eval.probes.paired import DIFF, paired_rows
-from igpt_eval.probes.pixels import (  # noqa: F401 - public here too
-    pixel_features,
+from igpt_eval.probes.pixels import (
     probe_pixel_controls,
-    probe_pixels,
 )
 from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.probes.runner import probe_model, provenance
 from igpt_eval.probes.settings import ProbeSettings
-from igpt_eval.results import (
-    PIXEL_CONTROLS,
-    Predictions,
-    bare_name,
-    model_names,
-    to_frame,
-)
+from igpt_eval.results import to_frame
 
 
 @dataclass

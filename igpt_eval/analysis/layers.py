@@ -14,10 +14,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.stats import bootstrap_accuracy_ci, cka_matrix, knn_accuracy
+from igpt_eval.analysis.stats import cka_matrix, knn_accuracy
 from igpt_eval.errors import IGPTError
+from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.probes.protocol import SPLITS
-from igpt_eval.results import CKA_COLUMNS, Predictions, prediction_key
+from igpt_eval.results import CKA_COLUMNS
+from igpt_eval.stats import bootstrap_accuracy_ci
 
 
 def knn_rows(

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.probes.paired import (  # noqa: F401 - public here too
+from igpt_eval.probes.paired import (
     DIFF,
-    LINEAR,
-    PIXEL_CONTRASTS,
-    chosen,
-    has_validation,
-    paired_rows,
 )
 from igpt_eval.results import DIFF_COLUMNS
 

@@ -149,7 +149,7 @@ class CampaignSettings:
 
 #: ``igpt-eval campaign --smoke``: the same code path at a size that runs in seconds on a CPU.
 SMOKE_CAMPAIGN = CampaignSettings(
-    budget_min=0.1,
+    budget_min=0.2,
     finetune_min=0.05,
     device="cpu",
     n_px=8,

@@ -1,13 +1,11 @@
-"""Analyses over cached features: weighted kNN, linear CKA; and (re-exported from
-:mod:`igpt_eval.stats`, where the stages below analysis find them) bootstrap confidence
-intervals and paired statistics.
+"""Analyses over cached features: weighted kNN and linear CKA. (The bootstrap intervals and
+paired statistics are :mod:`igpt_eval.stats`, where every stage finds them.)
 
 All functions take plain arrays (a cache layer ``cache[l]`` is one), so notebooks can call
 them on any features::
 
     r = knn_accuracy(train[4], train.labels, test[4], test.labels)   # DINO's kNN
-    r.accuracy, bootstrap_accuracy_ci(r.correct)
-    paired_difference(correct_a, correct_b)     # a − b on the same test images: CI and p
+    r.accuracy, igpt_eval.stats.bootstrap_accuracy_ci(r.correct)
     cka_matrix([test[l] for l in test.layers])                       # (L, L) linear CKA
 """
 
@@ -20,24 +18,12 @@ import numpy as np
 import torch
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.stats import (
-    PairedResult,
-    bootstrap_accuracy_ci,
-    mcnemar_exact,
-    paired_bootstrap,
-    paired_difference,
-)
 
 __all__ = [
     "KNNResult",
-    "PairedResult",
-    "bootstrap_accuracy_ci",
     "cka_matrix",
     "knn_accuracy",
     "linear_cka",
-    "mcnemar_exact",
-    "paired_bootstrap",
-    "paired_difference",
 ]
 
 

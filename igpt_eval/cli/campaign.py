@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from igpt_eval.analysis.settings import SMOKE_CAMPAIGN, CampaignSettings
-from igpt_eval.cli.common import command_line, subcommand
+from igpt_eval.cli.common import add_device_flag, command_line, subcommand
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
 
@@ -75,12 +75,7 @@ def _add_campaign(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT and the scratch folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--device", dest="campaign_device", default=None,
-        help=f"auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
-        f"(default {d.device}; with --smoke, cpu); a dry run plans for the device named, "
-        "present or not",
-    )  # fmt: skip
+    add_device_flag(p)  # resolved before the command runs, except for --dry-run
     p.set_defaults(func=_cmd_campaign)
 
 
@@ -95,8 +90,9 @@ def _cmd_campaign(args) -> int:
         base = base.replace(**changes)
     # Flags given win over the settings file; --device also with --smoke (a GPU smoke run
     # checks the GPU path).
+    asked = any(a == "--device" or a.startswith("--device=") for a in args.argv)
     flags = dict(name=args.name, budget_min=args.budget_min, finetune_min=args.finetune_min,
-                 device=args.campaign_device)  # fmt: skip
+                 device=args.device if asked else None)  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     settings = base.replace(**given)
     work = args.work or args.out.with_name(args.out.name + ".work")

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        if getattr(args, "device", None) is not None:  # once, before anything is read
+        # Once, before anything is read; a dry run plans for the device named, present or not.
+        if getattr(args, "device", None) is not None and not getattr(args, "dry_run", False):
             from igpt_eval.model.devices import resolve_device
 
             args.device = str(resolve_device(args.device))

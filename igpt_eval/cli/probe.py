@@ -214,12 +214,13 @@ def _add_probe(sub) -> None:
 
 def _cmd_probe(args) -> int:
     from igpt_eval.model.sources import default_folder
+    from igpt_eval.names import CONCAT
     from igpt_eval.probes.runner import probe_model
     from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.curve import probe_figure
     from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.tables import concat_summaries, format_summary
-    from igpt_eval.results import CONCAT, summary
+    from igpt_eval.results import summary
 
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")

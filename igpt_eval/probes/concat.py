@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.names import CONCAT
+from igpt_eval.predictions import Predictions
 from igpt_eval.probes.protocol import Features, probe_lbfgs
-from igpt_eval.results import CONCAT, Predictions
 
 
 def check_concat(k, n_layers: int, method: str = "lbfgs") -> None:

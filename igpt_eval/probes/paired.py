@@ -39,16 +39,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.results import (
-    CONCAT,
-    PIXELS,
-    PIXELS_NATIVE,
-    Predictions,
-    model_names,
-    prediction_key,
-    random_twin,
-    summary,
-)
+from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, model_names, random_twin
+from igpt_eval.predictions import Predictions, prediction_key
+from igpt_eval.results import summary
 from igpt_eval.stats import paired_difference
 
 DIFF = "accuracy_diff"

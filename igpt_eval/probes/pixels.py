@@ -23,8 +23,9 @@ import numpy as np
 
 from igpt_eval.cache.extraction import subset_rows
 from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.names import PIXELS, PIXELS_NATIVE
+from igpt_eval.predictions import Predictions
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
-from igpt_eval.results import PIXELS, PIXELS_NATIVE, Predictions
 
 
 def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:

@@ -32,9 +32,9 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import feature_scale
+from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
-from igpt_eval.results import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 #: The splits of the protocol: fit on train, choose on val, report test.

@@ -29,7 +29,7 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import floored
-from igpt_eval.results import Predictions, prediction_key
+from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 SGD_LRS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)

@@ -15,8 +15,8 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.names import PIXEL_CONTROLS, PIXELS, PIXELS_NATIVE
 from igpt_eval.reporting.model_figures import read_log
-from igpt_eval.results import PIXEL_CONTROLS, PIXELS, PIXELS_NATIVE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

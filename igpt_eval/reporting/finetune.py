@@ -25,17 +25,10 @@ import pandas as pd
 
 from igpt_eval.analysis.paired import format_difference
 from igpt_eval.errors import IGPTError
+from igpt_eval.names import PIXELS, random_twin, trained_of
+from igpt_eval.predictions import Predictions, load_predictions, prediction_key
 from igpt_eval.probes.paired import chosen
-from igpt_eval.results import (
-    PIXELS,
-    Predictions,
-    load_predictions,
-    load_results,
-    prediction_key,
-    probe_train_size,
-    random_twin,
-    trained_of,
-)
+from igpt_eval.results import load_results, probe_train_size
 from igpt_eval.stats import paired_difference
 
 FINETUNE = "finetune"

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.paired import DIFF, paired_lines
+from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.probes.paired import DIFF
 from igpt_eval.results import probe_train_size, summary
 
 #: A checkpoint folder's model card.

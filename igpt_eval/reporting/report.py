@@ -23,6 +23,8 @@ from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.names import bare_name
+from igpt_eval.predictions import load_predictions
 from igpt_eval.reporting import figures as fig
 from igpt_eval.reporting.finetune import finetune_section, load_finetunes, load_full_probes
 from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
@@ -47,7 +49,7 @@ from igpt_eval.reporting.words import (
     describe_depth_curve,
     describe_knn,
 )
-from igpt_eval.results import bare_name, load_predictions, load_results
+from igpt_eval.results import load_results
 
 
 def _shown(path: Path) -> str:

@@ -13,19 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.paired import chosen, differences, format_p, paired_lines, signed_pp
+from igpt_eval.analysis.paired import differences, format_p, paired_lines, signed_pp
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
-from igpt_eval.results import (
-    CKA_COLUMNS,  # PIXELS, PIXELS_NATIVE: the pixel controls (re-exported)
-    CONCAT,
-    MODELS_FILE,
-    PIXELS,
-    PIXELS_NATIVE,
-    model_names,
-    random_twin,
-    summary,
-)
+from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, model_names, random_twin
+from igpt_eval.probes.paired import chosen
+from igpt_eval.results import CKA_COLUMNS, MODELS_FILE, summary
 
 
 # --------------------------------------------------------------------------- tables

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.analysis.track import loss_accuracy_correlation
+from igpt_eval.names import PIXEL_CONTROLS
 from igpt_eval.reporting.figures import (
     baseline_of,
     depth_axis,
@@ -23,7 +24,7 @@ from igpt_eval.reporting.figures import (
     new_figure,
     save_figure,
 )
-from igpt_eval.results import PIXEL_CONTROLS, summary
+from igpt_eval.results import summary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.paired import chosen, differences, format_difference, resolved
+from igpt_eval.analysis.paired import differences, format_difference, resolved
+from igpt_eval.probes.paired import chosen
 from igpt_eval.reporting.tables import accuracy_rows
 
 

@@ -25,14 +25,9 @@ from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sites import site_name
-from igpt_eval.results import (
-    Predictions,
-    load_results,
-    prediction_key,
-    random_twin,
-    save_results,
-    to_frame,
-)
+from igpt_eval.names import random_twin
+from igpt_eval.predictions import Predictions, prediction_key
+from igpt_eval.results import load_results, save_results, to_frame
 from igpt_eval.stats import bootstrap_accuracy_ci
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
