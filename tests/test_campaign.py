@@ -173,3 +173,15 @@ def test_bf16_weights_fit_a_file_and_load_as_float32(tmp_path):
     assert weight_dtype(1_000_000) == torch.float32  # 4 MB: fits as is
     assert weight_dtype(7_250_000) == torch.bfloat16  # the campaign's model: 29 MB in float32
     assert np.isclose(torch.bfloat16.itemsize * 7_250_000 / 2**20, 13.83, atol=0.01)
+
+
+def test_report_draws_the_campaign_from_its_files(smoke, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", "--campaign", str(smoke), "--out", str(out)]) == 0
+    md = (out / "README.md").read_text()
+    assert md.startswith("# Campaign: fmnist-ar-gpu") and "status **done**" in md
+    assert "− raw pixels at native resolution" in md and "− random weights" in md
+    assert "Fine-tuned (head on layer" in md and "Training dynamics" in md
+    for stem in ("depth_curve", "track_heatmap-fmnist-ar-gpu", "track_loss_vs_probe"):
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", "--campaign", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2

@@ -56,6 +56,13 @@ def _add_report(sub) -> None:
         "(repeatable): the fine-tuning section adds that model's best full-train probe and "
         "the fine-tuned model's paired difference to it",
     )
+    p.add_argument(
+        "--campaign",
+        type=Path,
+        default=None,
+        help="a folder written by igpt-eval campaign: write its own report into --out "
+        "(depth curve with every control, contrasts, snapshots, plan) instead",
+    )
     add_overwrite_flags(p)
     p.set_defaults(func=_cmd_report)
 
@@ -64,6 +71,13 @@ def _cmd_report(args) -> int:
     from igpt_eval.reporting.report import build_report
 
     refuse_overwrite(args.out / "README.md", args.overwrite)
+    if args.campaign is not None:
+        from igpt_eval.reporting.campaign import campaign_report
+
+        command = f"igpt-eval report --campaign {args.campaign} --out {args.out}"
+        files = campaign_report(args.campaign, args.out, command=command)
+        print(f"{len(files)} files written to {args.out}; summary: {files[0]}")
+        return 0
     command = f"igpt-eval report --results {args.results} --out {args.out}"
     if args.lowdata != LOWDATA_OUT:
         command += f" --lowdata {args.lowdata}"
