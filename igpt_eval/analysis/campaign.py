@@ -50,11 +50,13 @@ from igpt_eval.model.checkpoint import load_model, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.sources import resolve_model
 from igpt_eval.predictions import Predictions, save_predictions
+from igpt_eval.probes.logistic import probe_head
 from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.runner import probe_model
 from igpt_eval.probes.settings import ProbeSettings
-from igpt_eval.results import summary, to_frame
+from igpt_eval.results import probe_choice, summary, to_frame
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import finetune_model
 from igpt_eval.train.pretrain import TrainConfig, Trainer
@@ -297,10 +299,15 @@ class Campaign:
 
     def finetune(self, final: pd.DataFrame, plan: Plan) -> None:
         """Fine-tune the shipped model for ``finetune_min`` minutes, the head on the layer
-        chosen on validation; its test rows are appended to ``OUT/results.csv``."""
+        chosen on validation and started at that layer's linear probe (its C, refitted on
+        the probe's training images), as the shipped fine-tune was: a short run then starts
+        from the probe's accuracy, not from a zero head. Its test rows are appended to
+        ``OUT/results.csv``."""
         s = self.s
-        best = summary(final[final.model == self.label])
-        layer = int(best[best.best].layer.iloc[0])
+        weights = resolve_model(self.model_dir).weights_hash()
+        layer, C = probe_choice(final, self.label, weights)
+        rows = final[(final.model == self.label) & (final.probe == "lbfgs")]
+        n_probe = rows[(rows.layer == layer) & (rows.split == "val")].n_train.dropna()
         seconds = s.finetune_min * 60
         # An upper bound only: the wall-clock cap ends the run (the rate is constant).
         steps = max(10, math.ceil(3 * seconds / plan.step_seconds))
@@ -308,11 +315,12 @@ class Campaign:
             steps=steps, batch_size=s.finetune_batch, lr=s.finetune_lr, warmup_steps=100,
             layer=layer, eval_every=s.finetune_eval_every, patience=4, eval_images=2000,
             bf16=torch.device(self.device).type == "cuda", seed=s.seed, device=self.device,
-            max_seconds=seconds,
+            max_seconds=seconds, init_C=C, init_n=int(n_probe.iloc[0]) if len(n_probe) else None,
         )  # fmt: skip
         df = finetune_model(self.model_dir, s.dataset, self.work / "finetune", cfg,
                             data_dir=self.data_dir, token_cache=self.work / "tokens",
-                            progress=self.progress, command=self.command)  # fmt: skip
+                            progress=self.progress, command=self.command,
+                            fit_head=probe_head)  # fmt: skip
         self._write_csv(to_frame(pd.concat([final, df], ignore_index=True)), "results.csv")
         acc = df[(df.split == "test") & (df.metric == "accuracy")]
         if len(acc):
