@@ -331,3 +331,20 @@ def test_flops_per_token_counts_the_matmuls():
     assert ar.flops_per_token(training=True) == 3 * ar.flops_per_token()
     bert = IGPTConfig.preset("mini", objective="bert")  # bidirectional: the full T x T
     assert bert.flops_per_token(head=False) == 8 * (24 * 128**2 + 4 * 256 * 128)
+
+
+def test_a_palette_of_another_size_is_one_clear_error_everywhere(tmp_path):
+    from igpt_eval.data.palette import Palette
+    from igpt_eval.model.loading import open_model
+
+    cfg = IGPTConfig(vocab_size=8, n_px=4, n_embd=16, n_head=2, n_layer=1)
+    wrong = Palette(np.linspace(-1, 1, 6, dtype=np.float32)[:, None])
+    with pytest.raises(IGPTError, match="6 colours but the model's vocabulary is 8; do X"):
+        cfg.check_palette(wrong, "; do X")
+    cfg.check_palette(Palette(np.linspace(-1, 1, 8, dtype=np.float32)[:, None]))
+    net = IGPT(cfg)
+    with pytest.raises(IGPTError, match="vocabulary is 8"):
+        save_model(net, tmp_path / "m", wrong)
+    assert not (tmp_path / "m").exists()  # refused before anything is written
+    with pytest.raises(IGPTError, match="vocabulary is 8"):
+        open_model(net, wrong)

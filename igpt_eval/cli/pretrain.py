@@ -150,11 +150,7 @@ def _cmd_pretrain(args) -> int:
         palette = Palette.load(args.out / "palette.npy")
     else:
         palette = Palette.fit(train.images, model_cfg.vocab_size, seed=args.seed, progress=progress)
-    if palette.k != model_cfg.vocab_size:
-        raise IGPTError(
-            f"the palette has {palette.k} colours but the model's vocabulary is "
-            f"{model_cfg.vocab_size}; use a matching --palette or --model"
-        )
+    model_cfg.check_palette(palette, "; use a matching --palette or --model")
     # Every process reads the same cache; rank 0 builds it first.
     tr, va = dist.main_first(
         lambda: [load_tokens(s, palette, args.token_cache, progress=progress) for s in (train, val)]

@@ -36,11 +36,8 @@ def save_model(
     ``dtype`` stores the floating-point weights in that type (``torch.bfloat16`` halves the
     file); :func:`load_model` widens them back to float32, exactly."""
     path = Path(path)
-    if palette is not None and palette.k != model.config.vocab_size:
-        raise IGPTError(
-            f"palette has {palette.k} colours but the model's vocabulary is "
-            f"{model.config.vocab_size}"
-        )
+    if palette is not None:
+        model.config.check_palette(palette)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:

@@ -47,6 +47,16 @@ class IGPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    def check_palette(self, palette, hint: str = "") -> None:
+        """One clear error when ``palette`` does not hold this model's ``vocab_size`` colours
+        (the model predicts palette ids, so any other count mislabels every token); ``hint``
+        says what to do about it."""
+        if palette.k != self.vocab_size:
+            raise IGPTError(
+                f"the palette has {palette.k} colours but the model's vocabulary is "
+                f"{self.vocab_size}{hint}"
+            )
+
     def validate(self) -> None:
         """Check types and ranges; raise one clear :class:`IGPTError` on the first problem."""
         for f in fields(self):

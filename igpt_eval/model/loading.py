@@ -56,11 +56,7 @@ def open_model(model, palette=None, device="cpu", *, random_weights: bool = Fals
         ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
     if palette is None:
         raise IGPTError("give the palette the model was trained with (palette=...)")
-    if palette.k != model.config.vocab_size:
-        raise IGPTError(
-            f"the palette has {palette.k} colours but the model's vocabulary is "
-            f"{model.config.vocab_size}"
-        )
+    model.config.check_palette(palette)
     return model, palette, ident
 
 

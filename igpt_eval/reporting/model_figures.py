@@ -177,11 +177,7 @@ def completion_grid(
 def _check_palette(model, palette) -> None:
     if palette is None:
         raise IGPTError("the model has no palette.npy, so its samples cannot be drawn as images")
-    if palette.k != model.config.vocab_size:
-        raise IGPTError(
-            f"palette has {palette.k} colours but the model's vocabulary is "
-            f"{model.config.vocab_size}"
-        )
+    model.config.check_palette(palette)
 
 
 def _sampling_title(n, temperature, top_k, seed) -> str:
