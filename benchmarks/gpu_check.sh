@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (benchmarks/gpu_check.py), as one command on a lent GPU machine:
 # that machine has its own python3 with torch, transformers and scikit-learn but no network
-# and no platformdirs, so a wheel of it travels in .whl/ (see docs/gpu.md). Results and the
+# and no platformdirs, so a wheel of it travels in .whl/ (benchmarks/campaign_prepare.sh puts
+# it there; docs/campaign.md, "The GPU call"). Results and the
 # log go to $OUT when it is set (the device tool brings that folder back), else to
 # benchmarks/results/.
 set -euo pipefail
