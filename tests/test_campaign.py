@@ -185,3 +185,26 @@ def test_report_draws_the_campaign_from_its_files(smoke, tmp_path):
     for stem in ("depth_curve", "track_heatmap-fmnist-ar-gpu", "track_loss_vs_probe"):
         assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", "--campaign", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "o"
+    bad = tmp_path / "bad.json"
+    for text, words in [('{"n_layer": "x"}', "n_layer"), ('{"depth": 3}', "no campaign setting"),
+                        ("[1, 2]", "JSON object")]:  # fmt: skip
+        bad.write_text(text)
+        rc = main(["campaign", "--settings", str(bad), "--smoke", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and words in err, err
+    rc = main(["campaign", "--settings", str(tmp_path / "none.json"), "--out", str(out)])
+    assert rc == 2 and "no campaign settings file" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("o.work").exists()
+
+
+def test_finetune_minutes_may_be_zero_but_not_negative(fashion, tmp_path, capsys):
+    out = tmp_path / "plan"
+    args = ["campaign", "--dry-run", "--data-dir", str(fashion), "--out", str(out)]
+    assert main([*args, "--device", "cuda", "--finetune-min", "0.00"]) == 0
+    assert "fine-tuning 0.0" in capsys.readouterr().out
+    assert main([*args, "--finetune-min", "-1"]) == 2
+    assert "minutes >= 0" in capsys.readouterr().err

@@ -86,6 +86,7 @@ class Campaign:
         dry_run: bool = False,
     ):
         settings.validate()
+        model_config(settings)  # a shape that cannot be built fails before anything is written
         self.s, self.out, self.work = settings, Path(out), Path(work)
         self.data_dir, self.progress, self.command = data_dir, progress, command
         for path in (self.out, self.work):

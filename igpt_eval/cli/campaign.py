@@ -13,20 +13,25 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
 
 
-def positive_minutes(text: str) -> float:
-    """An argparse type: a finite number of minutes > 0."""
+def _minutes(text: str, zero_ok: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    if not (math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
+        what = "a number of minutes >= 0" if zero_ok else "a positive number of minutes"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
 
 
+def positive_minutes(text: str) -> float:
+    """An argparse type: a finite number of minutes > 0."""
+    return _minutes(text, zero_ok=False)
+
+
 def minutes(text: str) -> float:
-    """An argparse type: a finite number of minutes >= 0."""
-    return 0.0 if text.strip() in ("0", "0.0") else positive_minutes(text)
+    """An argparse type: a finite number of minutes >= 0 (0: the stage is skipped)."""
+    return _minutes(text, zero_ok=True)
 
 
 @subcommand
@@ -84,6 +89,8 @@ def _cmd_campaign(args) -> int:
 
     base = SMOKE_CAMPAIGN if args.smoke else CampaignSettings()
     if args.settings is not None:
+        if not args.settings.is_file():
+            raise IGPTError(f"no campaign settings file at {args.settings}")
         changes = read_json(args.settings)
         if not isinstance(changes, dict):
             raise IGPTError(f"{args.settings} must hold a JSON object of campaign settings")
