@@ -221,3 +221,18 @@ def probe_choice(
     if not C > 0:
         raise IGPTError(f"the probe results record no C for layer {int(row.layer.iloc[0])}")
     return int(row.layer.iloc[0]), C
+
+
+def probe_init(
+    df: pd.DataFrame, model: str, weights_hash: str | None = None, layer: int | None = None
+) -> tuple[int, float, int | None]:
+    """``(layer, C, n)`` a fine-tune's head starts from (``FinetuneConfig``'s ``layer``,
+    ``init_C``, ``init_n``): :func:`probe_choice`, and the size of the probe's training
+    sample at that layer (``None`` where the file does not record it; C multiplies a sum
+    over that many examples)."""
+    layer, C = probe_choice(df, model, weights_hash, layer)
+    rows = df[(df.model == model) & (df.layer == layer) & (df.split == "val")]
+    if "probe" in rows:
+        rows = rows[rows.probe == "lbfgs"]
+    n = rows.n_train.dropna() if "n_train" in rows else rows[:0]
+    return layer, C, int(n.iloc[0]) if len(n) else None

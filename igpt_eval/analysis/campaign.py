@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from igpt_eval.analysis.campaign_plan import Plan, make_plan, model_config
+from igpt_eval.analysis.campaign_plan import Plan, make_plan, model_config, weight_dtype
 from igpt_eval.analysis.settings import CampaignSettings, TrackSettings
 from igpt_eval.analysis.track import track_runs
 from igpt_eval.data import load_dataset, load_tokens
@@ -56,7 +56,7 @@ from igpt_eval.probes.logistic import probe_head
 from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.runner import probe_model
 from igpt_eval.probes.settings import ProbeSettings
-from igpt_eval.results import probe_choice, summary, to_frame
+from igpt_eval.results import probe_init, summary, to_frame
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import finetune_model
 from igpt_eval.train.pretrain import TrainConfig, Trainer
@@ -138,10 +138,14 @@ class Campaign:
                for d in (train, val)]  # fmt: skip
         return train, val, palette, tok[0].tokens, tok[1].tokens
 
-    def test_size(self) -> int:
-        """Images in the test split (for the plan)."""
-        ds = load_dataset(self.s.dataset, split="test", n_px=None, data_dir=self.data_dir)
-        return len(ds)
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Images in the train, val and test splits, as the plan counts them (read at native
+        size: nothing is resized or tokenised)."""
+        s = self.s
+        return tuple(
+            len(load_dataset(s.dataset, split=n, data_dir=self.data_dir, seed=s.split_seed))
+            for n in ("train", "val", "test")
+        )
 
     def pilot(self, cfg: IGPTConfig, train_cfg: TrainConfig, tr, va) -> tuple[float, float]:
         """Seconds per training step and per validation, on a throwaway copy of the model."""
@@ -166,12 +170,7 @@ class Campaign:
     def dry_run(self) -> Plan:
         """The plan, with an assumed step time (:data:`ASSUMED_RATE`), from the dataset's
         split sizes: nothing is trained or written."""
-        s = self.s
-        sizes = tuple(
-            len(load_dataset(s.dataset, split=n, data_dir=self.data_dir, seed=s.split_seed))
-            for n in ("train", "val", "test")
-        )
-        return make_plan(s, sizes, self.device)
+        return make_plan(self.s, self.split_sizes(), self.device)
 
     def run(self) -> Plan:
         """Every stage in turn; returns the plan the pilot fixed."""
@@ -183,7 +182,7 @@ class Campaign:
         t0 = time.perf_counter()
         train, val, palette, tr, va = self.data()
         cfg = model_config(s)
-        sizes = (len(train), len(val), self.test_size())
+        sizes = self.split_sizes()
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self._stage("data", t0)
         self.log(f"data: {len(train):,} train / {len(val):,} val images at {s.n_px} px, "
@@ -216,7 +215,7 @@ class Campaign:
         self.record["training"] = _jsonable(res)
         self.log(f"trained {plan.steps:,} steps in {res['seconds']:.0f} s: val loss "
                  f"{res['val_loss']:.4f} nats/token")  # fmt: skip
-        self.ship(run_dir, plan)
+        self.ship(run_dir, palette)
         self._stage("pretraining", t0)
 
         t0 = time.perf_counter()
@@ -234,12 +233,11 @@ class Campaign:
         self.log(f"done in {self.record['seconds']:.0f} s -> {self.out}")
         return plan
 
-    def ship(self, run_dir: Path, plan: Plan) -> None:
+    def ship(self, run_dir: Path, palette: Palette) -> None:
         """The trained weights (bf16 when float32 would not fit a file), config, palette,
         run record and training log into ``OUT/<name>``, before any probe."""
         net = load_model(run_dir)
-        dtype = getattr(torch, plan.weight_dtype)
-        save_model(net, self.model_dir, Palette.load(run_dir / "palette.npy"), dtype=dtype)
+        save_model(net, self.model_dir, palette, dtype=weight_dtype(net.n_params()))
         run = read_json(run_dir / "run.json")
         write_json(self.model_dir / "run.json", {**run, "campaign": self.record})
         shutil.copyfile(run_dir / "train_log.csv", self.model_dir / "train_log.csv")
@@ -306,9 +304,7 @@ class Campaign:
         ``OUT/results.csv``."""
         s = self.s
         weights = resolve_model(self.model_dir).weights_hash()
-        layer, C = probe_choice(final, self.label, weights)
-        rows = final[(final.model == self.label) & (final.probe == "lbfgs")]
-        n_probe = rows[(rows.layer == layer) & (rows.split == "val")].n_train.dropna()
+        layer, C, n_probe = probe_init(final, self.label, weights)
         seconds = s.finetune_min * 60
         # An upper bound only: the wall-clock cap ends the run (the rate is constant).
         steps = max(10, math.ceil(3 * seconds / plan.step_seconds))
@@ -316,7 +312,7 @@ class Campaign:
             steps=steps, batch_size=s.finetune_batch, lr=s.finetune_lr, warmup_steps=100,
             layer=layer, eval_every=s.finetune_eval_every, patience=4, eval_images=2000,
             bf16=torch.device(self.device).type == "cuda", seed=s.seed, device=self.device,
-            max_seconds=seconds, init_C=C, init_n=int(n_probe.iloc[0]) if len(n_probe) else None,
+            max_seconds=seconds, init_C=C, init_n=n_probe,
         )  # fmt: skip
         df = finetune_model(self.model_dir, s.dataset, self.work / "finetune", cfg,
                             data_dir=self.data_dir, token_cache=self.work / "tokens",

@@ -192,17 +192,14 @@ def _probe_init(args, cfg):
     from igpt_eval.errors import IGPTError
     from igpt_eval.model.sources import resolve_model
     from igpt_eval.probes.logistic import probe_head
-    from igpt_eval.results import load_results, probe_choice
+    from igpt_eval.results import load_results, probe_init
 
     if not args.init_from_probe.is_file():
         raise IGPTError(f"no probe results at {args.init_from_probe}")
     df = load_results(args.init_from_probe)
     source = resolve_model(args.model)
     weights_hash = source.weights_hash()  # the hash extraction records (no model load)
-    layer, C = probe_choice(df, source.label, weights_hash, args.layer)
-    rows = df[(df.model == source.label) & (df.layer == layer) & (df.split == "val")]
-    n_probe = rows.n_train.dropna() if "n_train" in rows else rows[:0]
-    n = int(n_probe.iloc[0]) if len(n_probe) else None
+    layer, C, n = probe_init(df, source.label, weights_hash, args.layer)
     return dataclasses.replace(cfg, layer=layer, init_C=C, init_n=n), probe_head
 
 
