@@ -5,7 +5,7 @@
 # pandas, pyarrow, scipy and safetensors, no network, and no platformdirs (its wheel travels).
 # First the smoke size on the GPU (about half a minute: a GPU-only failure shows there, with
 # its traceback), then the campaign; what comes back is $OUT/campaign (8 files, see
-# igpt_eval/analysis/campaign.py). BUDGET_MIN and FINETUNE_MIN override the minutes; a
+# igpt_eval/studies/campaign.py). BUDGET_MIN and FINETUNE_MIN override the minutes; a
 # rehearsal here: OUT=/tmp/sim PYTHON=.venv/bin/python DEVICE=cpu bash $0 --smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."

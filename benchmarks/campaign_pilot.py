@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from igpt_eval.analysis.campaign_plan import model_config
-from igpt_eval.analysis.settings import CampaignSettings
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.probes.pixels import probe_native_pixels, probe_pixels
 from igpt_eval.stats import paired_difference
+from igpt_eval.studies.campaign_plan import model_config
+from igpt_eval.studies.settings import CampaignSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [(16, 16), (16, 32), (28, 16), (28, 32), (28, 64)]

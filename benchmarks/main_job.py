@@ -53,7 +53,7 @@ STAGES = [
     ("  palette encode", "extraction", "encode", "data/palette.py"),
     ("  forward + pooling + writes", "extraction", "_fill", "cache/writer.py"),
     ("    (of which cache writes)", "extraction", "write", "cache/writer.py"),
-    ("linear probes, every layer", None, "_probe_lbfgs", "probes/runner.py"),
+    ("linear probes, every layer", None, "_probe_lbfgs", "studies/probe.py"),
     ("  C path on train (all fits*)", "linear probes, every layer", "walk", "probes/protocol.py"),
     ("  C refined around the best*", "linear probes, every layer", "refine", "probes/protocol.py"),
     ("  refit on train+val, test*", "linear probes, every layer", "test", "probes/protocol.py"),
@@ -116,7 +116,7 @@ def main() -> int:
 
     from igpt_eval.defaults import DEFAULT_MODEL
     from igpt_eval.model import IGPTConfig
-    from igpt_eval.probes.settings import ProbeSettings
+    from igpt_eval.studies.settings import ProbeSettings
 
     torch.set_num_threads(args.threads)
     # The peak is the best of several squares before the runs and after them: a single one

@@ -34,7 +34,7 @@ from igpt_eval.model.head import feature_scale
 from igpt_eval.model.loading import open_model
 from igpt_eval.probes import COARSE_CS, fit_grid, fit_path
 from igpt_eval.probes.backends import fit_cuml, fit_sklearn
-from igpt_eval.probes.runner import DEFAULT_MODEL, load_features
+from igpt_eval.studies.probe import DEFAULT_MODEL, load_features
 
 
 def accuracy(X, y, coef, intercept) -> float:

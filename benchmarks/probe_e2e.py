@@ -1,6 +1,6 @@
 """The main job's probe sweep end to end: the torch backend vs scikit-learn, same caches.
 
-Runs :func:`igpt_eval.probes.runner.probe_model` on the default model and sample (every
+Runs :func:`igpt_eval.studies.probe.probe_model` on the default model and sample (every
 layer: the C path, its refinement, the refit on train + val and the test scores, exactly the
 protocol ``igpt-eval probe --all-layers`` runs) once with ``backend="torch"`` and once with
 ``backend="sklearn"``, on the same activation caches (built first if missing, and not
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from igpt_eval.probes.runner import probe_model
+from igpt_eval.studies.probe import probe_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """igpt-eval: Image GPT reimplementation and layer-wise representation analysis.
 
 The pipeline, one subpackage a stage: data (palette, datasets, tokens) → model → train →
-cache → probes → analysis → reporting, and the command line over them (cli)::
+cache → probes → analysis → studies → reporting, and the command line over them (cli)::
 
     from igpt_eval import Palette, IGPT, IGPTConfig, load_dataset, load_model
     from igpt_eval import probe_model, compare_models, track_runs, extract, load_results
@@ -23,14 +23,14 @@ _LAZY = {
     "probe_depth_curve": "igpt_eval.reporting.curve",
     "ModelSource": "igpt_eval.model.sources",
     "Predictions": "igpt_eval.predictions",
-    "ProbeSettings": "igpt_eval.probes.settings",
-    "TrackSettings": "igpt_eval.analysis.settings",
-    "compare_models": "igpt_eval.analysis.compare",
+    "ProbeSettings": "igpt_eval.studies.settings",
+    "TrackSettings": "igpt_eval.studies.settings",
+    "compare_models": "igpt_eval.studies.compare",
     "load_results": "igpt_eval.results",
-    "probe_model": "igpt_eval.probes.runner",
+    "probe_model": "igpt_eval.studies.probe",
     "resolve_model": "igpt_eval.model.sources",
     "summary": "igpt_eval.results",
-    "track_runs": "igpt_eval.analysis.track",
+    "track_runs": "igpt_eval.studies.track",
     "write_comparison": "igpt_eval.reporting.comparison",
     "IGPT": "igpt_eval.model",
     "IGPTConfig": "igpt_eval.model",

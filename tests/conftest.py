@@ -91,8 +91,8 @@ def tiny_comparison(tiny_pair):
     ``<root>`` finds them); one thread, as on the shared test machine."""
     import torch
 
-    from igpt_eval.analysis.compare import compare_models
     from igpt_eval.reporting.comparison import write_comparison
+    from igpt_eval.studies.compare import compare_models
 
     root, ar, bert, npz = tiny_pair
     n = torch.get_num_threads()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from igpt_eval.analysis.stats import cka_matrix, knn_accuracy, linear_cka
+from igpt_eval.analysis.similarity import cka_matrix, knn_accuracy, linear_cka
 from igpt_eval.errors import IGPTError
 from igpt_eval.stats import bootstrap_accuracy_ci
 

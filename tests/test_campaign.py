@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from igpt_eval.analysis.campaign_plan import MAX_FILE_BYTES, make_plan, weight_dtype
-from igpt_eval.analysis.settings import SMOKE_CAMPAIGN, CampaignSettings
 from igpt_eval.cli.main import main
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.checkpoint import load_model, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.studies.campaign_plan import MAX_FILE_BYTES, make_plan, weight_dtype
+from igpt_eval.studies.settings import SMOKE_CAMPAIGN, CampaignSettings
 from tests.test_data import write_fashion
 
 MODEL_FILES = {"model.safetensors", "config.json", "palette.npy", "run.json", "train_log.csv"}

@@ -88,11 +88,26 @@ def test_console_entry_point_error_has_no_traceback(tmp_path):
     assert r.stderr.strip() == f"igpt-eval: error: {tmp_path / 'missing'} does not exist"
 
 
+@pytest.mark.parametrize("command", [[], ["probe"], ["compare"], ["track"], ["campaign"]])
+def test_help_loads_no_torch(command):
+    """``--help`` reads the defaults from light settings modules: importing torch (seconds)
+    would make every help screen and typo that slow."""
+    code = (
+        "import sys\nfrom igpt_eval.cli.main import main\n"
+        f"sys.argv = ['igpt-eval', *{command!r}, '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_finetune_and_lowdata_flags_reach_their_configs():
     # config_from_args fills each config field from the flag of the same name.
-    from igpt_eval.analysis.lowdata import LowDataConfig
     from igpt_eval.cli import build_parser
     from igpt_eval.cli.common import config_from_args
+    from igpt_eval.studies.lowdata import LowDataConfig
     from igpt_eval.train.finetune import FinetuneConfig
 
     parser = build_parser()

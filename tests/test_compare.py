@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from igpt_eval.analysis.compare import DEFAULT_MODELS, check_models
-from igpt_eval.analysis.stats import knn_accuracy
+from igpt_eval.analysis.similarity import knn_accuracy
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import build_parser, main
 from igpt_eval.data.palette import Palette
@@ -19,6 +18,7 @@ from igpt_eval.predictions import load_predictions
 from igpt_eval.probes.pixels import pixel_features
 from igpt_eval.reporting.tables import comparison_table, load_cka, load_models
 from igpt_eval.results import COLUMNS, load_results
+from igpt_eval.studies.compare import DEFAULT_MODELS, check_models
 
 
 @pytest.fixture(scope="module")

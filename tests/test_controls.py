@@ -21,10 +21,10 @@ from igpt_eval.probes import Features
 from igpt_eval.probes.concat import check_concat, concat_site, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import native_pixel_features
-from igpt_eval.probes.runner import probe_model, summary
 from igpt_eval.reporting.tables import comparison_table, table_markdown
 from igpt_eval.reporting.words import describe_depth_curve, random_words
 from igpt_eval.results import load_results, to_frame
+from igpt_eval.studies.probe import probe_model, summary
 from tests.test_paired import probe as synthetic_probe
 
 

@@ -137,7 +137,7 @@ def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
     """The managed cache key comes from normalised settings: extract() with defaults spelt
     out, or left out, finds the folder probe_model made."""
     from igpt_eval.cache import extract
-    from igpt_eval.probes.runner import probe_model
+    from igpt_eval.studies.probe import probe_model
 
     ar, npz = tiny_ar
     df = probe_model(ar, f"npz:{npz}", progress=False, pixels=False, train_size=None,

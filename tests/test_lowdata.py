@@ -180,7 +180,7 @@ def test_caches_made_with_other_settings_are_not_reused(tmp_path, tiny_models, t
 
 def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz, monkeypatch,
                                                  capsys):  # fmt: skip
-    from igpt_eval.probes.runner import summary
+    from igpt_eval.studies.probe import summary
 
     monkeypatch.chdir(tmp_path)
     probe = ["probe", "--model", str(tiny_models[0]), "--dataset", f"npz:{tiny_npz}",
@@ -203,7 +203,7 @@ def test_best_layer_from_full_data_probe_results(tmp_path, tiny_models, tiny_npz
 
 def test_finetuning_budget_scales_with_the_labels():
     """More labels buy more steps (a fixed budget made K = 400 score below K = 25)."""
-    from igpt_eval.analysis.settings import LowDataConfig
+    from igpt_eval.studies.settings import LowDataConfig
 
     cfg = LowDataConfig()
     # K = 4, 25, 400 per class, a quarter held out (at most 20 per class), 10 classes.

@@ -34,7 +34,7 @@ PUBLIC = {
     "igpt_eval.names",
     "igpt_eval.stats",
     "igpt_eval.analysis",
-    "igpt_eval.analysis.track",
+    "igpt_eval.studies.track",
     "igpt_eval.cli",
     "igpt_eval.probes",
     "igpt_eval.reporting",

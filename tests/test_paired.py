@@ -8,12 +8,12 @@ from igpt_eval.names import PIXELS
 from igpt_eval.predictions import Predictions, load_predictions, prediction_key
 from igpt_eval.probes import Features, probe_lbfgs
 from igpt_eval.probes.paired import DIFF, paired_rows
-from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.reporting.tables import comparison_table
 from igpt_eval.reporting.words import describe_depth_curve, describe_knn
 from igpt_eval.results import save_results, to_frame
 from igpt_eval.stats import mcnemar_exact, paired_bootstrap, paired_difference
+from igpt_eval.studies.probe import summary
 
 
 def pair(n11, n10, n01, n00):

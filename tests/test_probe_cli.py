@@ -12,9 +12,9 @@ from igpt_eval.model import IGPT, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.predictions import load_predictions
 from igpt_eval.probes import probe_lbfgs
-from igpt_eval.probes.runner import summary
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.results import COLUMNS, load_results, to_frame
+from igpt_eval.studies.probe import summary
 from tests.test_probes import synthetic
 
 
@@ -215,7 +215,7 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
     """The depth-curve bar, on the real thing: the shipped AR model's Fashion-MNIST features
     (the default sample: 5,000 train, 2,000 val, 5,000 test images), every layer."""
     from igpt_eval.data.registry import read_source
-    from igpt_eval.probes.runner import probe_model
+    from igpt_eval.studies.probe import probe_model
 
     try:
         read_source("fashion-mnist")

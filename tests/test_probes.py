@@ -223,7 +223,7 @@ def test_probe_settings():
     """One object for what probe_model does: copies with changes, bad names and methods
     refused at once, a caller's list of layers copied into a tuple."""
     from igpt_eval.defaults import SAMPLE_TEST
-    from igpt_eval.probes import ProbeSettings
+    from igpt_eval.studies.settings import ProbeSettings
 
     s = ProbeSettings()
     assert (s.method, s.site, s.test_size, s.pixels) == ("lbfgs", "ln_1", SAMPLE_TEST, True)

@@ -288,7 +288,7 @@ def test_layer_groups_give_the_same_results(tiny_pair, tmp_path, one_torch_threa
     """A feature budget of one layer (iGPT-L's case, scaled down) probes layer by layer and
     gives every number the all-at-once probe gives. (One thread: with several, a matmul's
     rounding depends on its shape, so any change of batch moves the last bits.)"""
-    from igpt_eval.probes.runner import probe_model
+    from igpt_eval.studies.probe import probe_model
 
     _, ar, _, npz = tiny_pair
     common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok", progress=False,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from igpt_eval.analysis.track import loss_accuracy_correlation, track_summary
 from igpt_eval.cli import main
+from igpt_eval.studies.track import loss_accuracy_correlation, track_summary
 
 
 def _one_error(capsys) -> str:

@@ -1,10 +1,10 @@
 """kNN and CKA over the activation caches of every layer, as tidy rows.
 
-:func:`knn_rows` is DINO's weighted kNN (:func:`~igpt_eval.analysis.stats.knn_accuracy`) of
+:func:`knn_rows` is DINO's weighted kNN (:func:`~igpt_eval.analysis.similarity.knn_accuracy`) of
 every cached layer, scored like a probe (test against a train + val bank, validation against
 a train-only bank); :func:`cka_rows` is linear CKA between every pair of layers within and
 across models, on the test split (rows in :data:`igpt_eval.results.CKA_COLUMNS`). Both are
-what :func:`igpt_eval.analysis.compare.compare_models` adds to the linear probes.
+what :func:`igpt_eval.studies.compare.compare_models` adds to the linear probes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.stats import cka_matrix, knn_accuracy
+from igpt_eval.analysis.similarity import cka_matrix, knn_accuracy
 from igpt_eval.errors import IGPTError
 from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.probes.protocol import SPLITS

@@ -17,11 +17,9 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
-from igpt_eval.data.splits import stratified_split
+from igpt_eval.data.splits import subset_rows
 from igpt_eval.defaults import BERT_MASKS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
@@ -162,12 +160,3 @@ _WRITE_DEFAULTS = {
     for name, p in inspect.signature(write_cache).parameters.items()
     if p.kind is p.KEYWORD_ONLY and name not in ("identity", "overwrite", "progress")
 }
-
-
-def subset_rows(labels, n: int, seed: int):
-    """Sorted indices of a stratified sample of ``n`` of the rows of ``labels`` (seeded):
-    each class keeps its share, so a capped split has the full split's class balance."""
-    if n < 1:
-        raise IGPTError(f"a split capped at {n} rows has nothing to probe; give a positive size")
-    _, rows = stratified_split(np.asarray(labels), n / len(labels), seed, n_out=n)
-    return rows

@@ -1,5 +1,5 @@
 """``igpt-eval campaign``: pretrain for a wall-clock budget, then probe, track and fine-tune,
-into one small folder (:mod:`igpt_eval.analysis.campaign`; docs/campaign.md)."""
+into one small folder (:mod:`igpt_eval.studies.campaign`; docs/campaign.md)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import math
 from pathlib import Path
 
-from igpt_eval.analysis.settings import SMOKE_CAMPAIGN, CampaignSettings
 from igpt_eval.cli.common import add_device_flag, command_line, subcommand
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
+from igpt_eval.studies.settings import SMOKE_CAMPAIGN, CampaignSettings
 
 
 def _minutes(text: str, zero_ok: bool) -> float:
@@ -85,7 +85,7 @@ def _add_campaign(sub) -> None:
 
 
 def _cmd_campaign(args) -> int:
-    from igpt_eval.analysis.campaign import Campaign
+    from igpt_eval.studies.campaign import Campaign
 
     base = SMOKE_CAMPAIGN if args.smoke else CampaignSettings()
     if args.settings is not None:

@@ -78,10 +78,10 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    from igpt_eval.analysis.compare import compare_models
-    from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.comparison import write_comparison
     from igpt_eval.reporting.tables import comparison_table, table_markdown
+    from igpt_eval.studies.compare import compare_models
+    from igpt_eval.studies.settings import ProbeSettings
 
     if args.cka_rows < 2:
         raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")

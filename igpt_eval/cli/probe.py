@@ -127,7 +127,7 @@ def add_probe_seed_flag(p) -> None:
 def add_native_pixels_flag(p) -> None:
     """``--native-pixels``/``--no-native-pixels`` of ``probe`` and ``compare``, one default
     (:class:`ProbeSettings`')."""
-    from igpt_eval.probes.settings import ProbeSettings
+    from igpt_eval.studies.settings import ProbeSettings
 
     default = ProbeSettings.native_pixels
     p.add_argument(
@@ -215,12 +215,12 @@ def _add_probe(sub) -> None:
 def _cmd_probe(args) -> int:
     from igpt_eval.model.sources import default_folder
     from igpt_eval.names import CONCAT
-    from igpt_eval.probes.runner import probe_model
-    from igpt_eval.probes.settings import ProbeSettings
     from igpt_eval.reporting.curve import probe_figure
     from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.tables import concat_summaries, format_summary
     from igpt_eval.results import summary
+    from igpt_eval.studies.probe import probe_model
+    from igpt_eval.studies.settings import ProbeSettings
 
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")

@@ -19,7 +19,7 @@ from igpt_eval.cli.probe import add_sample_flags
 
 @subcommand
 def _add_track(sub) -> None:
-    from igpt_eval.analysis.settings import TrackSettings
+    from igpt_eval.studies.settings import TrackSettings
 
     d = TrackSettings()
     p = sub.add_parser(
@@ -74,11 +74,11 @@ def _add_track(sub) -> None:
 
 
 def _cmd_track(args) -> int:
-    from igpt_eval.analysis.settings import TrackSettings
-    from igpt_eval.analysis.track import loss_accuracy_correlation, track_runs, track_summary
     from igpt_eval.io import atomic_write
     from igpt_eval.reporting.track import format_track, track_figures, track_markdown
     from igpt_eval.results import save_results
+    from igpt_eval.studies.settings import TrackSettings
+    from igpt_eval.studies.track import loss_accuracy_correlation, track_runs, track_summary
 
     refuse_overwrite(args.out / "results.parquet", args.overwrite)
     settings = TrackSettings(

@@ -55,3 +55,12 @@ def split_indices(labels: np.ndarray, split: str, seed: int = 0) -> np.ndarray:
         raise IGPTError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     train, val = stratified_split(labels, VAL_FRACTION, seed)
     return train if split == "train" else val
+
+
+def subset_rows(labels, n: int, seed: int):
+    """Sorted indices of a stratified sample of ``n`` of the rows of ``labels`` (seeded):
+    each class keeps its share, so a capped split has the full split's class balance."""
+    if n < 1:
+        raise IGPTError(f"a split capped at {n} rows has nothing to probe; give a positive size")
+    _, rows = stratified_split(np.asarray(labels), n / len(labels), seed, n_out=n)
+    return rows

@@ -30,8 +30,8 @@ A row names side a in ``model``/``probe``/``layer``/``site`` and side b in ``vs_
 McNemar's, ``n_eval`` the test images, ``n10``/``n01`` the examples only a / only b gets
 right.
 
-:func:`~igpt_eval.probes.runner.probe_model` adds these rows to every probe run, and
-:func:`~igpt_eval.analysis.compare.compare_models` to a comparison;
+:func:`~igpt_eval.studies.probe.probe_model` adds these rows to every probe run, and
+:func:`~igpt_eval.studies.compare.compare_models` to a comparison;
 :mod:`igpt_eval.analysis.paired` reads them back and words them.
 """
 

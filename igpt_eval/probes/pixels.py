@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from igpt_eval.cache.extraction import subset_rows
 from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data.splits import subset_rows
 from igpt_eval.names import PIXELS, PIXELS_NATIVE
 from igpt_eval.predictions import Predictions
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
@@ -54,7 +54,7 @@ def _probe_control(
 ):
     """Probe one pixel control: ``load(split)`` gives ``(dataset, raw rows, labels)``, each
     split is cut to the stratified sample its ``sizes`` entry asks for (the models' caches
-    draw the same rows: :func:`igpt_eval.cache.extraction.subset_rows`, same labels and seed),
+    draw the same rows: :func:`igpt_eval.data.splits.subset_rows`, same labels and seed),
     and only the kept rows go through ``featurize``."""
     feats = {}
     for split in SPLITS:
@@ -98,7 +98,7 @@ def probe_pixels(
     L-BFGS probes (:func:`~igpt_eval.probes.protocol.probe_lbfgs`) of the token caches of
     ``dataset`` at ``n_px`` under ``palette``, split with ``split_seed``; with
     ``train_size`` (``val_size``, ``test_size``), the same stratified sample of that split
-    as the models' activation caches (:func:`igpt_eval.cache.extraction.subset_rows`). With
+    as the models' activation caches (:func:`igpt_eval.data.splits.subset_rows`). With
     ``return_predictions``, returns ``(rows, predictions)`` (one array,
     ``pixels/pixels/pixels``)."""
 

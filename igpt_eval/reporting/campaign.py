@@ -1,4 +1,4 @@
-"""The report of a pretraining campaign (:mod:`igpt_eval.analysis.campaign`), drawn from the
+"""The report of a pretraining campaign (:mod:`igpt_eval.studies.campaign`), drawn from the
 folder it wrote: the depth curve with every control, the paired contrasts, the snapshots'
 table and heatmap, fine-tuning, and the plan and stage times the run recorded.
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from igpt_eval.analysis.paired import paired_lines
-from igpt_eval.analysis.track import track_summary
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json
 from igpt_eval.names import PIXEL_CONTROLS
@@ -26,6 +25,7 @@ from igpt_eval.reporting.tables import (
 )
 from igpt_eval.reporting.track import track_figures, track_markdown
 from igpt_eval.results import load_results, summary
+from igpt_eval.studies.track import track_summary
 
 
 def read_campaign(folder: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:

@@ -1,4 +1,4 @@
-"""A comparison's folder: what :func:`igpt_eval.analysis.compare.compare_models` measured,
+"""A comparison's folder: what :func:`igpt_eval.studies.compare.compare_models` measured,
 written for ``igpt-eval report`` and for people.
 
 ``results.parquet``/``.csv`` (the tidy table), ``predictions.npz`` (the per-example test
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from igpt_eval.analysis.compare import Comparison
 from igpt_eval.io import atomic_write, write_json
 from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours, save_figure
 from igpt_eval.reporting.tables import (
@@ -24,6 +23,7 @@ from igpt_eval.reporting.tables import (
     table_markdown,
 )
 from igpt_eval.results import save_results
+from igpt_eval.studies.compare import Comparison
 
 
 def write_comparison(c: Comparison, out: str | Path) -> list[Path]:

@@ -15,10 +15,10 @@ import pandas as pd
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.names import PIXEL_CONTROLS
 from igpt_eval.predictions import Predictions
-from igpt_eval.probes.runner import probe_model
 from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
 from igpt_eval.reporting.tables import concat_summaries
 from igpt_eval.results import summary
+from igpt_eval.studies.probe import probe_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

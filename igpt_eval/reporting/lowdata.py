@@ -1,5 +1,5 @@
 """The low-data table and figure, drawn from the results of
-:func:`igpt_eval.analysis.lowdata.lowdata_study` only: test accuracy (mean ± std over seeds)
+:func:`igpt_eval.studies.lowdata.lowdata_study` only: test accuracy (mean ± std over seeds)
 of the linear probe (best layer), fine-tuning and the
 raw-pixel baseline, against K labels per class, for each model."""
 

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.analysis.paired import differences
-from igpt_eval.analysis.track import load_track, track_summary
 from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
@@ -50,6 +49,7 @@ from igpt_eval.reporting.words import (
     describe_knn,
 )
 from igpt_eval.results import load_results
+from igpt_eval.studies.track import load_track, track_summary
 
 
 def _shown(path: Path) -> str:

@@ -1,5 +1,5 @@
 """What ``igpt-eval track`` shows: the terminal table, the figures and the report section of
-probe accuracy over training (:mod:`igpt_eval.analysis.track` computes them).
+probe accuracy over training (:mod:`igpt_eval.studies.track` computes them).
 
 Figures: the best layer's test accuracy against validation loss, one line per run
 (:func:`track_loss_accuracy`); per run, a heatmap of accuracy by layer and step
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.track import loss_accuracy_correlation
 from igpt_eval.names import PIXEL_CONTROLS
 from igpt_eval.reporting.figures import (
     baseline_of,
@@ -25,6 +24,7 @@ from igpt_eval.reporting.figures import (
     save_figure,
 )
 from igpt_eval.results import summary
+from igpt_eval.studies.track import loss_accuracy_correlation
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -135,7 +135,7 @@ def track_loss_accuracy(
     """The paper's Figure 3: the best layer's (chosen on validation) linear-probe test
     accuracy against the generative validation loss, one line per run.
 
-    ``summ`` is :func:`igpt_eval.analysis.track.track_summary` output. The loss axis runs from high
+    ``summ`` is :func:`igpt_eval.studies.track.track_summary` output. The loss axis runs from high
     to low, so training moves to the right; step 0 (the untrained network, a
     random-weights control) is drawn hollow.
     """

@@ -1,7 +1,7 @@
 """Fine-tuning runs: a folder guarded and recorded, data loaded, results written.
 
 :func:`run_finetune` fine-tunes an in-memory model on :class:`~igpt_eval.data.subsets.Labelled`
-arrays (what :mod:`igpt_eval.analysis.lowdata` calls once per draw); :func:`finetune_model` loads a
+arrays (what :mod:`igpt_eval.studies.lowdata` calls once per draw); :func:`finetune_model` loads a
 checkpoint folder and a registered dataset first (what ``igpt-eval finetune`` runs). The
 training itself is :class:`igpt_eval.train.finetune.FineTuner`.
 """

@@ -7,15 +7,15 @@ What ``igpt-eval compare`` runs; notebooks call :func:`compare_models` directly:
     c.cka            # tidy CKA rows: model_a, layer_a, model_b, layer_b, value
     c.predictions    # per-example test predictions of every probe (results.Predictions)
 
-Every model is probed by :func:`igpt_eval.probes.runner.probe_model` (same protocol, same
+Every model is probed by :func:`igpt_eval.studies.probe.probe_model` (same protocol, same
 train/val/test split), and the kNN and CKA analyses read the same activation caches:
 
-- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.stats.knn_accuracy`): reported with the
+- **kNN** (DINO's protocol, :func:`igpt_eval.analysis.similarity.knn_accuracy`): reported with the
   memory bank train + val (the data the linear probe is refit on) and the test split as
   queries, bootstrap 95% CI; a layer is chosen by validation queries against a train-only
   bank (``split = "val"`` rows), never by test.
-- **CKA** (:func:`igpt_eval.analysis.stats.cka_matrix`): on the test split, every pair of layers
-  within each model and between every pair of models (the test images are the same rows in
+- **CKA** (:func:`igpt_eval.analysis.similarity.cka_matrix`): on the test split, every pair
+  of layers within each model and between every pair of models (the test images are the same rows in
   the same order for all models, which is checked).
 - **Pixel controls** (:mod:`igpt_eval.probes.pixels`): the same L-BFGS protocol on what the
   model sees, the palette-quantised image (each token decoded to its palette colour in
@@ -63,9 +63,9 @@ from igpt_eval.probes.pixels import (
     probe_pixel_controls,
 )
 from igpt_eval.probes.protocol import SPLITS
-from igpt_eval.probes.runner import probe_model, provenance
-from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.results import to_frame
+from igpt_eval.studies.probe import probe_model, provenance
+from igpt_eval.studies.settings import ProbeSettings
 
 
 @dataclass
@@ -225,7 +225,7 @@ def compare_models(
     ``random_control`` each model's random-weights twin), and with ``concat_layers`` = K the
     multi-layer probe of each model.
 
-    ``settings`` (a :class:`~igpt_eval.probes.settings.ProbeSettings`; default: its
+    ``settings`` (a :class:`~igpt_eval.studies.settings.ProbeSettings`; default: its
     defaults, as ``probe_model``'s) with ``changes``, its
     fields as keywords, are the site, extraction, sample, seed and controls, the same for
     every model; every layer is probed with L-BFGS. ``cache_dir`` (default:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from igpt_eval import defaults
-from igpt_eval.analysis.settings import LowDataConfig
 from igpt_eval.cache import ActivationCache, read_manifest, write_cache
 from igpt_eval.cache.manifest import masking
 from igpt_eval.data import load_dataset, load_tokens
@@ -43,6 +42,7 @@ from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
 from igpt_eval.probes.protocol import Features, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
+from igpt_eval.studies.settings import LowDataConfig
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import run_finetune
 

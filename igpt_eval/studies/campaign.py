@@ -3,7 +3,7 @@ tracks and fine-tunes it, writing what a user needs into one small folder as it 
 
 It is made for the rare GPU call (one command of at most ten minutes, whose results must come
 back as at most 8 files of at most 16 MiB), and it runs the same code on a CPU at the
-:data:`~igpt_eval.analysis.settings.SMOKE_CAMPAIGN` size in seconds. The stages:
+:data:`~igpt_eval.studies.settings.SMOKE_CAMPAIGN` size in seconds. The stages:
 
 1. **data**: the dataset's splits at the model's resolution, a palette fitted on train, tokens;
 2. **throughput pilot**: a throwaway copy of the model trains a few steps; their time fixes the
@@ -39,9 +39,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from igpt_eval.analysis.campaign_plan import Plan, make_plan, model_config, weight_dtype
-from igpt_eval.analysis.settings import CampaignSettings, TrackSettings
-from igpt_eval.analysis.track import track_runs
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
@@ -54,9 +51,11 @@ from igpt_eval.model.sources import resolve_model
 from igpt_eval.predictions import Predictions, save_predictions
 from igpt_eval.probes.logistic import probe_head
 from igpt_eval.probes.paired import DIFF, paired_rows
-from igpt_eval.probes.runner import probe_model
-from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.results import probe_init, summary, to_frame
+from igpt_eval.studies.campaign_plan import Plan, make_plan, model_config, weight_dtype
+from igpt_eval.studies.probe import probe_model
+from igpt_eval.studies.settings import CampaignSettings, ProbeSettings, TrackSettings
+from igpt_eval.studies.track import track_runs
 from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import finetune_model
 from igpt_eval.train.pretrain import TrainConfig, Trainer

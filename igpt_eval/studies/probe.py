@@ -24,9 +24,9 @@ from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
 from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
-from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import MODELS_FILE, save_results, summary, to_frame
+from igpt_eval.studies.settings import ProbeSettings
 
 
 def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:

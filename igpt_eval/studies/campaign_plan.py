@@ -1,4 +1,4 @@
-"""The plan of a pretraining campaign (:mod:`igpt_eval.analysis.campaign`): the model its
+"""The plan of a pretraining campaign (:mod:`igpt_eval.studies.campaign`): the model its
 settings describe, the file its weights ship in, and the step count that fits the wall-clock
 budget given a step time, measured by the campaign's pilot or, for a dry run, assumed.
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from igpt_eval.analysis.settings import CampaignSettings
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.studies.settings import CampaignSettings
 from igpt_eval.train.pretrain import TrainConfig, log_spaced_steps
 
 #: The largest file a GPU call brings back (the device tool's limit).

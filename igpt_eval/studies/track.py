@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from igpt_eval.analysis.settings import TrackSettings
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.checkpoint import CONFIG, list_snapshots
 from igpt_eval.model.config import IGPTConfig
-from igpt_eval.probes.runner import probe_model
-from igpt_eval.probes.settings import ProbeSettings
 from igpt_eval.results import load_results, summary
+from igpt_eval.studies.probe import probe_model
+from igpt_eval.studies.settings import ProbeSettings, TrackSettings
 
 
 @dataclass
