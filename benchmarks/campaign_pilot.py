@@ -73,8 +73,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n_px, k in CANDIDATES:
             train = load_dataset("fashion-mnist", split="train", n_px=n_px, data_dir=args.data_dir)
-            palette = Palette.fit(train.images, k, seed=0, progress=False)
-            tokens = load_tokens(train, palette, tmp, progress=False).tokens
+            palette = Palette.fit(train.images, k, seed=0)
+            tokens = load_tokens(train, palette, tmp).tokens
             h, h_cond = entropies(np.asarray(tokens), k)
             rows, pred = probe_pixels(
                 palette, "fashion-mnist", n_px=n_px, data_dir=args.data_dir, token_cache=tmp,

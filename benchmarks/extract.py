@@ -61,12 +61,12 @@ def worker(args) -> dict:
     n = len(tokens)
     out = Path(args.out)
     if args.worker == "ours":
-        from igpt_eval.cache import write_cache
+        from igpt_eval.cache import ExtractSettings, write_cache
 
         base = vm_hwm_mb()
         t0 = time.perf_counter()
         write_cache(
-            model, tokens, np.zeros(n, np.int64), out, batch_size=args.batch, progress=False
+            model, tokens, np.zeros(n, np.int64), out, ExtractSettings(batch_size=args.batch)
         )
     else:
         from forward import hf_reference

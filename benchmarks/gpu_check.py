@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import timeit  # noqa: E402
 from forward import hf_reference  # noqa: E402
 
-from igpt_eval.cache import write_cache  # noqa: E402
+from igpt_eval.cache import ExtractSettings, write_cache  # noqa: E402
 from igpt_eval.model.config import IGPTConfig  # noqa: E402
 from igpt_eval.model.igpt import IGPT  # noqa: E402
 from igpt_eval.probes import Features, probe_lbfgs  # noqa: E402
@@ -166,8 +166,8 @@ def part_features(run: Run) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         cache, t_cache = run.timed(
             lambda: write_cache(
-                model, tokens, np.zeros(n, np.int64), Path(tmp) / "cache", batch_size=B,
-                compute=run.compute, progress=False,
+                model, tokens, np.zeros(n, np.int64), Path(tmp) / "cache",
+                ExtractSettings(batch_size=B, compute=run.compute),
             )
         )  # fmt: skip
         cached = np.stack([np.asarray(a[:B]) for _, a in cache])

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from igpt_eval.cache import ExtractSettings
 from igpt_eval.cache.extraction import extract_split
 from igpt_eval.defaults import BERT_MASKS
 from igpt_eval.model.head import feature_scale
@@ -62,10 +63,10 @@ def main() -> None:
     net, palette, ident = open_model(args.model)
     # Exact float32 features, as `igpt-eval probe` extracts them; --max-rows extracts a
     # stratified sample of the training split (the cache `probe --train-size N` builds).
-    settings = dict(layers=None, site="ln_1", seed=0, compute="float32")
+    settings = ExtractSettings(site="ln_1", seed=0, compute="float32", bert_masks=BERT_MASKS)
     caches = {
-        s: extract_split(net, palette, ident, None, s, bert_masks=BERT_MASKS,
-                         max_rows=args.max_rows if s == "train" else None, **settings)
+        s: extract_split(net, palette, ident, None, s, settings=settings,
+                         max_rows=args.max_rows if s == "train" else None)
         for s in ("train", "val")
     }  # fmt: skip
     feats, layers, _ = load_features(caches, None)

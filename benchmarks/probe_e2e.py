@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(backend: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    df = probe_model(backend=backend, pixels=False, native_pixels=False, progress=False)
+    df = probe_model(backend=backend, pixels=False, native_pixels=False)
     seconds = time.perf_counter() - t0 - df.attrs["extract_seconds"]
     fits = df[df.metric == "accuracy"]
     test = fits[fits.split == "test"].set_index("layer")
@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/probe_e2e.json")
     args = ap.parse_args()
     # Untimed: builds the caches if missing, and warms the imports and the page cache.
-    probe_model(pixels=False, native_pixels=False, progress=False)
+    probe_model(pixels=False, native_pixels=False)
     sides = {}
     for backend in ("torch", "sklearn"):
         seconds, res = run(backend)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpt_eval.cache import write_cache
+from igpt_eval.cache import ExtractSettings, write_cache
 from igpt_eval.data import load_dataset
 from igpt_eval.model import IGPT, IGPTConfig, load_model, load_palette
 from igpt_eval.probes import LogisticProbe, probe_lbfgs
@@ -59,8 +59,8 @@ def compute() -> dict[str, np.ndarray]:
             out[f"{name}/features/masks3"] = model.features(tokens, n_masks=3).numpy()
         with tempfile.TemporaryDirectory() as tmp:
             cache = write_cache(
-                model, tokens, labels, Path(tmp) / "acts", batch_size=32, bert_masks=2,
-                progress=False,
+                model, tokens, labels, Path(tmp) / "acts",
+                ExtractSettings(batch_size=32, bert_masks=2),
             )  # fmt: skip
             for layer in range(len(cache)):
                 out[f"{name}/cache/{layer}"] = np.array(cache[layer])
@@ -107,7 +107,7 @@ def compute() -> dict[str, np.ndarray]:
         )
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(model, train, val, tc, Path(tmp))
-            trainer.fit(progress=False)
+            trainer.fit()
             log = (Path(tmp) / "train_log.csv").read_text().splitlines()
         header = log[0].split(",")
         cols = [header.index(c) for c in ("train_loss", "val_loss")]

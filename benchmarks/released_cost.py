@@ -36,7 +36,7 @@ CIFAR10_IMAGES = 60_000
 def measure(preset: str, n: int, batch: int, seed: int = 0) -> dict:
     """Time ``n`` images (after one warm-up batch) through the extraction path of a
     random-weights model of ``preset``'s shape."""
-    from igpt_eval.cache import write_cache
+    from igpt_eval.cache import ExtractSettings, write_cache
     from igpt_eval.model import IGPT, IGPTConfig
 
     cfg = IGPTConfig.preset(preset, n_px=32, vocab_size=512)
@@ -46,11 +46,10 @@ def measure(preset: str, n: int, batch: int, seed: int = 0) -> dict:
     labels = np.zeros(len(tokens), np.int64)
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up batch: first-call allocations and kernel selection are not the steady state.
-        write_cache(model, tokens[:batch], labels[:batch], Path(tmp) / "warm",
-                    batch_size=batch, progress=False)  # fmt: skip
+        settings = ExtractSettings(batch_size=batch)
+        write_cache(model, tokens[:batch], labels[:batch], Path(tmp) / "warm", settings)
         t0 = time.perf_counter()
-        write_cache(model, tokens[batch:], labels[batch:], Path(tmp) / "run",
-                    batch_size=batch, progress=False)  # fmt: skip
+        write_cache(model, tokens[batch:], labels[batch:], Path(tmp) / "run", settings)
         seconds = time.perf_counter() - t0
     flops = cfg.n_positions * cfg.flops_per_token(head=False)  # per image
     ips = n / seconds

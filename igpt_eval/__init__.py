@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActivationCache": "igpt_eval.cache",
+    "DataSource": "igpt_eval.data",
+    "ExtractSettings": "igpt_eval.cache",
     "DepthCurve": "igpt_eval.reporting.curve",
     "MODELS_DIR": "igpt_eval.defaults",
     "probe_depth_curve": "igpt_eval.reporting.curve",

@@ -103,7 +103,6 @@ def tiny_comparison(tiny_pair):
             f"npz:{npz}",
             cache_dir=root / "acts",
             token_cache=root / "runs/cache/tokens",
-            progress=False,
         )
         write_comparison(c, root / "cmp")
         return c

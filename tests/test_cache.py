@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from igpt_eval.cache import ActivationCache, row_masks, write_cache
+from igpt_eval.cache import ActivationCache, ExtractSettings, row_masks, write_cache
 from igpt_eval.cache import writer as cache_writer
 from igpt_eval.cache.manifest import masking
 from igpt_eval.errors import IGPTError
@@ -43,9 +43,9 @@ def data():
     return rng.integers(0, 16, (N, T)).astype(np.uint16), np.arange(N) % 3
 
 
-def run(model, data, out, **kw):
-    kw = {"batch_size": 8, "progress": False, **kw}
-    return write_cache(model, *data, out, **kw)
+def run(model, data, out, *, identity=None, overwrite=False, **settings):
+    settings = ExtractSettings(**{"batch_size": 8, **settings})
+    return write_cache(model, *data, out, settings, identity=identity, overwrite=overwrite)
 
 
 def batched(fn, n, b=8, axis=1):
@@ -352,3 +352,32 @@ def test_two_threads_compute_two_batches_at_once_with_the_same_bits(tmp_path, da
     done = run(model, data, tmp_path / "c")
     for (_, a), (_, b) in zip(done, ref, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_extract_settings_name_the_managed_cache_stably():
+    """The folder name of a managed cache is a hash of the settings: pinned, because a change
+    to it would orphan every cache users already hold (these are the names of before the
+    settings became one object)."""
+    from igpt_eval.cache.settings import SITE
+    from igpt_eval.model.sites import DEFAULT_SITE
+
+    assert SITE == DEFAULT_SITE
+    s = ExtractSettings(compute="float32", bert_masks=0)
+    assert s.tag() == "0dc2c1" and s.tag(rows=5000) == "eb02cc"
+    assert s.replace(batch_size=7).tag() == s.tag()  # the batch size stores the same bits
+    assert s.replace(layers=[3, 1, 2]).tag() == s.replace(layers=(1, 2, 3)).tag()
+    assert s.replace(dtype="float16").tag() != s.tag()
+    assert ExtractSettings(layers=[1, 2]).layers == (1, 2)  # kept hashable
+    with pytest.raises(TypeError, match="no extraction setting named 'sites'"):
+        s.replace(sites=[1])
+
+
+def test_data_source_of():
+    from igpt_eval.data import DataSource
+
+    assert DataSource.of("digits") == DataSource("digits")
+    assert DataSource.of(None) == DataSource()
+    src = DataSource("digits", split_seed=3)
+    assert DataSource.of(src) is src
+    with pytest.raises(IGPTError, match="registry name or a DataSource"):
+        DataSource.of(3)

@@ -92,8 +92,9 @@ def test_cli_writes_what_the_python_api_reuses(tmp_path, ckpt, tiny_npz, capsys,
     real = IGPT.features
     monkeypatch.setattr(IGPT, "features", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = igpt_eval.extract(
-        ckpt, f"npz:{tiny_npz}", split="test", out=tmp_path / "acts", layers=[0, 2, 3],
-        batch_size=8, token_cache=tmp_path / "tokens", progress=False,
+        ckpt, igpt_eval.DataSource(f"npz:{tiny_npz}", token_cache=tmp_path / "tokens"),
+        split="test", out=tmp_path / "acts",
+        settings=igpt_eval.ExtractSettings(layers=[0, 2, 3], batch_size=8),
     )  # fmt: skip
     assert calls == [] and cache.complete  # same weights, palette, data: reused as is
     tokens = TokenCache.open(next((tmp_path / "tokens").iterdir())).tokens

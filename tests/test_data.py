@@ -383,7 +383,7 @@ def grey_setup(tmp_path):
 def test_tokenize_writes_and_reopens(tmp_path, grey_setup, monkeypatch):
     _, ds, pal = grey_setup
     out = tmp_path / "cache"
-    cache = tokenize(ds, pal, out, batch_size=5, progress=False)
+    cache = tokenize(ds, pal, out, batch_size=5)
     assert isinstance(cache.tokens, np.memmap) and cache.tokens.dtype == np.uint16
     np.testing.assert_array_equal(cache.tokens, pal.encode(ds.images))
     np.testing.assert_array_equal(cache.labels, ds.labels)
@@ -395,7 +395,7 @@ def test_tokenize_writes_and_reopens(tmp_path, grey_setup, monkeypatch):
         raise AssertionError("re-encoded a valid cache")
 
     monkeypatch.setattr(Palette, "encode", boom)
-    again = tokenize(ds, pal, out, progress=False)
+    again = tokenize(ds, pal, out)
     np.testing.assert_array_equal(again.tokens, cache.tokens)
     assert TokenCache.open(out, pal, ds.fingerprint).manifest == m
 
@@ -403,10 +403,10 @@ def test_tokenize_writes_and_reopens(tmp_path, grey_setup, monkeypatch):
 def test_cache_refuses_or_rebuilds_on_mismatch(tmp_path, grey_setup):
     path, ds, pal = grey_setup
     out = tmp_path / "cache"
-    tokenize(ds, pal, out, progress=False)
+    tokenize(ds, pal, out)
     other = Palette(np.linspace(-1, 1, 5, dtype=np.float32)[:, None])
     with pytest.raises(IGPTError, match="--overwrite"):
-        tokenize(ds, other, out, progress=False)
+        tokenize(ds, other, out)
     with pytest.raises(IGPTError, match="palette"):
         TokenCache.open(out, other)
     # Changed data: refused too, then rebuilt with overwrite.
@@ -415,43 +415,40 @@ def test_cache_refuses_or_rebuilds_on_mismatch(tmp_path, grey_setup):
     np.savez(path, images=x, labels=np.arange(24) % 2)
     ds2 = load_dataset(f"npz:{path}", "trainval")
     with pytest.raises(IGPTError, match="dataset fingerprint"):
-        tokenize(ds2, pal, out, progress=False)
-    rebuilt = tokenize(ds2, pal, out, progress=False, overwrite=True)
+        tokenize(ds2, pal, out)
+    rebuilt = tokenize(ds2, pal, out, overwrite=True)
     np.testing.assert_array_equal(rebuilt.tokens, pal.encode(ds2.images))
 
 
 def test_incomplete_cache_is_absent(tmp_path, grey_setup):
     _, ds, pal = grey_setup
     out = tmp_path / "cache"
-    tokenize(ds, pal, out, progress=False)
+    tokenize(ds, pal, out)
     m = read_manifest(out)
     (out / "manifest.json").write_text('{"format": "igpt-eval-tokens", "complete": false}')
     assert read_manifest(out) is None
     with pytest.raises(IGPTError, match="no complete token cache"):
         TokenCache.open(out)
     # Rebuilt without needing overwrite, since nothing valid was there.
-    assert (
-        tokenize(ds, pal, out, progress=False).manifest["dataset_fingerprint"]
-        == (m["dataset_fingerprint"])
-    )
+    assert tokenize(ds, pal, out).manifest["dataset_fingerprint"] == (m["dataset_fingerprint"])
 
 
 def test_load_tokens_in_cache_root(tmp_path, grey_setup):
     path, ds, pal = grey_setup
     root = tmp_path / "root"
-    cache = load_tokens(ds, pal, root, progress=False)
+    cache = load_tokens(ds, pal, root)
     assert cache.path == cache_dir(root, ds, pal)
     assert (
         cache.path.name == f"npz_{str(path).strip('/').replace('/', '_')}-trainval-6px-{pal.hash}"
     )
-    assert load_tokens(ds, pal, root, progress=False).manifest == cache.manifest
+    assert load_tokens(ds, pal, root).manifest == cache.manifest
     x = np.load(path)["images"]
     np.savez(path, images=255 - x, labels=np.arange(24) % 2)
     ds2 = load_dataset(f"npz:{path}", "trainval")
     with pytest.raises(IGPTError):
-        load_tokens(ds2, pal, root, progress=False, overwrite=False)
+        load_tokens(ds2, pal, root, overwrite=False)
     with pytest.warns(UserWarning, match="stale"):
-        fresh = load_tokens(ds2, pal, root, progress=False)
+        fresh = load_tokens(ds2, pal, root)
     assert fresh.manifest["dataset_fingerprint"] == ds2.fingerprint
 
 
@@ -459,7 +456,7 @@ def test_tokenize_rejects_channel_mismatch(tmp_path, tiny_npz):
     ds = load_dataset(f"npz:{tiny_npz}", "test")
     grey = Palette(np.zeros((2, 1), np.float32) + [[-1], [1]])
     with pytest.raises(IGPTError, match="3 channels but the palette has 1"):
-        tokenize(ds, grey, tmp_path / "c", progress=False)
+        tokenize(ds, grey, tmp_path / "c")
     assert not (tmp_path / "c").exists()
 
 

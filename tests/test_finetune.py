@@ -131,7 +131,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
         return next(scripted), 1.0, np.ones(len(d), bool)
 
     monkeypatch.setattr(tuner, "evaluate", fake_eval)
-    best = tuner.fit(progress=False)
+    best = tuner.fit()
     assert (best.step, best.acc, best.stopped) == (4, 0.9, True)
     assert tuner.step == 8  # two evaluations without improvement, then stop
     saved = load_model(tmp_path)
@@ -150,7 +150,7 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
     cfg = FinetuneConfig(steps=8, batch_size=8, eval_every=2, patience=10, augment=augment)
     model = pretrained(objective)
     args = (model, pal, d, d, d, cfg)
-    ref = run_finetune(*args, tmp_path / "ref", progress=False)
+    ref = run_finetune(*args, tmp_path / "ref")
 
     real = FineTuner.train_step
     calls = {"n": 0}
@@ -163,12 +163,12 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(FineTuner, "train_step", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(*args, tmp_path / "run", progress=False)
+        run_finetune(*args, tmp_path / "run")
     monkeypatch.setattr(FineTuner, "train_step", real)
     assert (tmp_path / "run/resume/LATEST").read_text().strip() == "step-4"
     with pytest.raises(IGPTError, match="already holds files"):
-        run_finetune(*args, tmp_path / "run", progress=False)
-    again = run_finetune(*args, tmp_path / "run", resume=True, progress=False)
+        run_finetune(*args, tmp_path / "run")
+    again = run_finetune(*args, tmp_path / "run", resume=True)
     a, b = load_model(tmp_path / "ref"), load_model(tmp_path / "run")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])

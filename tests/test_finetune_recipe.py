@@ -78,7 +78,7 @@ def test_saved_classifier_is_one_checkpoint(tmp_path, layer):
     IGPT.classify on it (no other file) reproduces the run's predictions."""
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=12, batch_size=16, lr=3e-3, eval_every=4, layer=layer)
-    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path, progress=False)
+    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path)
     saved = load_model(tmp_path)
     assert saved.config.clf_bias and saved.config.clf_layer == (-1 if layer is None else layer)
     x = torch.from_numpy(held.tokens.astype(np.int64))
@@ -94,7 +94,7 @@ def test_saved_classifier_is_one_checkpoint(tmp_path, layer):
 def test_validation_rows_count_the_images_early_stopping_scored(tmp_path):
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=4, batch_size=16, eval_every=2, eval_images=20)
-    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path, progress=False)
+    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path)
     n_eval = df[df.metric == "accuracy"].set_index("split").n_eval
     assert n_eval["val"] == 20 < len(held) == n_eval["test"]
 
@@ -162,7 +162,7 @@ def test_lr_sweep_keeps_the_best_validation_accuracy(tmp_path):
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=8, batch_size=16, lr=1e-2, eval_every=4)
     df = finetune_lr_sweep(pretrained(), None, data, held, held, cfg, tmp_path, max_runs=3,
-                           start=1e-2, sweep_steps=4, progress=False)  # fmt: skip
+                           start=1e-2, sweep_steps=4)  # fmt: skip
     sweep = pd.read_csv(tmp_path / "lr_sweep.csv")
     assert 2 <= len(sweep) <= 3 and list(sweep.lr[:2]) == [0.01, 0.003]
     for lr in sweep.lr:  # the sweep's runs are scored on validation only: test is the full run's
@@ -176,7 +176,7 @@ def test_lr_sweep_keeps_the_best_validation_accuracy(tmp_path):
     for lr in sweep.lr:
         assert (tmp_path / f"sweep/lr-{lr:g}/results.parquet").is_file()
     again = finetune_lr_sweep(pretrained(), None, data, held, held, cfg, tmp_path, max_runs=3,
-                              start=1e-2, sweep_steps=4, resume=True, progress=False)  # fmt: skip
+                              start=1e-2, sweep_steps=4, resume=True)  # fmt: skip
     np.testing.assert_array_equal(again.value.to_numpy(float), df.value.to_numpy(float))
 
 

@@ -136,16 +136,16 @@ def test_predictions_by_model_probe_and_layer():
 def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
     """The managed cache key comes from normalised settings: extract() with defaults spelt
     out, or left out, finds the folder probe_model made."""
-    from igpt_eval.cache import extract
+    from igpt_eval.cache import ExtractSettings, extract
     from igpt_eval.studies.probe import probe_model
 
     ar, npz = tiny_ar
-    df = probe_model(ar, f"npz:{npz}", progress=False, pixels=False, train_size=None,
+    df = probe_model(ar, f"npz:{npz}", pixels=False, train_size=None,
                      val_size=None, test_size=None)  # fmt: skip
     probed = df.attrs["caches"]["test"]
-    assert str(extract(ar, f"npz:{npz}", "test", progress=False).path) == probed
-    spelt = extract(ar, f"npz:{npz}", "test", progress=False, site="ln_1", dtype="float32",
-                    compute="float32", bert_masks=0, batch_size=7)  # fmt: skip
+    assert str(extract(ar, f"npz:{npz}", "test").path) == probed
+    spelt = extract(ar, f"npz:{npz}", "test", settings=ExtractSettings(
+        site="ln_1", dtype="float32", compute="float32", bert_masks=0, batch_size=7))  # fmt: skip
     assert str(spelt.path) == probed
 
 
@@ -240,9 +240,7 @@ def test_probe_depth_curve_returns_results_and_a_figure(tiny_ar, tmp_path):
     from matplotlib.figure import Figure
 
     ar, npz = tiny_ar
-    curve = igpt_eval.probe_depth_curve(
-        ar, f"npz:{npz}", cache_dir=tmp_path / "acts", progress=False
-    )
+    curve = igpt_eval.probe_depth_curve(ar, f"npz:{npz}", cache_dir=tmp_path / "acts")
     assert isinstance(curve, igpt_eval.DepthCurve) and isinstance(curve.figure, Figure)
     assert list(curve.summary.layer) == [0, 1, 2, 3] and curve.summary.best.sum() == 1
     assert set(curve.results.model) == {resolve_model(ar).label, "pixels", "pixels_native"}

@@ -94,13 +94,14 @@ def test_more_seeds_extend_a_study_and_other_settings_are_refused(
 
 
 def test_full_split_caches_are_reused(tmp_path, tiny_models, tiny_npz, monkeypatch):
-    from igpt_eval.cache.extraction import extract
+    from igpt_eval.cache import ExtractSettings, extract
+    from igpt_eval.data import DataSource
 
     cache = tmp_path / "cache"
     for split in ("train", "test"):
-        extract(tiny_models[0], f"npz:{tiny_npz}", split=split, bert_masks=0, progress=False,
-                out=cache / "activations" / f"full-{split}",
-                token_cache=tmp_path / "tok")  # fmt: skip
+        extract(tiny_models[0], DataSource(f"npz:{tiny_npz}", token_cache=tmp_path / "tok"),
+                split=split, out=cache / "activations" / f"full-{split}",
+                settings=ExtractSettings(bert_masks=0))  # fmt: skip
     monkeypatch.chdir(tmp_path)
     args = ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", "--no-finetune",
                    "--token-cache", str(tmp_path / "tok"))  # fmt: skip
@@ -162,13 +163,14 @@ def test_unlabelled_data_and_foreign_out(tmp_path, tiny_models, tiny_npz, capsys
 def test_caches_made_with_other_settings_are_not_reused(tmp_path, tiny_models, tiny_npz,
                                                        monkeypatch):  # fmt: skip
     """Same model, same split, but stored in float16: not what the study extracts with."""
-    from igpt_eval.cache.extraction import extract
+    from igpt_eval.cache import ExtractSettings, extract
+    from igpt_eval.data import DataSource
 
     cache = tmp_path / "cache"
     for split in ("train", "test"):
-        extract(tiny_models[0], f"npz:{tiny_npz}", split=split, bert_masks=0, progress=False,
-                out=cache / "activations" / f"half-{split}", dtype="float16",
-                token_cache=tmp_path / "tok")  # fmt: skip
+        extract(tiny_models[0], DataSource(f"npz:{tiny_npz}", token_cache=tmp_path / "tok"),
+                split=split, out=cache / "activations" / f"half-{split}",
+                settings=ExtractSettings(bert_masks=0, dtype="float16"))  # fmt: skip
     monkeypatch.chdir(tmp_path)
     args = ld_args(tmp_path, tiny_models[:1], f"npz:{tiny_npz}", "--no-finetune",
                    "--token-cache", str(tmp_path / "tok"))  # fmt: skip

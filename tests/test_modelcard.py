@@ -120,7 +120,7 @@ def _train(out, objective="ar", tokens=None, identity=None, palette=None):
     tc = TrainConfig(steps=6, batch_size=8, eval_every=3, checkpoint_every=6, eval_images=16)
     if palette is None:
         palette = Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
-    pretrain(cfg, tc, tokens, tokens[:16], out, palette=palette, identity=identity, progress=False)
+    pretrain(cfg, tc, tokens, tokens[:16], out, palette=palette, identity=identity)
     return out
 
 
@@ -209,7 +209,7 @@ def grey_run(tmp_path_factory):
     name = f"npz:{npz}"
     train = load_dataset(name, split="train", n_px=8)
     palette = Palette.fit(train.images, 16, seed=0)
-    tokens = load_tokens(train, palette, root / "cache", progress=False).tokens
+    tokens = load_tokens(train, palette, root / "cache").tokens
     ident = {
         "dataset": name,
         "train_fingerprint": train.fingerprint,

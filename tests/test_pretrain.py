@@ -77,7 +77,7 @@ def test_training_learns(tmp_path, objective):
     x = striped_tokens()
     steps = 60 if objective == "ar" else 200  # BERT scores only 15% of positions a step
     cfg = TrainConfig(steps=steps, batch_size=16, lr=3e-3, eval_every=steps, checkpoint_every=steps)
-    res = Trainer(model, x, striped_tokens(32, seed=1), cfg, tmp_path).fit(progress=False)
+    res = Trainer(model, x, striped_tokens(32, seed=1), cfg, tmp_path).fit()
     # A row-constant image is far more predictable than log(16) = 2.77 nats.
     assert res["val_loss"] < 0.75 * math.log(16)
     with open(tmp_path / "train_log.csv") as f:
@@ -94,7 +94,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.manual_seed(0)
         model = IGPT(CFG)
         cfg = TrainConfig(steps=5, batch_size=16, grad_accum=accum, lr=1e-3, checkpoint_every=99)
-        Trainer(model, x, x[:16], cfg, tmp_path / str(accum)).fit(progress=False)
+        Trainer(model, x, x[:16], cfg, tmp_path / str(accum)).fit()
         out.append(model.state_dict())
     for k in out[0]:
         torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-4, atol=1e-6)
@@ -109,7 +109,7 @@ def test_literal_ops_setting_picks_the_path(tmp_path, monkeypatch, literal):
     monkeypatch.setattr(Block, "_train_forward", lambda *a: calls.append(1) or real(*a))
     x = striped_tokens()
     cfg = TrainConfig(steps=2, batch_size=16, checkpoint_every=99, literal_ops=literal)
-    Trainer(IGPT(CFG), x, x[:16], cfg, tmp_path).fit(progress=False)
+    Trainer(IGPT(CFG), x, x[:16], cfg, tmp_path).fit()
     assert (len(calls) == 0) == literal  # 2 steps x n_layer blocks on the training path
 
 
@@ -200,7 +200,7 @@ def test_crash_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch
     cfg = TrainConfig(steps=12, batch_size=16, checkpoint_every=4, eval_every=99)
     torch.manual_seed(0)
     ref = IGPT(CFG)
-    Trainer(ref, x, x[:16], cfg, tmp_path / "ref").fit(progress=False)
+    Trainer(ref, x, x[:16], cfg, tmp_path / "ref").fit()
 
     real_save = torch.save
     calls = {"n": 0}
@@ -214,12 +214,12 @@ def test_crash_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(CFG, cfg, x, x[:16], tmp_path / "run", progress=False)
+        pretrain(CFG, cfg, x, x[:16], tmp_path / "run")
     monkeypatch.setattr(torch, "save", real_save)
     resume = tmp_path / "run/resume"
     assert (resume / "LATEST").read_text().strip() == "step-4"
     assert [p.name for p in resume.glob("step-*")] == ["step-4"]
-    pretrain(CFG, cfg, x, x[:16], tmp_path / "run", resume=True, progress=False)
+    pretrain(CFG, cfg, x, x[:16], tmp_path / "run", resume=True)
     done = load_model(tmp_path / "run")
     for k, v in ref.state_dict().items():
         assert torch.equal(v, done.state_dict()[k])
@@ -228,7 +228,7 @@ def test_crash_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch
 def test_lr_sweep_stops_when_loss_rises_and_keeps_the_best(tmp_path):
     x = striped_tokens()
     cfg = TrainConfig(steps=8, batch_size=16, eval_every=8, checkpoint_every=8)
-    rows = lr_sweep(CFG, cfg, x, x[:32], tmp_path, max_runs=6, progress=False)
+    rows = lr_sweep(CFG, cfg, x, x[:32], tmp_path, max_runs=6)
     lrs = [r["lr"] for r in rows]
     assert lrs == sweep_lrs(len(rows))
     losses = [r["val_loss"] for r in rows]
@@ -314,8 +314,7 @@ def run_args(tmp_path, tiny_npz):
             "8",
             "--token-cache",
             str(tmp_path / "cache"),
-            "--no-progress",
-            "--out",
+            "--out",  # not --quiet: the tests read what a run says it is doing
             str(tmp_path / out),
             *extra,
         ]

@@ -223,7 +223,7 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
-    kw = dict(cache_dir=tmp_path / "acts", progress=False, pixels=False)
+    kw = dict(cache_dir=tmp_path / "acts", pixels=False)
     lb = summary(probe_model(method="lbfgs", **kw)).set_index("layer").test_acc
     sgd = summary(probe_model(method="sgd", **kw)).set_index("layer").test_acc
     assert (abs(sgd - lb) <= 0.01).all(), (100 * (sgd - lb)).round(2).to_dict()

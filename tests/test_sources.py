@@ -20,6 +20,7 @@ import torch
 from igpt_eval import IGPTError
 from igpt_eval.cache.extraction import extract
 from igpt_eval.cli.main import main
+from igpt_eval.data import DataSource
 from igpt_eval.model.hf import read_bin
 from igpt_eval.model.sources import HF_FOLDER, HUB, resolve_model
 from tests.test_data import _cifar_rows, _py2_style_pickle
@@ -105,8 +106,8 @@ def cifar(tmp_path_factory):
 
 
 def _features(model, cifar, tmp_path, name):
-    cache = extract(model, "cifar10", "test", tmp_path / name, data_dir=cifar,
-                    token_cache=tmp_path / "tokens", progress=False)  # fmt: skip
+    cache = extract(model, DataSource("cifar10", cifar, token_cache=tmp_path / "tokens"), "test",
+                    tmp_path / name)  # fmt: skip
     return np.stack([np.asarray(cache[x]) for x in cache.layers]), cache.manifest
 
 
@@ -229,16 +230,18 @@ def test_a_folder_that_is_not_imagegpt(tmp_path, capsys):
     assert "no config.json" in _one_line(capsys)
 
 
-def test_grey_images_into_an_rgb_palette_are_announced(hf_sources, tmp_path, capsys):
+def test_grey_images_into_an_rgb_palette_are_announced(hf_sources, tmp_path, caplog):
+    """A warning (shown on stderr by Python's last-resort handler outside the tests)."""
     grey = tmp_path / "grey.npz"
     rng = np.random.default_rng(0)
     n = 40
     np.savez(grey, images=rng.integers(0, 255, (n, 32, 32, 1), dtype=np.uint8),
              labels=np.arange(n) % 2)  # fmt: skip
-    cache = extract(hf_sources["safetensors"], f"npz:{grey}", "test", tmp_path / "acts",
-                    token_cache=tmp_path / "tokens")  # fmt: skip
+    cache = extract(hf_sources["safetensors"],
+                    DataSource(f"npz:{grey}", token_cache=tmp_path / "tokens"), "test",
+                    tmp_path / "acts")  # fmt: skip
     assert cache.manifest["n"] > 0
-    assert "read as RGB (R = G = B)" in capsys.readouterr().err
+    assert "read as RGB (R = G = B)" in caplog.text
 
 
 def test_colour_images_into_a_grey_palette_are_refused(tmp_path, capsys):
@@ -291,7 +294,7 @@ def test_layer_groups_give_the_same_results(tiny_pair, tmp_path, one_torch_threa
     from igpt_eval.studies.probe import probe_model
 
     _, ar, _, npz = tiny_pair
-    common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok", progress=False,
+    common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok",
                   train_size=None, val_size=None, test_size=None, pixels=False)  # fmt: skip
     whole = probe_model(ar, f"npz:{npz}", **common)
     grouped = probe_model(ar, f"npz:{npz}", max_feature_bytes=1, **common)
@@ -316,7 +319,7 @@ def test_stl10_and_cifar100_at_the_models_resolution(hf_sources, tmp_path, name)
             x = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
             d = {b"fine_labels": [int(v) for v in np.arange(n) % 4], b"data": _cifar_rows(x)}
             (folder / part).write_bytes(_py2_style_pickle(d))
-    cache = extract(hf_sources["safetensors"], name, "test", tmp_path / "acts", data_dir=root,
-                    token_cache=tmp_path / "tok", progress=False)  # fmt: skip
+    cache = extract(hf_sources["safetensors"], DataSource(name, root, token_cache=tmp_path / "tok"),
+                    "test", tmp_path / "acts")  # fmt: skip
     assert cache.manifest["n"] == 3 and cache.manifest["seq_len"] == N_PX * N_PX
     assert np.asarray(cache[L]).shape == (3, D) and np.isfinite(np.asarray(cache[L])).all()

@@ -13,7 +13,8 @@
 :class:`ActivationCache` opens such a folder: ``cache[layer]`` is a read-only memmap.
 :func:`extract` (:mod:`~igpt_eval.cache.extraction`) is the one public entry point: a checkpoint
 folder (or a model and its palette) and a dataset split in, the cache of that split out, built
-or reused; it tokenizes the split and calls :func:`write_cache`.
+or reused; it tokenizes the split and calls :func:`write_cache`. What a cache stores is an
+:class:`ExtractSettings` (:mod:`~igpt_eval.cache.settings`), which both take.
 
 **Resuming.** Rows are written in batches with fixed boundaries (``batch_size`` rows from row
 0). After each batch the rows are flushed to disk, *then* ``rows_completed`` in the manifest
@@ -42,16 +43,31 @@ the same files; after each round of ``world`` batches all ranks meet at a barrie
 commits the round. Rank 0 creates the files and holds the lock.
 """
 
-from igpt_eval.cache.extraction import extract, extract_split
-from igpt_eval.cache.reader import FORMAT, ActivationCache, read_manifest
-from igpt_eval.cache.writer import row_masks, write_cache
+from importlib import import_module
 
-__all__ = [
-    "FORMAT",
-    "ActivationCache",
-    "extract",
-    "extract_split",
-    "read_manifest",
-    "row_masks",
-    "write_cache",
-]
+# Each public name and the module that defines it, imported on first use: the light
+# settings module (ExtractSettings) is read by the command line at start-up, before torch.
+_HOME = {
+    "FORMAT": "reader",
+    "ActivationCache": "reader",
+    "ExtractSettings": "settings",
+    "extract": "extraction",
+    "extract_split": "extraction",
+    "read_manifest": "reader",
+    "row_masks": "writer",
+    "write_cache": "writer",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(import_module(f"igpt_eval.cache.{_HOME[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'igpt_eval.cache' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

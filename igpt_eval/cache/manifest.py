@@ -1,7 +1,7 @@
 """What an activation cache is asked for, and whether an existing one can serve it.
 
-:func:`request` validates the arguments of :func:`~igpt_eval.cache.writer.write_cache` and
-returns the manifest they call for: the inputs' identity (weights hash, palette hash, dataset
+:func:`request` validates what :func:`~igpt_eval.cache.writer.write_cache` is asked for and
+returns the manifest that calls for: the inputs' identity (weights hash, palette hash, dataset
 fingerprint) and every extraction setting. :func:`mismatch` says why a cache on disk cannot
 serve a request (``None`` when it can): a cache is reused only when every field of
 ``_IDENTITY`` matches, never silently otherwise (docs/design.md, "Activation cache").
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from igpt_eval.cache.reader import DTYPES, FORMAT, VERSION
+from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
 from igpt_eval.model.loading import state_dict_hash
@@ -55,14 +56,15 @@ def masking(objective: str, bert_masks: int, seed: int | None) -> dict:
     }
 
 
-def request(
-    model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
-    full_layer, full_dtype, identity, compute="float32",
-) -> dict:  # fmt: skip
-    """Validate the arguments of :func:`write_cache`; the manifest they call for (no progress)."""
+def request(model, tokens, labels, settings: ExtractSettings, identity: dict | None) -> dict:
+    """Validate what :func:`write_cache` is asked for (``settings`` with the compute
+    precision and batch size resolved); the manifest that calls for."""
+    layers, site, dtype = settings.layers, settings.site, settings.dtype
+    full_layer, full_dtype = settings.full_sequence_layer, settings.full_sequence_dtype
+    batch_size, compute, bert_masks = settings.batch_size, settings.compute, settings.bert_masks
     cfg, L = model.config, model.config.n_layer
     check_kind(site)
-    layers = check_layers(valid_layers(site, L) if layers is None else layers, site, L)
+    layers = check_layers(valid_layers(site, L) if layers is None else list(layers), site, L)
     for name, value in (("dtype", dtype), ("full-sequence dtype", full_dtype)):
         if value not in DTYPES:
             raise IGPTError(f"unknown {name} {value!r}; choose one of {', '.join(DTYPES)}")
@@ -123,7 +125,7 @@ def request(
         "dim": cfg.n_embd,
         "shape": [n, cfg.n_embd],
         "batch_size": batch_size,
-        **masking(cfg.objective, bert_masks, seed),
+        **masking(cfg.objective, bert_masks, settings.seed),
         "full_sequence": full,
         "compute": compute,
         "world_size": dist.world_size(),

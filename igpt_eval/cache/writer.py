@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
-from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.cache.manifest import COMPUTE, mismatch, request
 from igpt_eval.cache.reader import (
@@ -24,17 +23,19 @@ from igpt_eval.cache.reader import (
     data_files,
     read_manifest,
 )
-from igpt_eval.defaults import BERT_MASKS
+from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, file_lock, save_npy, write_json
+from igpt_eval.log import progress_bar
 from igpt_eval.model.devices import (
     cpu_workers,
     default_extract_batch,
     one_thread_each,
     resolve_compute,
 )
-from igpt_eval.model.sites import DEFAULT_SITE
 from igpt_eval.train import distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- masks
@@ -58,31 +59,23 @@ def write_cache(
     tokens,
     labels,
     out: str | os.PathLike,
+    settings: ExtractSettings | None = None,
     *,
-    layers=None,
-    site: str = DEFAULT_SITE,
-    batch_size: int | None = None,
-    dtype: str = "float32",
-    bert_masks: int = BERT_MASKS,
-    seed: int = 0,
-    full_sequence_layer: int | None = None,
-    full_sequence_dtype: str = "float16",
-    compute: str = "auto",
     identity: dict | None = None,
     overwrite: bool = False,
-    progress: bool = True,
 ) -> ActivationCache:
     """Write (or resume, or reuse) the activation cache of ``model`` on ``tokens`` in ``out``.
 
     ``tokens`` is a ``[N, T]`` integer array or memmap (uint16 from a token cache), ``labels``
-    ``[N]``. ``layers`` defaults to every layer of ``site``; features are pooled over positions
-    in float32 and stored as ``dtype``. BERT models are read masked and averaged over
-    ``bert_masks`` masks drawn by :func:`row_masks` from ``seed`` (0: unmasked); AR models use
-    no masks. ``full_sequence_layer=L`` also stores layer L at every position, ``[N, T, d]`` in
-    ``full_sequence_dtype`` (float16 by default: it is ``T`` times larger). ``compute`` is the
-    precision of the forward pass: ``float32``, or ``bfloat16`` autocast (about twice as fast
-    on CPUs with bf16 units; pooling still accumulates in float32); ``auto`` is bf16 on a GPU
-    and float32 on the CPU. ``batch_size`` defaults to the device's
+    ``[N]``. What is stored is ``settings`` (:class:`~igpt_eval.cache.settings.ExtractSettings`,
+    default: its defaults): ``layers`` defaults to every layer of ``site``; features are
+    pooled over positions in float32 and stored as ``dtype``. BERT models are read masked and
+    averaged over ``bert_masks`` masks drawn by :func:`row_masks` from ``seed`` (0: unmasked);
+    AR models use no masks. ``full_sequence_layer=L`` also stores layer L at every position,
+    ``[N, T, d]`` in ``full_sequence_dtype``. ``compute`` is the precision of the forward
+    pass: ``float32``, or ``bfloat16`` autocast (about twice as fast on CPUs with bf16 units;
+    pooling still accumulates in float32); ``auto`` is bf16 on a GPU and float32 on the CPU.
+    ``batch_size`` defaults to the device's
     (:func:`igpt_eval.model.devices.default_extract_batch`).
 
     Before a new cache's files are created, the disk they need is compared with the free
@@ -97,23 +90,22 @@ def write_cache(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IGPTError(f"{out} exists and is not a folder")
-    compute = resolve_compute(compute, model.device)
-    batch_size = default_extract_batch(model.device) if batch_size is None else batch_size
-    req = request(
-        model, tokens, labels, layers, site, batch_size, dtype, bert_masks, seed,
-        full_sequence_layer, full_sequence_dtype, identity, compute,
-    )  # fmt: skip
+    settings = settings or ExtractSettings()
+    settings = settings.replace(compute=resolve_compute(settings.compute, model.device))
+    if settings.batch_size is None:
+        settings = settings.replace(batch_size=default_extract_batch(model.device))
+    req = request(model, tokens, labels, settings, identity)
     main = dist.is_main()
     lock = file_lock(out / LOCK, wait=False, what=f"the activation cache {out}")
     with lock if main else contextlib.nullcontext():
         try:
             if main:
-                m = _prepare(out, req, np.asarray(labels), overwrite, progress)
+                m = _prepare(out, req, np.asarray(labels), overwrite)
             dist.barrier()  # the files exist before any other rank opens them
             if not main:
                 m = read_manifest(out)
             if not m["complete"]:
-                _fill(model, tokens, out, m, progress and main)
+                _fill(model, tokens, out, m)
                 if main:
                     _finish(out, m)
                 dist.barrier()
@@ -128,7 +120,7 @@ def write_cache(
     return ActivationCache.open(out)
 
 
-def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress: bool) -> dict:
+def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
     """Under the lock: the manifest to continue from, creating the cache when needed."""
     try:
         old = read_manifest(out)
@@ -161,7 +153,7 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool, progress
                 f"{out} holds other files and no activation cache; choose an empty --out "
                 "or pass --rebuild-cache"
             )
-    check_disk(out, req, say=progress)
+    check_disk(out, req)
     return _create(out, req, labels, old)
 
 
@@ -176,8 +168,8 @@ def cache_bytes(m: dict) -> int:
     return int(total)
 
 
-def check_disk(out: Path, req: dict, *, say: bool = True) -> None:
-    """Print what a new cache will take and refuse it (one :class:`IGPTError`, nothing
+def check_disk(out: Path, req: dict) -> None:
+    """Log what a new cache will take and refuse it (one :class:`IGPTError`, nothing
     written) when the file system under ``out`` has less free space than that."""
     need = cache_bytes(req)
     where = next(p for p in (out, *out.parents) if p.exists())
@@ -191,8 +183,7 @@ def check_disk(out: Path, req: dict, *, say: bool = True) -> None:
             f"the activation cache {out} needs {what}; free some space, store float16 "
             "(--cache-dtype float16), or cache fewer --layers"
         )
-    if say:
-        print(f"[extract] {out}: {what}", file=sys.stderr, flush=True)
+    log.info("[extract] %s: %s", out, what)
 
 
 def _gb(n: int) -> str:
@@ -290,7 +281,7 @@ def _batch(model, tokens: np.ndarray, row0: int, m: dict) -> list[np.ndarray]:
     return outs
 
 
-def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
+def _fill(model, tokens, out: Path, m: dict) -> None:
     """Compute every uncommitted batch (this rank's share, ``cpu_workers`` batches at a
     time) and commit round by round, in row order: a cache killed mid-round resumes from
     the last commit."""
@@ -308,9 +299,7 @@ def _fill(model, tokens, out: Path, m: dict, progress: bool) -> None:
 
     desc = f"extract {m.get('dataset') or ''}/{m.get('split') or ''}".rstrip("/")
     with (
-        tqdm(
-            total=n, initial=min(n, start * B), desc=desc, unit="img", disable=not progress
-        ) as bar,
+        progress_bar(total=n, initial=min(n, start * B), desc=desc, unit="img") as bar,
         one_thread_each(W) as pool,
     ):
         for first in range(start, n_batches, per_round):

@@ -79,7 +79,6 @@ def _add_campaign(sub) -> None:
         help="the same code path at a tiny size on the CPU, in seconds (a check, not a model)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT and the scratch folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_flag(p)  # resolved before the command runs, except for --dry-run
     p.set_defaults(func=_cmd_campaign)
 
@@ -105,7 +104,7 @@ def _cmd_campaign(args) -> int:
     work = args.work or args.out.with_name(args.out.name + ".work")
     campaign = Campaign(
         settings, args.out, work, data_dir=args.data_dir, overwrite=args.overwrite,
-        progress=not args.no_progress, command=command_line(args), dry_run=args.dry_run,
+        command=command_line(args), dry_run=args.dry_run,
     )  # fmt: skip
     if args.dry_run:
         for line in campaign.dry_run().lines():

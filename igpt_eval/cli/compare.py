@@ -73,7 +73,6 @@ def _add_compare(sub) -> None:
     )
     add_probe_seed_flag(p)
     add_overwrite_flags(p)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)
 
 
@@ -113,7 +112,6 @@ def _cmd_compare(args) -> int:
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,
         random_control=args.random_weights,
-        progress=not args.no_progress,
     )
     write_comparison(c, args.out)
     ds = c.results.dataset.iloc[0]

@@ -36,9 +36,7 @@ def _cmd_palette(args) -> int:
         data_dir=args.data_dir,
         seed=args.split_seed,
     )
-    pal = Palette.fit(
-        ds.images, args.k, seed=args.seed, sample=args.sample, device=args.device, progress=True
-    )
+    pal = Palette.fit(ds.images, args.k, seed=args.seed, sample=args.sample, device=args.device)
     pal.save(args.out)
     print(
         f"palette k={pal.k} channels={pal.channels} hash={pal.hash} "

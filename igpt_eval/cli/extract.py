@@ -101,14 +101,15 @@ def _add_extract(sub) -> None:
         action="store_true",
         help="rebuild a cache in --out that was made from other inputs (else it is refused)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_flag(p)
     p.set_defaults(func=_cmd_extract)
 
 
 def _cmd_extract(args) -> int:
     from igpt_eval.cache.extraction import extract_split
+    from igpt_eval.cache.settings import ExtractSettings
     from igpt_eval.cli.probe import parse_layers
+    from igpt_eval.data.source import DataSource
     from igpt_eval.model.loading import open_model
     from igpt_eval.train import distributed as dist
 
@@ -124,17 +125,18 @@ def _cmd_extract(args) -> int:
         run_split, run = ident.get("run_split_seed", 0), ident.get("run_seed", 0)
         split_seed = args.split_seed if args.split_seed is not None else run_split
         seed = args.seed if args.seed is not None else run
+        data = DataSource(args.dataset, args.data_dir, split_seed, args.token_cache)
+        settings = ExtractSettings(
+            layers=layers, site=args.site, dtype=args.cache_dtype, bert_masks=args.bert_masks,
+            seed=seed, full_sequence_layer=args.full_sequence_layer,
+            compute=compute_of(args.bf16), batch_size=args.batch_size,
+        )  # fmt: skip
         for split in splits:
             out = args.out
             if out is not None and args.split == "all":
                 out = out / split
             cache = extract_split(
-                model, palette, ident, args.dataset, split, out,
-                data_dir=args.data_dir, split_seed=split_seed, token_cache=args.token_cache,
-                progress=main and not args.no_progress, layers=layers, site=args.site,
-                batch_size=args.batch_size, dtype=args.cache_dtype, bert_masks=args.bert_masks,
-                seed=seed, full_sequence_layer=args.full_sequence_layer,
-                compute=compute_of(args.bf16),
+                model, palette, ident, data, split, out, settings=settings,
                 overwrite=args.rebuild_cache,
             )  # fmt: skip
             if main:

@@ -49,7 +49,6 @@ def _add_common(p, *, eval_every: int, lr: float, batch_size: int) -> None:
     )
     add_device_flag(p)
     add_token_cache_flag(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 @subcommand
@@ -162,7 +161,6 @@ def _cmd_finetune(args) -> int:
         data_dir=args.data_dir,
         token_cache=args.token_cache,
         resume=args.resume,
-        progress=not args.no_progress,
         epochs=args.epochs,
         lr_sweep=args.lr_sweep,
         sweep_steps=args.sweep_steps,
@@ -291,7 +289,6 @@ def _cmd_lowdata(args) -> int:
         data_dir=args.data_dir,
         token_cache=args.token_cache,
         cache_root=args.cache,
-        progress=not args.no_progress,
     )
     table = lowdata_table(df)
     with atomic_write(args.out / "lowdata.md", "w") as f:

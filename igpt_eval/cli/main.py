@@ -1,7 +1,9 @@
 """The ``igpt-eval`` command: one subcommand per pipeline stage (``igpt_eval/cli/``).
 
 Errors a user can cause are :class:`~igpt_eval.errors.IGPTError`: printed as one line with a
-non-zero exit; ``--debug`` shows the traceback instead.
+non-zero exit; ``--debug`` shows the traceback instead. Results go to stdout; what a command
+is doing goes to stderr through :mod:`igpt_eval.log` (every subcommand takes ``--quiet``,
+``--verbose``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from igpt_eval.cli import (
 )
 from igpt_eval.cli.common import SUBCOMMANDS, positive_int
 from igpt_eval.errors import IGPTError
+from igpt_eval.log import cli_logging
 
 PROG = "igpt-eval"
 
@@ -85,7 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         for add in SUBCOMMANDS.values():
             if add.__module__ == module.__name__:
                 add(sub)
+    for command in sub.choices.values():
+        _add_output_flags(command)
     return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """What every subcommand says on stderr (after the subcommand, where users type them;
+    a flag on the main parser too would be overwritten by the subcommand's default)."""
+    g = p.add_argument_group("output")
+    loud = g.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings only, no bars")
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
+    # The earlier spelling of --quiet, unlisted: recorded commands (model cards) use it.
+    loud.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, already printed on one line)
         return int(e.code or 0)
     args.argv = list(argv)  # what runs record as their command (cli.common.command_line)
+    with cli_logging(int(args.verbose) - int(args.quiet)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The parsed command, with errors a user can cause as one line."""
     try:
         if args.threads is not None:
             import torch

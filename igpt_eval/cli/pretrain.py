@@ -109,7 +109,6 @@ def _add_pretrain(sub) -> None:
     add_token_cache_flag(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -132,7 +131,6 @@ def _cmd_pretrain(args) -> int:
     keep_freed_memory()  # a training process: no page faults for every step's activations
     dist.init(args.device)
     main = dist.is_main()
-    progress = main and not args.no_progress
 
     def split(name):
         return load_dataset(
@@ -149,11 +147,11 @@ def _cmd_pretrain(args) -> int:
     elif args.resume and (args.out / "palette.npy").is_file():
         palette = Palette.load(args.out / "palette.npy")
     else:
-        palette = Palette.fit(train.images, model_cfg.vocab_size, seed=args.seed, progress=progress)
+        palette = Palette.fit(train.images, model_cfg.vocab_size, seed=args.seed)
     model_cfg.check_palette(palette, "; use a matching --palette or --model")
     # Every process reads the same cache; rank 0 builds it first.
     tr, va = dist.main_first(
-        lambda: [load_tokens(s, palette, args.token_cache, progress=progress) for s in (train, val)]
+        lambda: [load_tokens(s, palette, args.token_cache) for s in (train, val)]
     )
 
     per_epoch = len(train) // args.batch_size
@@ -191,7 +189,7 @@ def _cmd_pretrain(args) -> int:
         "command": command_line(args),
         "world_size": dist.world_size(),
     }
-    common = dict(palette=palette, identity=identity, progress=progress)
+    common = dict(palette=palette, identity=identity)
     try:
         if args.sweep_steps is not None and not args.lr_sweep:
             raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")

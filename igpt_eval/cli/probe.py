@@ -208,7 +208,6 @@ def _add_probe(sub) -> None:
     )
     add_probe_seed_flag(p)
     add_overwrite_flags(p, caches=True)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_probe)
 
 
@@ -255,7 +254,6 @@ def _cmd_probe(args) -> int:
         cache_dir=args.cache,
         out=out,
         overwrite=args.rebuild_cache,
-        progress=not args.no_progress,
     )
     s = summary(df)
     model = df.model.iloc[0]  # "<label> (random weights)" for the control

@@ -163,7 +163,7 @@ def _cmd_model_card(args) -> int:
                 f"the train split of {dataset} is not the one {args.model} was trained on "
                 "(its fingerprint differs from run.json); pass the run's --dataset and --data-dir"
             )
-        splits[split] = load_tokens(ds, palette, args.token_cache, progress=True).tokens
+        splits[split] = load_tokens(ds, palette, args.token_cache).tokens
     del model  # write_model_card loads it again; keep one copy in memory
     card = write_model_card(
         args.model,

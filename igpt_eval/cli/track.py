@@ -69,7 +69,6 @@ def _add_track(sub) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for results and figures")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_track)
 
 
@@ -93,7 +92,7 @@ def _cmd_track(args) -> int:
         seed=args.seed,
         steps=args.snapshot_steps,
     )
-    df = track_runs(args.run, settings, progress=not args.no_progress)
+    df = track_runs(args.run, settings)
     summ = track_summary(df)
     corr = loss_accuracy_correlation(summ)
     save_results(df, args.out)

@@ -14,11 +14,13 @@ from igpt_eval.data.formats import Source
 from igpt_eval.data.palette import Palette
 from igpt_eval.data.registry import list_datasets, read_source, register_dataset
 from igpt_eval.data.resize import resize_images
+from igpt_eval.data.source import DataSource
 from igpt_eval.data.splits import SPLITS
 from igpt_eval.data.tokens import TokenCache, cache_dir, load_tokens, read_manifest, tokenize
 
 __all__ = [
     "SPLITS",
+    "DataSource",
     "ImageDataset",
     "Palette",
     "Source",

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, atomic_write
+from igpt_eval.log import progress_bar
 
 # ITU-R BT.601 luma weights: sorting RGB centres by luminance puts dark ids first.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -131,7 +131,6 @@ class Palette:
         device: str = "cpu",
         method: str | None = None,
         max_iter: int = 100,
-        progress: bool = False,
     ) -> Palette:
         """Fit a ``k``-colour palette by k-means on a seeded random sample of pixels.
 
@@ -166,9 +165,9 @@ class Palette:
             )
         x = _scale(pixels)
         if method == "sklearn":
-            centers = _fit_sklearn(x.numpy(), k, seed, progress)
+            centers = _fit_sklearn(x.numpy(), k, seed)
         else:
-            centers = _fit_torch(x, k, seed, device, max_iter, progress)
+            centers = _fit_torch(x, k, seed, device, max_iter)
         centers = np.clip(centers.astype(np.float32), -1.0, 1.0)
         return cls(_sort_centers(centers))
 
@@ -240,11 +239,11 @@ class Palette:
         return cls(centers)
 
 
-def _fit_sklearn(x: np.ndarray, k: int, seed: int, progress: bool) -> np.ndarray:
+def _fit_sklearn(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import MiniBatchKMeans
 
     # scikit-learn exposes no per-iteration hook, so the bar only marks the one long step.
-    with tqdm(total=1, desc=f"k-means k={k} (scikit-learn)", disable=not progress) as bar:
+    with progress_bar(total=1, desc=f"k-means k={k} (scikit-learn)") as bar:
         km = MiniBatchKMeans(
             n_clusters=k, random_state=seed, n_init=3, batch_size=max(4096, 4 * k)
         ).fit(x)
@@ -263,9 +262,7 @@ def _chunked_nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 65536):
     return torch.cat(ids), torch.cat(dists)
 
 
-def _fit_torch(
-    x: torch.Tensor, k: int, seed: int, device: str, max_iter: int, progress: bool
-) -> np.ndarray:
+def _fit_torch(x: torch.Tensor, k: int, seed: int, device: str, max_iter: int) -> np.ndarray:
     """k-means++ initialisation then Lloyd iterations, on ``device``."""
     try:
         x = x.to(device)
@@ -278,7 +275,7 @@ def _fit_torch(
     centers = torch.empty(k, x.shape[1], device=x.device)
     centers[0] = x[torch.randint(n, (1,), generator=g).item()]
     best = _chunked_nearest(x, centers[:1])[1]
-    for j in tqdm(range(1, k), desc="k-means++ init", disable=not progress, leave=False):
+    for j in progress_bar(range(1, k), desc="k-means++ init", leave=False):
         total = best.sum()
         if total <= 0:  # every point already sits on a centre
             i = torch.randint(n, (1,), generator=g).item()
@@ -287,7 +284,7 @@ def _fit_torch(
         centers[j] = x[i]
         best = torch.minimum(best, _chunked_nearest(x, centers[j : j + 1])[1])
 
-    bar = tqdm(range(max_iter), desc=f"k-means k={k} (torch)", disable=not progress)
+    bar = progress_bar(range(max_iter), desc=f"k-means k={k} (torch)")
     for _ in bar:
         ids, _ = _chunked_nearest(x, centers)
         sums = torch.zeros_like(centers).index_add_(0, ids, x)

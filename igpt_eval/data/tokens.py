@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval import defaults
 from igpt_eval.data.dataset import ImageDataset
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock, save_npy, write_json
+from igpt_eval.log import progress_bar
 
 MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
 FORMAT = "igpt-eval-tokens"
@@ -110,7 +110,6 @@ def tokenize(
     palette: Palette,
     out_dir: str | os.PathLike,
     batch_size: int = 4096,
-    progress: bool = True,
     overwrite: bool = False,
 ) -> TokenCache:
     """Encode ``dataset`` with ``palette`` into a token cache at ``out_dir`` and open it.
@@ -135,10 +134,10 @@ def tokenize(
     # Two processes asking for the same cache (e.g. two trainings started together): the
     # second waits for the first, then finds the finished cache and reuses it.
     with file_lock(out / ".lock", what=f"the token cache {out}"):
-        return _tokenize_locked(dataset, palette, out, batch_size, progress, overwrite)
+        return _tokenize_locked(dataset, palette, out, batch_size, overwrite)
 
 
-def _tokenize_locked(dataset, palette, out: Path, batch_size, progress, overwrite) -> TokenCache:
+def _tokenize_locked(dataset, palette, out: Path, batch_size, overwrite) -> TokenCache:
     m = read_manifest(out)
     if m is not None:
         why = _mismatch(m, palette, dataset.fingerprint)
@@ -159,9 +158,7 @@ def _tokenize_locked(dataset, palette, out: Path, batch_size, progress, overwrit
     # keeps a valid file.
     tmp = out / f".{TOKENS}.tmp"
     mm = open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, seq))
-    with tqdm(
-        total=n, desc=f"tokenize {dataset.name}/{dataset.split}", unit="img", disable=not progress
-    ) as bar:
+    with progress_bar(total=n, desc=f"tokenize {dataset.name}/{dataset.split}", unit="img") as bar:
         for start in range(0, n, batch_size):
             batch = dataset.images[start : start + batch_size]
             if dataset.channels == 1 and palette.channels == 3:  # grey in RGB: R = G = B
@@ -210,7 +207,6 @@ def load_tokens(
     cache_root: str | os.PathLike | None = None,
     overwrite: bool = True,
     batch_size: int = 4096,
-    progress: bool = True,
 ) -> TokenCache:
     """Tokens of ``dataset`` under ``palette`` from the cache root (default:
     :func:`igpt_eval.defaults.cache_root`'s ``tokens/``), building them if needed.
@@ -227,6 +223,4 @@ def load_tokens(
         warnings.warn(
             f"token cache {path} is stale (the data changed); rebuilding it", stacklevel=2
         )
-    return tokenize(
-        dataset, palette, path, batch_size=batch_size, progress=progress, overwrite=overwrite
-    )
+    return tokenize(dataset, palette, path, batch_size=batch_size, overwrite=overwrite)

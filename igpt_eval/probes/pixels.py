@@ -104,7 +104,7 @@ def probe_pixels(
 
     def load(split):
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=split_seed)
-        tok = load_tokens(ds, palette, token_cache, progress=False)
+        tok = load_tokens(ds, palette, token_cache)
         return ds, tok.tokens, tok.labels
 
     return _probe_control(

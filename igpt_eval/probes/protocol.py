@@ -22,7 +22,7 @@ winner (``selected=True``).
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 
@@ -36,6 +36,8 @@ from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
 from igpt_eval.stats import bootstrap_accuracy_ci
+
+log = logging.getLogger(__name__)
 
 #: The splits of the protocol: fit on train, choose on val, report test.
 SPLITS = ("train", "val", "test")
@@ -131,7 +133,6 @@ def probe_lbfgs(
     n_boot: int = 10_000,
     patience: int = 2,
     seed: int = 0,
-    progress: bool = False,
     probe: str = "lbfgs",
     return_predictions: bool = False,
 ) -> list[dict] | tuple[list[dict], Predictions]:
@@ -143,7 +144,7 @@ def probe_lbfgs(
     iterations at most; scikit-learn's lbfgs needs thousands on collinear features (see
     :mod:`igpt_eval.probes.backends`). ``Cs`` is the path's grid (walked in increasing
     order); a layer leaves it after ``patience`` values without a better validation
-    accuracy. ``progress`` prints a line per stage to stderr. With ``return_predictions``,
+    accuracy. Each stage logs its time (INFO). With ``return_predictions``,
     returns ``(rows, predictions)``: every layer's predicted test labels, named
     ``{model}/{probe}/{site}``.
     """
@@ -179,7 +180,6 @@ def probe_lbfgs(
         backend=backend,
         device=device,
         solver=dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter),
-        progress=progress,
     )
     run.walk(np.sort(Cs), patience)  # 1. the C path
     if refine:
@@ -222,18 +222,16 @@ class _Protocol:
     indices ``y`` by split name, the result rows so far, and every layer's candidates
     ``(acc, loss, C, coef, intercept)``, one per fit on train scored on val."""
 
-    def __init__(self, X, y, K, layers, sites, base, *, backend, device, solver, progress):
+    def __init__(self, X, y, K, layers, sites, base, *, backend, device, solver):
         self.X, self.y, self.K = X, y, K
         self.layers, self.sites, self.base = layers, sites, base
         self.backend, self.device, self.solver = backend, device, solver
-        self.progress = progress
         self.cands: list[list[tuple]] = [[] for _ in layers]
         self.rows: list[dict] = []
 
     def say(self, what: str, seconds: float) -> None:
-        """One progress line on stderr (with ``progress``)."""
-        if self.progress:
-            print(f"[probe] {what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        """One line on a stage and its time (INFO)."""
+        log.info("[probe] %s: %.1f s", what, seconds)
 
     def stage(self, sets: np.ndarray, C: np.ndarray, init) -> _Solution:
         """Fit layers ``sets`` at C (len(sets), nC) on train, score val, keep the candidates

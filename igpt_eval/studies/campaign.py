@@ -30,9 +30,9 @@ plan, stage times and log, rewritten after every stage) and ``results.csv``, ``t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -61,6 +61,8 @@ from igpt_eval.train.finetune_runs import finetune_model
 from igpt_eval.train.pretrain import TrainConfig, Trainer
 from igpt_eval.train.runs import pretrain
 
+logger = logging.getLogger(__name__)
+
 #: Untimed pilot steps before the timed ones: allocator and kernel selection settle.
 PILOT_WARMUP = 5
 OUT_FILES = ("results.csv", "track.csv", "predictions.npz")
@@ -80,14 +82,13 @@ class Campaign:
         *,
         data_dir=None,
         overwrite: bool = False,
-        progress: bool = True,
         command: str | None = None,
         dry_run: bool = False,
     ):
         settings.validate()
         model_config(settings)  # a shape that cannot be built fails before anything is written
         self.s, self.out, self.work = settings, Path(out), Path(work)
-        self.data_dir, self.progress, self.command = data_dir, progress, command
+        self.data_dir, self.command = data_dir, command
         for path in (self.out, self.work):
             if path.exists() and not overwrite:
                 raise IGPTError(f"{path} already exists; pass --overwrite to replace it")
@@ -108,7 +109,7 @@ class Campaign:
 
     # ------------------------------------------------------------------ bookkeeping
     def log(self, msg: str) -> None:
-        print(f"[campaign] {msg}", file=sys.stderr, flush=True)
+        logger.info("[campaign] %s", msg)
         self.record["log"].append(msg)
 
     def _save_record(self, status: str) -> None:
@@ -132,8 +133,8 @@ class Campaign:
             )
 
         train, val = split("train"), split("val")
-        palette = Palette.fit(train.images, s.vocab_size, seed=s.seed, progress=self.progress)
-        tok = [load_tokens(d, palette, self.work / "tokens", progress=self.progress)
+        palette = Palette.fit(train.images, s.vocab_size, seed=s.seed)
+        tok = [load_tokens(d, palette, self.work / "tokens")
                for d in (train, val)]  # fmt: skip
         return train, val, palette, tok[0].tokens, tok[1].tokens
 
@@ -209,8 +210,7 @@ class Campaign:
             "palette_hash": palette.hash, "command": self.command,
         }  # fmt: skip
         run_dir = self.work / "run"
-        res = pretrain(cfg, train_cfg, tr, va, run_dir, palette=palette, identity=identity,
-                       progress=self.progress)  # fmt: skip
+        res = pretrain(cfg, train_cfg, tr, va, run_dir, palette=palette, identity=identity)
         self.record["training"] = _jsonable(res)
         self.log(f"trained {plan.steps:,} steps in {res['seconds']:.0f} s: val loss "
                  f"{res['val_loss']:.4f} nats/token")  # fmt: skip
@@ -261,7 +261,7 @@ class Campaign:
             df, pred = probe_model(
                 self.model_dir, s.dataset, settings, data_dir=self.data_dir,
                 token_cache=self.work / "tokens", cache_dir=self.work / "activations" / name,
-                progress=self.progress, return_predictions=True,
+                return_predictions=True,
             )  # fmt: skip
             rows.append(df[df.metric != DIFF])
             predictions.update(pred)
@@ -289,7 +289,7 @@ class Campaign:
             frames.append(df)
             self._write_csv(to_frame(pd.concat(frames, ignore_index=True)), "track.csv")
 
-        track_runs([run_dir], settings, progress=self.progress, log=self.log,
+        track_runs([run_dir], settings,
                    data_dir=self.data_dir, token_cache=self.work / "tokens",
                    cache_dir=self.work / "activations" / "track", on_snapshot=keep,
                    name=s.name)  # fmt: skip
@@ -315,7 +315,7 @@ class Campaign:
         )  # fmt: skip
         df = finetune_model(self.model_dir, s.dataset, self.work / "finetune", cfg,
                             data_dir=self.data_dir, token_cache=self.work / "tokens",
-                            progress=self.progress, command=self.command,
+                            command=self.command,
                             fit_head=probe_head)  # fmt: skip
         self._write_csv(to_frame(pd.concat([final, df], ignore_index=True)), "results.csv")
         acc = df[(df.split == "test") & (df.metric == "accuracy")]

@@ -42,6 +42,7 @@ figure; its table is :func:`igpt_eval.reporting.tables.comparison_table` of the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,8 @@ from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.results import to_frame
 from igpt_eval.studies.probe import probe_model, provenance
 from igpt_eval.studies.settings import ProbeSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,7 +220,6 @@ def compare_models(
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
     random_control: bool = True,
-    progress: bool = True,
     **changes,
 ) -> Comparison:
     """Probe every layer of each model, run kNN and CKA on the same caches, probe the
@@ -248,19 +250,17 @@ def compare_models(
     frames, test_caches, predictions = [], {}, Predictions()
     # The pixel controls are probed once for all models, below.
     each = s.replace(pixels=False, native_pixels=False)
-    paths = dict(data_dir=data_dir, token_cache=token_cache, progress=progress)
+    paths = dict(data_dir=data_dir, token_cache=token_cache)
     knn = dict(k=knn_k, temperature=knn_temperature, device=s.device, seed=s.seed)
     for m in infos:
         folder = _cache_folder(root, m, s)
-        if progress:
-            print(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
+        log.info(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
         df, pred = probe_model(
             m.source, m.dataset, each, cache_dir=folder, return_predictions=True, **paths
         )
         caches = {split: ActivationCache.open(folder / split) for split in SPLITS}
         dataset_name = df.dataset.iloc[0]
-        if progress:
-            print(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
+        log.info(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
         k_rows, k_pred = knn_rows(
             caches,
             _rows_meta(m, dataset_name, s.site, caches["test"].manifest),
@@ -273,8 +273,7 @@ def compare_models(
         test_caches[m.name] = caches["test"]
         if random_control:
             folder = _cache_folder(root, m, s, random=True)
-            if progress:
-                print(f"[compare] {m.name}: the random-weights control (caches in {folder})")
+            log.info(f"[compare] {m.name}: the random-weights control (caches in {folder})")
             twin = each.replace(random_weights=True, concat_layers=None)
             df, pred = probe_model(
                 m.source, m.dataset, twin, cache_dir=folder, return_predictions=True, **paths
@@ -282,15 +281,13 @@ def compare_models(
             frames.append(df[df.metric != DIFF])
             predictions.update(pred)
     if s.pixels or s.native_pixels:
-        if progress:
-            print("[compare] raw-pixel controls: linear probes of the images")
+        log.info("[compare] raw-pixel controls: linear probes of the images")
         px, pred = pixel_rows(
             infos[0], s, data_dir=data_dir, token_cache=token_cache, return_predictions=True
         )
         predictions.update(pred)  # refuses test images other than the models'
         frames.append(to_frame(px))
-    if progress:
-        print("[compare] linear CKA between layers (test split)")
+    log.info("[compare] linear CKA between layers (test split)")
     results = to_frame(pd.concat(frames, ignore_index=True))
     diffs = to_frame(paired_rows(results, predictions, seed=s.seed))
     results = to_frame(pd.concat([results, diffs], ignore_index=True))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from igpt_eval import defaults
-from igpt_eval.cache import ActivationCache, read_manifest, write_cache
+from igpt_eval.cache import ActivationCache, ExtractSettings, read_manifest, write_cache
 from igpt_eval.cache.manifest import masking
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
@@ -60,7 +60,6 @@ def lowdata_study(
     data_dir=None,
     token_cache=None,
     cache_root=None,
-    progress: bool = True,
 ):
     """Run the study for each checkpoint folder in ``models``; returns the tidy results,
     also written (after every run, so partial progress is on disk) to ``out/results.*``.
@@ -125,12 +124,12 @@ def lowdata_study(
         for name, net, palette, ident in opened:
             if (net.config.n_px, seed) != (n_px, seed):
                 continue
-            t_tok = load_tokens(tr, palette, tok_root, progress=progress)
-            e_tok = load_tokens(te, palette, tok_root, progress=progress)
+            t_tok = load_tokens(tr, palette, tok_root)
+            e_tok = load_tokens(te, palette, tok_root)
             need = np.unique(np.concatenate([np.r_[a, b] for a, b in draws[(n_px, seed)].values()]))
             feats = _features(
                 net, palette, ident, (tr, t_tok, need), (te, e_tok, test_rows), cfg,
-                best_layers.get(name), cache_root, progress,
+                best_layers.get(name), cache_root,
             )  # fmt: skip
             meta = dict(model=name, objective=net.config.objective, dataset=dataset)
             for (s, k), (a, b) in draws[(n_px, seed)].items():
@@ -144,8 +143,7 @@ def lowdata_study(
                 if cfg.finetune:
                     m = _Opened(net, palette, ident, t_tok, e_tok, meta)
                     run_dir = out / "finetune" / name / f"k{k}-s{s}"
-                    rows += _finetune(m, (tr, te, test_rows), (a, b), extra, cfg, run_dir,
-                                      progress)  # fmt: skip
+                    rows += _finetune(m, (tr, te, test_rows), (a, b), extra, cfg, run_dir)
                     flush()
     return flush()
 
@@ -198,7 +196,7 @@ def _find_cache(root: Path, want: dict, layers):
     return None
 
 
-def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> dict:
+def _features(net, palette, ident, train, test, cfg, layer, root) -> dict:
     """``{"train": (G, N, d) for the ``need`` rows, "test": (G, n_test, d), layers, sites,
     "index": row -> position}`` from full-split caches or one extraction of those rows."""
     L = net.config.n_layer
@@ -219,12 +217,12 @@ def _features(net, palette, ident, train, test, cfg, layer, root, progress) -> d
             tag = f"{ds.fingerprint}-m{h[:8]}-rows{_rows_hash(rows)}"
             cache = write_cache(
                 net, np.asarray(tok.tokens[rows]), ds.labels[rows],
-                root / "activations" / f"lowdata-{name}-{tag}", layers=layers,
-                **{k: settings[k] for k in ("site", "dtype", "bert_masks", "compute")},
+                root / "activations" / f"lowdata-{name}-{tag}",
+                ExtractSettings(layers=tuple(layers), **{k: settings[k] for k in
+                                ("site", "dtype", "bert_masks", "compute")}),
                 identity=dict(model=ident.get("model"), weights_hash=ident.get("weights_hash"),
                               palette_hash=palette.hash, dataset=ds.name, split=ds.split,
                               dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),
-                progress=progress,
             )  # fmt: skip
             X = np.stack([np.asarray(cache[x]) for x in layers])
         out[name] = X.astype(np.float32)
@@ -312,8 +310,9 @@ def _finetune_config(cfg: LowDataConfig, n_train: int, seed: int) -> FinetuneCon
     )  # fmt: skip
 
 
-def _finetune(m: _Opened, split, draw, extra: dict, cfg: LowDataConfig, run_dir: Path,
-              progress: bool) -> list[dict]:  # fmt: skip
+def _finetune(
+    m: _Opened, split, draw, extra: dict, cfg: LowDataConfig, run_dir: Path
+) -> list[dict]:
     """One fine-tuning run on ``draw = (train rows, held-out rows)`` of ``split = (train
     dataset, test dataset, test rows)`` (read back when it already finished, resumed when
     interrupted)."""
@@ -329,7 +328,7 @@ def _finetune(m: _Opened, split, draw, extra: dict, cfg: LowDataConfig, run_dir:
             m.net, m.palette, full.take(tr_rows), full.take(va_rows), test, ft, run_dir,
             n_classes=int(tr.labels.max()) + 1, meta=m.meta,
             identity=dict(weights_hash=m.ident.get("weights_hash"), **extra),
-            resume=(run_dir / "finetune.json").is_file(), progress=progress,
+            resume=(run_dir / "finetune.json").is_file(),
         )  # fmt: skip
         if not cfg.keep_checkpoints:
             shutil.rmtree(run_dir / "resume", ignore_errors=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.cache.extraction import extract_split
+from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import write_json
@@ -66,7 +67,6 @@ def probe_model(
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    progress: bool = True,
     return_predictions: bool = False,
     **changes,
 ) -> pd.DataFrame | tuple[pd.DataFrame, Predictions]:
@@ -116,6 +116,7 @@ def probe_model(
     s = s.replace(device=str(resolve_device(s.device)))  # once: every stage runs there
     net, palette, ident = open_model(source, device=s.device, random_weights=s.random_weights)
     layers = None if s.layers is None else list(s.layers)
+    data = DataSource(dataset, data_dir=data_dir, token_cache=token_cache)
     # Before any extraction: a bad K fails at once, not minutes later.
     check_concat(
         s.concat_layers, net.config.n_layer + 1 if layers is None else len(set(layers)), s.method
@@ -125,25 +126,10 @@ def probe_model(
     for split in SPLITS:
         out_cache = None if cache_dir is None else Path(cache_dir) / split
         caches[split] = extract_split(
-            net,
-            palette,
-            ident,
-            dataset,
-            split,
-            out_cache,
-            data_dir=data_dir,
-            token_cache=token_cache,
-            progress=progress,
-            layers=layers,
-            site=s.site,
-            batch_size=s.batch_size,
-            dtype=s.cache_dtype,
-            bert_masks=s.bert_masks if net.config.objective == "bert" else 0,
-            seed=s.seed,
-            compute=s.compute,
-            max_rows=s.sizes[split],
+            net, palette, ident, data, split, out_cache,
+            settings=s.extraction(net.config.objective), max_rows=s.sizes[split],
             overwrite=overwrite,
-        )
+        )  # fmt: skip
     extract_seconds = time.perf_counter() - t0
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
@@ -154,7 +140,7 @@ def probe_model(
         **provenance(caches["test"].manifest),
     )
     if s.method == "lbfgs":
-        rows, predictions = _probe_lbfgs(caches, layers, sites, meta, s, progress)
+        rows, predictions = _probe_lbfgs(caches, layers, sites, meta, s)
     else:
         # SGD whitens (train statistics) unless told not to touch the features: one rate
         # grid then suits every layer, and it converges in a few epochs.
@@ -201,14 +187,13 @@ def layer_groups(caches: dict, layers: list[int], max_bytes: int) -> list[list[i
     return [layers[i : i + size] for i in range(0, len(layers), size)]
 
 
-def _probe_lbfgs(caches, layers, sites, meta, s: ProbeSettings, progress: bool):
+def _probe_lbfgs(caches, layers, sites, meta, s: ProbeSettings):
     """The L-BFGS protocol on every layer (features in memory: full batch, a group of
     layers at a time, :func:`layer_groups`) and, with ``concat_layers``, the multi-layer
     probe around the layer chosen on validation."""
     opts = dict(
-        meta=meta, backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed,
-        progress=progress,
-    )  # fmt: skip
+        meta=meta, backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed
+    )
     rows, predictions = [], Predictions()
     for group in layer_groups(caches, layers, s.max_feature_bytes):
         feats, _, group_sites = load_features(caches, group)

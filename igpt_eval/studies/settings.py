@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.defaults import (
     BERT_MASKS,
     PROBE_FEATURE_BYTES,
@@ -73,6 +74,19 @@ class ProbeSettings:
         if unknown:
             raise TypeError(f"no probe setting named {unknown[0]!r}")
         return dataclasses.replace(self, **changes) if changes else self
+
+    def extraction(self, objective: str) -> ExtractSettings:
+        """What a probe run extracts from a model of ``objective`` (AR models are read
+        unmasked, so their caches record no masks)."""
+        return ExtractSettings(
+            layers=self.layers,
+            site=self.site,
+            dtype=self.cache_dtype,
+            bert_masks=self.bert_masks if objective == "bert" else 0,
+            seed=self.seed,
+            compute=self.compute,
+            batch_size=self.batch_size,
+        )
 
     @property
     def sizes(self) -> dict[str, int | None]:

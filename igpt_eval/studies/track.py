@@ -17,6 +17,7 @@ sizes (:class:`TrackSettings`).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from igpt_eval.model.config import IGPTConfig
 from igpt_eval.results import load_results, summary
 from igpt_eval.studies.probe import probe_model
 from igpt_eval.studies.settings import ProbeSettings, TrackSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,8 +125,6 @@ def track_runs(
     runs: list[str | Path],
     settings: TrackSettings | None = None,
     *,
-    progress: bool = True,
-    log=print,
     data_dir=None,
     token_cache=None,
     cache_dir: str | Path | None = None,
@@ -158,21 +159,20 @@ def track_runs(
         if cache_dir is not None:
             caches = Path(cache_dir) / snap.run.replace("/", "_") / f"step-{snap.step:06d}"
         df = probe_model(snap.path, settings.dataset, probe, data_dir=data_dir,
-                         token_cache=token_cache, cache_dir=caches, progress=progress)  # fmt: skip
+                         token_cache=token_cache, cache_dir=caches)  # fmt: skip
         df["model"] = f"{snap.run}@{snap.step}"
         df["run"], df["step"] = snap.run, snap.step
         df["val_loss"], df["tokens_seen"] = snap.val_loss, snap.tokens_seen
         frames.append(df)
         if on_snapshot is not None:
             on_snapshot(df)
-        if log is not None:
-            best = summary(df)
-            b = best[best.best].iloc[0]
-            log(
-                f"[{i}/{len(plan)}] {snap.run} step {snap.step:>6}: val loss "
-                f"{snap.val_loss:.4f}, best layer (val) {b.layer}: test "
-                f"{100 * b.test_acc:.2f}% ({time.perf_counter() - t0:.0f} s)"
-            )
+        best = summary(df)
+        b = best[best.best].iloc[0]
+        log.info(
+            f"[{i}/{len(plan)}] {snap.run} step {snap.step:>6}: val loss "
+            f"{snap.val_loss:.4f}, best layer (val) {b.layer}: test "
+            f"{100 * b.test_acc:.2f}% ({time.perf_counter() - t0:.0f} s)"
+        )
     return pd.concat(frames, ignore_index=True)
 
 

@@ -50,11 +50,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.data.subsets import Labelled, augment_images
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.log import progress_bar
 from igpt_eval.model.checkpoint import load_resume, save_model, save_resume
 from igpt_eval.model.head import HeadInput, feature_scale, fold_standardisation, pooled_feature
 from igpt_eval.model.igpt import IGPT
@@ -212,7 +212,7 @@ class FineTuner:
         return (model or self.model).wclf((x - mu.to(x.device)) / sd.to(x.device))
 
     @torch.no_grad()
-    def prepare(self, progress: bool = False) -> None:
+    def prepare(self) -> None:
         """Standardisation statistics of the head's input from up to ``cfg.scale_images``
         training images (a seeded sample), and with ``cfg.init_C`` the head set to the L2
         logistic probe fitted on them (standardised; on at least ``cfg.init_n`` images, the
@@ -333,11 +333,11 @@ class FineTuner:
         n = self.cfg.eval_images
         return self.val if n is None else self.val.take(np.arange(min(n, len(self.val))))
 
-    def fit(self, progress: bool = True) -> _Best:
+    def fit(self) -> _Best:
         """Train until ``cfg.steps`` or early stopping; the best model is in ``out``."""
         cfg, best = self.cfg, self.best
         val = self.early_stopping_set()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="finetune", disable=not progress)
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc="finetune")
         t0 = time.perf_counter()
         while self.step < cfg.steps and not best.stopped:
             losses = self.train_step()

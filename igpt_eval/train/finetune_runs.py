@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ from igpt_eval.results import load_results, save_results, to_frame
 from igpt_eval.stats import bootstrap_accuracy_ci
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
+
+log = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run it continues (the step budget may grow).
 _RESUMABLE = (
@@ -68,7 +70,6 @@ def run_finetune(
     meta: dict | None = None,
     identity: dict | None = None,
     resume: bool = False,
-    progress: bool = True,
     fit_head: HeadFitter | None = None,
     command: str | None = None,
 ):
@@ -101,7 +102,7 @@ def run_finetune(
     }
     _check_out(out, info, resume)
     if resume and _finished(out, cfg.steps):
-        print(f"the fine-tuning run in {out} already finished: its results", file=sys.stderr)
+        log.info("the fine-tuning run in %s already finished: its results", out)
         return load_results(out / "results.parquet")  # read back, not repeated
     bias = cfg.standardize or cfg.init_C is not None  # folding the centring needs a bias
     net = with_classifier(model, n_classes, cfg.layer, bias=bias)
@@ -114,7 +115,7 @@ def run_finetune(
         if palette is not None:
             palette.save(out / "palette.npy")
         net.config.save(out / "config.json")
-    tuner.fit(progress=progress)
+    tuner.fit()
     rows, predictions = test_rows(tuner, test, dict(meta or {}))
     df = to_frame(rows)
     save_results(df, out, predictions=predictions if predictions.pred else None)
@@ -223,7 +224,7 @@ def _check_out(out: Path, info: dict, resume: bool) -> None:
     model, data and settings as the run it continues."""
     if resume and not (out / "finetune.json").is_file() and not _holds_run(out):
         # The same command serves the first start and every restart of a requeued job.
-        print(f"no fine-tuning run in {out} yet: starting it", file=sys.stderr)
+        log.info("no fine-tuning run in %s yet: starting it", out)
         return
     if not resume:
         if _holds_run(out):
@@ -267,7 +268,6 @@ def finetune_model(
     data_dir=None,
     token_cache=None,
     resume: bool = False,
-    progress: bool = True,
     epochs: float | None = None,
     lr_sweep: int | None = None,
     sweep_steps: int | None = None,
@@ -304,16 +304,11 @@ def finetune_model(
     rows = val_rows = None
     if labels_per_class is not None:
         rows, val_rows = lowdata_split(ds_train.labels, labels_per_class, cfg.seed)
-    tok = {
-        s.split: load_tokens(s, palette, token_cache, progress=progress)
-        for s in (ds_train, ds_test)
-    }
+    tok = {s.split: load_tokens(s, palette, token_cache) for s in (ds_train, ds_test)}
     full = Labelled(tok["train"].tokens, ds_train.labels, ds_train.images)
     if rows is None:
         ds_val = split("val")
-        val = Labelled(
-            load_tokens(ds_val, palette, token_cache, progress=progress).tokens, ds_val.labels
-        )
+        val = Labelled(load_tokens(ds_val, palette, token_cache).tokens, ds_val.labels)
         train = full
     else:
         train, val = full.take(rows), full.take(val_rows)
@@ -337,7 +332,7 @@ def finetune_model(
         labels_per_class=labels_per_class,
     )
     kwargs = dict(n_classes=len(ds_train.classes), meta=meta, identity=identity,
-                  resume=resume, progress=progress, fit_head=fit_head,
+                  resume=resume, fit_head=fit_head,
                   command=command)  # fmt: skip
     if lr_sweep:
         steps = sweep_steps or max(1, cfg.steps // 5)

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm  # text bars everywhere: no widget needed in a notebook
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.log import progress_bar
 from igpt_eval.model import ops
 from igpt_eval.model.checkpoint import PALETTE, load_resume, save_model, save_resume, save_snapshot
 from igpt_eval.model.igpt import IGPT
@@ -235,15 +235,13 @@ class Trainer:
         return dist.mean(total)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: bool = True) -> dict:
+    def fit(self) -> dict:
         """Train to ``cfg.steps``, evaluating, logging and checkpointing on the way."""
         cfg = self.cfg
         main = dist.is_main()
         log = _Log(self.out / "train_log.csv", self.step) if main else None
         T = self.model.config.n_positions
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="pretrain", disable=not (progress and main)
-        )
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc="pretrain")
         t_start = time.perf_counter()
         last = log.last_val_loss if main else None  # a resumed run reports its last one
         if self.step == 0 and 0 in self.snapshot_steps:  # the untrained network: a control

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.train import distributed as dist
 from igpt_eval.train.pretrain import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
 
 # What must not change between a run and its resumption (the step budget may grow).
 _IDENTITY = ("model_config", "objective", "train_fingerprint", "val_fingerprint", "palette_hash")
@@ -47,7 +49,6 @@ def pretrain(
     palette=None,
     identity: dict | None = None,
     resume: bool = False,
-    progress: bool = True,
 ) -> dict:
     """Train one model into ``out`` (or continue the run there); returns a summary dict.
 
@@ -70,7 +71,7 @@ def pretrain(
     if resume and not (out / "run.json").is_file() and not _holds_files(out):
         # The same command serves the first start and every restart of a requeued job.
         if dist.is_main():
-            print(f"no run in {out} yet: starting it", file=sys.stderr)
+            log.info("no run in %s yet: starting it", out)
         resume = False
     if resume:
         _check_resumable(out, info, warmup_given)
@@ -90,12 +91,12 @@ def pretrain(
     if resume:
         trainer.resume()
         if trainer.step >= train_cfg.steps and dist.is_main():
-            print(f"the run in {out} already finished (step {trainer.step})", file=sys.stderr)
+            log.info("the run in %s already finished (step %d)", out, trainer.step)
     elif dist.is_main():
         if palette is not None:
             palette.save(out / "palette.npy")
         model.config.save(out / "config.json")
-    summary = trainer.fit(progress=progress)
+    summary = trainer.fit()
     return {**summary, "out": str(out), "n_params": model.n_params()}
 
 
@@ -145,7 +146,6 @@ def lr_sweep(
     max_runs: int = 8,
     sweep_steps: int | None = None,
     resume: bool = False,
-    progress: bool = True,
 ) -> list[dict]:
     """Try 0.01, 0.003, 0.001, … in that order, each a run in ``out/sweep/lr-X``; stop once
     the final validation loss rises; then either copy the best run into ``out`` (sweep runs
@@ -162,13 +162,13 @@ def lr_sweep(
         raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
     rows = _sweep(
         model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
-        palette=palette, identity=identity, resume=resume, progress=progress,
+        palette=palette, identity=identity, resume=resume,
     )  # fmt: skip
     if sweep_steps is not None:
         best = next(r for r in rows if r["best"])
         cfg = dataclasses.replace(train_cfg, lr=best["lr"])
         pretrain(model_cfg, cfg, train_tokens, val_tokens, out, palette=palette,
-                 identity=identity, resume=True, progress=progress)  # fmt: skip
+                 identity=identity, resume=True)  # fmt: skip
     return rows
 
 
@@ -194,7 +194,7 @@ def walk_rates(lrs, score) -> tuple[list[tuple[float, float]], float]:
 
 
 def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
-           palette, identity, resume, progress) -> list[dict]:  # fmt: skip
+           palette, identity, resume) -> list[dict]:  # fmt: skip
     def run_dir(lr: float) -> Path:
         return out / "sweep" / f"lr-{lr:g}"
 
@@ -207,8 +207,7 @@ def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_
     def score(lr: float) -> float:
         try:
             res = pretrain(model_cfg, steps(lr), train_tokens, val_tokens, run_dir(lr),
-                           palette=palette, identity=identity, resume=resume,
-                           progress=progress)  # fmt: skip
+                           palette=palette, identity=identity, resume=resume)  # fmt: skip
         except IGPTError as e:
             if "diverged" not in str(e):
                 raise
