@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data import DataSource, load_dataset, load_tokens
 from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import SAMPLE_TEST, SAMPLE_TRAIN, SAMPLE_VAL
 from igpt_eval.probes.pixels import probe_native_pixels, probe_pixels
@@ -37,7 +37,7 @@ from igpt_eval.studies.settings import CampaignSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [(16, 16), (16, 32), (28, 16), (28, 32), (28, 64)]
-SIZES = dict(train_size=SAMPLE_TRAIN, val_size=SAMPLE_VAL, test_size=SAMPLE_TEST)
+SIZES = dict(train=SAMPLE_TRAIN, val=SAMPLE_VAL, test=SAMPLE_TEST)
 
 
 def entropies(tokens: np.ndarray, k: int) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     s = CampaignSettings()
     native_rows, native_pred = probe_native_pixels(
-        "fashion-mnist", data_dir=args.data_dir, return_predictions=True, **SIZES
+        DataSource("fashion-mnist", args.data_dir), sizes=SIZES
     )
     native_acc, native_ok = test_correct(native_rows, native_pred, "pixels_native")
     print(f"native 28x28 grey pixels: test {100 * native_acc['value']:.2f}%")
@@ -77,8 +77,8 @@ def main() -> None:
             tokens = load_tokens(train, palette, tmp).tokens
             h, h_cond = entropies(np.asarray(tokens), k)
             rows, pred = probe_pixels(
-                palette, "fashion-mnist", n_px=n_px, data_dir=args.data_dir, token_cache=tmp,
-                return_predictions=True, **SIZES,
+                palette, DataSource("fashion-mnist", args.data_dir, token_cache=tmp), n_px=n_px,
+                sizes=SIZES,
             )  # fmt: skip
             acc, ok = test_correct(rows, pred, "pixels")
             d = paired_difference(ok, native_ok)

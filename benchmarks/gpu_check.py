@@ -48,7 +48,7 @@ from forward import hf_reference  # noqa: E402
 from igpt_eval.cache import ExtractSettings, write_cache  # noqa: E402
 from igpt_eval.model.config import IGPTConfig  # noqa: E402
 from igpt_eval.model.igpt import IGPT  # noqa: E402
-from igpt_eval.probes import Features, probe_lbfgs  # noqa: E402
+from igpt_eval.probes import Features, Protocol, probe_lbfgs  # noqa: E402
 from igpt_eval.train.pretrain import TrainConfig, Trainer  # noqa: E402
 
 # Sizes of the GPU run and of the smoke run (the only difference between the two).
@@ -250,8 +250,8 @@ def part_probe(run: Run) -> dict:
         return run.timed(
             lambda: probe_lbfgs(
                 pick(tr), pick(va), pick(te), list(layers), meta=meta, sites=sites,
-                backend=backend, device=device, n_boot=N_BOOT,
-            )
+                protocol=Protocol(backend=backend, device=device, n_boot=N_BOOT),
+            ).rows
         )  # fmt: skip
 
     say(f"probe: torch on {run.dev.type}, {G} layers, d={tr.X.shape[2]}, n={run.s['probe_n']}")

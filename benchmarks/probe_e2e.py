@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(backend: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    df = probe_model(backend=backend, pixels=False, native_pixels=False)
+    df = probe_model(backend=backend, pixels=False, native_pixels=False).results
     seconds = time.perf_counter() - t0 - df.attrs["extract_seconds"]
     fits = df[df.metric == "accuracy"]
     test = fits[fits.split == "test"].set_index("layer")

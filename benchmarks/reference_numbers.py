@@ -22,7 +22,7 @@ import torch
 from igpt_eval.cache import ExtractSettings, write_cache
 from igpt_eval.data import load_dataset
 from igpt_eval.model import IGPT, IGPTConfig, load_model, load_palette
-from igpt_eval.probes import LogisticProbe, probe_lbfgs
+from igpt_eval.probes import LogisticProbe, Protocol, probe_lbfgs
 from igpt_eval.probes.protocol import Features
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.train.pretrain import TrainConfig, Trainer
@@ -81,8 +81,8 @@ def compute() -> dict[str, np.ndarray]:
             meta = {"model": "ref", "dataset": "fmnist"}
             sites = [f"layer{i}" for i in layers]
             rows, pred = probe_lbfgs(
-                tr, va, te, layers, meta=meta, sites=sites, max_iter=50, n_boot=200,
-                return_predictions=True,
+                tr, va, te, layers, meta=meta, sites=sites,
+                protocol=Protocol(max_iter=50, n_boot=200),
             )  # fmt: skip
             out["probe_lbfgs/values"] = _values(rows)
             out["probe_lbfgs/pred"] = np.stack([pred.correct(k) for k in sorted(pred.pred)])
@@ -92,7 +92,7 @@ def compute() -> dict[str, np.ndarray]:
             }
             sgd = probe_sgd(
                 splits, layers, meta=meta, sites=sites, epochs=2, batch_size=16, n_boot=200
-            )
+            ).rows
             out["probe_sgd/values"] = _values(sgd)
     # A short pretraining run, AR and BERT, with a fixed seed.
     for objective in ("ar", "bert"):

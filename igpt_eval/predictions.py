@@ -9,13 +9,15 @@ results table (:mod:`igpt_eval.results`): an array ``labels`` and one array per 
 ``fmnist-ar-6c94f7b1/lbfgs_concat/concat(blocks.2.ln_1..blocks.6.ln_1)`` (the multi-layer
 probe); the ``model``, ``probe`` and ``site`` columns of a test row name its array. Results
 written before predictions were kept have no such file: :func:`load_predictions` returns
-``None`` for them. Everything here is re-exported by :mod:`igpt_eval.results`.
+``None`` for them. Every probe returns its rows with the predictions behind them, as a
+:class:`Scored`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +26,15 @@ from igpt_eval.io import atomic_write
 from igpt_eval.names import bare_name
 
 PREDICTIONS_FILE = "predictions.npz"
+
+
+class Scored(NamedTuple):
+    """What every probe returns: its tidy result rows (:mod:`igpt_eval.results`) and the
+    per-example test predictions behind them (one array per layer probed), so paired
+    statistics can be computed later. Unpacks as ``rows, predictions = probe(...)``."""
+
+    rows: list[dict]
+    predictions: Predictions
 
 
 def _site_layer(site: str) -> int | None:

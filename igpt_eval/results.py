@@ -4,9 +4,9 @@ and the names of models and controls in them.
 Every probe and analysis writes rows with the same columns, saved as parquet and CSV side by
 side; every figure and table in ``reports/`` is drawn from these files only. A model is
 named by its label (:attr:`igpt_eval.ModelSource.label`: name and weights hash); its
-controls by :data:`PIXELS`, :data:`PIXELS_NATIVE` and :func:`random_twin`. Rows carry no
-arrays: the per-example test predictions kept beside them (differences are judged on the
-same test images) are :mod:`igpt_eval.predictions`, re-exported here.
+controls by the names in :mod:`igpt_eval.names`. Rows carry no arrays: the per-example
+test predictions kept beside them (differences are judged on the same test images) are
+:mod:`igpt_eval.predictions`.
 """
 
 from __future__ import annotations

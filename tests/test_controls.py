@@ -60,7 +60,7 @@ def ar_run(tiny_pair, tmp_path_factory):
 
 def _probe(run, root, **kw):
     kw = dict(dict(token_cache=root / "tokens"), **kw)
-    return probe_model(run, return_predictions=True, **kw)
+    return probe_model(run, **kw)
 
 
 # --------------------------------------------------------------------------- names

@@ -141,7 +141,7 @@ def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
 
     ar, npz = tiny_ar
     df = probe_model(ar, f"npz:{npz}", pixels=False, train_size=None,
-                     val_size=None, test_size=None)  # fmt: skip
+                     val_size=None, test_size=None).results  # fmt: skip
     probed = df.attrs["caches"]["test"]
     assert str(extract(ar, f"npz:{npz}", "test").path) == probed
     spelt = extract(ar, f"npz:{npz}", "test", settings=ExtractSettings(

@@ -6,7 +6,7 @@ import pytest
 from igpt_eval.errors import IGPTError
 from igpt_eval.names import PIXELS
 from igpt_eval.predictions import Predictions, load_predictions, prediction_key
-from igpt_eval.probes import Features, probe_lbfgs
+from igpt_eval.probes import Features, Protocol, probe_lbfgs
 from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.reporting.tables import comparison_table
@@ -107,8 +107,7 @@ def probe(model="m", informative=True, probe_name="lbfgs"):
         meta=dict(model=model, objective="ar", dataset="syn", site_kind="ln_1"),
         sites=["blocks.0.ln_1", "ln_f"],
         probe=probe_name,
-        n_boot=1000,
-        return_predictions=True,
+        protocol=Protocol(n_boot=1000),
     )
 
 
@@ -152,9 +151,7 @@ def test_sgd_predictions_match_its_rows():
             strict=True,
         )
     }
-    rows, pred = probe_sgd(
-        src, [0, 1], meta=dict(model="m"), sites=["a", "b"], epochs=3, return_predictions=True
-    )
+    rows, pred = probe_sgd(src, [0, 1], meta=dict(model="m"), sites=["a", "b"], epochs=3)
     test = to_frame(rows).query("split == 'test'").set_index("site")
     for site in ("a", "b"):
         assert pred.correct(f"m/sgd/{site}").mean() == pytest.approx(test.value[site])

@@ -183,8 +183,8 @@ def test_sgd_probe_close_to_lbfgs():
         k: ArraySource(f.X, f.y, [0, 1])
         for k, f in zip(("train", "val", "test"), (tr, va, te), strict=True)
     }
-    sgd = to_frame(probe_sgd(src, [0, 1], meta={}, sites=["a", "b"], epochs=20, batch_size=64))
-    lb = to_frame(probe_lbfgs(tr, va, te, [0, 1], meta={}, sites=["a", "b"]))
+    sgd = to_frame(probe_sgd(src, [0, 1], meta={}, sites=["a", "b"], epochs=20, batch_size=64).rows)
+    lb = to_frame(probe_lbfgs(tr, va, te, [0, 1], meta={}, sites=["a", "b"]).rows)
     pick = lambda d: d[(d.split == "test") & (d.metric == "accuracy")].value.to_numpy()  # noqa: E731
     assert abs(pick(sgd)[1] - pick(lb)[1]) <= 0.01
     val = sgd[sgd.split == "val"]
@@ -224,8 +224,8 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
     kw = dict(cache_dir=tmp_path / "acts", pixels=False)
-    lb = summary(probe_model(method="lbfgs", **kw)).set_index("layer").test_acc
-    sgd = summary(probe_model(method="sgd", **kw)).set_index("layer").test_acc
+    lb = probe_model(method="lbfgs", **kw).summary.set_index("layer").test_acc
+    sgd = probe_model(method="sgd", **kw).summary.set_index("layer").test_acc
     assert (abs(sgd - lb) <= 0.01).all(), (100 * (sgd - lb)).round(2).to_dict()
 
 

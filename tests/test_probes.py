@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from igpt_eval import IGPTError
-from igpt_eval.probes import Features, LogisticProbe, fit_grid, fit_path, probe_lbfgs
+from igpt_eval.probes import Features, LogisticProbe, Protocol, fit_grid, fit_path, probe_lbfgs
 from igpt_eval.probes.backends import cuml_regularisation, objective
 from igpt_eval.results import COLUMNS, to_frame
 
@@ -114,8 +114,8 @@ def run_protocol(**kw):
         [0, 1],
         meta=dict(model="m", objective="ar", dataset="syn", site_kind="ln_1"),
         sites=["blocks.0.ln_1", "ln_f"],
-        **kw,
-    )
+        protocol=Protocol(**kw),
+    ).rows
     return to_frame(rows), (tr, va, te)
 
 
@@ -151,7 +151,7 @@ def test_protocol_path_patience():
 def test_test_split_never_chooses_anything():
     df, (tr, va, te) = run_protocol()
     shuffled = Features(te.X, np.random.default_rng(9).permutation(te.y))
-    rows = probe_lbfgs(tr, va, shuffled, [0, 1], meta={}, sites=["a", "b"])
+    rows = probe_lbfgs(tr, va, shuffled, [0, 1], meta={}, sites=["a", "b"]).rows
     df2 = to_frame(rows)
     pick = lambda d: d[(d.split == "test") & (d.metric == "accuracy")].C.tolist()  # noqa: E731
     assert pick(df) == pick(df2)
@@ -208,7 +208,7 @@ def test_cuml_backend_objective_matches_sklearn(digits):
                 [0, 1],
                 meta={},
                 sites=["a", "b"],
-                Cs=[1.0, -1.0],
+                protocol=Protocol(Cs=[1.0, -1.0]),
             ),
             "C must be > 0",
         ),

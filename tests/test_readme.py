@@ -51,7 +51,8 @@ def test_readme_python_example_runs(tiny_pair, tmp_path, monkeypatch):
     assert tuple(scope["feats"].shape) == (9, 8, 32)
     assert tuple(scope["halves"].shape) == (8, 64)
     assert len(scope["cache"].labels) == 32 and scope["cache"].layers == list(range(9))
-    assert len(summary := scope["summary"](scope["df"])) == 9 and summary.best.sum() == 1
+    assert len(summary := scope["run"].summary) == 9 and summary.best.sum() == 1
+    assert scope["df"] is scope["run"].results
     assert (tmp_path / "runs/probe/ar/predictions.npz").is_file()
     assert scope["pred"].correct(scope["layer4"]).shape == (32,)
     assert len(scope["curve"].summary) == 9 and scope["curve"].figure.axes

@@ -296,8 +296,8 @@ def test_layer_groups_give_the_same_results(tiny_pair, tmp_path, one_torch_threa
     _, ar, _, npz = tiny_pair
     common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok",
                   train_size=None, val_size=None, test_size=None, pixels=False)  # fmt: skip
-    whole = probe_model(ar, f"npz:{npz}", **common)
-    grouped = probe_model(ar, f"npz:{npz}", max_feature_bytes=1, **common)
+    whole = probe_model(ar, f"npz:{npz}", **common).results
+    grouped = probe_model(ar, f"npz:{npz}", max_feature_bytes=1, **common).results
     cols = ["split", "layer", "metric", "C", "value", "n_iter", "converged"]
     a, b = (d[cols].sort_values(cols[:4]).reset_index(drop=True) for d in (whole, grouped))
     assert len(a) > 0

@@ -16,7 +16,7 @@ import pandas as pd
 
 from igpt_eval.analysis.similarity import cka_matrix, knn_accuracy
 from igpt_eval.errors import IGPTError
-from igpt_eval.predictions import Predictions, prediction_key
+from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.results import CKA_COLUMNS
 from igpt_eval.stats import bootstrap_accuracy_ci
@@ -30,13 +30,12 @@ def knn_rows(
     temperature=0.07,
     device="cpu",
     seed=0,
-    return_predictions: bool = False,
-):
+) -> Scored:
     """kNN accuracy of every cached layer, as tidy rows: test queries against a train + val
     bank (``split = "test"``, with a bootstrap 95% CI: the reported number), and validation
     queries against a train-only bank (``split = "val"``: what a kNN layer is chosen by, so
-    that the test split chooses nothing). With ``return_predictions``, returns ``(rows,
-    predictions)``: every layer's predicted test labels, named ``{model}/knn/{site}``."""
+    that the test split chooses nothing). With the rows, every layer's predicted test labels,
+    named ``{model}/knn/{site}``."""
     train, val, test = (caches[s] for s in SPLITS)
     bank_y = np.concatenate([train.labels, val.labels])
     knn = dict(k=k, temperature=temperature, device=device)
@@ -86,7 +85,7 @@ def knn_rows(
             )
         )
         predictions.add(prediction_key(meta.get("model", ""), "knn", site), r.pred, test.labels)
-    return (rows, predictions) if return_predictions else rows
+    return Scored(rows, predictions)
 
 
 def cka_rows(caches: dict, dataset: str, max_rows: int | None = 10_000, seed: int = 0):

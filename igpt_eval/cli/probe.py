@@ -254,7 +254,7 @@ def _cmd_probe(args) -> int:
         cache_dir=args.cache,
         out=out,
         overwrite=args.rebuild_cache,
-    )
+    ).results
     s = summary(df)
     model = df.model.iloc[0]  # "<label> (random weights)" for the control
     cat = concat_summaries(df).get(model)

@@ -15,8 +15,8 @@ import numpy as np
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.names import CONCAT
-from igpt_eval.predictions import Predictions
-from igpt_eval.probes.protocol import Features, probe_lbfgs
+from igpt_eval.predictions import Scored
+from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 
 
 def check_concat(k, n_layers: int, method: str = "lbfgs") -> None:
@@ -64,12 +64,12 @@ def probe_concat(
     k: int,
     *,
     meta: dict,
-    **protocol,
-) -> tuple[list[dict], Predictions]:
+    protocol: Protocol | None = None,
+) -> Scored:
     """Rows and test predictions of the multi-layer probe of ``k`` layers around
     ``centre``: ``feats`` maps each split to its :class:`~igpt_eval.probes.protocol.Features`
-    (G, N, d) of ``layers`` (named ``sites``); ``protocol`` goes to
-    :func:`~igpt_eval.probes.protocol.probe_lbfgs`."""
+    (G, N, d) of ``layers`` (named ``sites``), probed under ``protocol``
+    (:func:`~igpt_eval.probes.protocol.probe_lbfgs`)."""
     span = concat_span(layers, centre, k)
     idx = [layers.index(x) for x in span]
     site = concat_site(span, [sites[i] for i in idx])
@@ -83,8 +83,7 @@ def probe_concat(
         [centre],
         meta=meta,
         sites=[site],
+        protocol=protocol,
         probe=CONCAT,
-        return_predictions=True,
-        **protocol,
     )
-    return [dict(r, concat_layers=k) for r in rows], pred
+    return Scored([dict(r, concat_layers=k) for r in rows], pred)

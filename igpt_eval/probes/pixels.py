@@ -22,10 +22,12 @@ from collections.abc import Callable
 import numpy as np
 
 from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data.source import DataSource
 from igpt_eval.data.splits import subset_rows
+from igpt_eval.errors import IGPTError
 from igpt_eval.names import PIXELS, PIXELS_NATIVE
-from igpt_eval.predictions import Predictions
-from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
+from igpt_eval.predictions import Predictions, Scored
+from igpt_eval.probes.protocol import SPLITS, Features, Protocol, probe_lbfgs
 
 
 def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:
@@ -47,11 +49,10 @@ def _probe_control(
     load: Callable[[str], tuple],
     featurize: Callable[[np.ndarray], np.ndarray],
     *,
-    sizes: dict,
+    sizes: dict | None,
     device: str,
     seed: int,
-    return_predictions: bool,
-):
+) -> Scored:
     """Probe one pixel control: ``load(split)`` gives ``(dataset, raw rows, labels)``, each
     split is cut to the stratified sample its ``sizes`` entry asks for (the models' caches
     draw the same rows: :func:`igpt_eval.data.splits.subset_rows`, same labels and seed),
@@ -60,7 +61,7 @@ def _probe_control(
     for split in SPLITS:
         ds, raw, labels = load(split)
         labels = np.asarray(labels)
-        n = sizes.get(split)
+        n = (sizes or {}).get(split)
         if n is not None and n < len(labels):
             rows = subset_rows(labels, n, ds.seed)
             raw, labels = raw[rows], labels[rows]
@@ -72,106 +73,88 @@ def _probe_control(
         [0],
         meta=dict(model=name, objective="none", dataset=ds.name, site_kind=name),
         sites=[name],
-        device=device,
-        seed=seed,
+        protocol=Protocol(device=device, seed=seed),
         probe=name,
-        return_predictions=return_predictions,
     )
+
+
+def _named(data: DataSource) -> DataSource:
+    if data.name is None:
+        raise IGPTError("a pixel control needs the dataset named")
+    return data
 
 
 def probe_pixels(
     palette,
-    dataset: str,
+    data: DataSource,
     *,
     n_px: int,
-    split_seed: int = 0,
-    data_dir=None,
-    token_cache=None,
+    sizes: dict | None = None,
     device: str = "cpu",
     seed: int = 0,
-    train_size: int | None = None,
-    val_size: int | None = None,
-    test_size: int | None = None,
-    return_predictions: bool = False,
-) -> list[dict] | tuple[list[dict], Predictions]:
-    """The raw-pixel baseline's rows (``model = probe = site = "pixels"``, ``layer = 0``):
-    L-BFGS probes (:func:`~igpt_eval.probes.protocol.probe_lbfgs`) of the token caches of
-    ``dataset`` at ``n_px`` under ``palette``, split with ``split_seed``; with
-    ``train_size`` (``val_size``, ``test_size``), the same stratified sample of that split
-    as the models' activation caches (:func:`igpt_eval.data.splits.subset_rows`). With
-    ``return_predictions``, returns ``(rows, predictions)`` (one array,
-    ``pixels/pixels/pixels``)."""
+) -> Scored:
+    """The raw-pixel baseline (``model = probe = site = "pixels"``, ``layer = 0``): L-BFGS
+    probes (:func:`~igpt_eval.probes.protocol.probe_lbfgs`) of the token caches of the
+    dataset ``data`` names, at ``n_px`` under ``palette``, split with its split seed (``None``:
+    0); ``sizes`` (``{"train": n, ...}``; a missing or ``None`` entry: the whole split) asks
+    for the same stratified sample of each split as the models' activation caches
+    (:func:`igpt_eval.data.splits.subset_rows`). One prediction array,
+    ``pixels/pixels/pixels``."""
+    data = _named(data)
 
     def load(split):
-        ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=data_dir, seed=split_seed)
-        tok = load_tokens(ds, palette, token_cache)
+        ds = load_dataset(data.name, split=split, n_px=n_px, data_dir=data.data_dir,
+                          seed=data.split_seed or 0)  # fmt: skip
+        tok = load_tokens(ds, palette, data.token_cache)
         return ds, tok.tokens, tok.labels
 
     return _probe_control(
-        PIXELS,
-        load,
-        lambda tokens: pixel_features(palette, tokens),
-        sizes=dict(train=train_size, val=val_size, test=test_size),
-        device=device,
-        seed=seed,
-        return_predictions=return_predictions,
-    )
+        PIXELS, load, lambda tokens: pixel_features(palette, tokens),
+        sizes=sizes, device=device, seed=seed,
+    )  # fmt: skip
 
 
 def probe_native_pixels(
-    dataset: str,
-    *,
-    split_seed: int = 0,
-    data_dir=None,
-    device: str = "cpu",
-    seed: int = 0,
-    train_size: int | None = None,
-    val_size: int | None = None,
-    test_size: int | None = None,
-    return_predictions: bool = False,
-) -> list[dict] | tuple[list[dict], Predictions]:
-    """The native-resolution raw-pixel control's rows (``model = probe = site =
+    data: DataSource, *, sizes: dict | None = None, device: str = "cpu", seed: int = 0
+) -> Scored:
+    """The native-resolution raw-pixel control (``model = probe = site =
     "pixels_native"``, ``layer = 0``, ``n_features`` = H · W · channels): the same protocol
-    and samples as :func:`probe_pixels`, on ``dataset``'s images as its files hold them
+    and samples as :func:`probe_pixels`, on the images as the dataset's files hold them
     (:func:`native_pixel_features`; no token cache: nothing is quantised). The cost grows
     with the native size (Fashion-MNIST: 784 features; STL-10 would have 27,648)."""
+    data = _named(data)
 
     def load(split):
-        ds = load_dataset(dataset, split=split, n_px=None, data_dir=data_dir, seed=split_seed)
+        ds = load_dataset(data.name, split=split, n_px=None, data_dir=data.data_dir,
+                          seed=data.split_seed or 0)  # fmt: skip
         return ds, ds.images, ds.labels
 
     return _probe_control(
-        PIXELS_NATIVE,
-        load,
-        native_pixel_features,
-        sizes=dict(train=train_size, val=val_size, test=test_size),
-        device=device,
-        seed=seed,
-        return_predictions=return_predictions,
+        PIXELS_NATIVE, load, native_pixel_features, sizes=sizes, device=device, seed=seed
     )
 
 
 def probe_pixel_controls(
     palette,
-    dataset: str,
+    data: DataSource,
     *,
     n_px: int,
     pixels: bool = True,
     native: bool = False,
-    token_cache=None,
-    **common,
-) -> tuple[list[dict], Predictions]:
-    """Rows and test predictions of the pixel controls asked for: ``pixels`` (palette-
-    quantised at ``n_px``, :func:`probe_pixels`) and ``native`` (:func:`probe_native_pixels`);
-    ``common`` (split seed, data folder, device, seed, sample sizes) goes to both."""
-    kw = dict(common, return_predictions=True)
+    sizes: dict | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Scored:
+    """The pixel controls asked for: ``pixels`` (palette-quantised at ``n_px``,
+    :func:`probe_pixels`) and ``native`` (:func:`probe_native_pixels`), on the same
+    samples."""
     done = []
     if pixels:
-        done.append(probe_pixels(palette, dataset, n_px=n_px, token_cache=token_cache, **kw))
+        done.append(probe_pixels(palette, data, n_px=n_px, sizes=sizes, device=device, seed=seed))
     if native:
-        done.append(probe_native_pixels(dataset, **kw))
+        done.append(probe_native_pixels(data, sizes=sizes, device=device, seed=seed))
     rows, predictions = [], Predictions()
     for r, p in done:
         rows += r
         predictions.update(p)
-    return rows, predictions
+    return Scored(rows, predictions)

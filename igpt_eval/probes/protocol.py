@@ -11,9 +11,9 @@ For every layer at once:
    apart, warm-started from that solution;
 3. *select*: the C with the best validation accuracy (ties: lower validation loss);
 4. *refit* on ``train + val`` at the chosen C, warm-started, and score ``test`` once, with a
-   bootstrap 95% interval; with ``return_predictions``, each layer's per-example test
-   predictions come back too (a :class:`~igpt_eval.results.Predictions`), for paired
-   comparisons (:mod:`igpt_eval.probes.paired`).
+   bootstrap 95% interval; each layer's per-example test predictions come back with the
+   rows (a :class:`~igpt_eval.predictions.Scored`), for paired comparisons
+   (:mod:`igpt_eval.probes.paired`).
 
 The test split is never used to choose anything. Every fit is a row of the results table,
 so the whole regularisation sweep is on record (rows with ``split="val"``), not only its
@@ -22,6 +22,7 @@ winner (``selected=True``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import feature_scale
-from igpt_eval.predictions import Predictions, prediction_key
+from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
 from igpt_eval.stats import bootstrap_accuracy_ci
@@ -43,6 +44,34 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 COARSE_CS = 10.0 ** np.arange(-3, 4)  # 1e-3 … 1e3
 REFINE_STEPS = 10.0 ** np.array([-2 / 3, -1 / 3, 1 / 3, 2 / 3])
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How :func:`probe_lbfgs` fits, chooses and scores each layer; the defaults are the
+    paper's protocol as this package runs it (docs/design.md, "Probes")."""
+
+    Cs: tuple[float, ...] = tuple(COARSE_CS)  # the C path, walked in increasing order
+    patience: int = 2  # values without a better val accuracy before a layer leaves the path
+    refine: bool = True  # four more Cs a third of a decade apart around each layer's best
+    backend: str = "torch"  # the solver: torch (batched, GPU-able), sklearn or cuml
+    device: str = "cpu"  # where the torch solver runs
+    dtype: str = "float32"  # the solve's precision
+    tol: float = 1e-4  # gradient tolerance of each fit
+    max_iter: int = 10_000  # a cap, not a budget: torch's solver needs a few hundred at most
+    standardize: bool = True  # train-split mean and std applied to every split
+    n_boot: int = 10_000  # bootstrap resamples of the test accuracy's 95% interval
+    seed: int = 0  # the bootstrap's
+
+    def __post_init__(self):
+        object.__setattr__(self, "Cs", tuple(float(c) for c in np.ravel(self.Cs)))
+
+    def replace(self, **changes) -> Protocol:
+        """A copy with ``changes``; a name that is no field is a :class:`TypeError`."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"no protocol setting named {unknown[0]!r}")
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 @dataclass
@@ -122,35 +151,26 @@ def probe_lbfgs(
     *,
     meta: dict,
     sites: list[str],
-    Cs=COARSE_CS,
-    refine: bool = True,
-    backend: str = "torch",
-    device: str = "cpu",
-    dtype: str = "float32",
-    tol: float = 1e-4,
-    max_iter: int = 10_000,
-    standardize: bool = True,
-    n_boot: int = 10_000,
-    patience: int = 2,
-    seed: int = 0,
+    protocol: Protocol | None = None,
     probe: str = "lbfgs",
-    return_predictions: bool = False,
-) -> list[dict] | tuple[list[dict], Predictions]:
-    """Run the protocol on every layer; returns tidy result rows (see :mod:`igpt_eval.results`).
+) -> Scored:
+    """Run the protocol on every layer; returns tidy result rows (see :mod:`igpt_eval.results`)
+    and every layer's predicted test labels, named ``{model}/{probe}/{site}`` (a
+    :class:`Scored`).
 
     ``meta`` fills the model/objective/dataset columns; ``sites`` names each layer's site;
-    ``probe`` is the rows' probe name (``pixels`` for the raw-pixel baseline).
-    ``max_iter`` is a cap, not a budget: the torch solver converges in a few hundred
-    iterations at most; scikit-learn's lbfgs needs thousands on collinear features (see
-    :mod:`igpt_eval.probes.backends`). ``Cs`` is the path's grid (walked in increasing
-    order); a layer leaves it after ``patience`` values without a better validation
-    accuracy. Each stage logs its time (INFO). With ``return_predictions``,
-    returns ``(rows, predictions)``: every layer's predicted test labels, named
-    ``{model}/{probe}/{site}``.
+    ``probe`` is the rows' probe name (``pixels`` for the raw-pixel baseline). ``protocol``
+    (a :class:`Protocol`; default: its defaults) holds the C path, the solver and the test's
+    bootstrap. Its ``max_iter`` is a cap, not a budget: the torch solver converges in a few
+    hundred iterations at most; scikit-learn's lbfgs needs thousands on collinear features
+    (see :mod:`igpt_eval.probes.backends`). A layer leaves the path after ``patience``
+    values without a better validation accuracy. Each stage logs its time (INFO).
     """
+    p = protocol or Protocol()
+    backend, device, seed, standardize = p.backend, p.device, p.seed, p.standardize
     if backend not in BACKENDS:
         raise IGPTError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    Cs = np.asarray(Cs, dtype=np.float64)
+    Cs = np.asarray(p.Cs, dtype=np.float64)
     if Cs.ndim != 1 or not (Cs > 0).all():
         raise IGPTError("every C must be > 0")
     classes, y = _encode_labels(train, val, test)
@@ -179,20 +199,18 @@ def probe_lbfgs(
         base,
         backend=backend,
         device=device,
-        solver=dict(device=device, dtype=dtype, tol=tol, max_iter=max_iter),
+        solver=dict(device=device, dtype=p.dtype, tol=p.tol, max_iter=p.max_iter),
     )
-    run.walk(np.sort(Cs), patience)  # 1. the C path
-    if refine:
+    run.walk(np.sort(Cs), p.patience)  # 1. the C path
+    if p.refine:
         run.refine()  # 2. around each layer's best C
     C_best, init = run.select()  # 3. on validation
-    pred = run.test(C_best, init, n_boot=n_boot, seed=seed)  # 4. refit, test once
-    if not return_predictions:
-        return run.rows
+    pred = run.test(C_best, init, n_boot=p.n_boot, seed=seed)  # 4. refit, test once
     predictions = Predictions()
     for g in range(len(layers)):
         key = prediction_key(meta.get("model", ""), probe, sites[g])
         predictions.add(key, classes[pred[g, 0]], test.y)
-    return run.rows, predictions
+    return Scored(run.rows, predictions)
 
 
 def _encode_labels(train: Features, val: Features, test: Features) -> tuple[np.ndarray, tuple]:

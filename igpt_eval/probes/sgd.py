@@ -29,7 +29,7 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import floored
-from igpt_eval.predictions import Predictions, prediction_key
+from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 SGD_LRS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)
@@ -202,14 +202,12 @@ def probe_sgd(
     seed: int = 0,
     n_boot: int = 10_000,
     preprocess: str = "whiten",
-    return_predictions: bool = False,
-) -> list[dict] | tuple[list[dict], Predictions]:
+) -> Scored:
     """The SGD probe protocol on ``splits`` = {train, val, test} caches (or ArraySources).
 
     ``preprocess`` (``whiten``, ``standardize`` or ``none``) maps the features with
-    training-split statistics before the heads see them. With ``return_predictions``,
-    returns ``(rows, predictions)``: every layer's predicted test labels, named
-    ``{model}/sgd/{site}``."""
+    training-split statistics before the heads see them. Returns the rows and every layer's
+    predicted test labels, named ``{model}/sgd/{site}`` (a :class:`Scored`)."""
     dev = resolve_device(device)
     train, val, test = (splits[k] for k in ("train", "val", "test"))
     classes = np.unique(np.asarray(train.labels))
@@ -299,10 +297,8 @@ def probe_sgd(
                 n_eval=te.n,
             )
         )
-    if not return_predictions:
-        return rows
     predictions = Predictions()
     for g in range(G):
         key = prediction_key(meta.get("model", ""), "sgd", sites[g])
         predictions.add(key, classes[pred[g]], classes[te.labels])
-    return rows, predictions
+    return Scored(rows, predictions)

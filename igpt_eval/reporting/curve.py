@@ -18,7 +18,7 @@ from igpt_eval.predictions import Predictions
 from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
 from igpt_eval.reporting.tables import concat_summaries
 from igpt_eval.results import summary
-from igpt_eval.studies.probe import probe_model
+from igpt_eval.studies.probe import ProbeRun, probe_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,28 +42,30 @@ def probe_figure(results: pd.DataFrame, title: str | None = None) -> Figure:
 
 @dataclass
 class DepthCurve:
-    """What :func:`probe_depth_curve` returns: the tidy ``results`` (every fit, the
-    controls, the paired differences), the per-example test ``predictions`` and the
+    """What :func:`probe_depth_curve` returns: the probe run (``results``, ``predictions``,
+    ``summary``, ``differences``: :class:`~igpt_eval.studies.probe.ProbeRun`) and its
     ``figure`` (a matplotlib ``Figure``; a notebook shows it as the cell's value)."""
 
-    results: pd.DataFrame
-    predictions: Predictions
+    run: ProbeRun
     figure: Figure
 
     @property
+    def results(self) -> pd.DataFrame:
+        return self.run.results
+
+    @property
+    def predictions(self) -> Predictions:
+        return self.run.predictions
+
+    @property
     def summary(self) -> pd.DataFrame:
-        """One row per layer: validation and test accuracy, the chosen C, the test CI, and
-        which layer is ``best`` (on validation) and ``last``."""
-        return summary(self.results)
+        """One row per layer (:attr:`ProbeRun.summary`)."""
+        return self.run.summary
 
     @property
     def differences(self) -> pd.DataFrame:
-        """The paired contrasts (best − last layer, best − pixels, ...), one row each, with
-        the bootstrap 95% CI and McNemar's p-value."""
-        d = self.results[self.results.metric == "accuracy_diff"]
-        cols = ["contrast", "model", "layer", "vs_model", "vs_layer", "value", "ci_low",
-                "ci_high", "p_value"]  # fmt: skip
-        return d[[c for c in cols if c in d]].reset_index(drop=True)
+        """The paired contrasts (:attr:`ProbeRun.differences`)."""
+        return self.run.differences
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the figure as ``path``.png and .svg."""
@@ -83,5 +85,5 @@ def probe_depth_curve(
     """Probe every layer of ``model`` as ``igpt-eval probe`` does (same caches, samples,
     controls and paired statistics: :func:`igpt_eval.probe_model`, which takes the same
     ``settings``, keywords and ``out``) and draw its depth curve."""
-    df, predictions = probe_model(model, dataset, settings, return_predictions=True, **changes)
-    return DepthCurve(df, predictions, probe_figure(df))
+    run = probe_model(model, dataset, settings, **changes)
+    return DepthCurve(run, probe_figure(run.results))

@@ -261,7 +261,6 @@ class Campaign:
             df, pred = probe_model(
                 self.model_dir, s.dataset, settings, data_dir=self.data_dir,
                 token_cache=self.work / "tokens", cache_dir=self.work / "activations" / name,
-                return_predictions=True,
             )  # fmt: skip
             rows.append(df[df.metric != DIFF])
             predictions.update(pred)

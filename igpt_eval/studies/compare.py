@@ -50,6 +50,7 @@ import pandas as pd
 
 from igpt_eval.analysis.layers import cka_rows, knn_rows
 from igpt_eval.cache import ActivationCache
+from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash
@@ -57,7 +58,7 @@ from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_see
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
 from igpt_eval.names import PIXEL_CONTROLS, bare_name, model_names
-from igpt_eval.predictions import Predictions
+from igpt_eval.predictions import Predictions, Scored
 from igpt_eval.probes.concat import check_concat
 from igpt_eval.probes.paired import DIFF, paired_rows
 from igpt_eval.probes.pixels import (
@@ -176,35 +177,17 @@ def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
                 **provenance(manifest))  # fmt: skip
 
 
-def pixel_rows(
-    m: ModelInfo,
-    settings: ProbeSettings,
-    *,
-    data_dir=None,
-    token_cache=None,
-    return_predictions: bool = False,
-):
+def pixel_rows(m: ModelInfo, settings: ProbeSettings, *, data_dir=None, token_cache=None) -> Scored:
     """The raw-pixel linear-probe controls of ``settings`` (same protocol, splits and
     stratified samples as the models): the palette-quantised image (``pixels``) and the
-    native-resolution one (``native_pixels``); rows, or ``(rows, predictions)``; see
+    native-resolution one (``native_pixels``); see
     :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
     s = settings
-    rows, pred = probe_pixel_controls(
-        m.palette,
-        m.dataset,
-        n_px=m.n_px,
-        pixels=s.pixels,
-        native=s.native_pixels,
-        split_seed=m.split_seed,
-        data_dir=data_dir,
-        token_cache=token_cache,
-        device=s.device,
-        seed=s.seed,
-        train_size=s.train_size,
-        val_size=s.val_size,
-        test_size=s.test_size,
-    )
-    return (rows, pred) if return_predictions else rows
+    data = DataSource(m.dataset, data_dir, m.split_seed, token_cache)
+    return probe_pixel_controls(
+        m.palette, data, n_px=m.n_px, pixels=s.pixels, native=s.native_pixels, sizes=s.sizes,
+        device=s.device, seed=s.seed,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- driver
@@ -255,9 +238,7 @@ def compare_models(
     for m in infos:
         folder = _cache_folder(root, m, s)
         log.info(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
-        df, pred = probe_model(
-            m.source, m.dataset, each, cache_dir=folder, return_predictions=True, **paths
-        )
+        df, pred = probe_model(m.source, m.dataset, each, cache_dir=folder, **paths)
         caches = {split: ActivationCache.open(folder / split) for split in SPLITS}
         dataset_name = df.dataset.iloc[0]
         log.info(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
@@ -265,7 +246,6 @@ def compare_models(
             caches,
             _rows_meta(m, dataset_name, s.site, caches["test"].manifest),
             **knn,
-            return_predictions=True,
         )
         # Its paired rows are recomputed below, with every contrast of the comparison.
         frames += [df[df.metric != DIFF], to_frame(k_rows)]
@@ -275,16 +255,12 @@ def compare_models(
             folder = _cache_folder(root, m, s, random=True)
             log.info(f"[compare] {m.name}: the random-weights control (caches in {folder})")
             twin = each.replace(random_weights=True, concat_layers=None)
-            df, pred = probe_model(
-                m.source, m.dataset, twin, cache_dir=folder, return_predictions=True, **paths
-            )
+            df, pred = probe_model(m.source, m.dataset, twin, cache_dir=folder, **paths)
             frames.append(df[df.metric != DIFF])
             predictions.update(pred)
     if s.pixels or s.native_pixels:
         log.info("[compare] raw-pixel controls: linear probes of the images")
-        px, pred = pixel_rows(
-            infos[0], s, data_dir=data_dir, token_cache=token_cache, return_predictions=True
-        )
+        px, pred = pixel_rows(infos[0], s, data_dir=data_dir, token_cache=token_cache)
         predictions.update(pred)  # refuses test images other than the models'
         frames.append(to_frame(px))
     log.info("[compare] linear CKA between layers (test split)")

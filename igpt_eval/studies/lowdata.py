@@ -40,7 +40,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, read_json, write_json
 from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
-from igpt_eval.probes.protocol import Features, probe_lbfgs
+from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.studies.settings import LowDataConfig
 from igpt_eval.train.finetune import FinetuneConfig
@@ -255,18 +255,18 @@ def _probe(feats, tr_rows, va_rows, labels, y_test, cfg, meta, extra, fixed) -> 
     if fixed is None and len(layers) > 1:  # quick pass over every layer, on held-out labels
         quick = probe_lbfgs(
             Features(Xa, ya), Features(Xb, yb), Features(Xt[:, :1], y_test[:1]), layers,
-            meta=meta, sites=sites, Cs=10.0 ** np.arange(-2, 3), refine=False,
-            max_iter=cfg.select_iter, device=cfg.device, n_boot=1,
-        )  # fmt: skip
+            meta=meta, sites=sites, protocol=Protocol(Cs=10.0 ** np.arange(-2, 3), refine=False,
+            max_iter=cfg.select_iter, device=cfg.device, n_boot=1),
+        ).rows  # fmt: skip
         val = [(r["value"], -layers.index(r["layer"])) for r in quick
                if r["split"] == "val" and r["metric"] == "accuracy" and r["selected"]]  # fmt: skip
         g = -max(val)[1]  # best held-out accuracy; ties go to the shallower layer
     t0 = time.perf_counter()
     rows = probe_lbfgs(
         Features(Xa[g : g + 1], ya), Features(Xb[g : g + 1], yb), Features(Xt[g : g + 1], y_test),
-        [layers[g]], meta=meta, sites=[sites[g]], max_iter=cfg.probe_iter, device=cfg.device,
-        seed=extra["seed"],
-    )  # fmt: skip
+        [layers[g]], meta=meta, sites=[sites[g]],
+        protocol=Protocol(max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"]),
+    ).rows  # fmt: skip
     sec = time.perf_counter() - t0
     return [dict(r, **extra, method="linear probe", best_layer=True, study_seconds=sec)
             for r in rows]  # fmt: skip
@@ -283,8 +283,9 @@ def _pixels(tr, te, test_rows, tr_rows, va_rows, cfg, dataset, extra) -> list[di
         Features(X(tr.images, va_rows), tr.labels[va_rows]),
         Features(X(te.images, test_rows), te.labels[test_rows]),
         [0], meta=dict(model="raw pixels", objective="none", dataset=dataset),
-        sites=["pixels"], max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"],
-    )  # fmt: skip
+        sites=["pixels"],
+        protocol=Protocol(max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"]),
+    ).rows  # fmt: skip
     return [dict(r, **extra, method="raw pixels", best_layer=True) for r in rows]
 
 

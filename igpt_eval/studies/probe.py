@@ -5,8 +5,10 @@ This is what ``igpt-eval probe`` runs; notebooks can call :func:`probe_model` di
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,10 +26,34 @@ from igpt_eval.predictions import Predictions
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
-from igpt_eval.probes.protocol import SPLITS, Features, probe_lbfgs
+from igpt_eval.probes.protocol import SPLITS, Features, Protocol, probe_lbfgs
 from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import MODELS_FILE, save_results, summary, to_frame
 from igpt_eval.studies.settings import ProbeSettings
+
+
+class ProbeRun(NamedTuple):
+    """What :func:`probe_model` returns: the tidy ``results`` (every fit, the controls, the
+    paired differences) and the per-example test ``predictions`` behind them. Unpacks as
+    ``results, predictions = probe_model(...)``."""
+
+    results: pd.DataFrame
+    predictions: Predictions
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per layer: validation and test accuracy, the chosen C, the test CI, and
+        which layer is ``best`` (on validation) and ``last``."""
+        return summary(self.results)
+
+    @property
+    def differences(self) -> pd.DataFrame:
+        """The paired contrasts (best − last layer, best − pixels, ...), one row each, with
+        the bootstrap 95% CI and McNemar's p-value."""
+        d = self.results[self.results.metric == "accuracy_diff"]
+        cols = ["contrast", "model", "layer", "vs_model", "vs_layer", "value", "ci_low",
+                "ci_high", "p_value"]  # fmt: skip
+        return d[[c for c in cols if c in d]].reset_index(drop=True)
 
 
 def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:
@@ -67,13 +93,11 @@ def probe_model(
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    return_predictions: bool = False,
     **changes,
-) -> pd.DataFrame | tuple[pd.DataFrame, Predictions]:
+) -> ProbeRun:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
     layer, save ``results.parquet``/``.csv`` and the per-example test predictions
-    ``predictions.npz`` into ``out`` (when given) and return the results table (with
-    ``return_predictions``: ``(table, predictions)``).
+    ``predictions.npz`` into ``out`` (when given) and return both (a :class:`ProbeRun`).
 
     What is extracted and probed is ``settings`` (a :class:`ProbeSettings`; default: its
     defaults) with ``changes``, its fields given as keywords:
@@ -152,14 +176,13 @@ def probe_model(
             device=s.device,
             seed=s.seed,
             preprocess="whiten" if s.standardize else "none",
-            return_predictions=True,
         )
     if s.pixels or s.native_pixels:
         name, split_seed = run_defaults(dataset, ident)
         px, px_pred = probe_pixel_controls(
-            palette, name, n_px=net.config.n_px, pixels=s.pixels, native=s.native_pixels,
-            split_seed=split_seed, data_dir=data_dir, token_cache=token_cache, device=s.device,
-            seed=s.seed, train_size=s.train_size, val_size=s.val_size, test_size=s.test_size,
+            palette, dataclasses.replace(data, name=name, split_seed=split_seed),
+            n_px=net.config.n_px, pixels=s.pixels, native=s.native_pixels, sizes=s.sizes,
+            device=s.device, seed=s.seed,
         )  # fmt: skip
         rows += px
         predictions.update(px_pred)  # refuses test images other than the caches'
@@ -173,7 +196,7 @@ def probe_model(
         # Where the model lives, for a report drawn from this folder (its log, its palette).
         entry = dict(path=str(source.path.resolve()), model=source.spec)
         write_json(Path(out) / MODELS_FILE, {meta["model"]: entry})
-    return (df, predictions) if return_predictions else df
+    return ProbeRun(df, predictions)
 
 
 def layer_groups(caches: dict, layers: list[int], max_bytes: int) -> list[list[int]]:
@@ -191,15 +214,13 @@ def _probe_lbfgs(caches, layers, sites, meta, s: ProbeSettings):
     """The L-BFGS protocol on every layer (features in memory: full batch, a group of
     layers at a time, :func:`layer_groups`) and, with ``concat_layers``, the multi-layer
     probe around the layer chosen on validation."""
-    opts = dict(
-        meta=meta, backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed
-    )
+    protocol = Protocol(backend=s.backend, device=s.device, standardize=s.standardize, seed=s.seed)
+    opts = dict(meta=meta, protocol=protocol)
     rows, predictions = [], Predictions()
     for group in layer_groups(caches, layers, s.max_feature_bytes):
         feats, _, group_sites = load_features(caches, group)
         r, p = probe_lbfgs(
-            feats["train"], feats["val"], feats["test"], group, sites=group_sites,
-            return_predictions=True, **opts,
+            feats["train"], feats["val"], feats["test"], group, sites=group_sites, **opts,
         )  # fmt: skip
         rows += r
         predictions.update(p)

@@ -159,7 +159,7 @@ def track_runs(
         if cache_dir is not None:
             caches = Path(cache_dir) / snap.run.replace("/", "_") / f"step-{snap.step:06d}"
         df = probe_model(snap.path, settings.dataset, probe, data_dir=data_dir,
-                         token_cache=token_cache, cache_dir=caches)  # fmt: skip
+                         token_cache=token_cache, cache_dir=caches).results  # fmt: skip
         df["model"] = f"{snap.run}@{snap.step}"
         df["run"], df["step"] = snap.run, snap.step
         df["val_loss"], df["tokens_seen"] = snap.val_loss, snap.tokens_seen
