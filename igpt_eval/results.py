@@ -22,16 +22,23 @@ from igpt_eval.names import (
     CONCAT,
     PIXEL_CONTROLS,
     bare_name,
+    model_kind,
 )
 from igpt_eval.predictions import (
     Predictions,
     save_predictions,
 )
 
+#: The version of the results format this igpt-eval writes, in every row's
+#: ``format_version``. 2: the ``model_kind`` and ``format_version`` columns; 1: files
+#: written before them, read through :func:`upgrade` (the kind from the model's name).
+FORMAT_VERSION = 2
+
 #: The columns of a results table (docs/design.md), in order; ``site`` holds the site name
-#: (``blocks.3.ln_1``).
+#: (``blocks.3.ln_1``), ``model_kind`` a :class:`~igpt_eval.names.ModelKind`.
 COLUMNS = [
     "model",
+    "model_kind",
     "objective",
     "dataset",
     "split",
@@ -50,10 +57,11 @@ COLUMNS = [
     "converged",
     "seconds",
     "seed",
+    "format_version",
 ]
-#: Standard columns that results files written by earlier versions lack; reading such a
-#: file fills them with NaN.
-ADDED_COLUMNS = ["p_value"]
+#: Standard columns that results files written by earlier versions lack, filled by
+#: :func:`upgrade` (``p_value`` with NaN: files from before paired statistics).
+ADDED_COLUMNS = ["p_value", "model_kind", "format_version"]
 #: The columns paired-difference rows (``metric = "accuracy_diff"``, see
 #: :mod:`igpt_eval.probes.paired`) add: which contrast, the other side, the discordant counts.
 DIFF_COLUMNS = ["contrast", "vs_model", "vs_probe", "vs_layer", "vs_site", "n01", "n10"]
@@ -75,13 +83,36 @@ EXTRA = [
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
-    """A results DataFrame with the standard columns first (missing ones filled with NA)."""
+    """A results DataFrame with the standard columns first (missing ones filled with NA;
+    a row that gives no ``model_kind`` gets its model name's, :func:`~igpt_eval.names.model_kind`)
+    and this version's ``format_version``."""
     df = pd.DataFrame(rows)
     for c in COLUMNS:
         if c not in df:
             df[c] = pd.NA
+    missing = df.model_kind.isna() & df.model.notna()
+    if missing.any():
+        df["model_kind"] = df.model_kind.astype(object)
+        df.loc[missing, "model_kind"] = [str(model_kind(m)) for m in df.model[missing]]
+    df["format_version"] = FORMAT_VERSION
     rest = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + rest]
+
+
+def upgrade(df: pd.DataFrame, where: str | Path = "the results") -> pd.DataFrame:
+    """A results table read from disk in this version's format: one written by a newer
+    igpt-eval is refused (one clear error); an older one gets the columns it lacks."""
+    version = 1
+    if "format_version" in df and df.format_version.notna().any():
+        version = int(df.format_version.dropna().max())
+    if version > FORMAT_VERSION:
+        raise IGPTError(
+            f"{where} is in results format {version}, newer than this igpt-eval reads "
+            f"({FORMAT_VERSION}); upgrade igpt-eval to read it"
+        )
+    if version == FORMAT_VERSION:
+        return df
+    return to_frame(df.assign(**{"p_value": df.get("p_value", np.nan)}))
 
 
 def save_results(
@@ -120,9 +151,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns and c not in ADDED_COLUMNS]
     if missing:
         raise IGPTError(f"{path} lacks results columns {missing}")
-    if any(c not in df.columns for c in ADDED_COLUMNS):  # an older file: same column order
-        df = to_frame(df.assign(**{c: np.nan for c in ADDED_COLUMNS if c not in df.columns}))
-    return df
+    return upgrade(df, path)
 
 
 # --------------------------------------------------------------------------- side files

@@ -136,3 +136,25 @@ def test_native_pixels_has_one_default():
     parse = build_parser().parse_args
     defaults = {parse(["probe"]).native_pixels, parse(["compare"]).native_pixels}
     assert defaults == {ProbeSettings().native_pixels}
+
+
+def test_probe_and_compare_settings_come_from_their_flags():
+    """One translation of flags to ProbeSettings for both commands: a flag both take means
+    the same in each (compare's --cache-dtype was once dropped on the way)."""
+    from igpt_eval.cli.main import build_parser
+    from igpt_eval.cli.probe import probe_settings_from_args
+
+    flags = ["--cache-dtype", "float16", "--bf16", "--no-pixels", "--seed", "3",
+             "--train-size", "100", "--random-weights"]  # fmt: skip
+    p = build_parser()
+    probe = probe_settings_from_args(p.parse_args(["probe", *flags]))
+    compare = probe_settings_from_args(p.parse_args(["compare", *flags]), random_weights=False)
+    for s in (probe, compare):
+        assert (s.cache_dtype, s.compute, s.pixels, s.seed, s.train_size) == (
+            "float16",
+            "bfloat16",
+            False,
+            3,
+            100,
+        )
+    assert probe.random_weights and not compare.random_weights  # compare: twins beside

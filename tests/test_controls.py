@@ -77,6 +77,9 @@ def test_random_twin_features_are_the_initialisation(ar_run):
     df, pred = _probe(run, root, cache_dir=root / "acts-random", random_weights=True)
     twin = random_twin(resolve_model(run).label)  # the label: name and weights hash
     assert set(df.model) == {twin, "pixels", PIXELS_NATIVE}
+    # The kind is a column the rows carry, not a suffix to parse back.
+    kinds = df.drop_duplicates("model").set_index("model").model_kind
+    assert kinds.to_dict() == {twin: "random", "pixels": "control", PIXELS_NATIVE: "control"}
     assert all(k.startswith(f"{twin}/") for k in pred.pred if not k.startswith("pixels"))
     test = ActivationCache.open(root / "acts-random/test")
     assert "random weights, seed 3" in test.manifest["model"]

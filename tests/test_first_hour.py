@@ -285,6 +285,7 @@ def test_model_figures_return_figures_and_write_nothing(tiny_pair, tmp_path):
         sample_grid,
         save_png,
     )
+    from igpt_eval.studies.samples import complete_images, sample_images
 
     ar = tiny_pair[1]
     log = tmp_path / "train_log.csv"
@@ -293,8 +294,8 @@ def test_model_figures_return_figures_and_write_nothing(tiny_pair, tmp_path):
     tokens = palette.encode(np.zeros((2, 8, 8, 1), np.uint8))
     drawn = [
         loss_curve(log, title="t"),
-        completion_grid(model, palette, tokens, n=2, samples=2),
-        sample_grid(model, palette, 4),
+        completion_grid(complete_images(model, palette, tokens, n=2, samples=2)),
+        sample_grid(sample_images(model, palette, 4)),
     ]
     assert all(isinstance(f, Figure) for f in drawn)
     assert [p.name for p in tmp_path.iterdir()] == ["train_log.csv"]  # nothing written

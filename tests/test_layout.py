@@ -208,3 +208,24 @@ def test_no_long_modules():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}, f"modules over {MAX_LINES} lines: split them along a real seam"
+
+
+#: Calls that run a model; reporting draws from results files and study records only.
+_RUNS_A_MODEL = ("load_model(", "open_model(", ".generate(", "model_metrics(", ".features(",
+                 "finetune_model(", "compare_models(", "track_runs(")  # fmt: skip
+
+
+def test_reporting_runs_no_model():
+    """Statically: no reporting module calls what runs a model, but for one convenience:
+    ``probe_depth_curve`` (a notebook's one call: the probe study, then its figure)."""
+    found = {}
+    for path in sorted((PACKAGE / "reporting").glob("*.py")):
+        code = [
+            ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith(("#", '"'))
+        ]
+        calls = [c for c in _RUNS_A_MODEL if any(c in ln and "`" not in ln for ln in code)]
+        if path.name == "curve.py":
+            assert sum("probe_model(" in ln for ln in code) == 1
+        if calls:
+            found[path.name] = calls
+    assert found == {}

@@ -12,12 +12,14 @@ import torch
 from PIL import Image
 
 from igpt_eval.analysis import metrics
+from igpt_eval.analysis.metrics import model_metrics, token_baselines
 from igpt_eval.cli import main
 from igpt_eval.data import load_dataset
 from igpt_eval.data.palette import Palette
 from igpt_eval.model import IGPT, load_model, save_model
 from igpt_eval.model.config import IGPTConfig
-from igpt_eval.reporting.modelcard import model_metrics, token_baselines, write_model_card
+from igpt_eval.reporting.modelcard import write_model_card
+from igpt_eval.studies.modelcard import measure_checkpoint
 from igpt_eval.train.pretrain import TrainConfig, evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -137,9 +139,8 @@ def test_card_end_to_end(tmp_path):
     out = _train(tmp_path / "run", tokens=train, identity=ident)
     with open(out / "lr_sweep.csv", "w", newline="") as f:
         csv.writer(f).writerows([["lr", "val_loss", "best", "run"], [0.01, 2.9, True, "a"]])
-    card_path = write_model_card(
-        out, train_tokens=train, test_tokens=test, reports_dir=tmp_path / "reports", name="toy"
-    )
+    measured = measure_checkpoint(out, train_tokens=train, test_tokens=test)
+    card_path = write_model_card(out, measured, reports_dir=tmp_path / "reports", name="toy")
     card = card_path.read_text()
 
     model = load_model(out)
@@ -178,7 +179,8 @@ def test_card_of_a_bert_model_says_why_there_are_no_completions(tmp_path):
     out = _train(tmp_path / "bert", objective="bert")
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, 16, (12, 64)).astype(np.uint16)
-    card = write_model_card(out, train_tokens=tokens, test_tokens=tokens).read_text()
+    card = write_model_card(out, measure_checkpoint(out, train_tokens=tokens, test_tokens=tokens))
+    card = card.read_text()
     assert "No completions: a BERT model" in card
     assert "not recorded" in card  # no command in this run.json
     assert not (out / "completions.png").exists()
@@ -190,7 +192,7 @@ def test_card_of_a_bert_model_says_why_there_are_no_completions(tmp_path):
 def test_card_refuses_tokens_of_the_wrong_length(tmp_path):
     out = _train(tmp_path / "run")
     with pytest.raises(ValueError, match="needs"):
-        write_model_card(out, train_tokens=np.zeros((4, 10)), test_tokens=np.zeros((4, 10)))
+        measure_checkpoint(out, train_tokens=np.zeros((4, 10)), test_tokens=np.zeros((4, 10)))
 
 
 # --------------------------------------------------------------------------- commands
@@ -294,7 +296,7 @@ def _probe_rows(model="m"):
 
 def test_probe_section_replaces_itself_and_keeps_the_rest(tmp_path):
     from igpt_eval.errors import IGPTError
-    from igpt_eval.reporting.modelcard import set_probe_section
+    from igpt_eval.reporting.probe_card import set_probe_section
 
     card = tmp_path / "MODEL_CARD.md"
     card.write_text("# m\n\n## Results\n\nloss 1.0\n\n## Figures\n\n![x](x.png)\n")
@@ -346,7 +348,7 @@ def test_model_card_takes_several_probe_runs_one_subsection_each(tmp_path, capsy
 
 
 def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
-    from igpt_eval.reporting.modelcard import probe_section
+    from igpt_eval.reporting.probe_card import probe_section
     from igpt_eval.results import to_frame
 
     df = _probe_rows()
@@ -363,7 +365,7 @@ def test_probe_section_of_sgd_shows_the_rate_and_paired_lines():
 
 @pytest.mark.parametrize("masks, words", [(0, "of the unmasked image"), (5, "over 5 random")])
 def test_probe_section_of_a_bert_model_says_what_it_was_extracted_from(masks, words):
-    from igpt_eval.reporting.modelcard import probe_section
+    from igpt_eval.reporting.probe_card import probe_section
 
     df = _probe_rows().assign(objective="bert", bert_masks=masks)
     assert words in probe_section(df, "m", "f")

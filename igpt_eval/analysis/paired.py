@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from igpt_eval.names import Contrast
 from igpt_eval.probes.paired import (
     DIFF,
 )
@@ -57,11 +58,11 @@ def format_difference(row) -> str:
 
 #: Contrasts :func:`paired_lines` prints, in this order, and what each compares with.
 LINES = {
-    "best_vs_last": "last",
-    "best_vs_pixels": "raw pixels",
-    "best_vs_pixels_native": "raw pixels at native resolution",
-    "best_vs_random": "random weights",
-    "concat_vs_best": "best",
+    Contrast.BEST_VS_LAST: "last",
+    Contrast.BEST_VS_PIXELS: "raw pixels",
+    Contrast.BEST_VS_PIXELS_NATIVE: "raw pixels at native resolution",
+    Contrast.BEST_VS_RANDOM: "random weights",
+    Contrast.CONCAT_VS_BEST: "best",
 }
 
 

@@ -9,7 +9,6 @@ from igpt_eval.cli.common import (
     MODEL_HELP,
     add_device_flag,
     add_overwrite_flags,
-    compute_of,
     refuse_overwrite,
     subcommand,
 )
@@ -77,28 +76,17 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
+    from igpt_eval.cli.probe import probe_settings_from_args
     from igpt_eval.reporting.comparison import write_comparison
     from igpt_eval.reporting.tables import comparison_table, table_markdown
     from igpt_eval.studies.compare import compare_models
-    from igpt_eval.studies.settings import ProbeSettings
 
     if args.cka_rows < 2:
         raise IGPTError(f"--cka-rows must be >= 2, got {args.cka_rows}")
     refuse_overwrite(args.out / "results.parquet", args.overwrite)
-    settings = ProbeSettings(
-        site=args.site,
-        bert_masks=args.bert_masks,
-        batch_size=args.batch_size,
-        compute=compute_of(args.bf16),
-        device=args.device,
-        seed=args.seed,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        pixels=not args.no_pixels,
-        native_pixels=args.native_pixels,
-        concat_layers=args.concat_layers,
-    )
+    # --random-weights here adds each model's twin beside it (random_control), so the
+    # settings' own random_weights (probe the twin instead of the model) stays off.
+    settings = probe_settings_from_args(args, random_weights=False)
     from igpt_eval.defaults import DEFAULT_MODELS
 
     models = (args.model or []) + (args.models or []) or [str(m) for m in DEFAULT_MODELS]

@@ -10,6 +10,7 @@ from igpt_eval.cli.common import (
     add_device_flag,
     add_overwrite_flags,
     compute_of,
+    config_from_args,
     refuse_overwrite,
     subcommand,
 )
@@ -211,6 +212,16 @@ def _add_probe(sub) -> None:
     p.set_defaults(func=_cmd_probe)
 
 
+def probe_settings_from_args(args, **overrides):
+    """The :class:`~igpt_eval.studies.settings.ProbeSettings` of ``probe`` and ``compare``:
+    every field from the flag of its name (:func:`config_from_args`), the two flags spelt
+    otherwise translated (``--bf16``, ``--no-pixels``); ``overrides`` win."""
+    from igpt_eval.studies.settings import ProbeSettings
+
+    spelt = dict(compute=compute_of(args.bf16), pixels=not args.no_pixels)
+    return config_from_args(ProbeSettings, args, **{**spelt, **overrides})
+
+
 def _cmd_probe(args) -> int:
     from igpt_eval.model.sources import default_folder
     from igpt_eval.names import CONCAT
@@ -219,33 +230,13 @@ def _cmd_probe(args) -> int:
     from igpt_eval.reporting.tables import concat_summaries, format_summary
     from igpt_eval.results import summary
     from igpt_eval.studies.probe import probe_model
-    from igpt_eval.studies.settings import ProbeSettings
 
     if args.all_layers and args.layers not in (None, "all"):
         raise IGPTError("--all-layers and --layers disagree; give one of them")
     suffix = "-random-weights" if args.random_weights else ""
     out = args.out or Path("runs/probe") / (default_folder(args.model) + suffix)
     refuse_overwrite(out / "results.parquet", args.overwrite)
-    settings = ProbeSettings(
-        layers=parse_layers(args.layers),
-        site=args.site,
-        bert_masks=args.bert_masks,
-        batch_size=args.batch_size,
-        compute=compute_of(args.bf16),
-        cache_dtype=args.cache_dtype,
-        method=args.method,
-        backend=args.backend,
-        device=args.device,
-        standardize=args.standardize,
-        seed=args.seed,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        pixels=not args.no_pixels,
-        native_pixels=args.native_pixels,
-        random_weights=args.random_weights,
-        concat_layers=args.concat_layers,
-    )
+    settings = probe_settings_from_args(args, layers=parse_layers(args.layers))
     df = probe_model(
         args.model,
         args.dataset,

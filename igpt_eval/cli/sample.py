@@ -54,6 +54,7 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from igpt_eval.data import load_dataset
     from igpt_eval.reporting.model_figures import completion_grid, sample_grid, save_png
+    from igpt_eval.studies.samples import Sampling, complete_images, sample_images
 
     refuse_overwrite(args.out, args.overwrite)
     if args.n < 1:
@@ -61,7 +62,7 @@ def _cmd_sample(args) -> int:
     model, palette, run = _load(args.model)
     if model.config.objective != "ar":
         raise IGPTError("sampling needs an autoregressive model; this one is BERT")
-    opts = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.complete:
         from igpt_eval.model.checkpoint import run_split_seed
 
@@ -72,17 +73,13 @@ def _cmd_sample(args) -> int:
             data_dir=args.data_dir,
             seed=run_split_seed(run),  # --split val: the run's own validation images
         )
+        tokens = palette.encode(ds.images[: args.n])
         drawn = completion_grid(
-            model,
-            palette,
-            palette.encode(ds.images[: args.n]),
-            n=args.n,
-            samples=args.samples,
-            **opts,
+            complete_images(model, palette, tokens, args.n, args.samples, sampling)
         )
         what = f"completions of {min(args.n, len(ds))} {ds.name}/{ds.split} images"
     else:
-        drawn = sample_grid(model, palette, args.n, **opts)
+        drawn = sample_grid(sample_images(model, palette, args.n, sampling), sampling)
         what = f"{args.n} samples"
     save_png(drawn, args.out)
     print(f"{what} -> {args.out}")
@@ -125,7 +122,9 @@ def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
     from igpt_eval.model.checkpoint import run_split_seed
     from igpt_eval.reporting.classifier_card import is_finetune_folder, write_classifier_card
-    from igpt_eval.reporting.modelcard import CARD, set_probe_section, write_model_card
+    from igpt_eval.reporting.modelcard import write_model_card
+    from igpt_eval.reporting.probe_card import CARD, set_probe_section
+    from igpt_eval.studies.modelcard import measure_checkpoint
 
     if is_finetune_folder(args.model):  # a fine-tuned classifier: its own kind of card
         refuse_overwrite(args.model / CARD, args.overwrite)
@@ -164,15 +163,11 @@ def _cmd_model_card(args) -> int:
                 "(its fingerprint differs from run.json); pass the run's --dataset and --data-dir"
             )
         splits[split] = load_tokens(ds, palette, args.token_cache).tokens
-    del model  # write_model_card loads it again; keep one copy in memory
-    card = write_model_card(
-        args.model,
-        train_tokens=splits["train"],
-        test_tokens=splits["test"],
-        reports_dir=args.reports,
-        name=name,
-        seed=args.seed,
+    del model  # measure_checkpoint loads it again; keep one copy in memory
+    measured = measure_checkpoint(
+        args.model, train_tokens=splits["train"], test_tokens=splits["test"], seed=args.seed,
         batch_size=args.batch_size,
-    )
+    )  # fmt: skip
+    card = write_model_card(args.model, measured, reports_dir=args.reports, name=name)
     print(f"model card -> {card}")
     return 0

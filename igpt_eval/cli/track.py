@@ -10,6 +10,7 @@ from pathlib import Path
 from igpt_eval.cli.common import (
     add_device_flag,
     compute_of,
+    config_from_args,
     parse_steps,
     refuse_overwrite,
     subcommand,
@@ -80,17 +81,8 @@ def _cmd_track(args) -> int:
     from igpt_eval.studies.track import loss_accuracy_correlation, track_runs, track_summary
 
     refuse_overwrite(args.out / "results.parquet", args.overwrite)
-    settings = TrackSettings(
-        dataset=args.dataset,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        compute=compute_of(args.bf16),
-        batch_size=args.batch_size,
-        device=args.device,
-        bert_masks=args.bert_masks,
-        seed=args.seed,
-        steps=args.snapshot_steps,
+    settings = config_from_args(
+        TrackSettings, args, compute=compute_of(args.bf16), steps=args.snapshot_steps
     )
     df = track_runs(args.run, settings)
     summ = track_summary(df)

@@ -39,15 +39,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, model_names, random_twin
+from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, Contrast, Probe, model_names, random_twin
 from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.results import summary
 from igpt_eval.stats import paired_difference
 
 DIFF = "accuracy_diff"
-LINEAR = ("lbfgs", "sgd")
+LINEAR = (Probe.LBFGS, Probe.SGD)
 #: The contrast of each pixel control: a model's best layer − that control.
-PIXEL_CONTRASTS = {"best_vs_pixels": PIXELS, "best_vs_pixels_native": PIXELS_NATIVE}
+PIXEL_CONTRASTS = {Contrast.BEST_VS_PIXELS: PIXELS, Contrast.BEST_VS_PIXELS_NATIVE: PIXELS_NATIVE}
 
 
 def has_validation(rows: pd.DataFrame) -> bool:
@@ -89,7 +89,7 @@ def paired_rows(
     meta = results.drop_duplicates("model").set_index("model")
     out: list[dict] = []
 
-    def add(contrast: str, a: tuple, ra: pd.Series, b: tuple, rb: pd.Series) -> None:
+    def add(contrast: Contrast, a: tuple, ra: pd.Series, b: tuple, rb: pd.Series) -> None:
         ka, kb = prediction_key(*a, ra.site), prediction_key(*b, rb.site)
         if ka not in predictions or kb not in predictions:
             return
@@ -99,6 +99,7 @@ def paired_rows(
         out.append(
             dict(
                 model=a[0],
+                model_kind=meta.model_kind.get(a[0]) if "model_kind" in meta else None,
                 objective=meta.objective.get(a[0]),
                 dataset=meta.dataset.get(a[0]),
                 split="test",
@@ -127,17 +128,17 @@ def paired_rows(
     subjects = [key for key in sides if key[0] in models and key[1] != CONCAT]
     for key in subjects:
         best = _side(sides[key], "best")
-        add("best_vs_last", key, best, key, _side(sides[key], "last"))
+        add(Contrast.BEST_VS_LAST, key, best, key, _side(sides[key], "last"))
         others = {c: (px, px) for c, px in PIXEL_CONTRASTS.items()} if key[1] in LINEAR else {}
-        others["best_vs_random"] = (random_twin(key[0]), key[1])
+        others[Contrast.BEST_VS_RANDOM] = (random_twin(key[0]), key[1])
         for contrast, other in others.items():
             if other in sides:
                 add(contrast, key, best, other, _side(sides[other], "best"))
         concat = (key[0], CONCAT)
-        if key[1] == "lbfgs" and concat in sides:
-            add("concat_vs_best", concat, _side(sides[concat], "best"), key, best)
+        if key[1] == Probe.LBFGS and concat in sides:
+            add(Contrast.CONCAT_VS_BEST, concat, _side(sides[concat], "best"), key, best)
     for i, a in enumerate(subjects):
         for b in subjects[i + 1 :]:
             if a[1] == b[1] and a[0] != b[0]:
-                add("best_vs_best", a, _side(sides[a], "best"), b, _side(sides[b], "best"))
+                add(Contrast.BEST_VS_BEST, a, _side(sides[a], "best"), b, _side(sides[b], "best"))
     return out

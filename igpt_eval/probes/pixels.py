@@ -25,7 +25,7 @@ from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.source import DataSource
 from igpt_eval.data.splits import subset_rows
 from igpt_eval.errors import IGPTError
-from igpt_eval.names import PIXELS, PIXELS_NATIVE
+from igpt_eval.names import PIXELS, PIXELS_NATIVE, ModelKind
 from igpt_eval.predictions import Predictions, Scored
 from igpt_eval.probes.protocol import SPLITS, Features, Protocol, probe_lbfgs
 
@@ -71,7 +71,13 @@ def _probe_control(
         feats["val"],
         feats["test"],
         [0],
-        meta=dict(model=name, objective="none", dataset=ds.name, site_kind=name),
+        meta=dict(
+            model=name,
+            model_kind=ModelKind.CONTROL,
+            objective="none",
+            dataset=ds.name,
+            site_kind=name,
+        ),  # fmt: skip
         sites=[name],
         protocol=Protocol(device=device, seed=seed),
         probe=name,

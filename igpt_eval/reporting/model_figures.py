@@ -1,4 +1,5 @@
-"""Figures of one trained model: its training curve and grids of sampled images.
+"""Figures of one trained model: its training curve and grids of the images it drew
+(:mod:`igpt_eval.studies.samples` draws them; nothing here runs a model).
 
 Each function returns its :class:`matplotlib.figure.Figure`, drawn on a bare Agg canvas,
 never through ``pyplot``: nothing here touches the global backend or leaves figures open, so
@@ -8,7 +9,7 @@ alike. :func:`save_png` writes one atomically.
 Example::
 
     save_png(loss_curve("runs/ar/train_log.csv"), "runs/ar/loss_curve.png")
-    completion_grid(model, palette, test_tokens, n=8, seed=0)  # a Figure
+    completion_grid(complete_images(model, palette, test_tokens, n=8))  # a Figure
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
+from igpt_eval.studies.samples import Completions, Sampling
 
-GREY = 128  # the blanked half of a completion prompt
 _MIN_SIDE = 64  # upscale small images (nearest) to at least this many pixels a side
 
 
@@ -119,68 +119,24 @@ def image_grid(
     return fig
 
 
-def sample_grid(
-    model,
-    palette,
-    n: int = 16,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-):
-    """``n`` unconditional samples of an AR ``model``, drawn now, as a square-ish grid."""
-    _check_palette(model, palette)
-    ids = model.generate(n, temperature=temperature, top_k=top_k, seed=seed).cpu().numpy()
-    images = palette.decode(ids, model.config.n_px)
-    cols = math.ceil(math.sqrt(n))
+def sample_grid(images: np.ndarray, sampling: Sampling | None = None):
+    """Unconditional samples (uint8 ``[n, H, W, C]``,
+    :func:`~igpt_eval.studies.samples.sample_images`) as a square-ish grid."""
+    n, cols = len(images), math.ceil(math.sqrt(len(images)))
     rows = [list(images[i : i + cols]) for i in range(0, n, cols)]
-    return image_grid(rows, title=_sampling_title(n, temperature, top_k, seed))
+    return image_grid(rows, title=_sampling_title(n, sampling or Sampling()))
 
 
-def completion_grid(
-    model,
-    palette,
-    tokens,
-    n: int = 8,
-    seed: int = 0,
-    *,
-    samples: int = 3,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-):
-    """For the first ``n`` images of ``tokens`` (``[N, n_px²]`` palette ids): the original,
-    the top half given with the bottom blanked grey, and ``samples`` completions of the bottom
-    half drawn by ``model.generate(prefix=top half)``; one image per row."""
-    _check_palette(model, palette)
-    n_px = model.config.n_px
-    tokens = np.asarray(tokens[:n], dtype=np.int64)
-    if tokens.ndim != 2 or tokens.shape[1] != n_px * n_px:
-        raise IGPTError(
-            f"tokens must be [N, {n_px * n_px}] for this {n_px}x{n_px} model, got {tokens.shape}"
-        )
-    if len(tokens) == 0 or samples < 1:
-        raise IGPTError("need at least one image and one sample to complete")
-    n = len(tokens)
-    half = (n_px // 2) * n_px  # the top n_px/2 rows in raster order
-    # All completions in one batch: image i's samples are rows i, i + n, i + 2n, ...
-    prefix = torch.from_numpy(np.tile(tokens[:, :half], (samples, 1)))
-    done = model.generate(prefix=prefix, temperature=temperature, top_k=top_k, seed=seed)
-    done = palette.decode(done.cpu().numpy(), n_px).reshape(samples, n, n_px, n_px, -1)
-    originals = palette.decode(tokens, n_px)
-    given = originals.copy()
-    given[:, n_px // 2 :] = GREY
-    rows = [[originals[i], given[i], *done[:, i]] for i in range(n)]
+def completion_grid(c: Completions):
+    """Completions (:func:`~igpt_eval.studies.samples.complete_images`), one image a row:
+    the original, the top half given with the bottom blanked grey, and each completion."""
+    n, samples = len(c.originals), len(c.completed)
+    rows = [[c.originals[i], c.given[i], *c.completed[:, i]] for i in range(n)]
     titles = ["original", "top half given"] + [f"sample {s + 1}" for s in range(samples)]
-    return image_grid(rows, titles, title=_sampling_title(None, temperature, top_k, seed))
+    return image_grid(rows, titles, title=_sampling_title(None, c.sampling))
 
 
-def _check_palette(model, palette) -> None:
-    if palette is None:
-        raise IGPTError("the model has no palette.npy, so its samples cannot be drawn as images")
-    model.config.check_palette(palette)
-
-
-def _sampling_title(n, temperature, top_k, seed) -> str:
-    parts = [f"{n} samples" if n else None, f"temperature {temperature:g}"]
-    parts += [f"top-k {top_k}" if top_k else None, f"seed {seed}"]
+def _sampling_title(n, s: Sampling) -> str:
+    parts = [f"{n} samples" if n else None, f"temperature {s.temperature:g}"]
+    parts += [f"top-k {s.top_k}" if s.top_k else None, f"seed {s.seed}"]
     return ", ".join(p for p in parts if p)

@@ -1,18 +1,16 @@
 """Measured model cards: what a trained checkpoint folder is, and how well it predicts pixels.
 
 :func:`write_model_card` reads what the pretrainer left in a checkpoint folder
-(``config.json``, ``run.json``, ``train_log.csv``, optionally ``lr_sweep.csv``), measures the
-model on the test split next to simple baselines, draws its figures, and writes
-``MODEL_CARD.md``. No number in a card is typed in by hand: each one is read from those files or
-measured when the card is written.
-
-The measurements (test loss, bits per dimension, next-pixel accuracy, and the token
-baselines beside them) are :mod:`igpt_eval.analysis.metrics`.
+(``run.json``, ``train_log.csv``, optionally ``lr_sweep.csv``) and what
+:func:`~igpt_eval.studies.modelcard.measure_checkpoint` measured on the test split next to
+simple baselines, draws its figures, and writes ``MODEL_CARD.md``. No number in a card is
+typed in by hand: each one is read from those files or measured when the card is written,
+and nothing here runs the model.
 
 Example::
 
-    card = write_model_card("runs/ar", train_tokens=tr.tokens, test_tokens=te.tokens,
-                            reports_dir="reports", name="fmnist-ar")
+    m = measure_checkpoint("runs/ar", train_tokens=tr.tokens, test_tokens=te.tokens)
+    card = write_model_card("runs/ar", m, reports_dir="reports", name="fmnist-ar")
 """
 
 from __future__ import annotations
@@ -23,32 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from igpt_eval.analysis.metrics import model_metrics, token_baselines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.model.checkpoint import load_model, load_palette, read_run, run_split_seed
-from igpt_eval.reporting.model_figures import (
-    completion_grid,
-    loss_curve,
-    read_log,
-    sample_grid,
-    save_png,
-)
-from igpt_eval.reporting.probe_card import CARD, PROBE_HEADING, probe_section, set_probe_section
+from igpt_eval.model.checkpoint import run_split_seed
+from igpt_eval.reporting.model_figures import completion_grid, loss_curve, read_log, save_png
+from igpt_eval.reporting.probe_card import CARD
+from igpt_eval.studies.modelcard import CheckpointMeasurements
 from igpt_eval.train.pretrain import TrainConfig
-
-__all__ = [
-    "CARD",
-    "PROBE_HEADING",
-    "completion_grid",
-    "loss_curve",
-    "model_metrics",
-    "probe_section",
-    "sample_grid",
-    "set_probe_section",
-    "token_baselines",
-    "write_model_card",
-]
 
 
 # ------------------------------------------------------------------ the run's files
@@ -107,81 +86,50 @@ def _duration(seconds: float | None) -> str:
 # ------------------------------------------------------------------ the card
 def write_model_card(
     model_dir: str | Path,
+    measured: CheckpointMeasurements,
     *,
-    train_tokens,
-    test_tokens,
     reports_dir: str | Path | None = None,
     name: str | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
 ) -> Path:
-    """Measure the checkpoint in ``model_dir`` and write its ``MODEL_CARD.md``; returns its path.
-
-    ``train_tokens`` and ``test_tokens`` are the run's train split and the test split tokenised
-    with the model's palette. Writes ``loss_curve.png`` (when there is a training log) and, for
-    AR models with a palette, ``completions.png`` (test images completed from their top
-    halves, seeded by ``seed``) beside the card, and copies both into ``reports_dir`` as
-    ``<name>-loss_curve.png`` and ``<name>-completions.png`` (``name`` defaults to the folder's).
-    """
+    """Write the ``MODEL_CARD.md`` of the checkpoint in ``model_dir`` from what was
+    ``measured`` there (:func:`~igpt_eval.studies.modelcard.measure_checkpoint`); returns its
+    path. Writes ``loss_curve.png`` (when there is a training log) and ``completions.png``
+    (when there are completions) beside the card, and copies both into ``reports_dir`` as
+    ``<name>-loss_curve.png`` and ``<name>-completions.png`` (``name`` defaults to the
+    folder's)."""
     model_dir = Path(model_dir)
     name = name or model_dir.resolve().name
-    model, palette = load_model(model_dir), load_palette(model_dir)
-    cfg, run = model.config, read_run(model_dir)
-    T = cfg.n_positions
-    for what, t in (("train", train_tokens), ("test", test_tokens)):
-        if t.ndim != 2 or t.shape[1] != T:
-            raise IGPTError(f"{what} tokens have shape {t.shape}; this model needs [N, {T}]")
-
-    metrics = model_metrics(model, test_tokens, batch_size)
-    base = token_baselines(train_tokens, test_tokens, cfg.vocab_size)
+    m = measured
+    cfg, run = m.config, m.run
     log_csv = model_dir / "train_log.csv"
     log = _log_summary(log_csv) if log_csv.is_file() else None
-    why_no_completions = _why_no_completions(cfg.objective, palette)
-    figures = _draw_figures(
-        model_dir, name, model, palette, test_tokens, seed, log is not None, why_no_completions
-    )
+    figures: dict[str, Path] = {}
+    if log is not None:
+        drawn = loss_curve(log_csv, title=name)
+        figures["loss_curve"] = save_png(drawn, model_dir / "loss_curve.png")
+    if m.completions is not None:
+        drawn = completion_grid(m.completions)
+        figures["completions"] = save_png(drawn, model_dir / "completions.png")
     if reports_dir is not None:
         reports_dir = Path(reports_dir)
         reports_dir.mkdir(parents=True, exist_ok=True)
         for key, src in figures.items():
             shutil.copyfile(src, reports_dir / f"{name}-{key}.png")
+    seed = m.completions.sampling.seed if m.completions is not None else 0
 
     L = []  # the card, line by line
-    L += _data_section(name, cfg, run, palette, len(train_tokens), len(test_tokens))
-    L += _architecture_section(cfg, model.n_params())
+    L += _data_section(name, cfg, run, m.palette, m.n_train, m.n_test)
+    L += _architecture_section(cfg, m.n_params)
     L += _objective_section(cfg.objective, cfg.mask_prob)
     L += _recipe_section(run, log, model_dir / "lr_sweep.csv")
-    L += _results(metrics, base, cfg.objective, len(test_tokens))
-    L += _figures_section(figures, why_no_completions, seed)
+    L += _results(m.metrics, m.baselines, cfg.objective, m.n_test)
+    L += _figures_section(figures, m.why_no_completions, seed)
     L += _reproduce_section(run.get("command"), model_dir, reports_dir, name)
 
     card = model_dir / CARD
     with atomic_write(card, "w") as f:
         f.write("\n".join(L))
     return card
-
-
-def _why_no_completions(objective: str, palette) -> str | None:
-    """Why the card shows no completions (``None``: it shows them)."""
-    if objective == "ar":
-        return None if palette is not None else "the folder has no palette.npy"
-    return (
-        "a BERT model predicts masked pixels from both sides; it defines no left-to-right "
-        "distribution to sample images from"
-    )
-
-
-def _draw_figures(model_dir, name, model, palette, tokens, seed, log, why_not) -> dict:
-    """The card's figures beside it: the loss curve (with a training ``log``) and, unless
-    there is a reason ``why_not``, completions of test ``tokens``; ``{kind: path}``."""
-    figures: dict[str, Path] = {}
-    if log:
-        drawn = loss_curve(model_dir / "train_log.csv", title=name)
-        figures["loss_curve"] = save_png(drawn, model_dir / "loss_curve.png")
-    if why_not is None:
-        drawn = completion_grid(model, palette, tokens, n=8, seed=seed)
-        figures["completions"] = save_png(drawn, model_dir / "completions.png")
-    return figures
 
 
 def _data_section(name, cfg, run: dict, palette, n_train: int, n_test: int) -> list[str]:

@@ -22,7 +22,7 @@ from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.names import bare_name
+from igpt_eval.names import Contrast, Probe, bare_name
 from igpt_eval.predictions import load_predictions
 from igpt_eval.reporting import figures as fig
 from igpt_eval.reporting.finetune import finetune_section, load_finetunes, load_full_probes
@@ -252,7 +252,7 @@ def build_report(
 def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
     """Sentences comparing the models' linear probes at their layers chosen on validation:
     paired (``best_vs_best`` rows) when the results have them, else the gap, untested."""
-    pairs = diffs[(diffs.contrast == "best_vs_best") & (diffs.probe == "lbfgs")]
+    pairs = diffs[(diffs.contrast == Contrast.BEST_VS_BEST) & (diffs.probe == Probe.LBFGS)]
     if len(pairs):
         out = []
         for _, r in pairs.iterrows():

@@ -16,7 +16,15 @@ import pandas as pd
 from igpt_eval.analysis.paired import differences, format_p, paired_lines, signed_pp
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import read_json
-from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, model_names, random_twin
+from igpt_eval.names import (
+    CONCAT,
+    PIXELS,
+    PIXELS_NATIVE,
+    Contrast,
+    Probe,
+    model_names,
+    random_twin,
+)
 from igpt_eval.probes.paired import chosen
 from igpt_eval.results import CKA_COLUMNS, MODELS_FILE, summary
 
@@ -26,7 +34,7 @@ def probe_summaries(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per model (in order of appearance), :func:`igpt_eval.results.summary` of its
     L-BFGS probe rows; controls (a random-weights twin of a model in the results) are left
     out: :func:`random_summaries` has them."""
-    lb = results[results.probe == "lbfgs"]
+    lb = results[results.probe == Probe.LBFGS]
     if lb.empty:
         raise IGPTError("the results hold no linear-probe (probe=lbfgs) rows to summarise")
     return {m: summary(lb[lb.model == m]) for m in model_names(lb.model.unique())}
@@ -35,7 +43,7 @@ def probe_summaries(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def random_summaries(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per model of :func:`probe_summaries` whose random-weights twin was probed too, the
     twin's L-BFGS summary (keyed by the *model's* name)."""
-    lb = results[results.probe == "lbfgs"]
+    lb = results[results.probe == Probe.LBFGS]
     names = list(lb.model.unique())
     return {
         m: summary(lb[lb.model == random_twin(m)])
@@ -94,17 +102,21 @@ def _control_columns(name: str, best: pd.Series, diffs, controls: dict) -> dict:
     out = {}
     for prefix, px in (("pixels", controls[PIXELS]), ("pixels_native", controls[PIXELS_NATIVE])):
         gap = 100 * (best.test_acc - px.value.iloc[0]) if len(px) else np.nan
-        paired = _paired(diffs, name, "lbfgs", f"best_vs_{prefix}")
+        paired = _paired(diffs, name, Probe.LBFGS, Contrast(f"best_vs_{prefix}"))
         out |= _gap(f"{prefix}_gap_pp", prefix, gap, paired)
     twin = controls["random"].get(name)
     tb = None if twin is None else twin[twin.best].iloc[0]
     out |= dict(random_best_layer=np.nan if tb is None else int(tb.layer), **_acc("random", tb))
     gap = np.nan if tb is None else 100 * (best.test_acc - tb.test_acc)
-    out |= _gap("random_gap_pp", "random", gap, _paired(diffs, name, "lbfgs", "best_vs_random"))
+    out |= _gap(
+        "random_gap_pp", "random", gap, _paired(diffs, name, Probe.LBFGS, Contrast.BEST_VS_RANDOM)
+    )
     cat = controls["concat"].get(name)
     out |= dict(concat_site=None if cat is None else cat.site, **_acc("concat", cat))
     gap = np.nan if cat is None else 100 * (cat.test_acc - best.test_acc)
-    out |= _gap("concat_gap_pp", "concat", gap, _paired(diffs, name, CONCAT, "concat_vs_best"))
+    out |= _gap(
+        "concat_gap_pp", "concat", gap, _paired(diffs, name, CONCAT, Contrast.CONCAT_VS_BEST)
+    )
     return out
 
 
@@ -124,7 +136,7 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     diffs = differences(results)
     sides = chosen(results)
-    knn = accuracy_rows(results, "knn")
+    knn = accuracy_rows(results, Probe.KNN)
     controls = {px: accuracy_rows(results, px) for px in (PIXELS, PIXELS_NATIVE)}
     controls |= dict(random=random_summaries(results), concat=concat_summaries(results))
     for name, s in probe_summaries(results).items():
@@ -132,7 +144,7 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
         k = knn[knn.model == name]
         kb = sides.get((name, "knn"))
         kb = None if kb is None else kb[kb.best].iloc[0]
-        gap = _paired(diffs, name, "lbfgs", "best_vs_last")
+        gap = _paired(diffs, name, Probe.LBFGS, Contrast.BEST_VS_LAST)
         rows.append(
             dict(
                 model=name,

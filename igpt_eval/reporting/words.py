@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.analysis.paired import differences, format_difference, resolved
+from igpt_eval.names import Contrast, Probe
 from igpt_eval.probes.paired import chosen
 from igpt_eval.reporting.tables import accuracy_rows
 
@@ -91,7 +92,7 @@ def describe_depth_curve(
             f"{_pct(last.test_acc)} at the last layer."
         )
     text = [opening]
-    r = _diff_row(diffs, "best_vs_last")
+    r = _diff_row(diffs, Contrast.BEST_VS_LAST)
     if int(best.layer) == L:
         text.append("The layer chosen on validation is the last layer.")
     elif r is not None:
@@ -103,7 +104,7 @@ def describe_depth_curve(
             "test; untested (these results hold no per-example predictions)."
         )
     text.append(f"The curve {shape_words(int(best.layer), L, r)}.")
-    r = _diff_row(diffs, "best_vs_pixels")
+    r = _diff_row(diffs, Contrast.BEST_VS_PIXELS)
     if r is not None:
         text.append(compare_words(r, "Its chosen layer", "the raw pixels") + ".")
     elif baseline is not None:
@@ -113,7 +114,7 @@ def describe_depth_curve(
             f"raw-pixel baseline ({_pct(baseline['value'])}); untested (no per-example "
             "predictions)."
         )
-    r = _diff_row(diffs, "best_vs_pixels_native")
+    r = _diff_row(diffs, Contrast.BEST_VS_PIXELS_NATIVE)
     if r is not None:
         text.append(compare_words(r, "It", "the raw pixels at native resolution") + ".")
     text += [w for w in (random_words(diffs), concat_words(diffs)) if w]
@@ -124,7 +125,7 @@ def random_words(diffs: pd.DataFrame | None) -> str:
     """Whether a model beats its random-weights twin, from its ``best_vs_random`` row
     (empty when there is none): "beats" or "falls below" only when the paired 95% CI
     excludes 0, else "is not distinguishable from"."""
-    r = _diff_row(diffs, "best_vs_random")
+    r = _diff_row(diffs, Contrast.BEST_VS_RANDOM)
     if r is None:
         return ""
     twin = (
@@ -142,7 +143,7 @@ def random_words(diffs: pd.DataFrame | None) -> str:
 def concat_words(diffs: pd.DataFrame | None) -> str:
     """The multi-layer probe against the chosen layer alone, from its ``concat_vs_best``
     row (empty when there is none)."""
-    r = _diff_row(diffs, "concat_vs_best")
+    r = _diff_row(diffs, Contrast.CONCAT_VS_BEST)
     if r is None:
         return ""
     return compare_words(r, f"The multi-layer probe ({r.site})", "the chosen layer alone") + "."
@@ -155,7 +156,7 @@ def describe_knn(results: pd.DataFrame) -> list[str]:
     validation kNN rows (written by earlier versions) name no kNN layer."""
     knn = accuracy_rows(results, "knn")
     sides = chosen(results)
-    diffs = differences(results, "best_vs_last")
+    diffs = differences(results, Contrast.BEST_VS_LAST)
     out = []
     for name, g in knn.groupby("model", sort=False):
         last = g[g.layer == g.layer.max()].iloc[0]
@@ -174,7 +175,9 @@ def describe_knn(results: pd.DataFrame) -> list[str]:
             f"{_pct(b.test_acc)} on test"
         )
         last_words = f"the last layer ({_pct(last.value)})"
-        r = _diff_row(diffs[(diffs.model == name) & (diffs.probe == "knn")], "best_vs_last")
+        r = _diff_row(
+            diffs[(diffs.model == name) & (diffs.probe == Probe.KNN)], Contrast.BEST_VS_LAST
+        )
         if int(b.layer) == int(last.layer):
             line += ", the last layer"
         elif r is not None:

@@ -57,7 +57,7 @@ from igpt_eval.io import file_hash
 from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_seed
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
-from igpt_eval.names import PIXEL_CONTROLS, bare_name, model_names
+from igpt_eval.names import PIXEL_CONTROLS, ModelKind, bare_name, model_names
 from igpt_eval.predictions import Predictions, Scored
 from igpt_eval.probes.concat import check_concat
 from igpt_eval.probes.paired import DIFF, paired_rows
@@ -168,13 +168,14 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     # The sample is part of the name: caches of another sample hold other rows.
     tag += "".join(f"-{split[:2]}{n}" for split, n in s.sizes.items() if n is not None)
     tag += f"-masks{s.bert_masks}" if m.objective == "bert" else ""
+    tag += "" if s.cache_dtype == "float32" else f"-{s.cache_dtype}"
     return root / (tag + ("-bf16" if s.compute == "bfloat16" else ""))
 
 
 def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
     """The identifying columns of a model's kNN rows, as probe_model writes its own."""
-    return dict(model=m.name, objective=m.objective, dataset=dataset, site_kind=site,
-                **provenance(manifest))  # fmt: skip
+    return dict(model=m.name, model_kind=ModelKind.TRAINED, objective=m.objective,
+                dataset=dataset, site_kind=site, **provenance(manifest))  # fmt: skip
 
 
 def pixel_rows(m: ModelInfo, settings: ProbeSettings, *, data_dir=None, token_cache=None) -> Scored:

@@ -40,6 +40,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, read_json, write_json
 from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
+from igpt_eval.names import RAW_PIXELS, ModelKind
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.studies.settings import LowDataConfig
@@ -131,7 +132,8 @@ def lowdata_study(
                 net, palette, ident, (tr, t_tok, need), (te, e_tok, test_rows), cfg,
                 best_layers.get(name), cache_root,
             )  # fmt: skip
-            meta = dict(model=name, objective=net.config.objective, dataset=dataset)
+            meta = dict(model=name, model_kind=ModelKind.TRAINED, objective=net.config.objective,
+                        dataset=dataset)  # fmt: skip
             for (s, k), (a, b) in draws[(n_px, seed)].items():
                 extra = dict(labels_per_class=k, seed=s)
                 rows += _probe(feats, a, b, tr.labels, te.labels[test_rows], cfg, meta, extra,
@@ -282,7 +284,8 @@ def _pixels(tr, te, test_rows, tr_rows, va_rows, cfg, dataset, extra) -> list[di
         Features(X(tr.images, tr_rows), tr.labels[tr_rows]),
         Features(X(tr.images, va_rows), tr.labels[va_rows]),
         Features(X(te.images, test_rows), te.labels[test_rows]),
-        [0], meta=dict(model="raw pixels", objective="none", dataset=dataset),
+        [0], meta=dict(model=RAW_PIXELS, model_kind=ModelKind.CONTROL, objective="none",
+                      dataset=dataset),
         sites=["pixels"],
         protocol=Protocol(max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"]),
     ).rows  # fmt: skip

@@ -21,7 +21,7 @@ from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sources import resolve_model
-from igpt_eval.names import random_twin
+from igpt_eval.names import ModelKind, random_twin
 from igpt_eval.predictions import Predictions
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
@@ -158,6 +158,7 @@ def probe_model(
     layers, sites = select_layers(caches["train"], layers)
     meta = dict(
         model=random_twin(source.label) if s.random_weights else source.label,
+        model_kind=ModelKind.RANDOM if s.random_weights else ModelKind.TRAINED,
         objective=net.config.objective,
         dataset=caches["test"].manifest.get("dataset"),
         site_kind=s.site,

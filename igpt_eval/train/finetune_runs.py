@@ -25,7 +25,7 @@ from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sites import site_name
-from igpt_eval.names import random_twin
+from igpt_eval.names import ModelKind, random_twin
 from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.results import load_results, save_results, to_frame
 from igpt_eval.stats import bootstrap_accuracy_ci
@@ -320,6 +320,7 @@ def finetune_model(
         cfg = dataclasses.replace(cfg, steps=max(1, round(epochs * per_epoch)))
     meta = dict(
         model=random_twin(ident["name"]) if random_init else ident["name"],  # the label
+        model_kind=ModelKind.RANDOM if random_init else ModelKind.TRAINED,
         objective=net.config.objective,
         dataset=dataset,
         labels_per_class=labels_per_class,
