@@ -131,6 +131,7 @@ def _add_finetune(sub) -> None:
 
 
 def _cmd_finetune(args) -> int:
+    from igpt_eval.data.source import DataSource
     from igpt_eval.errors import IGPTError
     from igpt_eval.model.sources import model_name
     from igpt_eval.train.finetune import FinetuneConfig
@@ -151,15 +152,13 @@ def _cmd_finetune(args) -> int:
         raise IGPTError(f"--lr-sweep needs a number of rates >= 1, got {args.lr_sweep}")
     if args.sweep_steps is not None and not args.lr_sweep:
         raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")
+    data = DataSource(args.dataset, args.data_dir, args.split_seed, args.token_cache)
     df = finetune_model(
         args.model,
-        args.dataset,
+        data,
         args.out,
         cfg,
         labels_per_class=args.labels_per_class,
-        split_seed=args.split_seed,
-        data_dir=args.data_dir,
-        token_cache=args.token_cache,
         resume=args.resume,
         epochs=args.epochs,
         lr_sweep=args.lr_sweep,

@@ -41,6 +41,7 @@ import torch
 
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.palette import Palette
+from igpt_eval.data.source import DataSource
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model.checkpoint import load_model, save_model
@@ -312,10 +313,9 @@ class Campaign:
             bf16=torch.device(self.device).type == "cuda", seed=s.seed, device=self.device,
             max_seconds=seconds, init_C=C, init_n=n_probe,
         )  # fmt: skip
-        df = finetune_model(self.model_dir, s.dataset, self.work / "finetune", cfg,
-                            data_dir=self.data_dir, token_cache=self.work / "tokens",
-                            command=self.command,
-                            fit_head=probe_head)  # fmt: skip
+        data = DataSource(s.dataset, self.data_dir, token_cache=self.work / "tokens")
+        df = finetune_model(self.model_dir, data, self.work / "finetune", cfg,
+                            command=self.command, fit_head=probe_head)  # fmt: skip
         self._write_csv(to_frame(pd.concat([final, df], ignore_index=True)), "results.csv")
         acc = df[(df.split == "test") & (df.metric == "accuracy")]
         if len(acc):

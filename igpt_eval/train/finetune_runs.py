@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from igpt_eval.data import load_dataset, load_tokens
+from igpt_eval.data.source import DataSource
 from igpt_eval.data.subsets import Labelled, lowdata_split
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json, write_json
@@ -259,14 +260,11 @@ def _holds_run(out: Path) -> bool:
 
 def finetune_model(
     model,
-    dataset: str | None,
+    data: str | DataSource | None,
     out,
     cfg: FinetuneConfig,
     *,
     labels_per_class: int | None = None,
-    split_seed: int | None = None,
-    data_dir=None,
-    token_cache=None,
     resume: bool = False,
     epochs: float | None = None,
     lr_sweep: int | None = None,
@@ -276,13 +274,14 @@ def finetune_model(
     command: str | None = None,
 ):
     """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
-    runs): train on the train split, early-stop on val, report test.
+    runs): train on the train split, early-stop on val, report test. ``data`` is the
+    dataset's name or a :class:`~igpt_eval.data.source.DataSource` (its split seed, default
+    the model's pretraining run's; its data folder and token cache).
 
     With ``labels_per_class=K`` only K labelled images per class of the train split are
     used (drawn with ``cfg.seed``): a quarter of them (at most 20 per class) is held out
     for early stopping, the rest trained on (:func:`~igpt_eval.data.subsets.lowdata_split`);
     the standard val split is not used then, so the run sees K labels per class in all.
-    ``split_seed`` is the train/val split's seed (default: the model's pretraining run's).
     ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given. With
     ``lr_sweep=N`` the rate is chosen first by :func:`finetune_lr_sweep` (N rates from
     ``cfg.lr`` down, runs of ``sweep_steps`` steps, default a fifth of the budget).
@@ -292,11 +291,13 @@ def finetune_model(
     net, palette, ident = open_model(model, device=cfg.device, random_weights=random_init)
     L = net.config.n_layer
     cfg.validate(L, 1)  # a bad layer is an error before any data is read
-    dataset, seed = run_defaults(dataset, ident, split_seed)
+    data = DataSource.of(data)
+    dataset, seed = run_defaults(data.name, ident, data.split_seed)
     n_px = net.config.n_px
+    token_cache = data.token_cache
 
     def split(name):
-        return load_dataset(dataset, split=name, n_px=n_px, data_dir=data_dir, seed=seed)
+        return load_dataset(dataset, split=name, n_px=n_px, data_dir=data.data_dir, seed=seed)
 
     ds_train, ds_test = split("train"), split("test")
     if len(np.unique(ds_train.labels)) < 2:
