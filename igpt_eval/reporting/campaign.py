@@ -2,8 +2,9 @@
 folder it wrote: the depth curve with every control, the paired contrasts, the snapshots'
 table and heatmap, fine-tuning, and the plan and stage times the run recorded.
 
-``igpt-eval report --campaign OUT --out DIR`` writes ``DIR/README.md`` and the figures
-(``depth_curve``, ``track_*``, PNG and SVG). Nothing here runs a model.
+``igpt-eval report --campaign OUT --out DIR`` writes ``DIR/README.md`` (its words:
+``templates/campaign.md``) and the figures (``depth_curve``, ``track_*``, PNG and SVG).
+Nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json
-from igpt_eval.names import PIXEL_CONTROLS
+from igpt_eval.names import PIXEL_CONTROLS, Probe
 from igpt_eval.reporting.figures import baselines_of, depth_curve, save_figure
 from igpt_eval.reporting.tables import (
     comparison_table,
@@ -23,6 +24,7 @@ from igpt_eval.reporting.tables import (
     random_summaries,
     table_markdown,
 )
+from igpt_eval.reporting.templates import render
 from igpt_eval.reporting.track import track_figures, track_markdown
 from igpt_eval.results import load_results, summary
 from igpt_eval.studies.track import track_summary
@@ -48,7 +50,7 @@ def campaign_report(folder: str | Path, out: str | Path, command: str = "") -> l
     out.mkdir(parents=True, exist_ok=True)
     model = results.model.iloc[0]
     mine = results[results.model == model]
-    s = summary(mine[mine.probe == "lbfgs"], probe="lbfgs")
+    s = summary(mine[mine.probe == Probe.LBFGS], probe=Probe.LBFGS)
     files = save_figure(
         depth_curve(
             {model: s},
@@ -60,50 +62,55 @@ def campaign_report(folder: str | Path, out: str | Path, command: str = "") -> l
         out / "depth_curve",
     )
     plan, cfg = c.get("plan", {}), run.get("model_config", {})
-    lines = [
-        f"# Campaign: {c['settings']['name']}",
-        "",
-        f"Measured by `{c.get('command') or 'igpt-eval campaign'}` on {c.get('device')} "
-        f"(torch {c.get('torch')}); status **{c.get('status')}**. "
-        + (f"Report drawn by `{command}`." if command else ""),
-        "",
-        f"- model: {cfg.get('n_layer')} layers × d {cfg.get('n_embd')}, "
-        f"{cfg.get('n_px')} × {cfg.get('n_px')} px, {cfg.get('vocab_size')} colours;",
-    ]
+    values = dict(
+        name=c["settings"]["name"],
+        command=c.get("command") or "igpt-eval campaign",
+        device=c.get("device"),
+        torch=c.get("torch"),
+        status=c.get("status"),
+        drawn_by=f"Report drawn by `{command}`." if command else "",
+        n_layer=cfg.get("n_layer"),
+        n_embd=cfg.get("n_embd"),
+        n_px=cfg.get("n_px"),
+        colours=cfg.get("vocab_size"),
+        plan="",
+        training="",
+        stages=", ".join(f"{k} {v:.0f} s" for k, v in c.get("stages", {}).items()),
+        table=table_markdown(comparison_table(results)),
+        paired="\n".join(f"- {line}" for line in paired_lines(results[results.model == model])),
+        finetune="",
+        test_images="",
+        track="",
+    )
     if plan:
-        lines.append(
+        values["plan"] = (
             f"- plan (measured {1e3 * plan['step_seconds']:.0f} ms/step): {plan['steps']:,} "
             f"steps × batch {plan['batch_size']} = {plan['tokens'] / 1e6:,.1f}M tokens, "
-            f"{plan['train_flops']:.2e} training FLOPs;"
+            f"{plan['train_flops']:.2e} training FLOPs;\n"
         )
     if "training" in c:
         t = c["training"]
-        lines.append(
+        values["training"] = (
             f"- trained in {t['seconds']:.0f} s to a validation loss of {t['val_loss']:.4f} "
-            "nats/token;"
+            "nats/token;\n"
         )
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in c.get("stages", {}).items())
-    lines += [f"- stages: {stages}.", "", "## The final model, every layer", ""]
-    lines += [table_markdown(comparison_table(results)), "", "![depth curve](depth_curve.png)"]
-    lines += ["", "Paired on the same test images (bootstrap 95% CI, McNemar):", ""]
-    lines += [f"- {line}" for line in paired_lines(results[results.model == model])]
-    ft = results[(results.probe == "finetune") & (results.split == "test")]
+    ft = results[(results.probe == Probe.FINETUNE) & (results.split == "test")]
     ft = ft[ft.metric == "accuracy"]
     if len(ft):
         r = ft.iloc[0]
-        lines += [
-            "",
-            f"Fine-tuned (head on layer {int(r.layer)}): test {100 * r.value:.2f}% "
-            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}].",
-        ]
+        values["finetune"] = (
+            f"\n\nFine-tuned (head on layer {int(r.layer)}): test {100 * r.value:.2f}% "
+            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]."
+        )
     controls = results[results.probe.isin(PIXEL_CONTROLS) & (results.split == "test")]
     n_eval = controls.n_eval.dropna()
     if len(n_eval):
-        lines += ["", f"Test images: {int(n_eval.iloc[0]):,}."]
+        values["test_images"] = f"\n\nTest images: {int(n_eval.iloc[0]):,}."
     if track is not None and len(track):
         summ = track_summary(track)
         files += track_figures(track, summ, out)
-        lines += ["", track_markdown(track, summ)]
+        values["track"] = "\n\n" + track_markdown(track, summ)
+    text = render("campaign", **values)
     with atomic_write(out / "README.md", "w") as f:
-        f.write("\n".join(lines).rstrip() + "\n")
+        f.write(text.rstrip() + "\n")
     return [out / "README.md", *files]
