@@ -40,6 +40,10 @@ SAMPLE_TRAIN = 5_000
 SAMPLE_VAL = 2_000
 SAMPLE_TEST = 5_000
 
+#: The feature site the paper probes: a block's input after its first norm (``ln_1``; at
+#: the last layer, the final norm ``ln_f``), the default of every extraction.
+DEFAULT_SITE = "ln_1"
+
 #: Masks averaged per image when a BERT model's features are extracted (0: the unmasked
 #: image). Measured on the shipped BERT model (``reports/bert-masks/``): unmasked features
 #: had the best validation accuracy at 8 of 9 layers, 1.0-3.6 points above one mask

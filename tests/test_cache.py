@@ -358,10 +358,9 @@ def test_extract_settings_name_the_managed_cache_stably():
     """The folder name of a managed cache is a hash of the settings: pinned, because a change
     to it would orphan every cache users already hold (these are the names of before the
     settings became one object)."""
-    from igpt_eval.cache.settings import SITE
-    from igpt_eval.model.sites import DEFAULT_SITE
+    from igpt_eval.defaults import DEFAULT_SITE
 
-    assert SITE == DEFAULT_SITE
+    assert ExtractSettings().site == DEFAULT_SITE
     s = ExtractSettings(compute="float32", bert_masks=0)
     assert s.tag() == "0dc2c1" and s.tag(rows=5000) == "eb02cc"
     assert s.replace(batch_size=7).tag() == s.tag()  # the batch size stores the same bits

@@ -13,11 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from igpt_eval.defaults import BERT_MASKS
-
-# The site the paper probes (igpt_eval.model.sites.DEFAULT_SITE, repeated here to keep this
-# module free of the model package; tests/test_cache.py checks the two agree).
-SITE = "ln_1"
+from igpt_eval.defaults import BERT_MASKS, DEFAULT_SITE
 
 
 @dataclass(frozen=True)
@@ -27,7 +23,7 @@ class ExtractSettings:
     cache")."""
 
     layers: tuple[int, ...] | None = None  # None: every layer of the site
-    site: str = SITE  # block input after its first norm, where the paper probes
+    site: str = DEFAULT_SITE  # block input after its first norm, where the paper probes
     dtype: str = "float32"  # stored features; float16 halves the disk at iGPT-M/L size
     bert_masks: int = BERT_MASKS  # masks averaged per image (BERT models; AR reads unmasked)
     seed: int = 0  # the BERT masks' seed (row i's masks depend on (seed, i) only)

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from igpt_eval.defaults import DEFAULT_SITE
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import ops
 from igpt_eval.model.blocks import Block, KVCache, Norm, StopForward
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.head import pooled_feature
-from igpt_eval.model.sites import DEFAULT_SITE, check_kind, check_layers, valid_layers
+from igpt_eval.model.sites import check_kind, check_layers, valid_layers
 
 #: The seed of BERT feature masks when ``IGPT.features`` is given no generator.
 FEATURE_MASK_SEED = 0

@@ -28,7 +28,6 @@ from igpt_eval.errors import IGPTError
 
 #: Site kinds, the paper's default first.
 SITE_KINDS: tuple[str, ...] = ("ln_1", "resid_pre", "attn_out", "mlp_out")
-DEFAULT_SITE = "ln_1"
 
 # Kinds that only exist inside a block, so have no value at layer n_layer.
 _BLOCK_ONLY = {"attn_out", "mlp_out"}

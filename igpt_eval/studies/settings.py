@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.defaults import (
     BERT_MASKS,
+    DEFAULT_SITE,
     PROBE_FEATURE_BYTES,
     SAMPLE_TEST,
     SAMPLE_TRAIN,
@@ -38,7 +39,7 @@ class ProbeSettings:
 
     # --- the features
     layers: tuple[int, ...] | None = None  # None: every layer of the model (0..n_layer)
-    site: str = "ln_1"  # the paper's site: block input after its first norm (docs/design.md)
+    site: str = DEFAULT_SITE  # the paper's: block input after its first norm (docs/design.md)
     bert_masks: int = BERT_MASKS  # independent masks averaged per image (BERT models only)
     batch_size: int | None = None  # images per forward; None: the device's (model.devices)
     compute: str = "auto"  # bf16 autocast on a GPU; float32 (exact, same everywhere) on CPU
@@ -150,7 +151,7 @@ class TrackSettings:
     train_size: int | None = SAMPLE_TRAIN
     val_size: int | None = SAMPLE_VAL
     test_size: int | None = SAMPLE_TEST  # the images every snapshot is scored on
-    site: str = "ln_1"  # the paper's feature site
+    site: str = DEFAULT_SITE  # the paper's feature site
     compute: str = "auto"  # extraction precision: bf16 autocast on a GPU, float32 on the CPU
     batch_size: int | None = None  # images per forward (None: the device's, model.devices)
     device: str = "auto"  # extraction and probes: CUDA when present, else the CPU
