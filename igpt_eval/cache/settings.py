@@ -12,12 +12,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 from igpt_eval.defaults import BERT_MASKS, DEFAULT_SITE
+from igpt_eval.settings import Settings
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
+class ExtractSettings(Settings):
     """The features a cache stores. Every field but ``batch_size`` is part of the cache's
     identity: a cache is reused only for the same settings (docs/design.md, "Activation
     cache")."""
@@ -31,17 +33,11 @@ class ExtractSettings:
     full_sequence_dtype: str = "float16"  # [N, T, d] is T times larger: half precision
     compute: str = "auto"  # forward precision: float32, bfloat16 autocast; auto: bf16 on GPU
     batch_size: int | None = None  # images per forward; None: the device's (model.devices)
+    KIND: ClassVar[str] = "extraction"
 
     def __post_init__(self):
         if self.layers is not None:  # a list from a caller, kept hashable and unshared
             object.__setattr__(self, "layers", tuple(self.layers))
-
-    def replace(self, **changes) -> ExtractSettings:
-        """A copy with ``changes``; a name that is no field is a :class:`TypeError`."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise TypeError(f"no extraction setting named {unknown[0]!r}")
-        return dataclasses.replace(self, **changes) if changes else self
 
     def tag(self, rows: int | None = None) -> str:
         """The short hash that names a managed cache folder: of every field but the batch

@@ -22,10 +22,10 @@ winner (``selected=True``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from igpt_eval.model.head import feature_scale
 from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
+from igpt_eval.settings import Settings
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ REFINE_STEPS = 10.0 ** np.array([-2 / 3, -1 / 3, 1 / 3, 2 / 3])
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(Settings):
     """How :func:`probe_lbfgs` fits, chooses and scores each layer; the defaults are the
     paper's protocol as this package runs it (docs/design.md, "Probes")."""
 
@@ -62,16 +63,10 @@ class Protocol:
     standardize: bool = True  # train-split mean and std applied to every split
     n_boot: int = 10_000  # bootstrap resamples of the test accuracy's 95% interval
     seed: int = 0  # the bootstrap's
+    KIND: ClassVar[str] = "protocol"
 
     def __post_init__(self):
         object.__setattr__(self, "Cs", tuple(float(c) for c in np.ravel(self.Cs)))
-
-    def replace(self, **changes) -> Protocol:
-        """A copy with ``changes``; a name that is no field is a :class:`TypeError`."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise TypeError(f"no protocol setting named {unknown[0]!r}")
-        return dataclasses.replace(self, **changes) if changes else self
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.defaults import (
@@ -24,12 +25,13 @@ from igpt_eval.defaults import (
     SAMPLE_VAL,
 )
 from igpt_eval.errors import IGPTError
+from igpt_eval.settings import Settings
 
 METHODS = ("lbfgs", "sgd")
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
+class ProbeSettings(Settings):
     """How a model is probed: which features, which probe, on which sample of each split.
 
     ``ProbeSettings(method="sgd")``, or ``settings.replace(test_size=None)`` for a copy
@@ -61,20 +63,13 @@ class ProbeSettings:
     # stronger control (Fashion-MNIST: 784 grey values, not 256 palette indices), for seconds
     random_weights: bool = False  # probe the model's random-weights twin instead of the model
     concat_layers: int | None = None  # K (odd): the K layers around the best, concatenated
+    KIND: ClassVar[str] = "probe"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise IGPTError(f"unknown probe method {self.method!r}; use lbfgs or sgd")
         if self.layers is not None:  # a list from a caller, kept hashable and unshared
             object.__setattr__(self, "layers", tuple(self.layers))
-
-    def replace(self, **changes) -> ProbeSettings:
-        """A copy with ``changes`` (field names as keywords); a name that is no field is a
-        :class:`TypeError`, as for a misspelt keyword argument."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise TypeError(f"no probe setting named {unknown[0]!r}")
-        return dataclasses.replace(self, **changes) if changes else self
 
     def extraction(self, objective: str) -> ExtractSettings:
         """What a probe run extracts from a model of ``objective`` (AR models are read
