@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from igpt_eval.analysis.paired import differences
 from igpt_eval.cache.extraction import extract_split
 from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODEL
@@ -50,10 +51,9 @@ class ProbeRun(NamedTuple):
     def differences(self) -> pd.DataFrame:
         """The paired contrasts (best − last layer, best − pixels, ...), one row each, with
         the bootstrap 95% CI and McNemar's p-value."""
-        d = self.results[self.results.metric == "accuracy_diff"]
         cols = ["contrast", "model", "layer", "vs_model", "vs_layer", "value", "ci_low",
                 "ci_high", "p_value"]  # fmt: skip
-        return d[[c for c in cols if c in d]].reset_index(drop=True)
+        return differences(self.results)[cols].reset_index(drop=True)
 
 
 def select_layers(cache, layers: list[int] | None) -> tuple[list[int], list[str]]:
