@@ -112,7 +112,7 @@ def upgrade(df: pd.DataFrame, where: str | Path = "the results") -> pd.DataFrame
         )
     if version == FORMAT_VERSION:
         return df
-    return to_frame(df.assign(**{"p_value": df.get("p_value", np.nan)}))
+    return to_frame(df.assign(p_value=df.get("p_value", np.nan)))
 
 
 def save_results(
