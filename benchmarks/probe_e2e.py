@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 
 from igpt_eval.studies.probe import probe_model
+from igpt_eval.studies.settings import ProbeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_PIXELS = ProbeSettings(pixels=False, native_pixels=False)  # the models' probes only
 
 
 def run(backend: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    df = probe_model(backend=backend, pixels=False, native_pixels=False).results
+    df = probe_model(settings=NO_PIXELS.replace(backend=backend)).results
     seconds = time.perf_counter() - t0 - df.attrs["extract_seconds"]
     fits = df[df.metric == "accuracy"]
     test = fits[fits.split == "test"].set_index("layer")
@@ -48,7 +50,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/probe_e2e.json")
     args = ap.parse_args()
     # Untimed: builds the caches if missing, and warms the imports and the page cache.
-    probe_model(pixels=False, native_pixels=False)
+    probe_model(settings=NO_PIXELS)
     sides = {}
     for backend in ("torch", "sklearn"):
         seconds, res = run(backend)

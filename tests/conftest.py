@@ -91,6 +91,7 @@ def tiny_comparison(tiny_pair):
     ``<root>`` finds them); one thread, as on the shared test machine."""
     import torch
 
+    from igpt_eval.data.source import DataSource
     from igpt_eval.reporting.comparison import write_comparison
     from igpt_eval.studies.compare import compare_models
 
@@ -100,9 +101,8 @@ def tiny_comparison(tiny_pair):
     try:
         c = compare_models(
             [ar, bert],
-            f"npz:{npz}",
+            DataSource(f"npz:{npz}", token_cache=root / "runs/cache/tokens"),
             cache_dir=root / "acts",
-            token_cache=root / "runs/cache/tokens",
         )
         write_comparison(c, root / "cmp")
         return c

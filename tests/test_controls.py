@@ -12,6 +12,7 @@ import torch
 from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.cache import ActivationCache
 from igpt_eval.cli import main
+from igpt_eval.data.source import DataSource
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import IGPT, load_model
 from igpt_eval.model.sources import resolve_model
@@ -23,8 +24,9 @@ from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import native_pixel_features
 from igpt_eval.reporting.tables import comparison_table, table_markdown
 from igpt_eval.reporting.words import describe_depth_curve, random_words
-from igpt_eval.results import load_results, to_frame
-from igpt_eval.studies.probe import probe_model, summary
+from igpt_eval.results import load_results, summary, to_frame
+from igpt_eval.studies.probe import probe_model
+from igpt_eval.studies.settings import ProbeSettings
 from tests.test_paired import probe as synthetic_probe
 
 
@@ -58,9 +60,9 @@ def ar_run(tiny_pair, tmp_path_factory):
     return root, run
 
 
-def _probe(run, root, **kw):
-    kw = dict(dict(token_cache=root / "tokens"), **kw)
-    return probe_model(run, **kw)
+def _probe(run, root, cache_dir, **settings):
+    data = DataSource(token_cache=root / "tokens")
+    return probe_model(run, data, ProbeSettings(**settings), cache_dir=cache_dir)
 
 
 # --------------------------------------------------------------------------- names

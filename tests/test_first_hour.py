@@ -138,10 +138,11 @@ def test_extract_and_probe_share_one_cache(tiny_ar, tmp_path):
     out, or left out, finds the folder probe_model made."""
     from igpt_eval.cache import ExtractSettings, extract
     from igpt_eval.studies.probe import probe_model
+    from igpt_eval.studies.settings import ProbeSettings
 
     ar, npz = tiny_ar
-    df = probe_model(ar, f"npz:{npz}", pixels=False, train_size=None,
-                     val_size=None, test_size=None).results  # fmt: skip
+    whole = ProbeSettings(pixels=False, train_size=None, val_size=None, test_size=None)
+    df = probe_model(ar, f"npz:{npz}", whole).results
     probed = df.attrs["caches"]["test"]
     assert str(extract(ar, f"npz:{npz}", "test").path) == probed
     spelt = extract(ar, f"npz:{npz}", "test", settings=ExtractSettings(

@@ -216,6 +216,7 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
     (the default sample: 5,000 train, 2,000 val, 5,000 test images), every layer."""
     from igpt_eval.data.registry import read_source
     from igpt_eval.studies.probe import probe_model
+    from igpt_eval.studies.settings import ProbeSettings
 
     try:
         read_source("fashion-mnist")
@@ -223,9 +224,10 @@ def test_sgd_within_one_point_of_lbfgs_on_the_shipped_model(tmp_path, monkeypatc
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(2)
-    kw = dict(cache_dir=tmp_path / "acts", pixels=False)
-    lb = probe_model(method="lbfgs", **kw).summary.set_index("layer").test_acc
-    sgd = probe_model(method="sgd", **kw).summary.set_index("layer").test_acc
+    s, acts = ProbeSettings(pixels=False), tmp_path / "acts"
+    lb = probe_model(settings=s, cache_dir=acts).summary.set_index("layer").test_acc
+    sgd = probe_model(settings=s.replace(method="sgd"), cache_dir=acts).summary
+    sgd = sgd.set_index("layer").test_acc
     assert (abs(sgd - lb) <= 0.01).all(), (100 * (sgd - lb)).round(2).to_dict()
 
 

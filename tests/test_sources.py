@@ -291,13 +291,16 @@ def test_layer_groups_give_the_same_results(tiny_pair, tmp_path, one_torch_threa
     """A feature budget of one layer (iGPT-L's case, scaled down) probes layer by layer and
     gives every number the all-at-once probe gives. (One thread: with several, a matmul's
     rounding depends on its shape, so any change of batch moves the last bits.)"""
+    from igpt_eval.data.source import DataSource
     from igpt_eval.studies.probe import probe_model
+    from igpt_eval.studies.settings import ProbeSettings
 
     _, ar, _, npz = tiny_pair
-    common = dict(cache_dir=tmp_path / "acts", token_cache=tmp_path / "tok",
-                  train_size=None, val_size=None, test_size=None, pixels=False)  # fmt: skip
-    whole = probe_model(ar, f"npz:{npz}", **common).results
-    grouped = probe_model(ar, f"npz:{npz}", max_feature_bytes=1, **common).results
+    data = DataSource(f"npz:{npz}", token_cache=tmp_path / "tok")
+    s = ProbeSettings(train_size=None, val_size=None, test_size=None, pixels=False)
+    whole = probe_model(ar, data, s, cache_dir=tmp_path / "acts").results
+    grouped = probe_model(ar, data, s.replace(max_feature_bytes=1), cache_dir=tmp_path / "acts")
+    grouped = grouped.results
     cols = ["split", "layer", "metric", "C", "value", "n_iter", "converged"]
     a, b = (d[cols].sort_values(cols[:4]).reset_index(drop=True) for d in (whole, grouped))
     assert len(a) > 0

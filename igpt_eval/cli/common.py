@@ -147,6 +147,19 @@ def add_token_cache_flag(p) -> None:
     )
 
 
+def data_source_from_args(args: argparse.Namespace, split_seed: int | None = None):
+    """The :class:`~igpt_eval.data.source.DataSource` of ``--dataset``, ``--data-dir`` and
+    ``--token-cache`` (those the command has; ``split_seed`` None: the model's run's)."""
+    from igpt_eval.data.source import DataSource
+
+    return DataSource(
+        getattr(args, "dataset", None),
+        getattr(args, "data_dir", None),
+        split_seed,
+        getattr(args, "token_cache", None),
+    )
+
+
 def command_line(args: argparse.Namespace) -> str | None:
     """The command as typed (``igpt-eval pretrain ...``), for a run to record."""
     argv = getattr(args, "argv", None)

@@ -9,6 +9,7 @@ from igpt_eval.cli.common import (
     MODEL_HELP,
     add_device_flag,
     add_overwrite_flags,
+    data_source_from_args,
     refuse_overwrite,
     subcommand,
 )
@@ -92,10 +93,9 @@ def _cmd_compare(args) -> int:
     models = (args.model or []) + (args.models or []) or [str(m) for m in DEFAULT_MODELS]
     c = compare_models(
         models,
-        args.dataset,
+        data_source_from_args(args),
         settings,
         cache_dir=args.cache,
-        data_dir=args.data_dir,
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         cka_max_rows=args.cka_rows,

@@ -11,6 +11,7 @@ from igpt_eval.cli.common import (
     add_device_flag,
     add_token_cache_flag,
     compute_of,
+    data_source_from_args,
     subcommand,
 )
 from igpt_eval.defaults import BERT_MASKS, EXTRACT_BATCH, GPU_EXTRACT_BATCH
@@ -109,7 +110,6 @@ def _cmd_extract(args) -> int:
     from igpt_eval.cache.extraction import extract_split
     from igpt_eval.cache.settings import ExtractSettings
     from igpt_eval.cli.probe import parse_layers
-    from igpt_eval.data.source import DataSource
     from igpt_eval.model.loading import open_model
     from igpt_eval.train import distributed as dist
 
@@ -125,7 +125,7 @@ def _cmd_extract(args) -> int:
         run_split, run = ident.get("run_split_seed", 0), ident.get("run_seed", 0)
         split_seed = args.split_seed if args.split_seed is not None else run_split
         seed = args.seed if args.seed is not None else run
-        data = DataSource(args.dataset, args.data_dir, split_seed, args.token_cache)
+        data = data_source_from_args(args, split_seed)
         settings = ExtractSettings(
             layers=layers, site=args.site, dtype=args.cache_dtype, bert_masks=args.bert_masks,
             seed=seed, full_sequence_layer=args.full_sequence_layer,

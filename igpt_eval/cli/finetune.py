@@ -12,6 +12,7 @@ from igpt_eval.cli.common import (
     add_token_cache_flag,
     command_line,
     config_from_args,
+    data_source_from_args,
     subcommand,
 )
 
@@ -131,7 +132,6 @@ def _add_finetune(sub) -> None:
 
 
 def _cmd_finetune(args) -> int:
-    from igpt_eval.data.source import DataSource
     from igpt_eval.errors import IGPTError
     from igpt_eval.model.sources import model_name
     from igpt_eval.train.finetune import FinetuneConfig
@@ -152,7 +152,7 @@ def _cmd_finetune(args) -> int:
         raise IGPTError(f"--lr-sweep needs a number of rates >= 1, got {args.lr_sweep}")
     if args.sweep_steps is not None and not args.lr_sweep:
         raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")
-    data = DataSource(args.dataset, args.data_dir, args.split_seed, args.token_cache)
+    data = data_source_from_args(args, args.split_seed)
     df = finetune_model(
         args.model,
         data,

@@ -11,6 +11,7 @@ from igpt_eval.cli.common import (
     add_overwrite_flags,
     compute_of,
     config_from_args,
+    data_source_from_args,
     refuse_overwrite,
     subcommand,
 )
@@ -239,9 +240,8 @@ def _cmd_probe(args) -> int:
     settings = probe_settings_from_args(args, layers=parse_layers(args.layers))
     df = probe_model(
         args.model,
-        args.dataset,
+        data_source_from_args(args),
         settings,
-        data_dir=args.data_dir,
         cache_dir=args.cache,
         out=out,
         overwrite=args.rebuild_cache,

@@ -11,6 +11,7 @@ from igpt_eval.cli.common import (
     add_device_flag,
     compute_of,
     config_from_args,
+    data_source_from_args,
     parse_steps,
     refuse_overwrite,
     subcommand,
@@ -84,7 +85,7 @@ def _cmd_track(args) -> int:
     settings = config_from_args(
         TrackSettings, args, compute=compute_of(args.bf16), steps=args.snapshot_steps
     )
-    df = track_runs(args.run, settings)
+    df = track_runs(args.run, settings, dataset=data_source_from_args(args))
     summ = track_summary(df)
     corr = loss_accuracy_correlation(summ)
     save_results(df, args.out)

@@ -80,10 +80,15 @@ class DepthCurve:
 
 
 def probe_depth_curve(
-    model: str | Path = DEFAULT_MODEL, dataset: str | None = None, settings=None, **changes
+    model: str | Path = DEFAULT_MODEL,
+    dataset=None,
+    settings=None,
+    *,
+    cache_dir: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> DepthCurve:
     """Probe every layer of ``model`` as ``igpt-eval probe`` does (same caches, samples,
     controls and paired statistics: :func:`igpt_eval.probe_model`, which takes the same
-    ``settings``, keywords and ``out``) and draw its depth curve."""
-    run = probe_model(model, dataset, settings, **changes)
+    arguments) and draw its depth curve."""
+    run = probe_model(model, dataset, settings, cache_dir=cache_dir, out=out)
     return DepthCurve(run, probe_figure(run.results))

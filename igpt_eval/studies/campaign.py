@@ -89,7 +89,10 @@ class Campaign:
         settings.validate()
         model_config(settings)  # a shape that cannot be built fails before anything is written
         self.s, self.out, self.work = settings, Path(out), Path(work)
-        self.data_dir, self.command = data_dir, command
+        self.command = command
+        # Where every stage reads the images, and the tokens it keeps in the scratch folder.
+        tokens = self.work / "tokens"
+        self.source = DataSource(settings.dataset, data_dir, settings.split_seed, tokens)
         for path in (self.out, self.work):
             if path.exists() and not overwrite:
                 raise IGPTError(f"{path} already exists; pass --overwrite to replace it")
@@ -130,12 +133,12 @@ class Campaign:
 
         def split(name):
             return load_dataset(
-                s.dataset, split=name, n_px=s.n_px, data_dir=self.data_dir, seed=s.split_seed
+                s.dataset, split=name, n_px=s.n_px, data_dir=self.source.data_dir, seed=s.split_seed
             )
 
         train, val = split("train"), split("val")
         palette = Palette.fit(train.images, s.vocab_size, seed=s.seed)
-        tok = [load_tokens(d, palette, self.work / "tokens")
+        tok = [load_tokens(d, palette, self.source.token_cache)
                for d in (train, val)]  # fmt: skip
         return train, val, palette, tok[0].tokens, tok[1].tokens
 
@@ -144,7 +147,7 @@ class Campaign:
         size: nothing is resized or tokenised)."""
         s = self.s
         return tuple(
-            len(load_dataset(s.dataset, split=n, data_dir=self.data_dir, seed=s.split_seed))
+            len(load_dataset(s.dataset, split=n, data_dir=self.source.data_dir, seed=s.split_seed))
             for n in ("train", "val", "test")
         )
 
@@ -260,9 +263,8 @@ class Campaign:
         rows, predictions = [], Predictions()
         for name, settings in (("model", probe), ("random-weights twin", twin)):
             df, pred = probe_model(
-                self.model_dir, s.dataset, settings, data_dir=self.data_dir,
-                token_cache=self.work / "tokens", cache_dir=self.work / "activations" / name,
-            )  # fmt: skip
+                self.model_dir, self.source, settings, cache_dir=self.work / "activations" / name
+            )
             rows.append(df[df.metric != DIFF])
             predictions.update(pred)
             if name == "model":
@@ -281,7 +283,7 @@ class Campaign:
         """Every snapshot on the track sample; ``OUT/track.csv`` after each."""
         s, frames = self.s, []
         settings = TrackSettings(
-            dataset=s.dataset, train_size=s.track_sizes[0], val_size=s.track_sizes[1],
+            train_size=s.track_sizes[0], val_size=s.track_sizes[1],
             test_size=s.track_sizes[2], device=self.device, seed=s.seed, pixels=False,
         )  # fmt: skip
 
@@ -289,10 +291,8 @@ class Campaign:
             frames.append(df)
             self._write_csv(to_frame(pd.concat(frames, ignore_index=True)), "track.csv")
 
-        track_runs([run_dir], settings,
-                   data_dir=self.data_dir, token_cache=self.work / "tokens",
-                   cache_dir=self.work / "activations" / "track", on_snapshot=keep,
-                   name=s.name)  # fmt: skip
+        track_runs([run_dir], settings, dataset=self.source, on_snapshot=keep, name=s.name,
+                   cache_dir=self.work / "activations" / "track")  # fmt: skip
         return pd.concat(frames, ignore_index=True)
 
     def finetune(self, final: pd.DataFrame, plan: Plan) -> None:
@@ -313,8 +313,7 @@ class Campaign:
             bf16=torch.device(self.device).type == "cuda", seed=s.seed, device=self.device,
             max_seconds=seconds, init_C=C, init_n=n_probe,
         )  # fmt: skip
-        data = DataSource(s.dataset, self.data_dir, token_cache=self.work / "tokens")
-        df = finetune_model(self.model_dir, data, self.work / "finetune", cfg,
+        df = finetune_model(self.model_dir, self.source, self.work / "finetune", cfg,
                             command=self.command, fit_head=probe_head)  # fmt: skip
         self._write_csv(to_frame(pd.concat([final, df], ignore_index=True)), "results.csv")
         acc = df[(df.split == "test") & (df.metric == "accuracy")]

@@ -42,6 +42,7 @@ figure; its table is :func:`igpt_eval.reporting.tables.comparison_table` of the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,33 +179,36 @@ def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
                 dataset=dataset, site_kind=site, **provenance(manifest))  # fmt: skip
 
 
-def pixel_rows(m: ModelInfo, settings: ProbeSettings, *, data_dir=None, token_cache=None) -> Scored:
+def source_of(m: ModelInfo, data: DataSource) -> DataSource:
+    """Where ``m``'s images come from: its dataset and split seed (those its run recorded,
+    unless ``data`` names others) in ``data``'s folders."""
+    seed = m.split_seed if data.split_seed is None else data.split_seed
+    return dataclasses.replace(data, name=m.dataset, split_seed=seed)
+
+
+def pixel_rows(m: ModelInfo, settings: ProbeSettings, data: DataSource) -> Scored:
     """The raw-pixel linear-probe controls of ``settings`` (same protocol, splits and
-    stratified samples as the models): the palette-quantised image (``pixels``) and the
-    native-resolution one (``native_pixels``); see
+    stratified samples as the models) on ``m``'s images: the palette-quantised image
+    (``pixels``) and the native-resolution one (``native_pixels``); see
     :func:`igpt_eval.probes.pixels.probe_pixel_controls`."""
     s = settings
-    data = DataSource(m.dataset, data_dir, m.split_seed, token_cache)
     return probe_pixel_controls(
-        m.palette, data, n_px=m.n_px, pixels=s.pixels, native=s.native_pixels, sizes=s.sizes,
-        device=s.device, seed=s.seed,
+        m.palette, source_of(m, data), n_px=m.n_px, pixels=s.pixels, native=s.native_pixels,
+        sizes=s.sizes, device=s.device, seed=s.seed,
     )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- driver
 def compare_models(
     models=DEFAULT_MODELS,
-    dataset: str | None = None,
+    dataset: str | DataSource | None = None,
     settings: ProbeSettings | None = None,
     *,
     cache_dir: str | Path | None = None,
-    data_dir=None,
-    token_cache=None,
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     cka_max_rows: int | None = 10_000,
     random_control: bool = True,
-    **changes,
 ) -> Comparison:
     """Probe every layer of each model, run kNN and CKA on the same caches, probe the
     controls (the pixel baseline; with ``native_pixels`` the native-resolution pixels; with
@@ -212,20 +216,22 @@ def compare_models(
     multi-layer probe of each model.
 
     ``settings`` (a :class:`~igpt_eval.studies.settings.ProbeSettings`; default: its
-    defaults, as ``probe_model``'s) with ``changes``, its
-    fields as keywords, are the site, extraction, sample, seed and controls, the same for
-    every model; every layer is probed with L-BFGS. ``cache_dir`` (default:
+    defaults, as ``probe_model``'s) are the site, extraction, sample, seed and controls, the
+    same for every model, and ``dataset`` (a name or a
+    :class:`~igpt_eval.data.source.DataSource`; default: the models' own) where their images
+    are read; every layer is probed with L-BFGS. ``cache_dir`` (default:
     ``activations/compare`` in the user cache, :func:`igpt_eval.defaults.cache_root`) holds
     one activation cache folder per model (and per random-weights twin), named after its
     weights and settings, so reruns reuse them.
     """
-    s = (settings or ProbeSettings()).replace(**changes)
+    s = settings or ProbeSettings()
     if s.method != "lbfgs" or s.layers is not None or s.random_weights:
         raise IGPTError(
             "a comparison probes every layer of each model with L-BFGS (random_control adds "
             "the random-weights twins): give no method, layers or random_weights"
         )
-    infos = check_models(models, dataset)
+    data = DataSource.of(dataset)
+    infos = check_models(models, data.name)
     if s.concat_layers is not None:  # before any extraction: a bad K fails at once
         for m in infos:
             check_concat(s.concat_layers, m.n_layer + 1)
@@ -234,12 +240,11 @@ def compare_models(
     frames, test_caches, predictions = [], {}, Predictions()
     # The pixel controls are probed once for all models, below.
     each = s.replace(pixels=False, native_pixels=False)
-    paths = dict(data_dir=data_dir, token_cache=token_cache)
     knn = dict(k=knn_k, temperature=knn_temperature, device=s.device, seed=s.seed)
     for m in infos:
         folder = _cache_folder(root, m, s)
         log.info(f"[compare] {m.name}: linear probes of every layer (caches in {folder})")
-        df, pred = probe_model(m.source, m.dataset, each, cache_dir=folder, **paths)
+        df, pred = probe_model(m.source, source_of(m, data), each, cache_dir=folder)
         caches = {split: ActivationCache.open(folder / split) for split in SPLITS}
         dataset_name = df.dataset.iloc[0]
         log.info(f"[compare] {m.name}: kNN (k={knn_k}, T={knn_temperature}) of every layer")
@@ -256,12 +261,12 @@ def compare_models(
             folder = _cache_folder(root, m, s, random=True)
             log.info(f"[compare] {m.name}: the random-weights control (caches in {folder})")
             twin = each.replace(random_weights=True, concat_layers=None)
-            df, pred = probe_model(m.source, m.dataset, twin, cache_dir=folder, **paths)
+            df, pred = probe_model(m.source, source_of(m, data), twin, cache_dir=folder)
             frames.append(df[df.metric != DIFF])
             predictions.update(pred)
     if s.pixels or s.native_pixels:
         log.info("[compare] raw-pixel controls: linear probes of the images")
-        px, pred = pixel_rows(infos[0], s, data_dir=data_dir, token_cache=token_cache)
+        px, pred = pixel_rows(infos[0], s, data)
         predictions.update(pred)  # refuses test images other than the models'
         frames.append(to_frame(px))
     log.info("[compare] linear CKA between layers (test split)")

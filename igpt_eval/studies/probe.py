@@ -85,26 +85,23 @@ def provenance(manifest: dict) -> dict:
 
 def probe_model(
     model: str | Path = DEFAULT_MODEL,
-    dataset: str | None = None,
+    dataset: str | DataSource | None = None,
     settings: ProbeSettings | None = None,
     *,
-    data_dir=None,
-    token_cache=None,
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    **changes,
 ) -> ProbeRun:
     """Extract (or reuse) the model's features on train/val/test, probe every requested
     layer, save ``results.parquet``/``.csv`` and the per-example test predictions
     ``predictions.npz`` into ``out`` (when given) and return both (a :class:`ProbeRun`).
 
     What is extracted and probed is ``settings`` (a :class:`ProbeSettings`; default: its
-    defaults) with ``changes``, its fields given as keywords:
-    ``probe_model(path, method="sgd", test_size=None)``. ``data_dir`` and ``token_cache``
-    are where the dataset and its token cache live, ``cache_dir`` the activation caches'
-    folder (one per split; default: under ``activations/`` in the user cache folder); a
-    cache there built from other inputs is refused unless ``overwrite``.
+    defaults): ``probe_model(path, settings=ProbeSettings(method="sgd", test_size=None))``.
+    ``dataset`` is a registry name or a :class:`~igpt_eval.data.source.DataSource` (where
+    the files and the token caches live; default: the run's own dataset), ``cache_dir`` the
+    activation caches' folder (one per split; default: under ``activations/`` in the user
+    cache folder); a cache there built from other inputs is refused unless ``overwrite``.
 
     ``method`` is ``lbfgs`` (features in memory, C chosen on validation) or ``sgd`` (streamed
     from the caches). With ``pixels`` (the default), the raw-pixel baseline is probed too
@@ -135,12 +132,12 @@ def probe_model(
     CPUs with bf16 units (AMX, AVX512-BF16) and 2.5x slower on AVX2-only ones. Features
     are standardised (L-BFGS) or whitened (SGD) with training statistics unless
     ``standardize=False``."""
-    s = (settings or ProbeSettings()).replace(**changes)
+    s = settings or ProbeSettings()
     source = resolve_model(model)
     s = s.replace(device=str(resolve_device(s.device)))  # once: every stage runs there
     net, palette, ident = open_model(source, device=s.device, random_weights=s.random_weights)
     layers = None if s.layers is None else list(s.layers)
-    data = DataSource(dataset, data_dir=data_dir, token_cache=token_cache)
+    data = DataSource.of(dataset)
     # Before any extraction: a bad K fails at once, not minutes later.
     check_concat(
         s.concat_layers, net.config.n_layer + 1 if layers is None else len(set(layers)), s.method
@@ -179,7 +176,7 @@ def probe_model(
             preprocess="whiten" if s.standardize else "none",
         )
     if s.pixels or s.native_pixels:
-        name, split_seed = run_defaults(dataset, ident)
+        name, split_seed = run_defaults(data.name, ident, data.split_seed)
         px, px_pred = probe_pixel_controls(
             palette, dataclasses.replace(data, name=name, split_seed=split_seed),
             n_px=net.config.n_px, pixels=s.pixels, native=s.native_pixels, sizes=s.sizes,

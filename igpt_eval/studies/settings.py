@@ -140,7 +140,6 @@ class TrackSettings:
     model to about a minute of extraction on 2 CPU cores, at a test-accuracy standard
     error of about 0.5 points, enough to see trends across training."""
 
-    dataset: str | None = None  # default: the run's own (run.json)
     # Stratified samples (None: the whole split): the main job's, so a run's last snapshot
     # and the model shipped from it are probed on the same images.
     train_size: int | None = SAMPLE_TRAIN

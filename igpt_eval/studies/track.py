@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from igpt_eval.data.palette import Palette
+from igpt_eval.data.source import DataSource
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.checkpoint import CONFIG, list_snapshots
 from igpt_eval.model.config import IGPTConfig
@@ -125,8 +126,7 @@ def track_runs(
     runs: list[str | Path],
     settings: TrackSettings | None = None,
     *,
-    data_dir=None,
-    token_cache=None,
+    dataset: str | DataSource | None = None,
     cache_dir: str | Path | None = None,
     on_snapshot=None,
     name: str | None = None,
@@ -135,12 +135,14 @@ def track_runs(
 
     All snapshots are checked before any is probed, so a bad folder fails at once. Rows carry
     ``run``, ``step``, ``val_loss`` and ``tokens_seen``; ``model`` is ``run@step``.
-    ``data_dir`` and ``token_cache`` are where the data and its tokens live; ``cache_dir``
+    ``dataset`` (a name or a :class:`~igpt_eval.data.source.DataSource`; default: each run's
+    own) is where the images and their tokens are read; ``cache_dir``
     holds each snapshot's activation caches in ``<run>/step-XXXXXX/`` (default: the managed
     cache, keyed by the weights); ``on_snapshot(table)`` sees each snapshot's rows as they
     come; ``name`` names a single run (default: its folder's name).
     """
     settings = settings or TrackSettings()
+    data = DataSource.of(dataset)
     paths = [Path(r) for r in runs]
     if len(set(p.resolve() for p in paths)) < len(paths):
         raise IGPTError("the same run is given twice")
@@ -149,7 +151,7 @@ def track_runs(
     plan = [
         s
         for p in paths
-        for s in find_snapshots(p, name or run_name(p, paths), settings.steps, settings.dataset)
+        for s in find_snapshots(p, name or run_name(p, paths), settings.steps, data.name)
     ]
     probe = probe_settings(settings)
     frames = []
@@ -158,8 +160,7 @@ def track_runs(
         caches = None
         if cache_dir is not None:
             caches = Path(cache_dir) / snap.run.replace("/", "_") / f"step-{snap.step:06d}"
-        df = probe_model(snap.path, settings.dataset, probe, data_dir=data_dir,
-                         token_cache=token_cache, cache_dir=caches).results  # fmt: skip
+        df = probe_model(snap.path, data, probe, cache_dir=caches).results
         df["model"] = f"{snap.run}@{snap.step}"
         df["run"], df["step"] = snap.run, snap.step
         df["val_loss"], df["tokens_seen"] = snap.val_loss, snap.tokens_seen
