@@ -7,7 +7,13 @@ import torch
 
 from igpt_eval.cli import main
 from igpt_eval.data.palette import Palette
-from igpt_eval.data.subsets import Labelled, augment_images, labelled_subset, lowdata_split
+from igpt_eval.data.subsets import (
+    Labelled,
+    LabelledSplits,
+    augment_images,
+    labelled_subset,
+    lowdata_split,
+)
 from igpt_eval.errors import IGPTError
 from igpt_eval.model import IGPT, load_model, save_model
 from igpt_eval.model.config import IGPTConfig
@@ -149,7 +155,7 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
     d = Labelled(pal.encode(images), np.arange(30) % 3, images if augment else None)
     cfg = FinetuneConfig(steps=8, batch_size=8, eval_every=2, patience=10, augment=augment)
     model = pretrained(objective)
-    args = (model, pal, d, d, d, cfg)
+    args = (model, pal, LabelledSplits(d, d, d), cfg)
     ref = run_finetune(*args, tmp_path / "ref")
 
     real = FineTuner.train_step

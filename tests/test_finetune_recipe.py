@@ -9,6 +9,7 @@ import torch
 
 from igpt_eval.cli import main
 from igpt_eval.data.palette import Palette
+from igpt_eval.data.subsets import LabelledSplits
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash
 from igpt_eval.model import IGPT, load_model, save_model
@@ -19,7 +20,7 @@ from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes.logistic import LogisticProbe, probe_head
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
-from igpt_eval.train.finetune_runs import finetune_lr_sweep, run_finetune
+from igpt_eval.train.finetune_runs import LRSweep, finetune_lr_sweep, run_finetune
 from igpt_eval.train.runs import walk_rates
 from tests.test_finetune import ft_args, labelled, pretrained
 
@@ -78,7 +79,7 @@ def test_saved_classifier_is_one_checkpoint(tmp_path, layer):
     IGPT.classify on it (no other file) reproduces the run's predictions."""
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=12, batch_size=16, lr=3e-3, eval_every=4, layer=layer)
-    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path)
+    df = run_finetune(pretrained(), None, LabelledSplits(data, held, held), cfg, tmp_path)
     saved = load_model(tmp_path)
     assert saved.config.clf_bias and saved.config.clf_layer == (-1 if layer is None else layer)
     x = torch.from_numpy(held.tokens.astype(np.int64))
@@ -94,7 +95,7 @@ def test_saved_classifier_is_one_checkpoint(tmp_path, layer):
 def test_validation_rows_count_the_images_early_stopping_scored(tmp_path):
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=4, batch_size=16, eval_every=2, eval_images=20)
-    df = run_finetune(pretrained(), None, data, held, held, cfg, tmp_path)
+    df = run_finetune(pretrained(), None, LabelledSplits(data, held, held), cfg, tmp_path)
     n_eval = df[df.metric == "accuracy"].set_index("split").n_eval
     assert n_eval["val"] == 20 < len(held) == n_eval["test"]
 
@@ -161,8 +162,8 @@ def test_warm_up_ramps_the_rate(tmp_path):
 def test_lr_sweep_keeps_the_best_validation_accuracy(tmp_path):
     data, held = labelled(), labelled(seed=1)
     cfg = FinetuneConfig(steps=8, batch_size=16, lr=1e-2, eval_every=4)
-    df = finetune_lr_sweep(pretrained(), None, data, held, held, cfg, tmp_path, max_runs=3,
-                           start=1e-2, sweep_steps=4)  # fmt: skip
+    splits, rates = LabelledSplits(data, held, held), LRSweep(runs=3, steps=4)
+    df = finetune_lr_sweep(pretrained(), None, splits, cfg, tmp_path, rates)
     sweep = pd.read_csv(tmp_path / "lr_sweep.csv")
     assert 2 <= len(sweep) <= 3 and list(sweep.lr[:2]) == [0.01, 0.003]
     for lr in sweep.lr:  # the sweep's runs are scored on validation only: test is the full run's
@@ -175,8 +176,7 @@ def test_lr_sweep_keeps_the_best_validation_accuracy(tmp_path):
     assert df.lr.iloc[0] == best.lr.iloc[0] and df.steps.max() == 8
     for lr in sweep.lr:
         assert (tmp_path / f"sweep/lr-{lr:g}/results.parquet").is_file()
-    again = finetune_lr_sweep(pretrained(), None, data, held, held, cfg, tmp_path, max_runs=3,
-                              start=1e-2, sweep_steps=4, resume=True)  # fmt: skip
+    again = finetune_lr_sweep(pretrained(), None, splits, cfg, tmp_path, rates, resume=True)
     np.testing.assert_array_equal(again.value.to_numpy(float), df.value.to_numpy(float))
 
 
@@ -265,3 +265,16 @@ def test_cli_from_scratch_control_keeps_its_test_predictions(tmp_path, saved, ti
     start = IGPT.initialised(load_model(saved).config, 0).wpe
     assert (tuned - start).abs().max() < 0.01  # 6 Adam steps of 1e-3 from the initialisation
     assert (tuned - trained).abs().max() > 0.1  # far from the trained weights
+
+
+def test_epochs_become_the_steps_they_take():
+    """``epochs`` is resolved against the training set's size once, and what runs (and is
+    recorded) is that step budget."""
+    cfg = FinetuneConfig(batch_size=8, epochs=2.5)
+    resolved = cfg.for_train(100)
+    assert resolved.steps == round(2.5 * 100 / 8) and resolved.epochs is None
+    assert resolved.for_train(5) == resolved  # a budget already resolved stays as it is
+    assert FinetuneConfig(batch_size=32, epochs=3).for_train(10).steps == 3  # batch = the set
+    assert FinetuneConfig(steps=7).for_train(1000).steps == 7  # no epochs: the steps given
+    with pytest.raises(IGPTError, match="epochs must be positive"):
+        FinetuneConfig(epochs=0).validate(2, 1)

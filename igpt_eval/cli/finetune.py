@@ -135,16 +135,15 @@ def _cmd_finetune(args) -> int:
     from igpt_eval.errors import IGPTError
     from igpt_eval.model.sources import model_name
     from igpt_eval.train.finetune import FinetuneConfig
-    from igpt_eval.train.finetune_runs import finetune_model
+    from igpt_eval.train.finetune_runs import LRSweep, finetune_model
     from igpt_eval.train.malloc import keep_freed_memory
 
     keep_freed_memory()  # a training process: no page faults for every step's activations
-    steps = args.steps if args.steps is not None else 500
-    if args.epochs is not None:
-        if not args.epochs > 0:
-            raise IGPTError(f"--epochs must be positive, got {args.epochs}")
-        steps = -1  # resolved once the training set's size is known (below)
-    cfg = config_from_args(FinetuneConfig, args, steps=max(steps, 1))
+    if args.epochs is not None and not args.epochs > 0:
+        raise IGPTError(f"--epochs must be positive, got {args.epochs}")
+    # --epochs, when given, replaces the step budget once the training set's size is known.
+    steps = args.steps if args.steps is not None else FinetuneConfig.steps
+    cfg = config_from_args(FinetuneConfig, args, steps=steps, random_init=args.random_weights)
     fit_head = None
     if args.init_from_probe is not None:
         cfg, fit_head = _probe_init(args, cfg)
@@ -153,18 +152,15 @@ def _cmd_finetune(args) -> int:
     if args.sweep_steps is not None and not args.lr_sweep:
         raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")
     data = data_source_from_args(args, args.split_seed)
+    sweep = LRSweep(args.lr_sweep, args.sweep_steps) if args.lr_sweep else None
     df = finetune_model(
         args.model,
         data,
         args.out,
         cfg,
-        labels_per_class=args.labels_per_class,
+        sweep=sweep,
         resume=args.resume,
-        epochs=args.epochs,
-        lr_sweep=args.lr_sweep,
-        sweep_steps=args.sweep_steps,
         fit_head=fit_head,
-        random_init=args.random_weights,
         command=command_line(args),
     )
     acc = df[df.metric == "accuracy"].set_index("split")
@@ -280,13 +276,10 @@ def _cmd_lowdata(args) -> int:
     )
     df = lowdata_study(
         args.model,
-        args.dataset,
+        data_source_from_args(args, args.split_seed),
         args.out,
         cfg,
         probe_results=args.probe_results,
-        split_seed=args.split_seed,
-        data_dir=args.data_dir,
-        token_cache=args.token_cache,
         cache_root=args.cache,
     )
     table = lowdata_table(df)

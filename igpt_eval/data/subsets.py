@@ -4,7 +4,8 @@
 - :func:`lowdata_split`: that subset split into a training part and a held-out part, so a
   low-data evaluation chooses its hyper-parameters from the same K labels per class;
 - :func:`augment_images`: the paper's augmentation on uint8 images;
-- :class:`Labelled`: tokens (and optionally images) with labels, as fine-tuning reads them.
+- :class:`Labelled`: tokens (and optionally images) with labels, as fine-tuning reads them;
+  :class:`LabelledSplits`: the splits of one fine-tuning run.
 """
 
 from __future__ import annotations
@@ -95,3 +96,19 @@ class Labelled:
         """The subset at ``rows`` (read into memory)."""
         pick = lambda a: None if a is None else np.asarray(a[rows])  # noqa: E731
         return Labelled(pick(self.tokens), np.asarray(self.labels)[rows], pick(self.images))
+
+
+@dataclass
+class LabelledSplits:
+    """What one fine-tuning run reads: it trains on ``train``, early-stops on ``val`` and
+    scores the best model on ``test``."""
+
+    train: Labelled
+    val: Labelled
+    test: Labelled | None = None  # None: scored on validation only (a rate sweep's runs)
+    n_classes: int | None = None  # the head's outputs; None: one more than the largest label
+
+    def classes(self) -> int:
+        """The head's number of outputs."""
+        splits = [s for s in (self.train, self.val, self.test) if s is not None]
+        return self.n_classes or int(max(s.labels.max() for s in splits) + 1)

@@ -35,7 +35,8 @@ from igpt_eval import defaults
 from igpt_eval.cache import ActivationCache, ExtractSettings, read_manifest, write_cache
 from igpt_eval.cache.manifest import masking
 from igpt_eval.data import load_dataset, load_tokens
-from igpt_eval.data.subsets import Labelled, labelled_subset, lowdata_split
+from igpt_eval.data.source import DataSource
+from igpt_eval.data.subsets import Labelled, LabelledSplits, labelled_subset, lowdata_split
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, read_json, write_json
 from igpt_eval.model.loading import open_model, state_dict_hash
@@ -45,25 +46,25 @@ from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.studies.settings import LowDataConfig
 from igpt_eval.train.finetune import FinetuneConfig
-from igpt_eval.train.finetune_runs import run_finetune
+from igpt_eval.train.finetune_runs import FinetuneRecord, run_finetune
 
 METHODS = ("linear probe", "fine-tune", "raw pixels")
 
 
 def lowdata_study(
     models,
-    dataset: str | None,
+    dataset: str | DataSource | None,
     out,
     cfg: LowDataConfig | None = None,
     *,
     probe_results=None,
-    split_seed: int | None = None,
-    data_dir=None,
-    token_cache=None,
     cache_root=None,
 ):
     """Run the study for each checkpoint folder in ``models``; returns the tidy results,
     also written (after every run, so partial progress is on disk) to ``out/results.*``.
+    ``dataset`` is a name or a :class:`~igpt_eval.data.source.DataSource` (default: the
+    first model's run's dataset, each model's run's split seed); ``cache_root`` holds the
+    activation caches (and the token caches, unless the source names a folder for them).
 
     Everything is checked before ``out`` is touched. Re-running the same study in the same
     ``out`` continues it: finished fine-tuning runs are read back, an interrupted one resumes.
@@ -73,15 +74,16 @@ def lowdata_study(
     cfg = cfg or LowDataConfig()
     cfg.validate()
     out = Path(out)
+    source = DataSource.of(dataset)
     cache_root = Path(cache_root) if cache_root is not None else defaults.cache_root()
-    tok_root = Path(token_cache) if token_cache is not None else cache_root / "tokens"
+    tok_root = Path(source.token_cache or cache_root / "tokens")
     # (name, model, palette, identity): the name is the folder's or the Hub repository's.
     loaded = [open_model(m, device=cfg.device) for m in models]
     opened = [(ident["name"], net, pal, ident) for net, pal, ident in loaded]
     names = [name for name, *_ in opened]
     if len(set(names)) < len(names):
         raise IGPTError(f"two models share a folder name ({names}); results would collide")
-    dataset = dataset or opened[0][3].get("run_dataset")
+    dataset = source.name or opened[0][3].get("run_dataset")
     if dataset is None:
         raise IGPTError("no --dataset given and the model folder has no run.json naming one")
     best_layers = _layers_from_results(probe_results, names)
@@ -91,11 +93,12 @@ def lowdata_study(
         for layer in (cfg.layer, best_layers.get(name)):
             if layer is not None and not 0 <= layer <= L:
                 raise IGPTError(f"layer {layer} is out of range: {name} has layers 0..{L}")
-        seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
+        seed = source.split_seed
+        seed = seed if seed is not None else ident.get("run_split_seed", 0)
         key = (net.config.n_px, seed)
         if key not in data:
             tr, te = (
-                load_dataset(dataset, split=s, n_px=key[0], data_dir=data_dir, seed=seed)
+                load_dataset(dataset, split=s, n_px=key[0], data_dir=source.data_dir, seed=seed)
                 for s in ("train", "test")
             )
             if len(np.unique(tr.labels)) < 2:
@@ -328,12 +331,11 @@ def _finetune(
         ft = _finetune_config(cfg, len(tr_rows), extra["seed"])
         full = Labelled(m.train_tokens.tokens, tr.labels, tr.images if cfg.augment else None)
         test = Labelled(np.asarray(m.test_tokens.tokens[test_rows]), te.labels[test_rows])
-        df = run_finetune(
-            m.net, m.palette, full.take(tr_rows), full.take(va_rows), test, ft, run_dir,
-            n_classes=int(tr.labels.max()) + 1, meta=m.meta,
-            identity=dict(weights_hash=m.ident.get("weights_hash"), **extra),
-            resume=(run_dir / "finetune.json").is_file(),
-        )  # fmt: skip
+        data = LabelledSplits(full.take(tr_rows), full.take(va_rows), test,
+                              n_classes=int(tr.labels.max()) + 1)  # fmt: skip
+        record = FinetuneRecord(m.meta, dict(weights_hash=m.ident.get("weights_hash"), **extra))
+        df = run_finetune(m.net, m.palette, data, ft, run_dir, record=record,
+                          resume=(run_dir / "finetune.json").is_file())  # fmt: skip
         if not cfg.keep_checkpoints:
             shutil.rmtree(run_dir / "resume", ignore_errors=True)
             (run_dir / "model.safetensors").unlink(missing_ok=True)

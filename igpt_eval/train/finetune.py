@@ -69,6 +69,7 @@ class FinetuneConfig:
     """How to fine-tune. Defaults suit the shipped CPU models; the paper's where it says."""
 
     steps: int = 500  # optimizer steps (an upper bound: early stopping may end sooner)
+    epochs: float | None = None  # passes over the training set instead of steps (None: steps)
     batch_size: int = 32  # images per step; low-data subsets can be as small as 30 images
     lr: float = 1e-3  # peak rate, constant after warm-up (re-search it: finetune_lr_sweep)
     warmup_steps: int = 0  # linear warm-up from 0 to lr (0: none, the earlier recipe)
@@ -91,6 +92,19 @@ class FinetuneConfig:
     # Stop at the first evaluation past this many seconds of training (the best model kept).
     max_seconds: float | None = None
     device: str = "cpu"
+    # --- what is fine-tuned, read where the checkpoint and the dataset are opened
+    # (finetune_runs.finetune_model); a run given arrays and a model ignores them
+    labels_per_class: int | None = None  # K labelled images per class of train (None: all)
+    random_init: bool = False  # from-scratch control: the pretraining run's initialisation
+
+    def for_train(self, n_train: int) -> FinetuneConfig:
+        """These settings for a training set of ``n_train`` images: ``epochs``, when given,
+        turned into the steps it takes (at least one), so that what is recorded and resumed
+        is the step budget that ran."""
+        if self.epochs is None:
+            return self
+        per_epoch = n_train / max(1, min(self.batch_size, n_train))
+        return dataclasses.replace(self, steps=max(1, round(self.epochs * per_epoch)), epochs=None)
 
     def validate(self, n_layer: int, n_train: int) -> None:
         """One clear error for settings that cannot train."""
@@ -103,6 +117,8 @@ class FinetuneConfig:
             )
         if self.steps < 1 or self.batch_size < 1:
             raise IGPTError("steps and batch size must be >= 1")
+        if self.epochs is not None and not self.epochs > 0:
+            raise IGPTError(f"epochs must be positive, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise IGPTError(f"learning rate must be a positive number, got {self.lr}")
         if self.eval_every < 1 or self.patience < 1:

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.source import DataSource
-from igpt_eval.data.subsets import Labelled, lowdata_split
+from igpt_eval.data.subsets import Labelled, LabelledSplits, lowdata_split
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model.checkpoint import has_resume, load_model
@@ -58,48 +59,61 @@ _RESUMABLE = (
 SWEEP_DIR, SWEEP_CSV = "sweep", "lr_sweep.csv"
 
 
+@dataclass(frozen=True)
+class FinetuneRecord:
+    """What a fine-tuning run records besides its settings (``finetune.json``, its rows)."""
+
+    columns: dict = field(default_factory=dict)  # its rows' model/objective/dataset columns
+    identity: dict = field(default_factory=dict)  # weights and data: a resume must match
+    command: str | None = None  # the command that started it, for the model card
+
+
+@dataclass(frozen=True)
+class LRSweep:
+    """The paper re-searches the fine-tuning rate: ``runs`` short runs from the config's rate
+    down (×0.3, ×0.1, …), of ``steps`` steps each (None: a fifth of the budget)."""
+
+    runs: int = 4
+    steps: int | None = None
+
+
 def run_finetune(
     model: IGPT,
     palette,
-    train: Labelled,
-    val: Labelled,
-    test: Labelled | None,
+    data: LabelledSplits,
     cfg: FinetuneConfig,
     out,
     *,
-    n_classes: int | None = None,
-    meta: dict | None = None,
-    identity: dict | None = None,
+    record: FinetuneRecord | None = None,
     resume: bool = False,
     fit_head: HeadFitter | None = None,
-    command: str | None = None,
 ):
-    """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on ``train``,
-    early-stopping on ``val``, into the folder ``out``; score the best model on ``test``
-    (``None``: no test rows; a learning-rate sweep's runs are scored on validation only).
+    """Fine-tune ``model`` (a pretrained IGPT, palette ids from ``palette``) on
+    ``data.train``, early-stopping on ``data.val``, into the folder ``out``; score the best
+    model on ``data.test`` (``None``: no test rows; a learning-rate sweep's runs are scored
+    on validation only).
 
-    Returns the tidy results (also saved as ``out/results.parquet``/``.csv``). ``meta`` fills
-    the model/objective/dataset columns, ``identity`` (data fingerprints) goes into
-    ``finetune.json`` and must match when ``resume`` continues the run in ``out``. A new run
+    Returns the tidy results (also saved as ``out/results.parquet``/``.csv``). ``record``
+    fills the model/objective/dataset columns and ``finetune.json``; its ``identity`` (data
+    fingerprints) must match when ``resume`` continues the run in ``out``. A new run
     refuses a folder that already holds files (a finished learning-rate sweep aside). A
     finished run in ``out`` is read back when ``resume`` is set. ``fit_head`` fits the
     probe that initialises the head when ``cfg.init_C`` is set
     (:data:`~igpt_eval.train.finetune.HeadFitter`).
     """
-
-    out = Path(out)
-    if len(np.unique(train.labels)) < 2:
+    out, record = Path(out), record or FinetuneRecord()
+    if len(np.unique(data.train.labels)) < 2:
         raise IGPTError("the training labels hold fewer than two classes: nothing to classify")
-    splits = (train, val) if test is None else (train, val, test)
-    n_classes = n_classes or int(max(s.labels.max() for s in splits) + 1)
+    n_classes = data.classes()
+    cfg = cfg.for_train(len(data.train))
     info = {
         "finetune_config": {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
         },
-        "identity": identity or {},
+        "identity": record.identity,
         "n_classes": n_classes,
         "head_layer": model.config.n_layer if cfg.layer is None else cfg.layer,
-        "command": command,  # recorded for the model card; not part of the run's identity
+        "command": record.command,  # for the model card; not part of the run's identity
     }
     _check_out(out, info, resume)
     if resume and _finished(out, cfg.steps):
@@ -107,7 +121,7 @@ def run_finetune(
         return load_results(out / "results.parquet")  # read back, not repeated
     bias = cfg.standardize or cfg.init_C is not None  # folding the centring needs a bias
     net = with_classifier(model, n_classes, cfg.layer, bias=bias)
-    tuner = FineTuner(net, train, val, cfg, out, palette=palette, fit_head=fit_head)
+    tuner = FineTuner(net, data.train, data.val, cfg, out, palette=palette, fit_head=fit_head)
     write_json(out / "finetune.json", info)
     if resume and has_resume(out):
         tuner.resume()
@@ -117,7 +131,7 @@ def run_finetune(
             palette.save(out / "palette.npy")
         net.config.save(out / "config.json")
     tuner.fit()
-    rows, predictions = test_rows(tuner, test, dict(meta or {}))
+    rows, predictions = test_rows(tuner, data.test, dict(record.columns))
     df = to_frame(rows)
     save_results(df, out, predictions=predictions if predictions.pred else None)
     return df
@@ -176,48 +190,48 @@ def test_rows(
 def finetune_lr_sweep(
     model: IGPT,
     palette,
-    train: Labelled,
-    val: Labelled,
-    test: Labelled,
+    data: LabelledSplits,
     cfg: FinetuneConfig,
     out,
+    sweep: LRSweep,
     *,
-    max_runs: int = 4,
-    start: float = 1e-3,
-    sweep_steps: int,
-    **kwargs,
+    record: FinetuneRecord | None = None,
+    resume: bool = False,
+    fit_head: HeadFitter | None = None,
 ):
-    """The paper re-searches the fine-tuning rate: runs of ``sweep_steps`` steps at
-    ``start``, ``start``·0.3, ``start``·0.1, … (at most ``max_runs``, each in
-    ``out/sweep/lr-X``, walked as pretraining's sweep is: :func:`~igpt_eval.train.runs.
-    walk_rates`) scored by their best validation accuracy; then the full run at the best
-    rate in ``out``. Writes ``out/lr_sweep.csv``; returns the full run's results. Keyword
-    arguments go to :func:`run_finetune` (``resume`` continues an interrupted sweep)."""
+    """Choose the rate, then fine-tune at it: ``sweep.runs`` runs at most of ``sweep.steps``
+    steps at ``cfg.lr``, ``cfg.lr``·0.3, ``cfg.lr``·0.1, … (each in ``out/sweep/lr-X``,
+    walked as pretraining's sweep is: :func:`~igpt_eval.train.runs.walk_rates`), scored by
+    their best validation accuracy; then the full run at the best rate in ``out``. Writes
+    ``out/lr_sweep.csv``; returns the full run's results. ``record`` and ``fit_head`` are
+    :func:`run_finetune`'s; ``resume`` continues an interrupted sweep."""
     out = Path(out)
-    if not kwargs.get("resume") and out.exists() and any(out.iterdir()):
+    if not resume and out.exists() and any(out.iterdir()):
         raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
-    kwargs["resume"] = True  # each run: read back when finished, resumed, or started
+    cfg = cfg.for_train(len(data.train))
+    steps = min(sweep.steps or max(1, cfg.steps // 5), cfg.steps)
+    # Each run: read back when finished, resumed, or started.
+    run = dict(record=record, resume=True, fit_head=fit_head)
+    val_only = dataclasses.replace(data, test=None)  # validation decides the rate
 
     def score(lr: float) -> float:
-        short = dataclasses.replace(cfg, lr=lr, steps=min(sweep_steps, cfg.steps))
+        short = dataclasses.replace(cfg, lr=lr, steps=steps)
         try:
-            df = run_finetune(model, palette, train, val, None, short,  # val decides
-                              out / SWEEP_DIR / f"lr-{lr:g}", **kwargs)  # fmt: skip
+            df = run_finetune(model, palette, val_only, short, out / SWEEP_DIR / f"lr-{lr:g}",
+                              **run)  # fmt: skip
         except IGPTError as e:
             if "diverged" not in str(e):
                 raise
             return math.inf
         return -float(df[(df.split == "val") & (df.metric == "accuracy")].value.iloc[0])
 
-    tried, best = walk_rates(sweep_lrs(max_runs, start), score)
+    tried, best = walk_rates(sweep_lrs(sweep.runs, cfg.lr), score)
     with atomic_write(out / SWEEP_CSV, "w") as f:
         w = csv.writer(f)
         w.writerow(["lr", "val_acc", "steps", "best"])
-        steps = min(sweep_steps, cfg.steps)
         for lr, v in tried:
             w.writerow([lr, -v if math.isfinite(v) else "", steps, lr == best])
-    return run_finetune(model, palette, train, val, test, dataclasses.replace(cfg, lr=best),
-                        out, **kwargs)  # fmt: skip
+    return run_finetune(model, palette, data, dataclasses.replace(cfg, lr=best), out, **run)
 
 
 def _check_out(out: Path, info: dict, resume: bool) -> None:
@@ -264,13 +278,9 @@ def finetune_model(
     out,
     cfg: FinetuneConfig,
     *,
-    labels_per_class: int | None = None,
+    sweep: LRSweep | None = None,
     resume: bool = False,
-    epochs: float | None = None,
-    lr_sweep: int | None = None,
-    sweep_steps: int | None = None,
     fit_head: HeadFitter | None = None,
-    random_init: bool = False,
     command: str | None = None,
 ):
     """Fine-tune a checkpoint folder on a registered dataset (what ``igpt-eval finetune``
@@ -278,17 +288,17 @@ def finetune_model(
     dataset's name or a :class:`~igpt_eval.data.source.DataSource` (its split seed, default
     the model's pretraining run's; its data folder and token cache).
 
-    With ``labels_per_class=K`` only K labelled images per class of the train split are
+    With ``cfg.labels_per_class=K`` only K labelled images per class of the train split are
     used (drawn with ``cfg.seed``): a quarter of them (at most 20 per class) is held out
     for early stopping, the rest trained on (:func:`~igpt_eval.data.subsets.lowdata_split`);
     the standard val split is not used then, so the run sees K labels per class in all.
-    ``epochs`` (passes over the training set) replaces ``cfg.steps`` when given. With
-    ``lr_sweep=N`` the rate is chosen first by :func:`finetune_lr_sweep` (N rates from
-    ``cfg.lr`` down, runs of ``sweep_steps`` steps, default a fifth of the budget).
-    ``random_init`` trains the same architecture from the initialisation its pretraining
-    run started from instead (the from-scratch control: does pretraining pay?).
+    ``cfg.random_init`` trains the same architecture from the initialisation its pretraining
+    run started from instead (the from-scratch control: does pretraining pay?). With a
+    ``sweep`` the rate is chosen first (:func:`finetune_lr_sweep`). ``command`` is recorded
+    in ``finetune.json``.
     """
-    net, palette, ident = open_model(model, device=cfg.device, random_weights=random_init)
+    K = cfg.labels_per_class
+    net, palette, ident = open_model(model, device=cfg.device, random_weights=cfg.random_init)
     L = net.config.n_layer
     cfg.validate(L, 1)  # a bad layer is an error before any data is read
     data = DataSource.of(data)
@@ -303,8 +313,8 @@ def finetune_model(
     if len(np.unique(ds_train.labels)) < 2:
         raise IGPTError(f"{dataset} has fewer than two classes: it has no labels to learn")
     rows = val_rows = None
-    if labels_per_class is not None:
-        rows, val_rows = lowdata_split(ds_train.labels, labels_per_class, cfg.seed)
+    if K is not None:
+        rows, val_rows = lowdata_split(ds_train.labels, K, cfg.seed)
     tok = {s.split: load_tokens(s, palette, token_cache) for s in (ds_train, ds_test)}
     full = Labelled(tok["train"].tokens, ds_train.labels, ds_train.images)
     if rows is None:
@@ -316,28 +326,23 @@ def finetune_model(
     if not cfg.augment:
         train.images = None
     test = Labelled(tok["test"].tokens, ds_test.labels)
-    if epochs is not None:
-        per_epoch = len(train) / min(cfg.batch_size, len(train))
-        cfg = dataclasses.replace(cfg, steps=max(1, round(epochs * per_epoch)))
-    meta = dict(
-        model=random_twin(ident["name"]) if random_init else ident["name"],  # the label
-        model_kind=ModelKind.RANDOM if random_init else ModelKind.TRAINED,
+    splits = LabelledSplits(train, val, test, n_classes=len(ds_train.classes))
+    columns = dict(
+        model=random_twin(ident["name"]) if cfg.random_init else ident["name"],  # the label
+        model_kind=ModelKind.RANDOM if cfg.random_init else ModelKind.TRAINED,
         objective=net.config.objective,
         dataset=dataset,
-        labels_per_class=labels_per_class,
+        labels_per_class=K,
     )
     identity = dict(
         weights_hash=ident.get("weights_hash"),
         palette_hash=palette.hash,
         dataset=dataset,
         train_fingerprint=ds_train.fingerprint,
-        labels_per_class=labels_per_class,
+        labels_per_class=K,
     )
-    kwargs = dict(n_classes=len(ds_train.classes), meta=meta, identity=identity,
-                  resume=resume, fit_head=fit_head,
-                  command=command)  # fmt: skip
-    if lr_sweep:
-        steps = sweep_steps or max(1, cfg.steps // 5)
-        return finetune_lr_sweep(net, palette, train, val, test, cfg, out, max_runs=lr_sweep,
-                                 start=cfg.lr, sweep_steps=steps, **kwargs)  # fmt: skip
-    return run_finetune(net, palette, train, val, test, cfg, out, **kwargs)
+    run = dict(record=FinetuneRecord(columns, identity, command), resume=resume,
+               fit_head=fit_head)  # fmt: skip
+    if sweep is not None:
+        return finetune_lr_sweep(net, palette, splits, cfg, out, sweep, **run)
+    return run_finetune(net, palette, splits, cfg, out, **run)
