@@ -1,7 +1,6 @@
 """``igpt-eval report``: figures and README from a comparison folder, curve shapes, bad input."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -263,22 +262,3 @@ def test_report_includes_track_results(compared_dir, tmp_path, capsys):
     assert main([*args, "--track", str(tmp_path / "notrack"), "--overwrite"]) == 2
     assert "no track results" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing rewritten
-
-
-def test_report_words_are_templates_filled_from_numbers():
-    """The campaign report's prose is reporting/templates/campaign.md; every placeholder must
-    be filled (a missing one is a bug, raised, not a '$x' left in a report)."""
-    import string
-
-    import igpt_eval
-    from igpt_eval.reporting.templates import render
-
-    package = Path(igpt_eval.__file__).parent
-    text = (package / "reporting/templates/campaign.md").read_text()
-    names = {m[1] or m[2] for m in string.Template.pattern.findall(text) if m[1] or m[2]}
-    assert {"name", "table", "paired", "stages"} <= names
-    values = {k: f"<{k}>" for k in names}
-    out = render("campaign", **values)
-    assert "$" not in out and "<table>" in out and out.startswith("# Campaign: <name>")
-    with pytest.raises(KeyError):
-        render("campaign", **{k: v for k, v in values.items() if k != "table"})

@@ -61,55 +61,55 @@ def campaign_report(folder: str | Path, out: str | Path, command: str = "") -> l
         ),
         out / "depth_curve",
     )
-    plan, cfg = c.get("plan", {}), run.get("model_config", {})
+    plan, cfg = c.get("plan"), run.get("model_config", {})
     values = dict(
         name=c["settings"]["name"],
         command=c.get("command") or "igpt-eval campaign",
         device=c.get("device"),
         torch=c.get("torch"),
         status=c.get("status"),
-        drawn_by=f"Report drawn by `{command}`." if command else "",
+        drawn_by=command,
         n_layer=cfg.get("n_layer"),
         n_embd=cfg.get("n_embd"),
         n_px=cfg.get("n_px"),
         colours=cfg.get("vocab_size"),
-        plan="",
-        training="",
+        plan=None,
+        training=None,
         stages=", ".join(f"{k} {v:.0f} s" for k, v in c.get("stages", {}).items()),
         table=table_markdown(comparison_table(results)),
-        paired="\n".join(f"- {line}" for line in paired_lines(results[results.model == model])),
-        finetune="",
-        test_images="",
-        track="",
+        paired=paired_lines(results[results.model == model]),
+        finetune=None,
+        test_images=None,
+        track=None,
     )
     if plan:
-        values["plan"] = (
-            f"- plan (measured {1e3 * plan['step_seconds']:.0f} ms/step): {plan['steps']:,} "
-            f"steps × batch {plan['batch_size']} = {plan['tokens'] / 1e6:,.1f}M tokens, "
-            f"{plan['train_flops']:.2e} training FLOPs;\n"
+        values["plan"] = dict(
+            ms_per_step=f"{1e3 * plan['step_seconds']:.0f}",
+            steps=f"{plan['steps']:,}",
+            batch_size=plan["batch_size"],
+            tokens=f"{plan['tokens'] / 1e6:,.1f}",
+            flops=f"{plan['train_flops']:.2e}",
         )
     if "training" in c:
         t = c["training"]
-        values["training"] = (
-            f"- trained in {t['seconds']:.0f} s to a validation loss of {t['val_loss']:.4f} "
-            "nats/token;\n"
-        )
+        values["training"] = dict(seconds=f"{t['seconds']:.0f}", val_loss=f"{t['val_loss']:.4f}")
     ft = results[(results.probe == Probe.FINETUNE) & (results.split == "test")]
     ft = ft[ft.metric == "accuracy"]
     if len(ft):
         r = ft.iloc[0]
-        values["finetune"] = (
-            f"\n\nFine-tuned (head on layer {int(r.layer)}): test {100 * r.value:.2f}% "
-            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]."
+        values["finetune"] = dict(
+            layer=int(r.layer),
+            acc=f"{100 * r.value:.2f}%",
+            ci=f"{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}",
         )
     controls = results[results.probe.isin(PIXEL_CONTROLS) & (results.split == "test")]
     n_eval = controls.n_eval.dropna()
     if len(n_eval):
-        values["test_images"] = f"\n\nTest images: {int(n_eval.iloc[0]):,}."
+        values["test_images"] = f"{int(n_eval.iloc[0]):,}"
     if track is not None and len(track):
         summ = track_summary(track)
         files += track_figures(track, summ, out)
-        values["track"] = "\n\n" + track_markdown(track, summ)
+        values["track"] = track_markdown(track, summ)
     text = render("campaign", **values)
     with atomic_write(out / "README.md", "w") as f:
         f.write(text.rstrip() + "\n")

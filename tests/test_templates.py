@@ -1,0 +1,76 @@
+"""The words of reports and cards are Jinja2 templates (igpt_eval/reporting/templates):
+each one parses, is rendered by the code, and a value it names that the code did not pass is
+an error, never a blank in a report."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+import igpt_eval
+from igpt_eval.reporting.templates import environment, paragraph, render
+
+REPORTING = Path(igpt_eval.__file__).parent / "reporting"
+TEMPLATES = REPORTING / "templates"
+LEFTOVER = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}")
+
+
+def template_names() -> set[str]:
+    return {p.stem for p in TEMPLATES.glob("*.md")}
+
+
+def rendered_names() -> set[str]:
+    """The templates the reporting code renders: ``render("name"`` or
+    ``render("name.macro"`` in its modules, and ``{% from "name.md" ... %}`` in templates."""
+    code = "\n".join(p.read_text() for p in REPORTING.glob("*.py") if p.stem != "templates")
+    names = {m.split(".")[0] for m in re.findall(r'render\(\s*"([\w.]+)"', code)}
+    words = "\n".join(p.read_text() for p in TEMPLATES.glob("*.md"))
+    return names | set(re.findall(r'\{% (?:from|import|include) "(\w+)\.md"', words))
+
+
+def test_every_template_parses_and_is_used():
+    assert "campaign" in template_names()
+    for name in template_names():
+        environment().get_template(f"{name}.md")  # a syntax error raises here
+    assert rendered_names() == template_names()
+
+
+def campaign_values() -> dict:
+    return dict(
+        name="n", command="igpt-eval campaign", device="cpu", torch="2", status="done",
+        drawn_by="", n_layer=2, n_embd=8, n_px=4, colours=4, plan=None, training=None,
+        stages="data 1 s", table="| t |", paired=["best − last: +0.1 pp"], finetune=None,
+        test_images="10", track=None,
+    )  # fmt: skip
+
+
+def test_a_template_names_every_value_it_needs():
+    text = render("campaign", **campaign_values())
+    assert text.startswith("# Campaign: n\n") and "| t |" in text
+    assert "- best − last: +0.1 pp\n\nTest images: 10.\n" in text
+    assert not LEFTOVER.search(text)
+    values = campaign_values()
+    del values["table"]
+    with pytest.raises(jinja2.UndefinedError, match="table"):
+        render("campaign", **values)
+    values = campaign_values() | dict(plan=dict(steps=3))  # a half-filled sentence
+    with pytest.raises(jinja2.UndefinedError, match="ms_per_step"):
+        render("campaign", **values)
+
+
+def test_a_missing_template_is_an_error():
+    with pytest.raises(jinja2.TemplateNotFound):
+        render("no-such-report")
+
+
+def test_paragraph_joins_a_block_one_sentence_a_line():
+    assert paragraph("  One.\n\n  Two,\n  three.\n") == "One. Two, three.\n"
+    text = environment().from_string(
+        "{% filter paragraph %}\n{% if a %}\nA is.\n{% else %}\nA is not.\n{% endif %}\nEnd.\n"
+        "{% endfilter %}\n\nNext.\n"
+    )
+    assert text.render(a=True) == "A is. End.\n\nNext.\n"
+    assert text.render(a=False) == "A is not. End.\n\nNext.\n"
