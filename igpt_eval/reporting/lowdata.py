@@ -11,6 +11,7 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.reporting.figures import new_figure
+from igpt_eval.reporting.templates import render
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,14 +40,14 @@ def _label(method: str, model: str) -> str:
 
 def lowdata_table(df: pd.DataFrame) -> str:
     """A markdown table like the paper's low-data table: test accuracy (%) mean ± std over
-    seeds, one row per method and model, one column per K."""
+    seeds, one row per method and model, one column per K; then its caption and
+    :func:`lowdata_trends` (``templates/lowdata.md``; no final newline)."""
     s = lowdata_summary(df)
     ks = sorted(s.labels_per_class.unique())
-    head = ["method"] + [f"K={k}" for k in ks]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {"linear probe": 0, "fine-tune": 1, "raw pixels": 2}
     keys = s[["method", "model"]].drop_duplicates()
     keys = keys.assign(o=keys.method.map(order).fillna(3)).sort_values(["o", "model"])
+    rows = []
     for m, model in zip(keys.method, keys.model, strict=True):
         mine = s[(s.method == m) & (s.model == model)].set_index("labels_per_class")
         cells = []
@@ -57,37 +58,30 @@ def lowdata_table(df: pd.DataFrame) -> str:
             r = mine.loc[k]
             layer = f" (l{r.layers})" if m == "linear probe" else ""
             cells.append(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{layer}")
-        lines.append(f"| {_label(m, model)} | " + " | ".join(cells) + " |")
-    n = int(s.n.max())
-    note = (
-        f"\n\nTest accuracy (%), mean ± std over {n} seed{'s' if n > 1 else ''}; K labelled "
-        "images per class (a quarter of them, at most 20, held out to choose C, the probe layer "
-        "(lN) and the fine-tuning stopping point); one fixed stratified test subset for all."
-    )
-    return "\n".join(lines) + note + "\n\n" + lowdata_trends(s)
+        rows.append(dict(label=_label(m, model), cells=cells))
+    text = render("lowdata", ks=ks, rows=rows, seeds=int(s.n.max()), trends=lowdata_trends(s))
+    return text.rstrip("\n")
 
 
-def lowdata_trends(summary: pd.DataFrame) -> str:
-    """One line per method and model saying whether its mean test accuracy rises with K
-    (asked of fine-tuning too: more labels must never buy less accuracy), naming the
-    first K where it does not. ``summary``: :func:`lowdata_summary`."""
-    lines = []
+def lowdata_trends(summary: pd.DataFrame) -> list[dict]:
+    """Per method and model, whether its mean test accuracy rises with K (asked of
+    fine-tuning too: more labels must never buy less accuracy): ``trend`` is ``"rises"``
+    (with the accuracies, ``path``), ``"drop"`` (with the first K where it does not, ``k``,
+    and the K before it) or ``"one"`` (one K only). ``summary``: :func:`lowdata_summary`."""
+    out = []
     for (m, model), g in summary.groupby(["method", "model"], sort=False):
         g = g.sort_values("labels_per_class")
         ks, acc = list(g.labels_per_class), [100 * v for v in g["mean"]]
-        path = " < ".join(f"{a:.1f}" for a in acc)
         drops = [i for i in range(1, len(ks)) if acc[i] <= acc[i - 1]]
+        t = dict(label=_label(m, model), trend="rises", path=[f"{a:.1f}" for a in acc])
         if len(ks) < 2:
-            verdict = "one K only: no trend"
-        elif not drops:
-            verdict = f"rises with K ({path})"
-        else:
+            t["trend"] = "one"
+        elif drops:
             i = drops[0]
-            verdict = (
-                f"**does not rise with K**: K={ks[i]} {acc[i]:.1f} ≤ K={ks[i - 1]} {acc[i - 1]:.1f}"
-            )
-        lines.append(f"- {_label(m, model)}: {verdict}")
-    return "\n".join(lines)
+            t |= dict(trend="drop", k=ks[i], acc=f"{acc[i]:.1f}")
+            t |= dict(k_before=ks[i - 1], acc_before=f"{acc[i - 1]:.1f}")
+        out.append(t)
+    return out
 
 
 def lowdata_figure(df: pd.DataFrame) -> Figure:

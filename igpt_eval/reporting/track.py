@@ -23,6 +23,7 @@ from igpt_eval.reporting.figures import (
     new_figure,
     save_figure,
 )
+from igpt_eval.reporting.templates import render
 from igpt_eval.results import summary
 from igpt_eval.studies.track import loss_accuracy_correlation
 
@@ -73,56 +74,54 @@ def track_figures(results: pd.DataFrame, summ: pd.DataFrame, out: str | Path) ->
     return files
 
 
-def describe_correlation(corr: pd.DataFrame) -> list[str]:
-    """One sentence per run on whether probe accuracy rises as the loss falls."""
-    out = []
-    for r in corr.itertuples():
-        if not np.isfinite(r.spearman_rho):
-            out.append(f"- **{r.run}**: too few distinct snapshots ({r.n_snapshots}) for a trend.")
-            continue
-        if r.spearman_rho <= -0.8:
-            words = "the best layer's probe accuracy rises as the validation loss falls"
-        elif r.spearman_rho < 0:
-            words = "accuracy tends to rise as the loss falls, but not monotonically"
-        else:
-            words = "no sign that accuracy rises as the loss falls"
-        out.append(
-            f"- **{r.run}**: {words} (Spearman ρ = {r.spearman_rho:+.2f} over "
-            f"{r.n_snapshots} snapshots)."
-        )
-    return out
+def trend(rho: float) -> str:
+    """Whether probe accuracy rises as the loss falls, from Spearman's ``rho`` between
+    them: ``"rises"`` (ρ ≤ −0.8), ``"tends"`` (ρ < 0), ``"none"``, or ``"undefined"`` (too
+    few distinct snapshots)."""
+    if not np.isfinite(rho):
+        return "undefined"
+    return "rises" if rho <= -0.8 else "tends" if rho < 0 else "none"
 
 
 def track_markdown(
     results: pd.DataFrame, summ: pd.DataFrame, source: str = "", command: str = ""
 ) -> str:
     """The report section for track results (``summ``: their :func:`track_summary`): the
-    per-snapshot table and the trend words, with the ``command`` that measured them."""
+    per-snapshot table and the trend words (``templates/track.md``), with the ``command``
+    that measured them."""
     corr = loss_accuracy_correlation(summ)
     n_test = results[(results.split == "test") & (results.probe == "lbfgs")].n_eval
-    lines = [
-        "## Training dynamics (`igpt-eval track`)",
-        "",
-        f"Every layer of every training snapshot probed with one protocol and image sample"
-        f"{f' ({int(n_test.iloc[0]):,} test images)' if len(n_test) else ''}"
-        f"{f', results in `{source}`' if source else ''}. Best layer chosen on validation; "
-        "step 0 is the untrained network (the random-weights control).",
-        *([f"Measured by `{command}`.", ""] if command else [""]),
-        "| run | step | val loss | best layer (val) | test acc [95% CI] | last layer |",
-        "| --- | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for r in summ.itertuples():
-        lines.append(
-            f"| {r.run} | {r.step} | {r.val_loss:.4f} | {r.best_layer} of {r.n_layers} | "
-            f"{100 * r.best_test_acc:.2f}% [{100 * r.best_ci_low:.2f}, "
-            f"{100 * r.best_ci_high:.2f}] | {100 * r.last_test_acc:.2f}% |"
+    snapshots = [
+        dict(
+            run=r.run,
+            step=r.step,
+            val_loss=f"{r.val_loss:.4f}",
+            best_layer=r.best_layer,
+            n_layers=r.n_layers,
+            best=f"{100 * r.best_test_acc:.2f}% [{100 * r.best_ci_low:.2f}, "
+            f"{100 * r.best_ci_high:.2f}]",
+            last=f"{100 * r.last_test_acc:.2f}%",
         )
-    lines += ["", *describe_correlation(corr), ""]
-    for stem, title in [("track_loss_vs_probe", "Probe accuracy vs generative loss")] + [
-        (f"track_heatmap-{_file_stem(run)}", f"Layer × step, {run}") for run in summ.run.unique()
-    ]:
-        lines += [f"![{title}]({stem}.png)", ""]
-    return "\n".join(lines)
+        for r in summ.itertuples()
+    ]
+    trends = [
+        dict(
+            run=r.run,
+            trend=trend(r.spearman_rho),
+            rho=f"{r.spearman_rho:+.2f}",
+            n_snapshots=r.n_snapshots,
+        )
+        for r in corr.itertuples()
+    ]
+    return render(
+        "track",
+        n_test=f"{int(n_test.iloc[0]):,}" if len(n_test) else None,
+        source=source,
+        command=command,
+        snapshots=snapshots,
+        trends=trends,
+        runs=[dict(name=run, stem=_file_stem(run)) for run in summ.run.unique()],
+    )
 
 
 def track_loss_accuracy(
