@@ -6,7 +6,9 @@
   curves, palette), on bare Agg figures;
 - :mod:`~igpt_eval.reporting.model_figures`: figures of one trained model (its loss curve,
   grids of samples and completions);
-- :mod:`~igpt_eval.reporting.words`: the sentences of a report, computed from the numbers;
+- :mod:`~igpt_eval.reporting.words`: the verdicts and numbers behind a report's sentences;
+- :mod:`~igpt_eval.reporting.templates`: the words and markdown of every report and card
+  (``templates/*.md``, Jinja2), filled with those numbers;
 - :mod:`~igpt_eval.reporting.report`: ``igpt-eval report`` (``reports/README.md`` and its
   figures);
 - :mod:`~igpt_eval.reporting.track`, :mod:`~igpt_eval.reporting.lowdata`: the tables,

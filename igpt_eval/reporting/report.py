@@ -6,7 +6,8 @@ writes figures (PNG + SVG) and a README whose every number is computed from thos
 
     build_report("runs/compare", "reports")
 
-The words are generated too, from the same numbers (:mod:`igpt_eval.reporting.words`).
+The words are ``templates/report.md`` (and the phrases of ``templates/_words.md``), filled
+with the same numbers (:mod:`igpt_eval.reporting.words`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,9 @@ from igpt_eval.reporting.tables import (
     random_summaries,
     table_markdown,
 )
+from igpt_eval.reporting.templates import render
 from igpt_eval.reporting.track import track_figures, track_markdown
-from igpt_eval.reporting.words import (
-    compare_words,
-    describe_cka,
-    describe_depth_curve,
-    describe_knn,
-)
+from igpt_eval.reporting.words import cka_views, depth_curve_view, difference, knn_views
 from igpt_eval.results import load_results
 from igpt_eval.studies.track import load_track, track_summary
 
@@ -89,16 +86,20 @@ def load_comparison(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
     return df, load_cka(results_dir)
 
 
-def _training_lines(logs: dict[str, Path]) -> list[str]:
+def _training(logs: dict[str, Path]) -> list[dict]:
+    """Per model with a training log: its steps and its train loss early and late."""
     out = []
     for name, f in logs.items():
         log = read_log(f)
         val = log.dropna(subset=["val_loss"])
-        v = f", final validation loss {val.val_loss.iloc[-1]:.4f}" if len(val) else ""
         out.append(
-            f"- **{name}**: {int(log.step.max())} optimizer steps, train loss "
-            f"{log.train_loss.iloc[:10].mean():.4f} → {log.train_loss.iloc[-50:].mean():.4f} "
-            f"(mean of the first 10 / last 50 steps){v} (nats per token)."
+            dict(
+                name=name,
+                steps=int(log.step.max()),
+                first=f"{log.train_loss.iloc[:10].mean():.4f}",
+                last=f"{log.train_loss.iloc[-50:].mean():.4f}",
+                val=f"{val.val_loss.iloc[-1]:.4f}" if len(val) else None,
+            )
         )
     return out
 
@@ -109,10 +110,6 @@ def file_stems(labels: list[str]) -> dict[str, str]:
     label with its weights hash."""
     bare = [bare_name(x) for x in labels]
     return {x: b if bare.count(b) == 1 else x for x, b in zip(labels, bare, strict=True)}
-
-
-def _figure_line(title: str, stem: str) -> str:
-    return f"### {title}\n\n![{title}]({stem}.png)\n\n([SVG]({stem}.svg))\n"
 
 
 def build_report(
@@ -136,9 +133,9 @@ def build_report(
     track_df = None
     if track_dir is not None:  # read (and checked) before anything is written
         track_df = load_track(track_dir)
-    ft_md = None
+    finetune = None
     if finetune_dirs:
-        ft_md = finetune_section(
+        finetune = finetune_section(
             *load_finetunes(finetune_dirs),
             df,
             load_predictions(results_dir),
@@ -148,59 +145,42 @@ def build_report(
     names = list(summaries)
     stems = file_stems(names)
     colours = fig.model_colours(names)
-    baseline = fig.baseline_of(df)
     controls = dict(
         baseline=fig.baselines_of(df), random=random_summaries(df), concat=concat_summaries(df)
     )
     dataset = df.dataset.dropna().iloc[0]
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    figs: list[str] = []  # README sections, in order
-    notes: list[str] = []
+    figs: list[dict] = []  # the README's figures, in order (templates/report.md names them)
 
-    drawn = fig.depth_curve(
-        summaries,
-        relative=True,
-        colours=colours,
-        title=f"linear probes of every layer, {dataset}",
-        **controls,
-    )
-    files += fig.save_figure(drawn, out / "depth_curves")
-    figs.append(_figure_line("Depth curves, all models (relative depth)", "depth_curves"))
+    def draw(drawn, stem: str, kind: str, **names) -> None:
+        files.extend(fig.save_figure(drawn, out / stem))
+        figs.append(dict(kind=kind, stem=stem, **names))
+
+    title = f"linear probes of every layer, {dataset}"
+    draw(fig.depth_curve(summaries, relative=True, colours=colours, title=title, **controls),
+         "depth_curves", "depth curves")  # fmt: skip
     for n, s in summaries.items():
-        drawn = fig.depth_curve(
-            {n: s}, colours=colours, title=f"linear probes of {n}, {dataset}", **controls
-        )
-        files += fig.save_figure(drawn, out / f"depth_curve-{stems[n]}")
-        figs.append(_figure_line(f"Depth curve of {n}", f"depth_curve-{stems[n]}"))
+        title = f"linear probes of {n}, {dataset}"
+        drawn = fig.depth_curve({n: s}, colours=colours, title=title, **controls)
+        draw(drawn, f"depth_curve-{stems[n]}", "depth curve", model=n)
     if len(accuracy_rows(df, "knn")):
-        files += fig.save_figure(fig.knn_curve(df, colours=colours), out / "knn")
-        figs.append(_figure_line("kNN accuracy per layer", "knn"))
+        draw(fig.knn_curve(df, colours=colours), "knn", "knn")
     if cka is not None:
         vmin = fig.cka_vmin(cka)  # one colour scale for every heatmap
         for (a, b), _ in cka.groupby(["model_a", "model_b"], sort=False):
             stem = f"cka-{stems[a]}" if a == b else f"cka-{stems[a]}-vs-{stems[b]}"
-            files += fig.save_figure(fig.cka_heatmap(cka, a, b, vmin=vmin), out / stem)
-            figs.append(_figure_line(f"CKA, {a if a == b else f'{a} vs {b}'}", stem))
-    else:
-        notes.append(f"No CKA table in {results_dir}/cka: CKA heatmaps not drawn.")
+            draw(fig.cka_heatmap(cka, a, b, vmin=vmin), stem, "cka", a=a, b=b)
 
     dirs = _model_dirs(results_dir, names)
     logs = {
         n: d / "train_log.csv" for n, d in dirs.items() if d and (d / "train_log.csv").is_file()
     }
-    notes += [
-        f"No training log for {n}: its training curve is not drawn." for n in names if n not in logs
-    ]
     if logs:
-        drawn = fig.training_curves(logs, colours=colours)
-        files += fig.save_figure(drawn, out / "training_curves")
-        figs.append(_figure_line("Training curves", "training_curves"))
+        draw(fig.training_curves(logs, colours=colours), "training_curves", "training curves")
     pal_dir = next((d for d in dirs.values() if d and (d / "palette.npy").is_file()), None)
     if pal_dir is not None:
-        drawn = fig.palette_swatch(Palette.load(pal_dir / "palette.npy"))
-        files += fig.save_figure(drawn, out / "palette")
-        figs.append(_figure_line("Palette", "palette"))
+        draw(fig.palette_swatch(Palette.load(pal_dir / "palette.npy")), "palette", "palette")
     for n, d in dirs.items():
         src = d / "completions.png" if d else None
         if src is not None and src.is_file():
@@ -208,97 +188,68 @@ def build_report(
             if not dst.exists() or not dst.samefile(src):
                 shutil.copyfile(src, dst)
             files.append(dst)
-            figs.append(
-                f"### Completions by {n}\n\n![completions]({dst.name})\n\n(from the "
-                f"model card: `igpt-eval model-card --model {_shown(d)}`)\n"
-            )
+            figs.append(dict(kind="completions", model=n, file=dst.name, folder=_shown(d)))
 
-    low = None
+    lowdata = None
     if lowdata_dir is not None and any(Path(lowdata_dir).glob("results.*")):
         low_df = load_results(Path(lowdata_dir) / "results.parquet")
-        files += fig.save_figure(lowdata_figure(low_df), out / "lowdata")
-        figs.append(_figure_line("Low-data: linear probe vs fine-tuning vs pixels", "lowdata"))
-        low = (lowdata_table(low_df), lowdata_dir)
-    elif lowdata_dir is not None:
-        notes.append(f"No low-data results in {lowdata_dir} (`igpt-eval lowdata`): not drawn.")
+        draw(lowdata_figure(low_df), "lowdata", "lowdata")
+        lowdata = dict(table=lowdata_table(low_df), source=lowdata_dir)
 
-    track_md = None
+    track = None
     if track_df is not None:
         summ = track_summary(track_df)
         files += track_figures(track_df, summ, out)
-        track_md = track_markdown(track_df, summ, source=_shown(Path(track_dir)))
+        track = track_markdown(track_df, summ, source=_shown(Path(track_dir)))
 
-    table = comparison_table(df)
-    md = _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command)
-    if low is not None:  # its own section, before the figures
-        head, sep, tail = md.partition("## Figures")
-        md = (
-            head
-            + (f"## Low data (`igpt-eval lowdata`, results in `{low[1]}`)\n\n{low[0]}\n\n")
-            + sep
-            + tail
-        )
-    if track_md is not None:  # its own section, before the figures
-        head, sep, tail = md.partition("## Figures")
-        md = head + track_md + "\n" + sep + tail
-    if ft_md is not None:
-        head, sep, tail = md.partition("## Figures")
-        md = head + "## Fine-tuning (`igpt-eval finetune`)\n\n" + ft_md + "\n" + sep + tail
+    md = render(
+        "report",
+        **_readme_values(df, summaries, cka, logs, results_dir, command),
+        not_drawn=dict(
+            cka=cka is None,
+            logs=[n for n in names if n not in logs],
+            lowdata=lowdata_dir if lowdata is None and lowdata_dir is not None else None,
+        ),
+        lowdata=lowdata,
+        track=track,
+        finetune=finetune,
+        figures=figs,
+    )
     with atomic_write(out / "README.md", "w") as f:
         f.write(md)
     return files + [out / "README.md"]
 
 
-def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
-    """Sentences comparing the models' linear probes at their layers chosen on validation:
-    paired (``best_vs_best`` rows) when the results have them, else the gap, untested."""
+def _model_pairs(table: pd.DataFrame, diffs: pd.DataFrame) -> dict:
+    """The models' linear probes compared at their layers chosen on validation: paired
+    (``best_vs_best`` rows, ``paired``) when the results have them, else the two best
+    models' gap, untested (``untested``; None with fewer than two models)."""
     pairs = diffs[(diffs.contrast == Contrast.BEST_VS_BEST) & (diffs.probe == Probe.LBFGS)]
-    if len(pairs):
-        out = []
-        for _, r in pairs.iterrows():
-            a = f"**{r.model}** (layer {int(r.layer)})"
-            b = f"**{r.vs_model}** (layer {int(r.vs_layer)})"
-            out += [f"At the layers chosen on validation, {compare_words(r, a, b)}.", ""]
-        return out
-    models = [r for r in table.itertuples() if r.model not in (PIXELS, PIXELS_NATIVE)]
-    if len(models) < 2:
-        return []
-    a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
-    return [
-        f"At the layers chosen on validation, **{a.model}** is "
-        f"{100 * (a.best_acc - b.best_acc):.2f} points above **{b.model}** on test; untested "
-        "(no per-example predictions), and overlapping or separate marginal CIs do not "
-        "decide it.",
-        "",
+    paired = [
+        dict(
+            a=r.model, a_layer=int(r.layer), b=r.vs_model, b_layer=int(r.vs_layer), d=difference(r)
+        )  # fmt: skip
+        for _, r in pairs.iterrows()
     ]
+    models = [r for r in table.itertuples() if r.model not in (PIXELS, PIXELS_NATIVE)]
+    untested = None
+    if not paired and len(models) >= 2:
+        a, b = sorted(models, key=lambda r: -r.best_acc)[:2]
+        untested = dict(a=a.model, b=b.model, points=f"{100 * (a.best_acc - b.best_acc):.2f}")
+    return dict(paired=paired, untested=untested)
 
 
-def _control_setup(df: pd.DataFrame) -> list[str]:
-    """Setup lines for the controls the results hold beyond the pixel baseline: native
-    pixels, random-weights twins, the multi-layer probe."""
-    out = []
+def _controls(df: pd.DataFrame) -> dict:
+    """The controls the results hold beyond the pixel baseline: native pixels (and their
+    size), random-weights twins, the multi-layer probe (and its span)."""
     native = accuracy_rows(df, PIXELS_NATIVE)
-    if len(native):
-        n = native.n_features.iloc[0] if "n_features" in native else np.nan
-        size = "" if pd.isna(n) else f" ({int(n)} numbers an image)"
-        out.append(
-            "- Baseline: the same linear probe on the dataset's own pixels at native "
-            f"resolution{size}, neither resized nor quantised, in [-1, 1]."
-        )
-    if random_summaries(df):
-        out.append(
-            "- Control: each model's random-weights twin, the same architecture at the "
-            "initialisation its training run started from, probed alike (same protocol, "
-            "splits and samples; its own layer chosen on validation)."
-        )
+    n = native.n_features.iloc[0] if len(native) and "n_features" in native else np.nan
     cat = df[(df.probe == CONCAT) & (df.split == "test")]
-    if len(cat):
-        out.append(
-            f"- Multi-layer probe: the {int(cat.concat_layers.iloc[0])} layers centred on "
-            "the layer chosen on validation (shifted inwards at the ends), concatenated and "
-            "probed with the same protocol."
-        )
-    return out
+    return dict(
+        native=dict(size=None if pd.isna(n) else int(n)) if len(native) else None,
+        random=bool(random_summaries(df)),
+        concat_layers=int(cat.concat_layers.iloc[0]) if len(cat) else None,
+    )
 
 
 def _subject(df: pd.DataFrame, summaries: dict) -> str:
@@ -315,83 +266,44 @@ def _writer(results_dir: Path) -> str:
     return "igpt-eval compare" if (results_dir / "tables").is_dir() else "igpt-eval probe"
 
 
-def _readme(df, table, summaries, baseline, cka, logs, figs, notes, results_dir, command):
-    dataset = df.dataset.dropna().iloc[0]
+def _readme_values(df, summaries, cka, logs, results_dir, command) -> dict:
+    """What ``templates/report.md`` states of the comparison, besides its extra sections."""
     diffs = differences(df)
     knn = accuracy_rows(df, "knn")
     lb = df[(df.probe == "lbfgs") & (df.split == "test")]
-    n_test = int(lb.n_eval.iloc[0]) if "n_eval" in lb and len(lb) else None
-    lines = [
-        f"# Where do the best features live? {_subject(df, summaries)}, layer by layer",
-        "",
-        f"Generated by `{command or 'igpt-eval report'}` from the results in `{results_dir}` "
-        f"(written by `{_writer(results_dir)}`). Every number below is computed from those "
-        "files; rerun both commands to regenerate this page.",
-        "",
-        "## Setup",
-        "",
-        f"- Dataset: `{dataset}`" + (f", {n_test} test images." if n_test else "."),
-        "- Models: "
-        + ", ".join(
-            f"`{n}` ({df.loc[df.model == n, 'objective'].iloc[0]}, {int(s.layer.max())} layers)"
-            for n, s in summaries.items()
-        )
-        + ".",
-        "- Linear probes: multinomial logistic regression (L-BFGS) on each layer's "
-        "mean-pooled features; C chosen on a validation split carved from train, refit on "
-        "train + val, test reported once with a bootstrap 95% CI.",
-    ]
-    if len(knn):
-        lines.append(
-            f"- kNN: cosine similarity, k = {knn.k.iloc[0]:g}, temperature "
-            f"{knn.temperature.iloc[0]:g} (DINO's weighted vote); bank = train + val, queries "
-            "= test; the layer is chosen by validation queries against a train-only bank."
-        )
-    if baseline is not None:
-        lines.append(
-            "- Baseline: the same linear probe on the raw palette-quantised pixels (what the "
-            "models see), flattened, in [-1, 1]."
-        )
-    lines += _control_setup(df)
-    if cka is not None:
-        lines.append(f"- CKA: linear, on {int(cka.n.iloc[0])} test images.")
-    if len(diffs):
-        lines.append(
-            "- Differences are paired, on the same test images: a bootstrap 95% CI of the "
-            "accuracy difference (the same resampled images for both sides) and McNemar's "
-            "exact test, from the per-example test predictions in `predictions.npz`. A "
-            "difference whose CI includes 0 is not called one."
-        )
-    lines += ["", "## Linear probes", "", table_markdown(table), ""]
-    lines += [
-        "Best layer = the layer with the highest *validation* accuracy (the random-weights "
-        "twin's too); the − columns (best − last, best − pixels, …) are test-accuracy "
-        "differences in percentage points, "
-        + (
-            "with paired 95% CIs and McNemar p-values."
-            if len(diffs)
-            else "untested: these results hold no per-example test predictions (written "
-            "by an earlier version); rerun `igpt-eval compare` for paired CIs."
-        ),
-        "",
-    ]
+    baseline = fig.baseline_of(df)
+    table = comparison_table(df)
+    curves = []
     for n, s in summaries.items():
         mine = diffs[(diffs.model == n) & diffs.probe.isin(["lbfgs", CONCAT])]
-        lines += [describe_depth_curve(n, s, baseline, mine), ""]
-    lines += _model_pairs(table, diffs)
-    if len(knn):
-        lines += ["## kNN", "", *describe_knn(df), ""]
-    if cka is not None:
-        lines += ["## CKA", "", *describe_cka(cka), ""]
-    if logs:
-        lines += ["## Training", "", *_training_lines(logs), ""]
-        if {"ar", "bert"} <= set(df.objective):
-            lines += [
-                "AR and BERT losses are not comparable: BERT's is measured on the masked "
-                "15% of positions only.",
-                "",
-            ]
-    if notes:
-        lines += ["## Not drawn", "", *[f"- {x}" for x in notes], ""]
-    lines += ["## Figures", "", *figs]
-    return "\n".join(lines)
+        curves.append(depth_curve_view(n, s, baseline, mine))
+    return dict(
+        subject=_subject(df, summaries),
+        command=command or "igpt-eval report",
+        results_dir=results_dir,
+        writer=_writer(results_dir),
+        dataset=df.dataset.dropna().iloc[0],
+        n_test=int(lb.n_eval.iloc[0]) if "n_eval" in lb and len(lb) else None,
+        models=[
+            dict(
+                name=n,
+                objective=df.loc[df.model == n, "objective"].iloc[0],
+                layers=int(s.layer.max()),
+            )  # fmt: skip
+            for n, s in summaries.items()
+        ],
+        knn=dict(k=f"{knn.k.iloc[0]:g}", temperature=f"{knn.temperature.iloc[0]:g}")
+        if len(knn)
+        else None,
+        baseline=baseline is not None,
+        controls=_controls(df),
+        cka_images=int(cka.n.iloc[0]) if cka is not None else None,
+        paired=bool(len(diffs)),
+        table=table_markdown(table),
+        curves=curves,
+        pairs=_model_pairs(table, diffs),
+        knn_lines=knn_views(df) if len(knn) else [],
+        cka=cka_views(cka) if cka is not None else [],
+        training=_training(logs),
+        ar_and_bert={"ar", "bert"} <= set(df.objective),
+    )

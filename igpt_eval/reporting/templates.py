@@ -9,8 +9,9 @@ code did not pass is an error (:class:`jinja2.StrictUndefined`): a bug in the re
 code, never a user's input.
 
 Whitespace: a line holding only a ``{% ... %}`` tag leaves nothing in the output
-(``trim_blocks``, ``lstrip_blocks``), and ``{% filter paragraph %}`` joins the lines of a
-block into one line, so that a paragraph can be written one sentence a line.
+(``trim_blocks``, ``lstrip_blocks``), and ``{% filter paragraph %}`` (``phrase``: without
+the newline) joins the lines of a block into one line, so that a paragraph can be written
+one sentence a line.
 
 Jinja2 is imported on the first :func:`render`, not with this module: only the commands
 that write reports pay for it.
@@ -21,10 +22,15 @@ from __future__ import annotations
 from functools import cache
 
 
+def phrase(text: str) -> str:
+    """The non-blank lines of ``text``, stripped and joined by one space: one line of
+    words from a block written one sentence (or clause) a line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def paragraph(text: str) -> str:
-    """The non-blank lines of ``text``, stripped and joined by one space, and a newline: one
-    markdown paragraph (one line) from a block written one sentence a line."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip()) + "\n"
+    """:func:`phrase` and a newline: one markdown paragraph (one line)."""
+    return phrase(text) + "\n"
 
 
 def pct(x: float) -> str:
@@ -50,7 +56,7 @@ def environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(paragraph=paragraph, pct=pct, thousands=thousands)
+    env.filters.update(paragraph=paragraph, phrase=phrase, pct=pct, thousands=thousands)
     return env
 
 
