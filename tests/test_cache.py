@@ -9,7 +9,7 @@ import torch
 
 from igpt_eval.cache import ActivationCache, ExtractSettings, row_masks, write_cache
 from igpt_eval.cache import writer as cache_writer
-from igpt_eval.cache.manifest import masking
+from igpt_eval.cache.manifest import Manifest, masking
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock
 from igpt_eval.model.config import IGPTConfig
@@ -96,7 +96,7 @@ def test_bert_with_zero_masks_is_read_unmasked(tmp_path, data):
     cache = run(model, data, tmp_path / "c", bert_masks=0, layers=[2])
     x = torch.from_numpy(data[0][:8].astype(np.int64))
     np.testing.assert_array_equal(cache[2][:8], model.features(x, [2], n_masks=0)[0].numpy())
-    assert cache.manifest["seed"] is None
+    assert cache.manifest.seed is None
 
 
 def test_masking_fields_are_one_rule_for_writer_and_lookups(tmp_path, data):
@@ -109,7 +109,7 @@ def test_masking_fields_are_one_rule_for_writer_and_lookups(tmp_path, data):
         cache = run(make_model(kind), data, tmp_path / f"{kind}{masks}", bert_masks=masks,
                     seed=7, layers=[1])  # fmt: skip
         want = masking(kind, masks, 7)
-        assert {k: cache.manifest[k] for k in want} == want
+        assert {k: getattr(cache.manifest, k) for k in want} == want
 
 
 def test_float16_and_full_sequence(tmp_path, data):
@@ -135,6 +135,27 @@ def test_other_sites(tmp_path, data):
 
 
 # --------------------------------------------------------------------------- reading
+def test_manifest_record_round_trips_the_file(tmp_path, data):
+    """``manifest.json`` is a :class:`Manifest` written and read back: the same object, key
+    for key; keys this version does not know survive; another format, another version or a
+    missing field is one clear error."""
+    cache = run(make_model("bert"), data, tmp_path / "c", bert_masks=2, full_sequence_layer=1)
+    on_disk = json.loads((tmp_path / "c/manifest.json").read_text())
+    m = Manifest.from_json(on_disk)
+    assert m == cache.manifest and m.to_json() == on_disk
+    assert m.full_sequence.file == "blocks.1.ln_1.full.npy" and m.full_sequence.shape == [N, T, 32]
+    assert m.data_files()[-2:] == ["blocks.1.ln_1.full.npy", "labels.npy"]
+    newer = {**on_disk, "note": "from a later writer"}
+    assert Manifest.from_json(newer).to_json() == newer
+    with pytest.raises(IGPTError, match="not an activation cache"):
+        Manifest.from_json({**on_disk, "format": "igpt-eval-tokens"})
+    with pytest.raises(IGPTError, match="version 2"):
+        Manifest.from_json({**on_disk, "version": 2})
+    broken = {k: v for k, v in on_disk.items() if k != "dim"}
+    with pytest.raises(IGPTError, match="corrupt"):
+        Manifest.from_json(broken, tmp_path / "c")
+
+
 def test_manifest_and_reader(tmp_path, data):
     cache = run(make_model(), data, tmp_path / "c", identity={"model": "m", "split": "test"})
     m = json.loads((tmp_path / "c/manifest.json").read_text())

@@ -143,7 +143,7 @@ def test_commands_run_from_anywhere_share_the_caches(tmp_path, ckpt, tiny_npz, m
 
 def test_split_all_and_dataset_from_run_json(tmp_path, ckpt, capsys):
     assert main(cli_args(tmp_path, ckpt, "--split", "all", "--layers", "3")) == 0
-    sizes = {s: ActivationCache.open(tmp_path / "acts" / s).manifest["n"] for s in ("train",
+    sizes = {s: ActivationCache.open(tmp_path / "acts" / s).manifest.n for s in ("train",
              "val", "test")}  # fmt: skip
     assert sizes == {"train": 54, "val": 6, "test": 12}
     assert main(["info", str(tmp_path / "acts/val")]) == 0

@@ -108,7 +108,7 @@ def test_finetune_and_lowdata_flags_reach_their_configs():
     from igpt_eval.cli import build_parser
     from igpt_eval.cli.common import config_from_args
     from igpt_eval.studies.lowdata import LowDataConfig
-    from igpt_eval.train.finetune import FinetuneConfig
+    from igpt_eval.train.settings import FinetuneConfig
 
     parser = build_parser()
     args = parser.parse_args(

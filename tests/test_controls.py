@@ -84,7 +84,7 @@ def test_random_twin_features_are_the_initialisation(ar_run):
     assert kinds.to_dict() == {twin: "random", "pixels": "control", PIXELS_NATIVE: "control"}
     assert all(k.startswith(f"{twin}/") for k in pred.pred if not k.startswith("pixels"))
     test = ActivationCache.open(root / "acts-random/test")
-    assert "random weights, seed 3" in test.manifest["model"]
+    assert "random weights, seed 3" in test.manifest.model
     # The cache holds IGPT.initialised(config, run seed)'s features of the test images...
     from igpt_eval.data import load_dataset
 

@@ -18,8 +18,9 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.model import IGPT, load_model, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.results import COLUMNS, load_results
-from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
+from igpt_eval.train.finetune import FineTuner, with_classifier
 from igpt_eval.train.finetune_runs import run_finetune
+from igpt_eval.train.settings import FinetuneConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -19,9 +19,10 @@ from igpt_eval.model.head import feature_scale, fold_standardisation, pooled_fea
 from igpt_eval.model.sources import resolve_model
 from igpt_eval.probes.logistic import LogisticProbe, probe_head
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
-from igpt_eval.train.finetune import FinetuneConfig, FineTuner, with_classifier
+from igpt_eval.train.finetune import FineTuner, with_classifier
 from igpt_eval.train.finetune_runs import LRSweep, finetune_lr_sweep, run_finetune
 from igpt_eval.train.runs import walk_rates
+from igpt_eval.train.settings import FinetuneConfig
 from tests.test_finetune import ft_args, labelled, pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -111,7 +111,7 @@ def test_probe_cli_train_size(tmp_path, tiny_model, tiny_npz, capsys, monkeypatc
 
     train = ActivationCache.open(tmp_path / "acts/train")
     assert np.bincount(np.asarray(train.labels)).tolist() == [10, 10, 10]  # stratified
-    assert "30 of 54 images" in train.manifest["split"]
+    assert "30 of 54 images" in train.manifest.split
     test = ActivationCache.open(tmp_path / "acts/test")
     assert np.bincount(np.asarray(test.labels)).tolist() == [3, 3, 3]
     assert ActivationCache.open(tmp_path / "acts/val").n == 6  # whole: below its cap

@@ -123,8 +123,8 @@ def test_three_sources_and_convert_give_identical_features(
     assert feats["st"].shape == (L + 1, 60, D)
     assert np.array_equal(feats["st"], feats["bin"]) and np.array_equal(feats["st"], feats["hub"])
     # The cache records where the weights came from.
-    assert manifest["repo"] == REPO and manifest["commit"] == COMMIT
-    assert manifest["weights_hash"] and manifest["model"] == offline_hub
+    assert manifest.hub["repo"] == REPO and manifest.hub["commit"] == COMMIT
+    assert manifest.weights_hash and manifest.model == offline_hub
     # convert takes the same sources; its checkpoint gives the same features.
     assert main(["convert", "--from-hf", offline_hub, "--out", str(tmp_path / "ours")]) == 0
     assert "16 colours" in capsys.readouterr().out
@@ -240,7 +240,7 @@ def test_grey_images_into_an_rgb_palette_are_announced(hf_sources, tmp_path, cap
     cache = extract(hf_sources["safetensors"],
                     DataSource(f"npz:{grey}", token_cache=tmp_path / "tokens"), "test",
                     tmp_path / "acts")  # fmt: skip
-    assert cache.manifest["n"] > 0
+    assert cache.manifest.n > 0
     assert "read as RGB (R = G = B)" in caplog.text
 
 
@@ -324,5 +324,5 @@ def test_stl10_and_cifar100_at_the_models_resolution(hf_sources, tmp_path, name)
             (folder / part).write_bytes(_py2_style_pickle(d))
     cache = extract(hf_sources["safetensors"], DataSource(name, root, token_cache=tmp_path / "tok"),
                     "test", tmp_path / "acts")  # fmt: skip
-    assert cache.manifest["n"] == 3 and cache.manifest["seq_len"] == N_PX * N_PX
+    assert cache.manifest.n == 3 and cache.manifest.seq_len == N_PX * N_PX
     assert np.asarray(cache[L]).shape == (3, D) and np.isfinite(np.asarray(cache[L])).all()

@@ -2,7 +2,8 @@
 
 :func:`write_cache` runs a model over a ``[N, T]`` token array and writes, into one folder::
 
-    manifest.json          what the cache holds and how far it got (replaced atomically)
+    manifest.json          what the cache holds and how far it got (replaced atomically;
+                           its record is Manifest, :mod:`~igpt_eval.cache.manifest`)
     blocks.0.ln_1.npy      float32 (or float16) [N, d], one file per layer, named by site
     ...
     ln_f.npy               the last layer (the final norm) for the default site
@@ -48,12 +49,13 @@ from importlib import import_module
 # Each public name and the module that defines it, imported on first use: the light
 # settings module (ExtractSettings) is read by the command line at start-up, before torch.
 _HOME = {
-    "FORMAT": "reader",
+    "FORMAT": "manifest",
     "ActivationCache": "reader",
     "ExtractSettings": "settings",
+    "Manifest": "manifest",
     "extract": "extraction",
     "extract_split": "extraction",
-    "read_manifest": "reader",
+    "read_manifest": "manifest",
     "row_masks": "writer",
     "write_cache": "writer",
 }

@@ -1,34 +1,35 @@
-"""What an activation cache is asked for, and whether an existing one can serve it.
+"""The record of an activation cache: :class:`Manifest`, what ``manifest.json`` holds.
 
-:func:`request` validates what :func:`~igpt_eval.cache.writer.write_cache` is asked for and
-returns the manifest that calls for: the inputs' identity (weights hash, palette hash, dataset
-fingerprint) and every extraction setting. :func:`mismatch` says why a cache on disk cannot
+A manifest names the inputs (weights hash, palette hash, dataset fingerprint), every
+extraction setting, the files, and how far the extraction got. It is written with
+:meth:`Manifest.to_json` and read with :meth:`Manifest.from_json`, which refuses a file of
+another format or version with one line. :func:`mismatch` says why a cache on disk cannot
 serve a request (``None`` when it can): a cache is reused only when every field of
-``_IDENTITY`` matches, never silently otherwise (docs/design.md, "Activation cache").
+``IDENTITY`` matches, never silently otherwise (docs/design.md, "Activation cache").
+
+A light module (no torch): the command line and the readers use it without a model.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
-import torch
-
-from igpt_eval.cache.reader import DTYPES, FORMAT, VERSION
-from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import array_hash
-from igpt_eval.model.loading import state_dict_hash
-from igpt_eval.model.sites import check_kind, check_layers, site_name, valid_layers
-from igpt_eval.train import distributed as dist
 
+FORMAT = "igpt-eval-activations"
+VERSION = 1
+MANIFEST, LABELS, LOCK = "manifest.json", "labels.npy", ".lock"
+DTYPES = ("float32", "float16")
 MASK_SCHEME = "per row i: numpy.random.default_rng([seed, i]).random((n_masks, T)) < mask_prob"
-
-# Forward-pass precision -> the autocast dtype handed to IGPT.features.
-COMPUTE = {"float32": None, "bfloat16": torch.bfloat16}
+POOLING = "mean"  # every pooled layer is the mean over positions
+HUB_KEYS = ("repo", "revision", "commit")  # where Hub weights came from (absent otherwise)
 
 # Manifest fields a cache must share with the request to be reused (label for messages).
-_IDENTITY = {
+IDENTITY = {
     "state_dict_hash": "model weights",
     "palette_hash": "palette",
     "dataset_fingerprint": "dataset fingerprint",
@@ -44,6 +45,122 @@ _IDENTITY = {
 }
 
 
+@dataclass(frozen=True)
+class FullSequence:
+    """One layer kept at every position: ``file`` holds ``shape = [N, T, d]`` of ``dtype``."""
+
+    layer: int
+    site: str
+    file: str
+    dtype: str
+    shape: list[int]
+
+
+@dataclass
+class Manifest:
+    """What an activation cache holds and how far its extraction got."""
+
+    # --- the inputs
+    model: str | None  # a name for people; the hashes below identify the inputs
+    objective: str  # "ar" or "bert"
+    model_config: dict  # the IGPTConfig, as config.json holds it
+    weights_hash: str  # the checkpoint file's hash (else the state dict's)
+    state_dict_hash: str  # the parameters' hash, however they were loaded
+    palette_hash: str | None
+    dataset: str | None
+    split: str | None  # "test", or how a sample was drawn from it
+    dataset_fingerprint: str  # of the images (or of the tokens and labels given)
+    # --- what was extracted, and how
+    site: str  # the site kind: ln_1, resid_pre, ...
+    layers: list[int]
+    sites: list[str]  # each layer's site name, and the stem of its file
+    dtype: str  # of the stored features
+    n: int  # images
+    seq_len: int
+    dim: int
+    batch_size: int  # fixed batch boundaries: a resumed cache keeps them
+    bert_masks: int = 0  # masks averaged per image (BERT models; AR: 0)
+    seed: int | None = None  # the masks' seed (None: unmasked)
+    mask_scheme: str | None = None
+    full_sequence: FullSequence | None = None
+    compute: str = "float32"  # forward precision: float32 or bfloat16 autocast
+    world_size: int = 1  # processes that wrote it
+    hub: dict = field(default_factory=dict)  # repo, revision, commit of Hub weights
+    # --- progress
+    rows_completed: int = 0  # rows on disk, committed after they were flushed
+    complete: bool = False
+    checksums: dict = field(default_factory=dict)  # file name -> sha256, once complete
+    created: str | None = None
+    finished: str | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Each pooled layer's file, by site name."""
+        return {s: f"{s}.npy" for s in self.sites}
+
+    def data_files(self) -> list[str]:
+        """Every data file of the cache, in a fixed order (layers, full sequence, labels)."""
+        names = [self.files[s] for s in self.sites]
+        if self.full_sequence is not None:
+            names.append(self.full_sequence.file)
+        return [*names, LABELS]
+
+    def to_json(self) -> dict:
+        """The ``manifest.json`` object."""
+        d = dataclasses.asdict(self)
+        hub, extra = d.pop("hub"), d.pop("extra")
+        d.update(format=FORMAT, version=VERSION, files=self.files, pooling=POOLING)
+        d.update(shape=[self.n, self.dim], **{k: hub[k] for k in HUB_KEYS if hub.get(k)})
+        for key in ("created", "finished"):
+            if d[key] is None:
+                del d[key]
+        return {**extra, **d}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str | os.PathLike = "the manifest") -> Manifest:
+        """The manifest of a ``manifest.json`` object; one :class:`IGPTError` for another
+        format or version, or a record that is not a manifest."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            kind = d.get("format") if isinstance(d, dict) else None
+            raise IGPTError(f"{where} is not an activation cache's ({kind!r})")
+        if d.get("version") != VERSION:
+            raise IGPTError(
+                f"{where} is an activation cache of version {d.get('version')}; this "
+                f"igpt-eval reads version {VERSION} (rebuild with --rebuild-cache)"
+            )
+        names = {f.name for f in dataclasses.fields(cls)} - {"hub", "extra"}
+        derived = {"format", "version", "files", "pooling", "shape", *HUB_KEYS}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["hub"] = {k: d[k] for k in HUB_KEYS if d.get(k)}
+        kw["extra"] = {k: v for k, v in d.items() if k not in names and k not in derived}
+        if kw.get("full_sequence") is not None:
+            kw["full_sequence"] = FullSequence(**kw["full_sequence"])
+        try:
+            return cls(**kw)
+        except TypeError as e:  # a field missing: written by something else
+            raise IGPTError(
+                f"{where} is corrupt ({e}); rebuild the cache with --rebuild-cache"
+            ) from None
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The folder's ``manifest.json`` as written (any format), None when there is none;
+    unreadable → one :class:`IGPTError`."""
+    f = Path(path) / MANIFEST
+    try:
+        m = json.loads(f.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise IGPTError(f"{f} is corrupt ({e}); rebuild the cache with --rebuild-cache") from None
+    if not isinstance(m, dict):
+        raise IGPTError(
+            f"{f} is corrupt (not a JSON object); rebuild the cache with --rebuild-cache"
+        )
+    return m
+
+
 def masking(objective: str, bert_masks: int, seed: int | None) -> dict:
     """The manifest's masking fields for a model of ``objective``: AR models are read
     unmasked, so neither the mask count nor its seed applies to them (one rule for the
@@ -56,95 +173,18 @@ def masking(objective: str, bert_masks: int, seed: int | None) -> dict:
     }
 
 
-def request(model, tokens, labels, settings: ExtractSettings, identity: dict | None) -> dict:
-    """Validate what :func:`write_cache` is asked for (``settings`` with the compute
-    precision and batch size resolved); the manifest that calls for."""
-    layers, site, dtype = settings.layers, settings.site, settings.dtype
-    full_layer, full_dtype = settings.full_sequence_layer, settings.full_sequence_dtype
-    batch_size, compute, bert_masks = settings.batch_size, settings.compute, settings.bert_masks
-    cfg, L = model.config, model.config.n_layer
-    check_kind(site)
-    layers = check_layers(valid_layers(site, L) if layers is None else list(layers), site, L)
-    for name, value in (("dtype", dtype), ("full-sequence dtype", full_dtype)):
-        if value not in DTYPES:
-            raise IGPTError(f"unknown {name} {value!r}; choose one of {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise IGPTError(f"batch size must be >= 1, got {batch_size}")
-    if compute not in COMPUTE:
-        raise IGPTError(f"unknown compute precision {compute!r}; choose one of {COMPUTE}")
-    shape = getattr(tokens, "shape", ())
-    if len(shape) != 2 or not np.issubdtype(np.asarray(tokens[:0]).dtype, np.integer):
-        raise IGPTError(f"tokens must be an integer array [N, T], got shape {list(shape)}")
-    n, T = shape
-    if n == 0:
-        raise IGPTError("no images to extract: the split is empty")
-    if T != cfg.n_positions:
-        raise IGPTError(
-            f"tokens have {T} positions but the model reads {cfg.n_px}x{cfg.n_px} = "
-            f"{cfg.n_positions}; tokenise the data at the model's n_px"
-        )
-    if np.shape(labels) != (n,):
-        raise IGPTError(f"labels have shape {list(np.shape(labels))}, expected [{n}]")
-    bert = cfg.objective == "bert"
-    if bert and bert_masks < 0:
-        raise IGPTError(f"bert_masks must be >= 0, got {bert_masks}")
-    full = None
-    if full_layer is not None:
-        (full_layer,) = check_layers([full_layer], site, L)
-        name = site_name(full_layer, site, L)
-        full = {"layer": full_layer, "site": name, "file": f"{name}.full.npy",
-                "dtype": full_dtype, "shape": [n, T, cfg.n_embd]}  # fmt: skip
-    ident = dict(identity or {})
-    sd_hash = state_dict_hash(model)
-    if not ident.get("dataset_fingerprint"):
-        both = array_hash(np.asarray(tokens)) + array_hash(np.asarray(labels))
-        ident["dataset_fingerprint"] = hashlib.sha256(both.encode()).hexdigest()[:16]
-    sites = [site_name(layer, site, L) for layer in layers]
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": ident.get("model"),
-        # Where the weights came from when it was the Hugging Face Hub (else absent).
-        **{k: ident[k] for k in ("repo", "revision", "commit") if ident.get(k)},
-        "objective": cfg.objective,
-        "model_config": cfg.to_dict(),
-        "weights_hash": ident.get("weights_hash") or sd_hash,
-        "state_dict_hash": sd_hash,
-        "palette_hash": ident.get("palette_hash"),
-        "dataset": ident.get("dataset"),
-        "split": ident.get("split"),
-        "dataset_fingerprint": ident["dataset_fingerprint"],
-        "site": site,
-        "layers": layers,
-        "sites": sites,
-        "files": {s: f"{s}.npy" for s in sites},
-        "pooling": "mean",
-        "dtype": dtype,
-        "n": n,
-        "seq_len": T,
-        "dim": cfg.n_embd,
-        "shape": [n, cfg.n_embd],
-        "batch_size": batch_size,
-        **masking(cfg.objective, bert_masks, settings.seed),
-        "full_sequence": full,
-        "compute": compute,
-        "world_size": dist.world_size(),
-        "rows_completed": 0,
-        "complete": False,
-        "checksums": {},
-    }
-
-
-def mismatch(m: dict, req: dict) -> str | None:
-    """Why the cache with manifest ``m`` cannot serve ``req`` (None when it can)."""
-    if m.get("format") != FORMAT:
-        return f"of another kind ({m.get('format')!r}, not activations)"
-    if m.get("version") != VERSION:
-        return f"in format version {m.get('version')} (this igpt-eval writes {VERSION})"
-    for key, label in _IDENTITY.items():
-        old, new = m.get(key), req[key]
-        if key == "palette_hash" and (old is None or new is None):
+def mismatch(old: dict, req: Manifest) -> str | None:
+    """Why the cache whose ``manifest.json`` holds ``old`` cannot serve ``req`` (None when it
+    can). Compared as written on disk, so a file of another kind or version is named."""
+    if old.get("format") != FORMAT:
+        return f"of another kind ({old.get('format')!r}, not activations)"
+    if old.get("version") != VERSION:
+        return f"in format version {old.get('version')} (this igpt-eval writes {VERSION})"
+    new = req.to_json()
+    for key, label in IDENTITY.items():
+        was, asked = old.get(key), new[key]
+        if key == "palette_hash" and (was is None or asked is None):
             continue  # not recorded on one side: nothing to compare
-        if old != new:
-            return f"for another {label}: {old} (asked for {new})"
+        if was != asked:
+            return f"for another {label}: {was} (asked for {asked})"
     return None

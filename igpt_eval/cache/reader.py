@@ -1,37 +1,16 @@
-"""Reading activation caches: the on-disk format and :class:`ActivationCache`."""
+"""Reading activation caches: :class:`ActivationCache` (its record is
+:class:`~igpt_eval.cache.manifest.Manifest`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from igpt_eval.cache.manifest import FORMAT, LABELS, Manifest, read_manifest
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash
-
-FORMAT = "igpt-eval-activations"
-VERSION = 1
-MANIFEST, LABELS, LOCK = "manifest.json", "labels.npy", ".lock"
-DTYPES = ("float32", "float16")
-
-
-# --------------------------------------------------------------------------- reading
-def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The folder's manifest (any format), None when there is none; corrupt → IGPTError."""
-    f = Path(path) / MANIFEST
-    try:
-        m = json.loads(f.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise IGPTError(f"{f} is corrupt ({e}); rebuild the cache with --rebuild-cache") from None
-    if not isinstance(m, dict):
-        raise IGPTError(
-            f"{f} is corrupt (not a JSON object); rebuild the cache with --rebuild-cache"
-        )
-    return m
 
 
 def open_npy(path: Path, shape: tuple, dtype: str) -> np.memmap:
@@ -52,14 +31,6 @@ def open_npy(path: Path, shape: tuple, dtype: str) -> np.memmap:
     return a
 
 
-def data_files(m: dict) -> list[str]:
-    """Every data file of a cache, in a fixed order (layers, full sequence, labels)."""
-    names = [m["files"][s] for s in m["sites"]]
-    if m.get("full_sequence"):
-        names.append(m["full_sequence"]["file"])
-    return [*names, LABELS]
-
-
 class ActivationCache:
     """An activation cache on disk (see the module docstring), opened for reading.
 
@@ -68,19 +39,18 @@ class ActivationCache:
     layers. An incomplete cache shows only its committed rows.
     """
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: Manifest):
         self.path, self.manifest = Path(path), manifest
-        m = manifest
-        rows = m["rows_completed"]
+        m, rows = manifest, manifest.rows_completed
         self._arrays = {
-            layer: open_npy(self.path / m["files"][s], (m["n"], m["dim"]), m["dtype"])[:rows]
-            for layer, s in zip(m["layers"], m["sites"], strict=True)
+            layer: open_npy(self.path / m.files[s], (m.n, m.dim), m.dtype)[:rows]
+            for layer, s in zip(m.layers, m.sites, strict=True)
         }
-        self._names = dict(zip(m["sites"], m["layers"], strict=True))
-        self.labels = open_npy(self.path / LABELS, (m["n"],), "int64")[:rows]
-        fs = m.get("full_sequence")
+        self._names = dict(zip(m.sites, m.layers, strict=True))
+        self.labels = open_npy(self.path / LABELS, (m.n,), "int64")[:rows]
+        fs = m.full_sequence
         self.full_sequence = (
-            open_npy(self.path / fs["file"], fs["shape"], fs["dtype"])[:rows] if fs else None
+            open_npy(self.path / fs.file, fs.shape, fs.dtype)[:rows] if fs else None
         )
 
     @classmethod
@@ -91,12 +61,7 @@ class ActivationCache:
         m = read_manifest(path)
         if m is None or m.get("format") != FORMAT:
             raise IGPTError(f"no activation cache in {path}; build one with `igpt-eval extract`")
-        if m.get("version") != VERSION:
-            raise IGPTError(
-                f"{path} is an activation cache of version {m.get('version')}; "
-                f"this igpt-eval reads version {VERSION} (rebuild with --rebuild-cache)"
-            )
-        cache = cls(path, m)
+        cache = cls(path, Manifest.from_json(m, path))
         if verify:
             cache.verify()
         return cache
@@ -104,35 +69,35 @@ class ActivationCache:
     # ---------------------------------------------------------------- properties
     @property
     def layers(self) -> list[int]:
-        return list(self.manifest["layers"])
+        return list(self.manifest.layers)
 
     @property
     def site(self) -> str:
         """The site kind (``ln_1``, ``resid_pre``, ...)."""
-        return self.manifest["site"]
+        return self.manifest.site
 
     @property
     def sites(self) -> list[str]:
         """The site name of each layer (``blocks.0.ln_1``, ..., ``ln_f``)."""
-        return list(self.manifest["sites"])
+        return list(self.manifest.sites)
 
     @property
     def n(self) -> int:
         """Rows readable now (all ``N`` images once complete)."""
-        return int(self.manifest["rows_completed"])
+        return self.manifest.rows_completed
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.manifest.dim
 
     @property
     def complete(self) -> bool:
-        return self.manifest.get("complete") is True
+        return self.manifest.complete is True
 
     @property
     def full_sequence_layer(self) -> int | None:
-        fs = self.manifest.get("full_sequence")
-        return fs["layer"] if fs else None
+        fs = self.manifest.full_sequence
+        return fs.layer if fs else None
 
     # ---------------------------------------------------------------- mapping
     def __getitem__(self, key) -> np.ndarray:
@@ -155,11 +120,11 @@ class ActivationCache:
 
     def __repr__(self) -> str:
         m = self.manifest
-        status = "complete" if self.complete else f"incomplete, {self.n}/{m['n']} rows"
+        status = "complete" if self.complete else f"incomplete, {self.n}/{m.n} rows"
         return (
-            f"ActivationCache({str(self.path)!r}, model={m.get('model')}, "
-            f"split={m.get('split')}, n={m['n']}, d={self.dim}, layers {_span(self.layers)} "
-            f"@ {self.site}, {m['dtype']}, {status})"
+            f"ActivationCache({str(self.path)!r}, model={m.model}, "
+            f"split={m.split}, n={m.n}, d={self.dim}, layers {_span(self.layers)} "
+            f"@ {self.site}, {m.dtype}, {status})"
         )
 
     def verify(self) -> list[str]:
@@ -170,10 +135,10 @@ class ActivationCache:
         """
         if not self.complete:
             raise IGPTError(
-                f"{self.path} is incomplete ({self.n}/{self.manifest['n']} rows) and has no "
+                f"{self.path} is incomplete ({self.n}/{self.manifest.n} rows) and has no "
                 "checksums yet; rerun the extraction to finish it"
             )
-        sums = self.manifest["checksums"]
+        sums = self.manifest.checksums
         for name, want in sums.items():
             if file_hash(self.path / name) != want:
                 raise IGPTError(

@@ -1,7 +1,7 @@
 """What an activation cache holds and how its features are computed: :class:`ExtractSettings`.
 
 One frozen object that :func:`~igpt_eval.cache.writer.write_cache`, the manifest
-(:func:`~igpt_eval.cache.manifest.request`), :func:`~igpt_eval.cache.extraction.extract` and
+(:func:`~igpt_eval.cache.request.request`), :func:`~igpt_eval.cache.extraction.extract` and
 the managed cache's folder name (:meth:`ExtractSettings.tag`) all read, so a new extraction
 knob is one field here. Light (no torch): the command line reads the defaults for ``--help``.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -14,15 +15,9 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from igpt_eval.cache.manifest import COMPUTE, mismatch, request
-from igpt_eval.cache.reader import (
-    LABELS,
-    LOCK,
-    MANIFEST,
-    ActivationCache,
-    data_files,
-    read_manifest,
-)
+from igpt_eval.cache.manifest import LABELS, LOCK, MANIFEST, Manifest, mismatch, read_manifest
+from igpt_eval.cache.reader import ActivationCache
+from igpt_eval.cache.request import COMPUTE, request
 from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, file_lock, save_npy, write_json
@@ -103,8 +98,8 @@ def write_cache(
                 m = _prepare(out, req, np.asarray(labels), overwrite)
             dist.barrier()  # the files exist before any other rank opens them
             if not main:
-                m = read_manifest(out)
-            if not m["complete"]:
+                m = Manifest.from_json(read_manifest(out), out)
+            if not m.complete:
                 _fill(model, tokens, out, m)
                 if main:
                     _finish(out, m)
@@ -114,39 +109,41 @@ def write_cache(
                 raise
             done = (read_manifest(out) or {}).get("rows_completed", 0)
             raise IGPTError(
-                f"disk full while writing {out} ({done} of {req['n']} rows saved); free some "
+                f"disk full while writing {out} ({done} of {req.n} rows saved); free some "
                 "space and rerun the same command to continue"
             ) from None
     return ActivationCache.open(out)
 
 
-def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
+def _prepare(out: Path, req: Manifest, labels: np.ndarray, overwrite: bool) -> Manifest:
     """Under the lock: the manifest to continue from, creating the cache when needed."""
     try:
-        old = read_manifest(out)
+        written = read_manifest(out)
+        why = None if written is None else mismatch(written, req)
+        # Its record, when it is one this version reads (a matching one always is).
+        old = None if written is None or why else Manifest.from_json(written, out)
     except IGPTError:
         if not overwrite:
             raise
-        old = None
-    if old is not None:
-        why = mismatch(old, req)
+        written = old = why = None
+    if written is not None:
         if why is not None and not overwrite:
             raise IGPTError(f"{out} holds activations {why}; pass --rebuild-cache to rebuild it")
-        if why is None and old["complete"]:
+        if why is None and old.complete:
             try:
                 ActivationCache.open(out)  # shapes and sizes, not checksums: cheap
                 return old
             except IGPTError:
                 if not overwrite:
                     raise
-        elif why is None and old["batch_size"] != req["batch_size"] and not overwrite:
+        elif why is None and old.batch_size != req.batch_size and not overwrite:
             raise IGPTError(
-                f"{out} holds an incomplete cache ({old['rows_completed']}/{old['n']} rows) "
-                f"written with batch size {old['batch_size']}; rerun with --batch-size "
-                f"{old['batch_size']} to resume it, or pass --rebuild-cache to start again"
+                f"{out} holds an incomplete cache ({old.rows_completed}/{old.n} rows) "
+                f"written with batch size {old.batch_size}; rerun with --batch-size "
+                f"{old.batch_size} to resume it, or pass --rebuild-cache to start again"
             )
         elif why is None and _files_ok(out, old):
-            return old  # resume from old["rows_completed"]
+            return old  # resume from old.rows_completed
     elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         if not overwrite:
             raise IGPTError(
@@ -154,28 +151,28 @@ def _prepare(out: Path, req: dict, labels: np.ndarray, overwrite: bool) -> dict:
                 "or pass --rebuild-cache"
             )
     check_disk(out, req)
-    return _create(out, req, labels, old)
+    return _create(out, req, labels, written)
 
 
-def cache_bytes(m: dict) -> int:
+def cache_bytes(m: Manifest) -> int:
     """Bytes a cache's data files take on disk (the pooled layers, the full-sequence layer,
     the labels), from its manifest or request."""
-    per = np.dtype(m["dtype"]).itemsize * m["n"] * m["dim"]
-    total = per * len(m["sites"]) + 8 * m["n"]
-    if m["full_sequence"]:
-        fs = m["full_sequence"]
-        total += np.dtype(fs["dtype"]).itemsize * int(np.prod(fs["shape"]))
+    per = np.dtype(m.dtype).itemsize * m.n * m.dim
+    total = per * len(m.sites) + 8 * m.n
+    if m.full_sequence:
+        fs = m.full_sequence
+        total += np.dtype(fs.dtype).itemsize * int(np.prod(fs.shape))
     return int(total)
 
 
-def check_disk(out: Path, req: dict) -> None:
+def check_disk(out: Path, req: Manifest) -> None:
     """Log what a new cache will take and refuse it (one :class:`IGPTError`, nothing
     written) when the file system under ``out`` has less free space than that."""
     need = cache_bytes(req)
     where = next(p for p in (out, *out.parents) if p.exists())
     free = shutil.disk_usage(where).free
     what = (
-        f"{req['n']:,} images x {len(req['sites'])} sites x {req['dim']} {req['dtype']} = "
+        f"{req.n:,} images x {len(req.sites)} sites x {req.dim} {req.dtype} = "
         f"{_gb(need)} on disk, {_gb(free)} free"
     )
     if need > free:
@@ -190,7 +187,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def _files_ok(out: Path, m: dict) -> bool:
+def _files_ok(out: Path, m: Manifest) -> bool:
     try:
         ActivationCache(out, m)
         return True
@@ -198,25 +195,37 @@ def _files_ok(out: Path, m: dict) -> bool:
         return False
 
 
-def _create(out: Path, req: dict, labels: np.ndarray, old: dict | None) -> dict:
-    """Start a new cache: manifest first (0 rows), then preallocated files."""
+def _create(out: Path, req: Manifest, labels: np.ndarray, old: dict | None) -> Manifest:
+    """Start a new cache: manifest first (0 rows), then preallocated files; the files of the
+    cache it replaces (``old``, its manifest as written) that this one does not reuse go."""
     out.mkdir(parents=True, exist_ok=True)
-    m = {**req, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    m = dataclasses.replace(req, created=datetime.now(UTC).isoformat(timespec="seconds"))
     # The manifest lands first, so a kill from here on leaves a cache that reads as
     # "0 rows done" (rerun resumes) rather than a folder of unexplained files.
-    write_json(out / MANIFEST, m)
-    if old is not None and isinstance(old.get("files"), dict):
-        with contextlib.suppress(KeyError, TypeError):
-            for name in set(data_files(old)) - set(data_files(m)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out / name)
-    for name in m["sites"]:
-        _allocate(out / m["files"][name], m["dtype"], (m["n"], m["dim"]))
-    if m["full_sequence"]:
-        fs = m["full_sequence"]
-        _allocate(out / fs["file"], fs["dtype"], tuple(fs["shape"]))
+    write_json(out / MANIFEST, m.to_json())
+    for name in _old_files(old) - set(m.data_files()):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out / name)
+    for name in m.sites:
+        _allocate(out / m.files[name], m.dtype, (m.n, m.dim))
+    if m.full_sequence:
+        fs = m.full_sequence
+        _allocate(out / fs.file, fs.dtype, tuple(fs.shape))
     save_npy(out / LABELS, labels.astype(np.int64))
     return m
+
+
+def _old_files(old: dict | None) -> set[str]:
+    """The data files a manifest as written names (none when it names them in no way this
+    version reads: those are left alone)."""
+    files = (old or {}).get("files")
+    if not isinstance(files, dict):
+        return set()
+    names = set(map(str, files.values())) | {LABELS}
+    fs = old.get("full_sequence")
+    if isinstance(fs, dict) and isinstance(fs.get("file"), str):
+        names.add(fs["file"])
+    return names
 
 
 def _allocate(path: Path, dtype: str, shape: tuple) -> None:
@@ -254,42 +263,40 @@ class _Rows:
         del mm  # unmapped: resident memory stays one batch, whatever N is
 
 
-def _batch(model, tokens: np.ndarray, row0: int, m: dict) -> list[np.ndarray]:
+def _batch(model, tokens: np.ndarray, row0: int, m: Manifest) -> list[np.ndarray]:
     """Features of one batch, in the order of :func:`data_files` (labels excluded)."""
     x = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     B, T = x.shape
     masks = [None]
-    if m["bert_masks"]:
+    if m.bert_masks:
         p = model.config.mask_prob
-        masks = list(row_masks(range(row0, row0 + B), T, m["bert_masks"], m["seed"], p))
-    layers, fs = m["layers"], m["full_sequence"]
+        masks = list(row_masks(range(row0, row0 + B), T, m.bert_masks, m.seed, p))
+    layers, fs = m.layers, m.full_sequence
     # One forward per mask for the pooled layers, and one more up to the full-sequence layer:
     # pooled features stay exactly what model.features gives. n_masks=0: the masks are ours
     # (with bert_masks=0, a BERT model is read unmasked rather than with a fresh mask).
-    ac = COMPUTE[m.get("compute", "float32")]
-    pooled = [model.features(x, layers, m["site"], mask=mk, n_masks=0, autocast=ac) for mk in masks]
+    ac = COMPUTE[m.compute]
+    pooled = [model.features(x, layers, m.site, mask=mk, n_masks=0, autocast=ac) for mk in masks]
     pooled = (sum(pooled) / len(masks)).cpu().numpy()  # (n_layers, B, d), as features() averages
-    outs = [pooled[i].astype(m["dtype"]) for i in range(len(layers))]
+    outs = [pooled[i].astype(m.dtype) for i in range(len(layers))]
     if fs:
         full = [
-            model.features(
-                x, [fs["layer"]], m["site"], pool=False, mask=mk, n_masks=0, autocast=ac
-            )[0]
+            model.features(x, [fs.layer], m.site, pool=False, mask=mk, n_masks=0, autocast=ac)[0]
             for mk in masks
         ]
-        outs.append((sum(full) / len(masks)).cpu().numpy().astype(fs["dtype"]))  # (B, T, d)
+        outs.append((sum(full) / len(masks)).cpu().numpy().astype(fs.dtype))  # (B, T, d)
     return outs
 
 
-def _fill(model, tokens, out: Path, m: dict) -> None:
+def _fill(model, tokens, out: Path, m: Manifest) -> None:
     """Compute every uncommitted batch (this rank's share, ``cpu_workers`` batches at a
     time) and commit round by round, in row order: a cache killed mid-round resumes from
     the last commit."""
-    n, B = m["n"], m["batch_size"]
+    n, B = m.n, m.batch_size
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
-    writers = [_Rows(out / name) for name in data_files(m)[:-1]]
+    writers = [_Rows(out / name) for name in m.data_files()[:-1]]
     n_batches = -(-n // B)
-    start = -(-m["rows_completed"] // B)  # rows_completed is a multiple of B, or n
+    start = -(-m.rows_completed // B)  # rows_completed is a multiple of B, or n
     W = cpu_workers(model.device)
     per_round = world * W  # each rank takes W consecutive batches of a round
 
@@ -297,7 +304,7 @@ def _fill(model, tokens, out: Path, m: dict) -> None:
         lo, hi = b * B, min(n, (b + 1) * B)
         return lo, _batch(model, tokens[lo:hi], lo, m)
 
-    desc = f"extract {m.get('dataset') or ''}/{m.get('split') or ''}".rstrip("/")
+    desc = f"extract {m.dataset or ''}/{m.split or ''}".rstrip("/")
     with (
         progress_bar(total=n, initial=min(n, start * B), desc=desc, unit="img") as bar,
         one_thread_each(W) as pool,
@@ -310,15 +317,15 @@ def _fill(model, tokens, out: Path, m: dict) -> None:
             dist.barrier()  # every rank's rows of this round are on disk
             done = min(n, (first + per_round) * B)
             if main:
-                m["rows_completed"] = done
-                write_json(out / MANIFEST, m)
+                m.rows_completed = done
+                write_json(out / MANIFEST, m.to_json())
             bar.update(done - bar.n)
 
 
-def _finish(out: Path, m: dict) -> None:
+def _finish(out: Path, m: Manifest) -> None:
     """Checksum every file once, then mark the cache complete."""
-    m["rows_completed"] = m["n"]
-    m["checksums"] = {name: file_hash(out / name) for name in data_files(m)}
-    m["complete"] = True
-    m["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_json(out / MANIFEST, m)
+    m.rows_completed = m.n
+    m.checksums = {name: file_hash(out / name) for name in m.data_files()}
+    m.complete = True
+    m.finished = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json(out / MANIFEST, m.to_json())

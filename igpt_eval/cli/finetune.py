@@ -134,9 +134,9 @@ def _add_finetune(sub) -> None:
 def _cmd_finetune(args) -> int:
     from igpt_eval.errors import IGPTError
     from igpt_eval.model.sources import model_name
-    from igpt_eval.train.finetune import FinetuneConfig
     from igpt_eval.train.finetune_runs import LRSweep, finetune_model
     from igpt_eval.train.malloc import keep_freed_memory
+    from igpt_eval.train.settings import FinetuneConfig
 
     keep_freed_memory()  # a training process: no page faults for every step's activations
     if args.epochs is not None and not args.epochs > 0:
@@ -179,7 +179,7 @@ def _probe_init(args, cfg):
     """``(cfg with layer, init_C and init_n set, the head fitter)`` from
     ``--init-from-probe``: the layer chosen on validation (or ``--layer``), its C and the
     size of the probe's training sample (the C is rescaled to the images the head is fitted
-    on: :class:`~igpt_eval.train.finetune.FinetuneConfig`)."""
+    on: :class:`~igpt_eval.train.settings.FinetuneConfig`)."""
     import dataclasses
 
     from igpt_eval.errors import IGPTError

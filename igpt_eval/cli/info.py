@@ -86,7 +86,7 @@ def _manifest(path: Path) -> str:
         m = json.loads((path / "manifest.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IGPTError(f"{path / 'manifest.json'} is corrupt: {e}") from None
-    from igpt_eval.cache.reader import FORMAT
+    from igpt_eval.cache.manifest import FORMAT
 
     if isinstance(m, dict) and m.get("format") == FORMAT:
         return _activations(path)
@@ -101,6 +101,7 @@ def _manifest(path: Path) -> str:
 def _activations(path: Path) -> str:
     """An activation cache: what it holds, how far it got, and whether its files check out."""
     from igpt_eval.cache import ActivationCache
+    from igpt_eval.cache.manifest import POOLING
 
     cache = ActivationCache.open(path)  # a missing or truncated file is an error here
     m = cache.manifest
@@ -108,20 +109,19 @@ def _activations(path: Path) -> str:
         status = "complete"
         checked = f"{len(cache.verify())} files match their sha256"  # tampering: an error
     else:
-        status = f"incomplete: {cache.n}/{m['n']} rows (rerun the extract command to finish)"
+        status = f"incomplete: {cache.n}/{m.n} rows (rerun the extract command to finish)"
         checked = "not yet computed (written when the cache is complete)"
-    fs = m.get("full_sequence")
-    masks = f"{m['bert_masks']} per image, seed {m['seed']}" if m.get("bert_masks") else "none"
+    fs = m.full_sequence
+    masks = f"{m.bert_masks} per image, seed {m.seed}" if m.bert_masks else "none"
     lines = [
         f"activation cache {path}",
-        f"  model       {m.get('model')} ({m.get('objective')}), weights {m.get('weights_hash')}",
-        f"  data        {m.get('dataset')} / {m.get('split')}, {m['n']} images, "
-        f"fingerprint {m.get('dataset_fingerprint')}, palette {m.get('palette_hash')}",
+        f"  model       {m.model} ({m.objective}), weights {m.weights_hash}",
+        f"  data        {m.dataset} / {m.split}, {m.n} images, "
+        f"fingerprint {m.dataset_fingerprint}, palette {m.palette_hash}",
         f"  features    layers {', '.join(map(str, cache.layers))} @ {cache.site} "
-        f"({cache.sites[0]} .. {cache.sites[-1]}), d={cache.dim}, {m['pooling']}-pooled, "
-        f"{m['dtype']}",
+        f"({cache.sites[0]} .. {cache.sites[-1]}), d={cache.dim}, {POOLING}-pooled, {m.dtype}",
         f"  BERT masks  {masks}",
-        f"  full seq.   {fs['site']} [N, {m['seq_len']}, d] {fs['dtype']}" if fs else None,
+        f"  full seq.   {fs.site} [N, {m.seq_len}, d] {fs.dtype}" if fs else None,
         f"  status      {status}",
         f"  checksums   {checked}",
     ]

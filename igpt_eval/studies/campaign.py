@@ -57,10 +57,10 @@ from igpt_eval.studies.campaign_plan import Plan, make_plan, model_config, weigh
 from igpt_eval.studies.probe import probe_model
 from igpt_eval.studies.settings import CampaignSettings, ProbeSettings, TrackSettings
 from igpt_eval.studies.track import track_runs
-from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import finetune_model
 from igpt_eval.train.pretrain import TrainConfig, Trainer
 from igpt_eval.train.runs import pretrain
+from igpt_eval.train.settings import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ import pandas as pd
 
 from igpt_eval.analysis.layers import cka_rows, knn_rows
 from igpt_eval.cache import ActivationCache
+from igpt_eval.cache.manifest import Manifest
 from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
@@ -173,7 +174,7 @@ def _cache_folder(root: Path, m: ModelInfo, s: ProbeSettings, random: bool = Fal
     return root / (tag + ("-bf16" if s.compute == "bfloat16" else ""))
 
 
-def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: dict) -> dict:
+def _rows_meta(m: ModelInfo, dataset: str, site: str, manifest: Manifest) -> dict:
     """The identifying columns of a model's kNN rows, as probe_model writes its own."""
     return dict(model=m.name, model_kind=ModelKind.TRAINED, objective=m.objective,
                 dataset=dataset, site_kind=site, **provenance(manifest))  # fmt: skip

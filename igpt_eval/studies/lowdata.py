@@ -45,8 +45,8 @@ from igpt_eval.names import RAW_PIXELS, ModelKind
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, save_results, to_frame
 from igpt_eval.studies.settings import LowDataConfig
-from igpt_eval.train.finetune import FinetuneConfig
 from igpt_eval.train.finetune_runs import FinetuneRecord, run_finetune
+from igpt_eval.train.settings import FinetuneConfig
 
 METHODS = ("linear probe", "fine-tune", "raw pixels")
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from igpt_eval.analysis.paired import differences
 from igpt_eval.cache.extraction import extract_split
+from igpt_eval.cache.manifest import Manifest
 from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
@@ -77,10 +78,10 @@ def load_features(caches: dict, layers: list[int] | None) -> tuple[dict, list[in
     return feats, layers, sites
 
 
-def provenance(manifest: dict) -> dict:
+def provenance(manifest: Manifest) -> dict:
     """The result columns that say which features were probed, read from a cache's manifest:
     the weights they came from and the BERT masks per image (0: none)."""
-    return dict(weights_hash=manifest.get("weights_hash"), bert_masks=manifest.get("bert_masks"))
+    return dict(weights_hash=manifest.weights_hash, bert_masks=manifest.bert_masks)
 
 
 def probe_model(
@@ -157,7 +158,7 @@ def probe_model(
         model=random_twin(source.label) if s.random_weights else source.label,
         model_kind=ModelKind.RANDOM if s.random_weights else ModelKind.TRAINED,
         objective=net.config.objective,
-        dataset=caches["test"].manifest.get("dataset"),
+        dataset=caches["test"].manifest.dataset,
         site_kind=s.site,
         **provenance(caches["test"].manifest),
     )
@@ -203,7 +204,7 @@ def layer_groups(caches: dict, layers: list[int], max_bytes: int) -> list[list[i
     layer by layer, so a model too large to hold every layer's features in memory (iGPT-L:
     49 sites x 1536 floats x 60,000 images, 18 GB) is probed a group at a time, with the
     same results."""
-    per_layer = 4 * caches["train"].manifest["dim"] * sum(len(c.labels) for c in caches.values())
+    per_layer = 4 * caches["train"].manifest.dim * sum(len(c.labels) for c in caches.values())
     size = max(1, int(max_bytes // max(per_layer, 1)))
     return [layers[i : i + size] for i in range(0, len(layers), size)]
 

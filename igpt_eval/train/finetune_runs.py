@@ -31,8 +31,9 @@ from igpt_eval.names import ModelKind, random_twin
 from igpt_eval.predictions import Predictions, prediction_key
 from igpt_eval.results import load_results, save_results, to_frame
 from igpt_eval.stats import bootstrap_accuracy_ci
-from igpt_eval.train.finetune import FinetuneConfig, FineTuner, HeadFitter, with_classifier
+from igpt_eval.train.finetune import FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
+from igpt_eval.train.settings import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
