@@ -8,17 +8,26 @@ from igpt_eval.cli.common import MODEL_HELP, add_token_cache_flag, refuse_overwr
 from igpt_eval.errors import IGPTError
 
 
-def _load(model):
-    """(model, palette, run.json) of any model source (``{}`` for a model not trained here);
-    the palette is required."""
+def _read(model):
+    """(source, palette, run.json) of any model source, its weights left unread (``{}``
+    for a model not trained here); the palette is required."""
     from igpt_eval.model.checkpoint import read_run
-    from igpt_eval.model.sources import load_source, resolve_model
+    from igpt_eval.model.sources import resolve_model, source_palette
 
     source = resolve_model(model)
-    net, palette, _ = load_source(source, "cpu")
+    palette = source_palette(source)
     if palette is None:
         raise IGPTError(f"{model} has no palette: its tokens cannot be turned into images")
-    return net, palette, read_run(source.path) if source.is_checkpoint else {}
+    return source, palette, read_run(source.path) if source.is_checkpoint else {}
+
+
+def _load(model):
+    """(model, palette, run.json) of any model source (:func:`_read`, the weights loaded)."""
+    from igpt_eval.model.sources import load_source
+
+    source, palette, run = _read(model)
+    net, _, _ = load_source(source, "cpu")
+    return net, palette, run
 
 
 def _dataset_name(args, run: dict) -> str:
@@ -121,6 +130,7 @@ def _add_model_card(sub) -> None:
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
     from igpt_eval.model.checkpoint import run_split_seed
+    from igpt_eval.model.sources import source_config
     from igpt_eval.reporting.classifier_card import is_finetune_folder, write_classifier_card
     from igpt_eval.reporting.modelcard import write_model_card
     from igpt_eval.reporting.probe_card import CARD, set_probe_section
@@ -141,7 +151,9 @@ def _cmd_model_card(args) -> int:
         print(f"linear-probe section of {card} written from {', '.join(sources)}")
         return 0
 
-    model, palette, run = _load(args.model)
+    # The card's numbers are measured below; here only what the data must match is read.
+    source, palette, run = _read(args.model)
+    n_px = source_config(source).n_px
     name = args.name or args.model.resolve().name
     refuse_overwrite(args.model / CARD, args.overwrite)
     if args.reports is not None:
@@ -154,16 +166,13 @@ def _cmd_model_card(args) -> int:
     seed = run_split_seed(run)
     splits = {}
     for split in ("train", "test"):
-        ds = load_dataset(
-            dataset, split=split, n_px=model.config.n_px, data_dir=args.data_dir, seed=seed
-        )
+        ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=args.data_dir, seed=seed)
         if split == "train" and run.get("train_fingerprint", ds.fingerprint) != ds.fingerprint:
             raise IGPTError(
                 f"the train split of {dataset} is not the one {args.model} was trained on "
                 "(its fingerprint differs from run.json); pass the run's --dataset and --data-dir"
             )
         splits[split] = load_tokens(ds, palette, args.token_cache).tokens
-    del model  # measure_checkpoint loads it again; keep one copy in memory
     measured = measure_checkpoint(
         args.model, train_tokens=splits["train"], test_tokens=splits["test"], seed=args.seed,
         batch_size=args.batch_size,
