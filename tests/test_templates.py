@@ -74,3 +74,15 @@ def test_paragraph_joins_a_block_one_sentence_a_line():
     )
     assert text.render(a=True) == "A is. End.\n\nNext.\n"
     assert text.render(a=False) == "A is not. End.\n\nNext.\n"
+
+
+def test_the_catch_up_line_says_when_the_pretrained_run_never_caught_up():
+    catch = dict(kind="catch up", model="m", target="80.00%", total=900, step=None)
+    text = render("finetune", finetuned=[], probes=[], pixels=None, differences=[catch])
+    assert text.endswith(
+        "- steps to reach the from-scratch run's best validation accuracy (80.00%, in 900 "
+        "steps): m fine-tuned never reached it\n"
+    )
+    with pytest.raises(jinja2.UndefinedError, match="fraction"):
+        render("finetune", finetuned=[], probes=[], pixels=None,
+               differences=[catch | dict(step=300)])  # fmt: skip

@@ -28,6 +28,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.names import PIXELS, random_twin, trained_of
 from igpt_eval.predictions import Predictions, load_predictions, prediction_key
 from igpt_eval.probes.paired import chosen
+from igpt_eval.reporting.templates import render
 from igpt_eval.results import load_results, probe_train_size
 from igpt_eval.stats import paired_difference
 
@@ -76,7 +77,7 @@ def finetune_section(
 ) -> str:
     """Markdown for the fine-tuned classifiers ``ft`` (:func:`load_finetunes`) and the
     comparison ``probes`` with its predictions: a table of test accuracies, then the paired
-    differences (see the module docstring). ``full_probes``: :func:`load_full_probes`."""
+    differences (see the module docstring; the words: ``templates/finetune.md``). ``full_probes``: :func:`load_full_probes`."""
     preds = Predictions().update(probe_pred)
     try:
         preds.update(ft_pred)
@@ -91,18 +92,22 @@ def finetune_section(
         r = _test_row(g)
         runs[model] = (r, prediction_key(model, FINETUNE, r.site))
         sources[model] = Path(source)
-    lines = [
-        "| classifier | test accuracy [95% CI] | recipe |",
-        "| --- | --- | --- |",
-    ]
-    for model, (r, _) in runs.items():
-        recipe = (
-            f"fine-tuned ({r.finetune_objective}, head on {r.site}), lr {r.lr:g}, "
-            f"best of {int(r.steps)} steps at step {int(r.n_iter)}"
+    finetuned = [
+        dict(
+            model=model,
+            acc=_acc(r),
+            objective=r.finetune_objective,
+            site=r.site,
+            lr=f"{r.lr:g}",
+            steps=int(r.steps),
+            step=int(r.n_iter),
         )
-        lines.append(f"| {model} | {_acc(r)} | {recipe} |")
-    for model, s in best.items():
-        lines.append(f"| {model} | {_acc(s, 'test_acc')} | linear probe, layer {int(s.layer)} |")
+        for model, (r, _) in runs.items()
+    ]
+    rows = [
+        dict(model=model, acc=_acc(s, "test_acc"), layer=int(s.layer), n_train=None)
+        for model, s in best.items()
+    ]
     full = []  # (model, best row, predictions holding the fine-tunes and this probe run)
     for df, pred, source in full_probes:
         try:
@@ -118,51 +123,53 @@ def finetune_section(
         for m, s in mine.items():
             top = s[s.best].iloc[0]
             full.append((m, top, both))
-            n = probe_train_size(df, m)
-            lines.append(
-                f"| {m} | {_acc(top, 'test_acc')} | linear probe, layer {int(top.layer)}, "
-                f"trained on {n:,} images |"
-            )
+            n = f"{probe_train_size(df, m):,}"
+            rows.append(dict(model=m, acc=_acc(top, "test_acc"), layer=int(top.layer), n_train=n))
     px = probes[(probes.model == PIXELS) & (probes.split == "test") & (probes.metric == "accuracy")]
-    if len(px):
-        lines.append(f"| raw pixels | {_acc(px.iloc[0])} | linear probe |")
-    lines += ["", "Paired differences on the same test images:", ""]
+    diffs = []  # the paired lines, in order; templates/finetune.md names each kind
 
-    def diff(name: str, a: str, b: str, preds: Predictions = preds) -> None:
+    def diff(kind: str, a: str, b: str, preds: Predictions = preds, **names) -> None:
         if a in preds and b in preds:
             d = paired_difference(preds.correct(a), preds.correct(b))
             row = pd.Series(dict(value=d.diff, ci_low=d.ci_low, ci_high=d.ci_high,
                                  p_value=d.p_value))  # fmt: skip
-            lines.append(f"- {name}: {format_difference(row)}")
+            diffs.append(dict(kind=kind, text=format_difference(row), **names))
 
     pixels = prediction_key(PIXELS, PIXELS, PIXELS)
     for model, (_, key) in runs.items():
         if model in best:
             b = best[model]
             probe_key = prediction_key(model, "lbfgs", b.site)
-            diff(f"{model} fine-tuned − its best probe (layer {int(b.layer)})", key, probe_key)
+            diff("probe", key, probe_key, model=model, layer=int(b.layer))
         for m, top, both in full:
             if m == model:
-                name = f"{model} fine-tuned − its best full-train probe (layer {int(top.layer)})"
-                diff(name, key, prediction_key(model, "lbfgs", top.site), both)
-        diff(f"{model} fine-tuned − raw pixels", key, pixels)
+                top_key = prediction_key(model, "lbfgs", top.site)
+                diff("full probe", key, top_key, both, model=model, layer=int(top.layer))
+        diff("pixels", key, pixels, model=model)
         twin = random_twin(model)
         if twin in runs:
-            diff(f"{model} fine-tuned − from scratch (same recipe)", key, runs[twin][1])
-            lines.append(f"- {catch_up(model, sources[model], sources[twin])}")
+            diff("scratch", key, runs[twin][1], model=model)
+            diffs.append(catch_up(model, sources[model], sources[twin]))
     pretrained = [m for m in runs if trained_of(m) is None]
     for i, a in enumerate(pretrained):
         for b in pretrained[i + 1 :]:
-            diff(f"{a} fine-tuned − {b} fine-tuned", runs[a][1], runs[b][1])
-    return "\n".join(lines) + "\n"
+            diff("pair", runs[a][1], runs[b][1], model=a, other=b)
+    return render(
+        "finetune",
+        finetuned=finetuned,
+        probes=rows,
+        pixels=_acc(px.iloc[0]) if len(px) else None,
+        differences=diffs,
+    )
 
 
-def catch_up(model: str, pretrained: Path, scratch: Path) -> str:
+def catch_up(model: str, pretrained: Path, scratch: Path) -> dict:
     """How soon the pretrained run's validation accuracy reached the from-scratch run's
     best (the one its early stopping kept), read from both runs' ``finetune_log.csv`` (the
     paper: pretrained iGPT matches from-scratch accuracy after about one epoch; the
-    report's bar is at most a third of the steps). Validation is scored every ``eval_every``
-    steps, so the step is that coarse."""
+    report's bar is at most a third of the steps): the target, the scratch run's steps,
+    and the step (None: never) with its fraction of them. Validation is scored every
+    ``eval_every`` steps, so the step is that coarse."""
     logs = {}
     for name, d in (("pretrained", pretrained), ("scratch", scratch)):
         f = d / "finetune_log.csv"
@@ -172,14 +179,11 @@ def catch_up(model: str, pretrained: Path, scratch: Path) -> str:
     a, b = logs["pretrained"], logs["scratch"]
     target, total = float(b.val_acc.max()), int(b.step.max())
     reached = a[a.val_acc >= target]
-    head = (
-        f"steps to reach the from-scratch run's best validation accuracy "
-        f"({100 * target:.2f}%, in {total} steps)"
-    )
+    out = dict(kind="catch up", model=model, target=f"{100 * target:.2f}%", total=total)
     if reached.empty:
-        return f"{head}: {model} fine-tuned never reached it"
+        return out | dict(step=None)
     step = int(reached.step.iloc[0])
-    return f"{head}: {model} fine-tuned at step {step}, {step / total:.2f} of the budget"
+    return out | dict(step=step, fraction=f"{step / total:.2f}")
 
 
 def _acc(r, col: str = "value") -> str:
