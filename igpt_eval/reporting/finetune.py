@@ -77,7 +77,8 @@ def finetune_section(
 ) -> str:
     """Markdown for the fine-tuned classifiers ``ft`` (:func:`load_finetunes`) and the
     comparison ``probes`` with its predictions: a table of test accuracies, then the paired
-    differences (see the module docstring; the words: ``templates/finetune.md``). ``full_probes``: :func:`load_full_probes`."""
+    differences (see the module docstring; the words: ``templates/finetune.md``).
+    ``full_probes``: :func:`load_full_probes`."""
     preds = Predictions().update(probe_pred)
     try:
         preds.update(ft_pred)
