@@ -87,6 +87,10 @@ def test_smoke_campaign_tracks_every_snapshot(smoke):
     assert sorted(track.step.unique()) == run["campaign"]["plan"]["snapshot_steps"]
     assert 0 in set(track.step)  # the untrained network: the random-weights control
     assert set(track.run) == {"fmnist-ar-gpu"}
+    # The run's log says what each snapshot scored, as the GPU call's only transcript.
+    lines = [x for x in run["campaign"]["log"] if x.startswith("track step ")]
+    assert [int(x.split()[2]) for x in lines] == sorted(track.step.unique())
+    assert all("best layer (val)" in x for x in lines)
 
 
 def test_smoke_campaign_ships_the_trained_weights(smoke):

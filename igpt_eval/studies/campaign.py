@@ -290,6 +290,8 @@ class Campaign:
         def keep(df: pd.DataFrame) -> None:
             frames.append(df)
             self._write_csv(to_frame(pd.concat(frames, ignore_index=True)), "track.csv")
+            r = df.iloc[0]  # one snapshot: every row carries its step and loss
+            self.log(f"track step {int(r.step)} (val loss {r.val_loss:.4f}): {_best_line(df)}")
 
         track_runs([run_dir], settings, dataset=self.source, on_snapshot=keep, name=s.name,
                    cache_dir=self.work / "activations" / "track")  # fmt: skip
