@@ -17,6 +17,7 @@ from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
 from igpt_eval.probes.paired import DIFF
+from igpt_eval.reporting.templates import render
 from igpt_eval.results import probe_train_size, summary
 
 #: A checkpoint folder's model card.
@@ -30,8 +31,8 @@ def probe_section(results, model: str, source: str) -> str:
     its 95% CI, the C (L-BFGS) or learning rate (SGD) chosen on validation), the layer
     chosen on validation marked, then its paired differences to the last layer and to the
     raw pixels when the results hold them; from the tidy ``results`` (``source`` names the
-    file, ``igpt-eval probe``/``compare`` output)."""
-    return "\n".join([PROBE_HEADING, "", *_probe_lines(results, model, source)]) + "\n"
+    file, ``igpt-eval probe``/``compare`` output). The words: ``templates/probe_card.md``."""
+    return probe_sections([(results, source)], model)
 
 
 def probe_sections(parts, model: str) -> str:
@@ -39,18 +40,13 @@ def probe_sections(parts, model: str) -> str:
     under its own subheading naming its training sample (probes on the default sample
     beside probes on the whole training split); a single run is :func:`probe_section`."""
     parts = list(parts)
-    if len(parts) == 1:
-        ((results, source),) = parts
-        return probe_section(results, model, source)
-    lines = [PROBE_HEADING]
-    for results, source in parts:
-        body = _probe_lines(results, model, source)
-        n = probe_train_size(results, model)
-        lines += ["", f"### Probes trained on {n:,} images", "", *body]
-    return "\n".join(lines) + "\n"
+    several = len(parts) > 1
+    return render("probe_card", runs=[_probe_run(r, model, s, several) for r, s in parts])
 
 
-def _probe_lines(results, model: str, source: str) -> list[str]:
+def _probe_run(results, model: str, source: str, subheading: bool) -> dict:
+    """What the section says of one probe run of ``model`` (with the size of its training
+    sample for a ``subheading``)."""
     mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
     df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
     if df.empty:
@@ -64,33 +60,33 @@ def _probe_lines(results, model: str, source: str) -> list[str]:
     val = df[df.split == "val"].iloc[0]
     test = df[df.split == "test"].iloc[0]
     probe = df.probe.iloc[0]
-    hyper = "learning rate" if probe == "sgd" else "C"
-    masks = ""  # what a BERT model saw at extraction
+    masks = None  # what a BERT model saw at extraction: None, 0 (unmasked) or the masks
     bert = pd.notna(val.get("objective")) and val.get("objective") == "bert"
     if bert and pd.notna(val.get("bert_masks", np.nan)):
-        n = int(val.bert_masks)
-        masks = ", of the unmasked image" if n == 0 else f", averaged over {n} random masks"
-    lines = [
-        f"Linear probes on every layer ({probe}, mean-pooled {val.site_kind} "
-        f"features{masks}): {hyper} chosen on {int(val.n_eval):,} validation images after training "
-        f"on {int(val.n_train):,}, refit on train + val, tested once on {int(test.n_eval):,} "
-        f"images (from `{source}`).",
-        "",
-        f"| layer | site | test accuracy [95% CI] | {hyper} |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in s.itertuples():
-        mark = " (best on val)" if r.best else ""
-        lines.append(
-            f"| {r.layer}{mark} | {r.site} | {100 * r.test_acc:.2f}% "
-            f"[{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}] | "
-            f"{r.lr if probe == 'sgd' else r.C:.3g} |"
+        masks = int(val.bert_masks)
+    layers = [
+        dict(
+            layer=r.layer,
+            best=r.best,
+            site=r.site,
+            acc=f"{100 * r.test_acc:.2f}% [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]",
+            hyper=f"{r.lr if probe == 'sgd' else r.C:.3g}",
         )
+        for r in s.itertuples()
+    ]
     diffs = mine[(mine.metric == DIFF) & (mine.probe == probe)]
-    if len(diffs):
-        lines += ["", "Paired on the same test images (95% CI, McNemar's exact test):", ""]
-        lines += [f"- {x}" for x in paired_lines(diffs)]
-    return lines
+    return dict(
+        probe=probe,
+        site_kind=val.site_kind,
+        masks=masks,
+        n_val=f"{int(val.n_eval):,}",
+        n_train=f"{int(val.n_train):,}",
+        n_test=f"{int(test.n_eval):,}",
+        source=source,
+        train_size=f"{probe_train_size(results, model):,}" if subheading else None,
+        layers=layers,
+        paired=paired_lines(diffs) if len(diffs) else [],
+    )
 
 
 def set_probe_section(model_dir: str | Path, results, model: str, source) -> Path:
