@@ -10,7 +10,7 @@
 
 Every stage that scores on the test split uses them (fine-tuning, the probes, the
 analyses), so they sit at the top of the package beside :mod:`igpt_eval.results`, below
-every stage; :mod:`igpt_eval.analysis.similarity` (and :mod:`igpt_eval.analysis`) re-export them.
+every stage, and are imported from here only.
 """
 
 from __future__ import annotations

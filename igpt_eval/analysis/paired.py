@@ -4,8 +4,7 @@ wording the rows :mod:`igpt_eval.probes.paired` computes.
 :func:`differences` selects a results table's paired-difference rows (``metric =
 "accuracy_diff"``); :func:`format_difference` and :func:`paired_lines` put them into words
 (``+0.28 pp [−0.10, +0.66], McNemar p = 0.15``). The rows themselves, their contrasts and
-columns are described in :mod:`igpt_eval.probes.paired`, whose names are importable from
-here too (:func:`paired_rows`, :func:`chosen`, :data:`DIFF`, ...).
+columns are computed and described in :mod:`igpt_eval.probes.paired`.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from igpt_eval.names import Contrast
-from igpt_eval.probes.paired import (
-    DIFF,
-)
+from igpt_eval.probes.paired import DIFF
 from igpt_eval.results import DIFF_COLUMNS
 
 MINUS = "\N{MINUS SIGN}"  # typeset differences: "best − last", "−0.10"
