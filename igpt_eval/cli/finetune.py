@@ -267,7 +267,8 @@ def _cmd_lowdata(args) -> int:
     from igpt_eval.io import atomic_write
     from igpt_eval.reporting.figures import save_figure
     from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
-    from igpt_eval.studies.lowdata import LowDataConfig, lowdata_study
+    from igpt_eval.studies.lowdata import lowdata_study
+    from igpt_eval.studies.settings import LowDataConfig
     from igpt_eval.train.malloc import keep_freed_memory
 
     keep_freed_memory()  # many fine-tuning runs in one process
