@@ -38,6 +38,21 @@ def test_every_template_parses_and_is_used():
     assert rendered_names() == template_names()
 
 
+def test_no_line_of_text_loses_its_newline():
+    """``trim_blocks`` drops the newline after a block tag, also after one that ends a line
+    of text (``- a{% endif %}``): the next line would run on. Such a line must end a
+    ``{% filter %}`` block (whose lines are joined anyway), or keep its newline (``+%}``)."""
+    tag = re.compile(r"\{%.*?%\}|\{#.*?#\}")
+    for path in sorted(TEMPLATES.glob("*.md")):
+        lines = path.read_text().splitlines() + [""]
+        for i, line in enumerate(lines[:-1]):
+            text = tag.sub("", line).strip()
+            ends = line.rstrip().endswith("%}") and not line.rstrip().endswith("+%}")
+            if text and ends and not line.strip().startswith("{% set"):  # a set prints nothing
+                nxt = lines[i + 1].strip()
+                assert nxt.startswith(("{% endfilter", "{%-")), f"{path.name}:{i + 1}: {line}"
+
+
 def campaign_values() -> dict:
     return dict(
         name="n", command="igpt-eval campaign", device="cpu", torch="2", status="done",

@@ -13,6 +13,7 @@ import pandas as pd
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json
 from igpt_eval.reporting.figures import save_figure
+from igpt_eval.reporting.templates import render
 from igpt_eval.results import load_results
 
 CARD = "MODEL_CARD.md"
@@ -65,78 +66,52 @@ def write_classifier_card(folder: str | Path, name: str | None = None) -> Path:
     if has_log:
         finetune_curve(folder / "finetune_log.csv", folder / CURVE, title=f"fine-tuning {name}")
     cfg, ident = info["finetune_config"], info.get("identity", {})
-    L = [
-        f"# {name}: a fine-tuned iGPT classifier",
-        "",
-        f"`{test.model}` ({test.objective}) fine-tuned for {info['n_classes']}-way "
-        f"classification of `{test.dataset}` with igpt-eval. Load it with "
-        "`igpt_eval.model.load_model(folder)` and call `.classify(tokens)` on palette ids "
-        "(`palette.npy`; `igpt-eval tokenize`). Every number below was read from this "
-        "folder's files, written by the run itself.",
-        "",
-        "## Results",
-        "",
-        "| split | accuracy | 95% CI | images |",
-        "| --- | --- | --- | --- |",
-        f"| test | {100 * test.value:.2f}% | [{100 * test.ci_low:.2f}, {100 * test.ci_high:.2f}]"
-        f" (bootstrap) | {int(test.n_eval):,} |",
-        f"| validation (best, early stopping) | {100 * val.value:.2f}% | | {int(val.n_eval):,} |",
-        "",
-        f"The weights are those of step {int(test.n_iter)} of {int(test.steps)} (the best "
-        f"validation accuracy{'; the run then stopped early' if bool(test.converged) else ''}).",
-        "",
-        "## Classifier",
-        "",
-        f"- head: `wclf` on the mean-pooled `{test.site}`"
-        + (
-            ", standardised with training statistics, folded into its weight and bias"
-            if cfg.get("standardize")
-            else ", no standardisation"
-        )  # fmt: skip
-        + "; started "
-        + (f"at the L2 logistic probe (C = {cfg['init_C']:g})" if cfg.get("init_C") else "at 0"),
-        f"- base weights: hash `{ident.get('weights_hash')}`; "
-        f"palette `{ident.get('palette_hash')}`",
-        f"- training data: {int(test.n_train):,} labelled images"
-        + (
-            f" ({ident['labels_per_class']} per class)"
-            if ident.get("labels_per_class") is not None
-            else ""
-        ),
-        "",
-        "## Recipe",
-        "",
-        f"- objective: {_objective(cfg['objective'])}",
-        f"- Adam, betas {tuple(cfg['betas'])}, no weight decay; learning rate {cfg['lr']:g}"
-        + (
-            f" after a linear warm-up of {cfg['warmup_steps']} steps"
-            if cfg.get("warmup_steps")
-            else ""
-        )
-        + ", then constant",  # fmt: skip
-        f"- batch {cfg['batch_size']}; budget {int(test.steps)} steps; validation every "
-        f"{cfg['eval_every']} steps, patience {cfg['patience']} evaluations"
-        + ("; augmentation (pad 4, crop, flip)" if cfg.get("augment") else ""),
-        f"- bf16 autocast: {'yes' if cfg.get('bf16') else 'no'}; seed {cfg['seed']}; "
-        f"wall time {float(test.seconds):.0f} s",
-        "",
-    ]
+    sweep = None
     if (folder / "lr_sweep.csv").is_file():
-        sweep = pd.read_csv(folder / "lr_sweep.csv")
-        L += ["### Learning-rate sweep", "", "| learning rate | best val accuracy | chosen |",
-              "| --- | --- | --- |"]  # fmt: skip
-        L += [f"| {r.lr:g} | {100 * r.val_acc:.2f}% | {'yes' if r.best else ''} |"
-              for r in sweep.itertuples()]  # fmt: skip
-        L += ["", f"Each sweep run: {int(sweep.steps.iloc[0])} steps.", ""]
-    if has_log:
-        L += ["## Learning curve", "", f"![fine-tuning curve]({CURVE})", ""]
-    L += ["## Reproduce", "", "```bash", info.get("command") or "# not recorded", "```", ""]
+        runs = pd.read_csv(folder / "lr_sweep.csv")
+        rows = [
+            dict(lr=f"{r.lr:g}", acc=f"{100 * r.val_acc:.2f}%", best=bool(r.best))
+            for r in runs.itertuples()
+        ]
+        sweep = dict(rows=rows, steps=int(runs.steps.iloc[0]))
+    text = render(
+        "classifier_card",
+        name=name,
+        model=test.model,
+        objective=test.objective,
+        n_classes=info["n_classes"],
+        dataset=test.dataset,
+        test=dict(
+            acc=f"{100 * test.value:.2f}%",
+            ci=f"{100 * test.ci_low:.2f}, {100 * test.ci_high:.2f}",
+            n=f"{int(test.n_eval):,}",
+        ),
+        val=dict(acc=f"{100 * val.value:.2f}%", n=f"{int(val.n_eval):,}"),
+        step=int(test.n_iter),
+        steps=int(test.steps),
+        stopped_early=bool(test.converged),
+        site=test.site,
+        standardize=bool(cfg.get("standardize")),
+        init_C=f"{cfg['init_C']:g}" if cfg.get("init_C") else None,
+        weights_hash=ident.get("weights_hash"),
+        palette_hash=ident.get("palette_hash"),
+        n_train=f"{int(test.n_train):,}",
+        labels_per_class=ident.get("labels_per_class"),
+        objective_kind=cfg["objective"],
+        betas=tuple(cfg["betas"]),
+        lr=f"{cfg['lr']:g}",
+        warmup_steps=cfg.get("warmup_steps"),
+        batch_size=cfg["batch_size"],
+        eval_every=cfg["eval_every"],
+        patience=cfg["patience"],
+        augment=bool(cfg.get("augment")),
+        bf16=bool(cfg.get("bf16")),
+        seed=cfg["seed"],
+        seconds=f"{float(test.seconds):.0f}",
+        sweep=sweep,
+        curve=CURVE if has_log else None,
+        command=info.get("command"),
+    )
     with atomic_write(folder / CARD, "w") as f:
-        f.write("\n".join(L))
+        f.write(text)
     return folder / CARD
-
-
-def _objective(objective: str) -> str:
-    if objective == "joint":
-        return "joint: L_gen (the pretraining loss) + L_clf (the paper's better one)"
-    return "L_clf only (cross-entropy of the head)"
