@@ -42,12 +42,15 @@ def test_no_line_of_text_loses_its_newline():
     """``trim_blocks`` drops the newline after a block tag, also after one that ends a line
     of text (``- a{% endif %}``): the next line would run on. Such a line must end a
     ``{% filter %}`` block (whose lines are joined anyway), or keep its newline (``+%}``)."""
-    tag = re.compile(r"\{%.*?%\}|\{#.*?#\}")
+    tag = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
     for path in sorted(TEMPLATES.glob("*.md")):
-        lines = path.read_text().splitlines() + [""]
-        for i, line in enumerate(lines[:-1]):
-            text = tag.sub("", line).strip()
-            ends = line.rstrip().endswith("%}") and not line.rstrip().endswith("+%}")
+        source = path.read_text()
+        # Every tag blanked (a tag may span lines), its last character marked.
+        blank = tag.sub(lambda m: re.sub(r"[^\n]", " ", m[0])[:-1] + "\0", source)
+        lines, blanks = source.splitlines() + [""], blank.splitlines() + [""]
+        for i, (line, b) in enumerate(zip(lines[:-1], blanks, strict=False)):
+            text = b.replace("\0", "").strip()
+            ends = b.rstrip().endswith("\0") and not line.rstrip().endswith("+%}")
             if text and ends and not line.strip().startswith("{% set"):  # a set prints nothing
                 nxt = lines[i + 1].strip()
                 assert nxt.startswith(("{% endfilter", "{%-")), f"{path.name}:{i + 1}: {line}"
