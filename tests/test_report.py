@@ -63,6 +63,7 @@ def test_report_files_and_readme(compared_dir, tmp_path, tiny_pair):
     assert f"{100 * table.loc['pixels', 'best_acc']:.2f}%" in md
     assert f"No training log for {BERT}" in md and "## CKA" in md and "## kNN" in md
     assert md.count("The curve ") >= 2 and "unimodal" not in md  # paired words only
+    assert not any(mark in md for mark in ("{{", "{%", "{#"))  # every template tag filled
     # every image the README shows exists
     for link in [x.split("](")[1].split(")")[0] for x in md.split("![")[1:]]:
         assert (out / link).is_file(), link

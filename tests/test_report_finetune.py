@@ -69,6 +69,7 @@ def test_section_pairs_fine_tuning_with_probes_pixels_and_scratch(tmp_path):
     # the scratch run's best, 0.8 − 0.3·e^(−900/400) = 0.768, is passed at step 200 (0.821)
     catch = next(ln for ln in lines.values() if "from-scratch run's best" in ln)
     assert "76.84%" in catch and "in 900 steps" in catch and "at step 200, 0.22 of" in catch
+    assert not any(mark in md for mark in ("{{", "{%", "{#"))  # every template tag filled
 
 
 def test_other_test_images_are_refused(tmp_path):

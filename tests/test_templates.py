@@ -5,6 +5,8 @@ an error, never a blank in a report."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jinja2
@@ -104,3 +106,17 @@ def test_the_catch_up_line_says_when_the_pretrained_run_never_caught_up():
     with pytest.raises(jinja2.UndefinedError, match="fraction"):
         render("finetune", finetuned=[], probes=[], pixels=None,
                differences=[catch | dict(step=300)])  # fmt: skip
+
+
+def test_help_loads_no_jinja2():
+    """Only the commands that write a report import Jinja2 (on their first render)."""
+    code = (
+        "import sys\nfrom igpt_eval.cli.main import main\n"
+        "import igpt_eval.reporting.templates\n"
+        "sys.argv = ['igpt-eval', 'report', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('jinja2' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
