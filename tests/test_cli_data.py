@@ -122,7 +122,7 @@ def test_tokenize_refuses_other_palette_without_overwrite(tmp_path, tiny_npz, ca
     assert main([*base, "--palette", str(b)]) == 2
     assert "--overwrite" in _one_error_line(capsys)
     assert main([*base, "--palette", str(b), "--overwrite"]) == 0
-    assert TokenCache.open(tmp_path / "tok").manifest["palette_k"] == 5
+    assert TokenCache.open(tmp_path / "tok").manifest.palette_k == 5
 
 
 def test_tokenize_missing_palette(tmp_path, tiny_npz, capsys):

@@ -4,6 +4,7 @@ fingerprints and token caches."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -15,6 +16,7 @@ from PIL import Image
 
 from igpt_eval.data import (
     TokenCache,
+    TokenManifest,
     cache_dir,
     list_datasets,
     load_dataset,
@@ -388,8 +390,10 @@ def test_tokenize_writes_and_reopens(tmp_path, grey_setup, monkeypatch):
     np.testing.assert_array_equal(cache.tokens, pal.encode(ds.images))
     np.testing.assert_array_equal(cache.labels, ds.labels)
     m = read_manifest(out)
-    assert m["palette_hash"] == pal.hash and m["dataset_fingerprint"] == ds.fingerprint
-    assert m["n"] == 20 and m["n_px"] == 6 and m["complete"] is True
+    assert m.palette_hash == pal.hash and m.dataset_fingerprint == ds.fingerprint
+    assert m.n == 20 and m.n_px == 6
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["complete"] is True and TokenManifest.from_json(on_disk).to_json() == on_disk
 
     def boom(*a, **k):
         raise AssertionError("re-encoded a valid cache")
@@ -430,7 +434,7 @@ def test_incomplete_cache_is_absent(tmp_path, grey_setup):
     with pytest.raises(IGPTError, match="no complete token cache"):
         TokenCache.open(out)
     # Rebuilt without needing overwrite, since nothing valid was there.
-    assert tokenize(ds, pal, out).manifest["dataset_fingerprint"] == (m["dataset_fingerprint"])
+    assert tokenize(ds, pal, out).manifest.dataset_fingerprint == m.dataset_fingerprint
 
 
 def test_load_tokens_in_cache_root(tmp_path, grey_setup):
@@ -449,7 +453,7 @@ def test_load_tokens_in_cache_root(tmp_path, grey_setup):
         load_tokens(ds2, pal, root, overwrite=False)
     with pytest.warns(UserWarning, match="stale"):
         fresh = load_tokens(ds2, pal, root)
-    assert fresh.manifest["dataset_fingerprint"] == ds2.fingerprint
+    assert fresh.manifest.dataset_fingerprint == ds2.fingerprint
 
 
 def test_tokenize_rejects_channel_mismatch(tmp_path, tiny_npz):

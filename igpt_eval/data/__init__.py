@@ -16,7 +16,14 @@ from igpt_eval.data.registry import list_datasets, read_source, register_dataset
 from igpt_eval.data.resize import resize_images
 from igpt_eval.data.source import DataSource
 from igpt_eval.data.splits import SPLITS
-from igpt_eval.data.tokens import TokenCache, cache_dir, load_tokens, read_manifest, tokenize
+from igpt_eval.data.tokens import (
+    TokenCache,
+    TokenManifest,
+    cache_dir,
+    load_tokens,
+    read_manifest,
+    tokenize,
+)
 
 __all__ = [
     "SPLITS",
@@ -25,6 +32,7 @@ __all__ = [
     "Palette",
     "Source",
     "TokenCache",
+    "TokenManifest",
     "cache_dir",
     "dataset_fingerprint",
     "list_datasets",

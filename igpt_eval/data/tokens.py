@@ -11,11 +11,12 @@ refused, never silently reused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,24 +34,61 @@ MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
 FORMAT = "igpt-eval-tokens"
 
 
-def read_manifest(path: str | os.PathLike) -> dict | None:
+@dataclass(frozen=True)
+class TokenManifest:
+    """What a token cache holds: which images, encoded with which palette."""
+
+    palette_hash: str
+    palette_k: int  # colours
+    channels: int
+    dataset: str  # the registry name
+    split: str
+    seed: int | None  # the train/val split's seed
+    dataset_fingerprint: str
+    classes: list[str]
+    n_px: int
+    n: int  # images
+    created: str | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept
+
+    def to_json(self) -> dict:
+        """The ``manifest.json`` object (written last: ``complete`` is always true)."""
+        d = dataclasses.asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d, "format": FORMAT, "version": 1, "dtype": "uint16", "complete": True}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TokenManifest | None:
+        """The manifest of a ``manifest.json`` object; None for anything but a complete
+        token cache's (a folder without one is treated as absent)."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("complete") is not True:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = names | {"format", "version", "dtype", "complete"}
+        try:
+            return cls(
+                **{k: v for k, v in d.items() if k in names},
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        except TypeError:  # a field missing: not one this version wrote
+            return None
+
+
+def read_manifest(path: str | os.PathLike) -> TokenManifest | None:
     """The cache's manifest if it is present, readable and complete; otherwise None."""
     try:
         with open(Path(path) / MANIFEST) as f:
-            m = json.load(f)
+            return TokenManifest.from_json(json.load(f))
     except (OSError, ValueError):
         return None
-    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("complete") is not True:
-        return None
-    return m
 
 
-def _mismatch(m: dict, palette: Palette | None, fingerprint: str | None) -> str | None:
+def _mismatch(m: TokenManifest, palette: Palette | None, fingerprint: str | None) -> str | None:
     """Why the manifest ``m`` does not fit the inputs (None when it does)."""
-    if palette is not None and m.get("palette_hash") != palette.hash:
-        return f"palette {m.get('palette_hash')} (asked for {palette.hash})"
-    if fingerprint is not None and m.get("dataset_fingerprint") != fingerprint:
-        return f"dataset fingerprint {m.get('dataset_fingerprint')} (asked for {fingerprint})"
+    if palette is not None and m.palette_hash != palette.hash:
+        return f"palette {m.palette_hash} (asked for {palette.hash})"
+    if fingerprint is not None and m.dataset_fingerprint != fingerprint:
+        return f"dataset fingerprint {m.dataset_fingerprint} (asked for {fingerprint})"
     return None
 
 
@@ -59,14 +97,14 @@ class TokenCache:
     """An opened token cache: ``tokens`` is a read-only memmap, ``labels`` an array."""
 
     path: Path
-    manifest: dict
+    manifest: TokenManifest
     tokens: np.ndarray
     labels: np.ndarray
 
     @property
     def n_px(self) -> int:
         """Side length of the tokenised images."""
-        return int(self.manifest["n_px"])
+        return self.manifest.n_px
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -96,8 +134,8 @@ class TokenCache:
             raise IGPTError(
                 f"token cache {path} is damaged ({e}); rebuild it with --overwrite"
             ) from None
-        shape = (m["n"], m["n_px"] ** 2)
-        if tokens.shape != shape or tokens.dtype != np.uint16 or labels.shape != (m["n"],):
+        shape = (m.n, m.n_px**2)
+        if tokens.shape != shape or tokens.dtype != np.uint16 or labels.shape != (m.n,):
             raise IGPTError(
                 f"token cache {path} does not match its manifest (tokens {tokens.shape}, "
                 f"expected {shape}); rebuild it with --overwrite"
@@ -169,26 +207,20 @@ def _tokenize_locked(dataset, palette, out: Path, batch_size, overwrite) -> Toke
     del mm
     os.replace(tmp, out / TOKENS)
     save_npy(out / LABELS, dataset.labels.astype(np.int64))
-    write_json(
-        out / MANIFEST,
-        {
-            "format": FORMAT,
-            "version": 1,
-            "palette_hash": palette.hash,
-            "palette_k": palette.k,
-            "channels": palette.channels,
-            "dataset": dataset.name,
-            "split": dataset.split,
-            "seed": dataset.seed,
-            "dataset_fingerprint": dataset.fingerprint,
-            "classes": list(dataset.classes),
-            "n_px": dataset.n_px,
-            "n": n,
-            "dtype": "uint16",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "complete": True,
-        },
+    m = TokenManifest(
+        palette_hash=palette.hash,
+        palette_k=palette.k,
+        channels=palette.channels,
+        dataset=dataset.name,
+        split=dataset.split,
+        seed=dataset.seed,
+        dataset_fingerprint=dataset.fingerprint,
+        classes=list(dataset.classes),
+        n_px=dataset.n_px,
+        n=n,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    write_json(out / MANIFEST, m.to_json())
     return TokenCache.open(out, palette, dataset.fingerprint)
 
 
