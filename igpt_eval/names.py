@@ -4,8 +4,9 @@ A model is called by its label, its name and the first 8 hex of its weights' has
 (``fmnist-ar-1a2b3c4d``, :attr:`igpt_eval.ModelSource.label`); its random-weights twin by the
 label and :data:`RANDOM_SUFFIX`; the pixel controls by :data:`PIXELS` and
 :data:`PIXELS_NATIVE`. What a row's model is (:class:`ModelKind`), which probe measured it
-(:class:`Probe`) and which paired contrast a difference row is (:class:`Contrast`) are
-string enums: they compare equal to the strings results files hold.
+(:class:`Probe`), what it measured (:class:`Metric`) and which paired contrast a difference
+row is (:class:`Contrast`) are string enums: they compare equal to the strings results files
+hold.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ class Probe(StrEnum):
     PIXELS = "pixels"  # L-BFGS on the palette-quantised image
     PIXELS_NATIVE = "pixels_native"  # L-BFGS on the dataset's own pixels
     FINETUNE = "finetune"  # the fine-tuned network's classifier
+
+
+class Metric(StrEnum):
+    """The ``metric`` column: what a row's ``value`` is."""
+
+    ACCURACY = "accuracy"  # the fraction of images classified right (CI: bootstrap)
+    LOSS = "loss"  # mean cross-entropy, nats
+    DIFF = "accuracy_diff"  # a paired difference of two accuracies (:class:`Contrast`)
+
+
+#: The ``split`` column: where a row was scored.
+SPLITS = ("train", "val", "test")
 
 
 class Contrast(StrEnum):

@@ -21,6 +21,9 @@ from igpt_eval.io import atomic_write
 from igpt_eval.names import (
     CONCAT,
     PIXEL_CONTROLS,
+    SPLITS,
+    Metric,
+    Probe,
     bare_name,
     model_kind,
 )
@@ -65,6 +68,24 @@ ADDED_COLUMNS = ["p_value", "model_kind", "format_version"]
 #: The columns paired-difference rows (``metric = "accuracy_diff"``, see
 #: :mod:`igpt_eval.probes.paired`) add: which contrast, the other side, the discordant counts.
 DIFF_COLUMNS = ["contrast", "vs_model", "vs_probe", "vs_layer", "vs_site", "n01", "n10"]
+#: Columns a study adds to its own rows: kNN's neighbours and temperature; a fine-tune's
+#: objective, augmentation and steps; the low-data study's labels per class, method, chosen
+#: layer and time; the training-dynamics study's run, step, validation loss and tokens seen.
+STUDY_COLUMNS = [
+    "k",
+    "temperature",
+    "finetune_objective",
+    "augment",
+    "steps",
+    "labels_per_class",
+    "method",
+    "best_layer",
+    "study_seconds",
+    "run",
+    "step",
+    "val_loss",
+    "tokens_seen",
+]
 #: Extra columns some rows carry (NaN elsewhere).
 EXTRA = [
     "site_kind",
@@ -80,6 +101,29 @@ EXTRA = [
     "bert_masks",
     *DIFF_COLUMNS,
 ]
+
+
+_KNOWN = {*COLUMNS, *EXTRA, *STUDY_COLUMNS}
+_KINDS = {"probe": set(Probe), "metric": set(Metric), "split": set(SPLITS)}
+
+
+def row(*bases: dict, **fields) -> dict:
+    """One result row: ``bases`` merged left to right, then ``fields``. Every column must be
+    one this format knows (:data:`COLUMNS`, :data:`EXTRA`, :data:`STUDY_COLUMNS`) and its
+    ``probe``, ``metric`` and ``split`` one of their kinds (:class:`~igpt_eval.names.Probe`,
+    :class:`~igpt_eval.names.Metric`, :data:`~igpt_eval.names.SPLITS`): a misspelt column
+    or kind fails where the row is made, not as an empty column in a report."""
+    r: dict = {}
+    for base in bases:
+        r.update(base)
+    r.update(fields)
+    unknown = set(r) - _KNOWN
+    if unknown:
+        raise ValueError(f"not a results column: {', '.join(sorted(unknown))}")
+    for column, kinds in _KINDS.items():
+        if r.get(column) is not None and r[column] not in kinds:
+            raise ValueError(f"{r[column]!r} is not a {column} ({', '.join(sorted(kinds))})")
+    return r
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:

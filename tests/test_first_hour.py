@@ -257,7 +257,7 @@ def test_probe_depth_curve_returns_results_and_a_figure(tiny_ar, tmp_path):
 
 # ------------------------------------------------------------------------ split seed
 def test_pretrain_splits_with_split_seed_not_seed(tiny_npz, tmp_path):
-    from igpt_eval.model.checkpoint import read_run, run_seed, run_split_seed
+    from igpt_eval.model.record import RunRecord
 
     def run(name, *extra):
         out = tmp_path / name
@@ -266,14 +266,14 @@ def test_pretrain_splits_with_split_seed_not_seed(tiny_npz, tmp_path):
                 "--token-cache", str(tmp_path / "tok"), "--no-progress", "--out", str(out),
                 *extra]  # fmt: skip
         assert main(argv) == 0
-        return read_run(out)
+        return RunRecord.read(out)
 
     a, b, c = run("a"), run("b", "--seed", "1"), run("c", "--split-seed", "1")
-    assert a["train_fingerprint"] == b["train_fingerprint"]  # another run, the same split
-    assert a["train_fingerprint"] != c["train_fingerprint"]
-    assert (run_seed(b), run_split_seed(b), run_split_seed(c)) == (1, 0, 1)
+    assert a.train_fingerprint == b.train_fingerprint  # another run, the same split
+    assert a.train_fingerprint != c.train_fingerprint
+    assert (b.seed, b.data_seed, c.data_seed) == (1, 0, 1)
     # A run recorded before the split had its own seed read its split with --seed.
-    assert run_split_seed({"train_config": {"seed": 3}}) == 3
+    assert RunRecord.from_json({"train_config": {"seed": 3}}).data_seed == 3
 
 
 def test_model_figures_return_figures_and_write_nothing(tiny_pair, tmp_path):

@@ -18,6 +18,7 @@ from igpt_eval.data import load_dataset
 from igpt_eval.data.palette import Palette
 from igpt_eval.model import IGPT, load_model, save_model
 from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.record import RunRecord
 from igpt_eval.reporting.modelcard import write_model_card
 from igpt_eval.studies.modelcard import measure_checkpoint
 from igpt_eval.train.pretrain import TrainConfig, evaluate
@@ -112,7 +113,7 @@ def test_metrics_of_the_zero_head_are_ln_k(objective):
 
 
 # --------------------------------------------------------------------------- the card
-def _train(out, objective="ar", tokens=None, identity=None, palette=None):
+def _train(out, objective="ar", tokens=None, record=None, palette=None):
     from igpt_eval.train.runs import pretrain
 
     cfg = IGPTConfig.preset("tiny", objective=objective)
@@ -122,7 +123,7 @@ def _train(out, objective="ar", tokens=None, identity=None, palette=None):
     tc = TrainConfig(steps=6, batch_size=8, eval_every=3, checkpoint_every=6, eval_images=16)
     if palette is None:
         palette = Palette(np.linspace(-1, 1, 16, dtype=np.float32)[:, None])
-    pretrain(cfg, tc, tokens, tokens[:16], out, palette=palette, identity=identity)
+    pretrain(cfg, tc, tokens, tokens[:16], out, palette=palette, record=record)
     return out
 
 
@@ -135,8 +136,8 @@ def test_card_end_to_end(tmp_path):
     rng = np.random.default_rng(2)
     train = rng.integers(0, 16, (48, 64)).astype(np.uint16)
     test = rng.integers(0, 16, (20, 64)).astype(np.uint16)
-    ident = {"dataset": "npz:toy.npz", "command": "igpt-eval pretrain --model tiny --out x"}
-    out = _train(tmp_path / "run", tokens=train, identity=ident)
+    ident = RunRecord(dataset="npz:toy.npz", command="igpt-eval pretrain --model tiny --out x")
+    out = _train(tmp_path / "run", tokens=train, record=ident)
     with open(out / "lr_sweep.csv", "w", newline="") as f:
         csv.writer(f).writerows([["lr", "val_loss", "best", "run"], [0.01, 2.9, True, "a"]])
     measured = measure_checkpoint(out, train_tokens=train, test_tokens=test)
@@ -164,7 +165,7 @@ def test_card_end_to_end(tmp_path):
     assert float(m[2]) == pytest.approx(val_loss, abs=5e-5)
     wall = float(re.search(r"wall time ([\d.]+) s", card)[1])
     assert wall == pytest.approx(float(log[-1]["seconds"]), abs=0.05)
-    assert ident["command"] in card and "npz:toy.npz" in card
+    assert ident.command in card and "npz:toy.npz" in card
     assert f"{model.n_params():,} parameters" in card
     assert "| 0.01 | 2.9000 | yes |" in card  # the sweep table
     not_below = "is not below the unigram entropy" in card
@@ -212,13 +213,13 @@ def grey_run(tmp_path_factory):
     train = load_dataset(name, split="train", n_px=8)
     palette = Palette.fit(train.images, 16, seed=0)
     tokens = load_tokens(train, palette, root / "cache").tokens
-    ident = {
-        "dataset": name,
-        "train_fingerprint": train.fingerprint,
-        "palette_hash": palette.hash,
-        "command": f"igpt-eval pretrain --dataset {name} --model tiny",
-    }
-    out = _train(root / "run", tokens=tokens, identity=ident, palette=palette)
+    ident = RunRecord(
+        dataset=name,
+        train_fingerprint=train.fingerprint,
+        palette_hash=palette.hash,
+        command=f"igpt-eval pretrain --dataset {name} --model tiny",
+    )
+    out = _train(root / "run", tokens=tokens, record=ident, palette=palette)
     return out, name, root
 
 

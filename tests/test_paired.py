@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.names import PIXELS
+from igpt_eval.names import PIXELS, Metric
 from igpt_eval.predictions import Predictions, load_predictions, prediction_key
 from igpt_eval.probes import Features, Protocol, probe_lbfgs
-from igpt_eval.probes.paired import DIFF, paired_rows
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.sgd import ArraySource, probe_sgd
 from igpt_eval.reporting.tables import comparison_table
 from igpt_eval.reporting.words import describe_depth_curve, describe_knn
@@ -177,7 +177,7 @@ def test_difference_rows_signs():
     pred.update(pred_b).update(pred_px)
     results = to_frame(rows_a + rows_b + rows_px)
     diffs = to_frame(paired_rows(results, pred, n_boot=2000)).set_index(["model", "contrast"])
-    assert set(diffs.metric) == {DIFF} and set(diffs.split) == {"test"}
+    assert set(diffs.metric) == {Metric.DIFF} and set(diffs.split) == {"test"}
 
     last = diffs.loc[("A", "best_vs_last")]
     assert (last.layer, last.vs_layer, last.vs_model) == (0, 1, "A")

@@ -439,3 +439,25 @@ def test_short_sweep_then_the_full_run_at_the_best_rate(run_args, capsys, tmp_pa
     assert (out / "model.safetensors").read_bytes() == weights
     assert main(run_args("--sweep-steps", "1", out="x")) == 2
     assert "give --lr-sweep" in _one_error(capsys)
+
+
+def test_run_record_round_trips_run_json(tmp_path):
+    """``run.json`` is a :class:`RunRecord` written and read back; keys it does not know are
+    kept; an empty folder reads as an empty record (a model not trained here)."""
+    import json
+
+    from igpt_eval.errors import IGPTError
+    from igpt_eval.model.record import RunRecord
+
+    d = {"dataset": "fashion-mnist", "split_seed": 2, "train_config": {"seed": 5, "lr": 3e-3},
+         "model_config": {"n_layer": 2}, "objective": "ar", "later_key": [1]}  # fmt: skip
+    r = RunRecord.from_json(d)
+    assert (r.seed, r.data_seed, r.extra) == (5, 2, {"later_key": [1]})
+    r.write(tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text()) == d
+    assert RunRecord.read(tmp_path) == r
+    empty = RunRecord.read(tmp_path / "nowhere")
+    assert empty == RunRecord() and (empty.seed, empty.data_seed, empty.dataset) == (0, 0, None)
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(IGPTError, match="JSON object"):
+        RunRecord.read(tmp_path)

@@ -63,3 +63,24 @@ def test_a_current_file_round_trips(tmp_path):
     back = load_results(tmp_path / "results.parquet")
     cols = ["model", "model_kind", "split", "probe", "metric", "value", "format_version"]
     pd.testing.assert_frame_equal(back[cols], df[cols], check_dtype=False)
+
+
+def test_row_constructor_refuses_unknown_columns_and_kinds():
+    """A result row is made by :func:`results.row`: bases merged left to right, then the
+    fields; a column or kind this format does not know fails where the row is made."""
+    from igpt_eval.names import Metric, Probe
+    from igpt_eval.results import row
+
+    base = row(model="m", probe=Probe.LBFGS, split="test", layer=3)
+    r = row(base, {"layer": 4}, metric=Metric.ACCURACY, value=0.5, k=20)
+    assert r == dict(model="m", probe="lbfgs", split="test", layer=4, metric="accuracy",
+                     value=0.5, k=20)  # fmt: skip
+    assert base["layer"] == 3  # the bases are not changed
+    with pytest.raises(ValueError, match="not a results column: vlaue"):
+        row(base, vlaue=0.5)
+    with pytest.raises(ValueError, match="'acc' is not a metric"):
+        row(base, metric="acc")
+    with pytest.raises(ValueError, match="'validation' is not a split"):
+        row(base, split="validation")
+    with pytest.raises(ValueError, match="is not a probe"):
+        row(probe="logreg")

@@ -16,9 +16,9 @@ import pandas as pd
 
 from igpt_eval.analysis.similarity import cka_matrix, knn_accuracy
 from igpt_eval.errors import IGPTError
+from igpt_eval.names import SPLITS, Metric, Probe
 from igpt_eval.predictions import Predictions, Scored, prediction_key
-from igpt_eval.probes.protocol import SPLITS
-from igpt_eval.results import CKA_COLUMNS
+from igpt_eval.results import CKA_COLUMNS, row
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 
@@ -41,15 +41,15 @@ def knn_rows(
     knn = dict(k=k, temperature=temperature, device=device)
     rows, predictions = [], Predictions()
     for layer, site in zip(test.layers, test.sites, strict=True):
-        common = dict(
+        common = row(
             meta,
             layer=layer,
             site=site,
-            probe="knn",
+            probe=Probe.KNN,
             backend="torch",
             C=np.nan,
             lr=np.nan,
-            metric="accuracy",
+            metric=Metric.ACCURACY,
             seed=seed,
             selected=True,
             k=k,
@@ -62,7 +62,7 @@ def knn_rows(
         lo, hi = bootstrap_accuracy_ci(r.correct, seed=seed)
         t1 = time.perf_counter()
         rows.append(
-            dict(
+            row(
                 common,
                 split="test",
                 value=r.accuracy,
@@ -75,7 +75,7 @@ def knn_rows(
         )
         v = knn_accuracy(X_train, train.labels, val[layer], val.labels, **knn)
         rows.append(
-            dict(
+            row(
                 common,
                 split="val",
                 value=v.accuracy,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.names import Contrast
-from igpt_eval.probes.paired import DIFF
+from igpt_eval.names import Contrast, Metric
 from igpt_eval.results import DIFF_COLUMNS
 
 MINUS = "\N{MINUS SIGN}"  # typeset differences: "best − last", "−0.10"
@@ -21,7 +20,7 @@ MINUS = "\N{MINUS SIGN}"  # typeset differences: "best − last", "−0.10"
 def differences(results: pd.DataFrame, contrast: str | None = None) -> pd.DataFrame:
     """The paired-difference rows of ``results`` (of one ``contrast`` when given); empty for
     results written before they were computed."""
-    d = results[results.metric == DIFF]
+    d = results[results.metric == Metric.DIFF]
     # Results without such rows lack their columns too: add them (empty), so callers can
     # filter on them alike.
     d = d.reindex(columns=[*d.columns, *(c for c in DIFF_COLUMNS if c not in d.columns)])

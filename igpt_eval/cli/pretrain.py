@@ -117,6 +117,7 @@ def _cmd_pretrain(args) -> int:
     from igpt_eval.data.palette import Palette
     from igpt_eval.model.config import IGPTConfig
     from igpt_eval.model.devices import default_bf16
+    from igpt_eval.model.record import RunRecord
     from igpt_eval.train import distributed as dist
     from igpt_eval.train.malloc import keep_freed_memory
     from igpt_eval.train.pretrain import TrainConfig, log_spaced_steps
@@ -180,16 +181,16 @@ def _cmd_pretrain(args) -> int:
         snapshot_steps=tuple(sorted(snapshot_steps)),
         device=args.device,
     )
-    identity = {
-        "dataset": args.dataset,
-        "split_seed": args.split_seed,
-        "train_fingerprint": train.fingerprint,
-        "val_fingerprint": val.fingerprint,
-        "palette_hash": palette.hash,
-        "command": command_line(args),
-        "world_size": dist.world_size(),
-    }
-    common = dict(palette=palette, identity=identity)
+    record = RunRecord(
+        dataset=args.dataset,
+        split_seed=args.split_seed,
+        train_fingerprint=train.fingerprint,
+        val_fingerprint=val.fingerprint,
+        palette_hash=palette.hash,
+        command=command_line(args),
+        world_size=dist.world_size(),
+    )
+    common = dict(palette=palette, record=record)
     try:
         if args.sweep_steps is not None and not args.lr_sweep:
             raise IGPTError("--sweep-steps sets the length of --lr-sweep's runs; give --lr-sweep N")

@@ -214,12 +214,13 @@ def _add_probe(sub) -> None:
 
 
 def probe_settings_from_args(args, **overrides):
-    """The :class:`~igpt_eval.studies.settings.ProbeSettings` of ``probe`` and ``compare``:
-    every field from the flag of its name (:func:`config_from_args`), the two flags spelt
-    otherwise translated (``--bf16``, ``--no-pixels``); ``overrides`` win."""
+    """The :class:`~igpt_eval.studies.settings.ProbeSettings` of ``probe``, ``compare`` and
+    ``track``: every field from the flag of its name (:func:`config_from_args`), the two
+    flags spelt otherwise translated (``--bf16``, ``--no-pixels``, where the command has
+    it); ``overrides`` win."""
     from igpt_eval.studies.settings import ProbeSettings
 
-    spelt = dict(compute=compute_of(args.bf16), pixels=not args.no_pixels)
+    spelt = dict(compute=compute_of(args.bf16), pixels=not getattr(args, "no_pixels", False))
     return config_from_args(ProbeSettings, args, **{**spelt, **overrides})
 
 

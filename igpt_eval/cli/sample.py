@@ -11,14 +11,14 @@ from igpt_eval.errors import IGPTError
 def _read(model):
     """(source, palette, run.json) of any model source, its weights left unread (``{}``
     for a model not trained here); the palette is required."""
-    from igpt_eval.model.checkpoint import read_run
+    from igpt_eval.model.record import RunRecord
     from igpt_eval.model.sources import resolve_model, source_palette
 
     source = resolve_model(model)
     palette = source_palette(source)
     if palette is None:
         raise IGPTError(f"{model} has no palette: its tokens cannot be turned into images")
-    return source, palette, read_run(source.path) if source.is_checkpoint else {}
+    return source, palette, RunRecord.read(source.path) if source.is_checkpoint else RunRecord()
 
 
 def _load(model):
@@ -30,8 +30,8 @@ def _load(model):
     return net, palette, run
 
 
-def _dataset_name(args, run: dict) -> str:
-    name = args.dataset or run.get("dataset")
+def _dataset_name(args, run) -> str:
+    name = args.dataset or run.dataset
     if not name:
         raise IGPTError(f"{args.model} records no dataset (no run.json); pass --dataset")
     return name
@@ -73,14 +73,12 @@ def _cmd_sample(args) -> int:
         raise IGPTError("sampling needs an autoregressive model; this one is BERT")
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.complete:
-        from igpt_eval.model.checkpoint import run_split_seed
-
         ds = load_dataset(
             _dataset_name(args, run),
             split=args.split,
             n_px=model.config.n_px,
             data_dir=args.data_dir,
-            seed=run_split_seed(run),  # --split val: the run's own validation images
+            seed=run.data_seed,  # --split val: the run's own validation images
         )
         tokens = palette.encode(ds.images[: args.n])
         drawn = completion_grid(
@@ -129,7 +127,6 @@ def _add_model_card(sub) -> None:
 
 def _cmd_model_card(args) -> int:
     from igpt_eval.data import load_dataset, load_tokens
-    from igpt_eval.model.checkpoint import run_split_seed
     from igpt_eval.model.sources import source_config
     from igpt_eval.reporting.classifier_card import is_finetune_folder, write_classifier_card
     from igpt_eval.reporting.modelcard import write_model_card
@@ -159,15 +156,15 @@ def _cmd_model_card(args) -> int:
     if args.reports is not None:
         for fig in ("loss_curve", "completions"):
             refuse_overwrite(args.reports / f"{name}-{fig}.png", args.overwrite)
-    if run.get("palette_hash", palette.hash) != palette.hash:
+    if run.palette_hash not in (None, palette.hash):
         raise IGPTError(f"{args.model}/palette.npy is not the palette recorded in run.json")
     dataset = _dataset_name(args, run)
     # The card must see the train split the model saw.
-    seed = run_split_seed(run)
+    seed = run.data_seed
     splits = {}
     for split in ("train", "test"):
         ds = load_dataset(dataset, split=split, n_px=n_px, data_dir=args.data_dir, seed=seed)
-        if split == "train" and run.get("train_fingerprint", ds.fingerprint) != ds.fingerprint:
+        if split == "train" and run.train_fingerprint not in (None, ds.fingerprint):
             raise IGPTError(
                 f"the train split of {dataset} is not the one {args.model} was trained on "
                 "(its fingerprint differs from run.json); pass the run's --dataset and --data-dir"

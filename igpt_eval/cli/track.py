@@ -9,21 +9,19 @@ from pathlib import Path
 
 from igpt_eval.cli.common import (
     add_device_flag,
-    compute_of,
-    config_from_args,
     data_source_from_args,
     parse_steps,
     refuse_overwrite,
     subcommand,
 )
-from igpt_eval.cli.probe import add_sample_flags
+from igpt_eval.cli.probe import add_sample_flags, probe_settings_from_args
 
 
 @subcommand
 def _add_track(sub) -> None:
     from igpt_eval.studies.settings import TrackSettings
 
-    d = TrackSettings()
+    d = TrackSettings().probe
     p = sub.add_parser(
         "track",
         help="probe every layer of every training snapshot (probe accuracy vs loss)",
@@ -82,9 +80,7 @@ def _cmd_track(args) -> int:
     from igpt_eval.studies.track import loss_accuracy_correlation, track_runs, track_summary
 
     refuse_overwrite(args.out / "results.parquet", args.overwrite)
-    settings = config_from_args(
-        TrackSettings, args, compute=compute_of(args.bf16), steps=args.snapshot_steps
-    )
+    settings = TrackSettings(probe_settings_from_args(args), steps=args.snapshot_steps)
     df = track_runs(args.run, settings, dataset=data_source_from_args(args))
     summ = track_summary(df)
     corr = loss_accuracy_correlation(summ)

@@ -98,32 +98,6 @@ def load_palette(path: str | Path) -> Palette | None:
     return Palette.load(f) if f.is_file() else None
 
 
-def read_run(model_dir: str | Path) -> dict:
-    """``run.json`` of a checkpoint folder (``{}`` when the model was not trained here)."""
-    f = Path(model_dir) / "run.json"
-    if not f.is_file():
-        return {}
-    run = read_json(f)
-    if not isinstance(run, dict):
-        raise IGPTError(f"{f} must hold a JSON object")
-    return run
-
-
-def run_seed(run: dict) -> int:
-    """The seed a pretraining run (its ``run.json``, :func:`read_run`) drew its
-    initialisation, batch order and masks with; 0 when it records none. The untrained twin
-    (the random-weights control) is rebuilt from it."""
-    return int((run.get("train_config") or {}).get("seed") or 0)
-
-
-def run_split_seed(run: dict) -> int:
-    """The seed of the train/val split a pretraining run read; everything that reads a
-    model on "the split it was trained on" uses it. A ``run.json`` that records none
-    comes from a run whose one ``--seed`` seeded the split too."""
-    seed = run.get("split_seed")
-    return run_seed(run) if seed is None else int(seed)
-
-
 @contextmanager
 def _staged_folder(final: Path) -> Iterator[Path]:
     """A fresh temporary folder beside ``final`` to write into; when the block ends without

@@ -27,16 +27,10 @@ from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash, read_json
-from igpt_eval.model.checkpoint import (
-    CONFIG,
-    load_model,
-    load_palette,
-    read_run,
-    run_seed,
-    run_split_seed,
-)
+from igpt_eval.model.checkpoint import CONFIG, load_model, load_palette
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.hf import config_from_hf, from_hf, hf_palette_centres, hf_weight_files
+from igpt_eval.model.record import RunRecord
 
 HUB_PREFIX = "hf:"
 CHECKPOINT, HF_FOLDER, HUB = "checkpoint", "hf-folder", "hub"
@@ -83,7 +77,7 @@ class ModelSource:
     def dataset(self) -> str | None:
         """The dataset its pretraining run read (``run.json``), ``None`` when unknown (a
         Hugging Face folder, a checkpoint without a run)."""
-        return read_run(self.path).get("dataset") if self.is_checkpoint else None
+        return RunRecord.read(self.path).dataset if self.is_checkpoint else None
 
     @property
     def label(self) -> str:
@@ -285,14 +279,12 @@ def load_source(source: ModelSource, device="cpu"):
     # The model first: a missing or broken weights file is its one clear error.
     if source.is_checkpoint:
         model, palette = load_model(source.path, device), load_palette(source.path)
-        run = read_run(source.path)
+        run = RunRecord.read(source.path)
     else:
         model = from_hf(source.path).to(device)
-        palette, run = getattr(model, "palette", None), {}
+        palette, run = getattr(model, "palette", None), RunRecord()
     ident: dict = {"model": source.spec, "weights_hash": source.weights_hash()}
-    ident.update(
-        run_dataset=run.get("dataset"), run_seed=run_seed(run), run_split_seed=run_split_seed(run)
-    )
+    ident.update(run_dataset=run.dataset, run_seed=run.seed, run_split_seed=run.data_seed)
     if source.kind == HUB:
         ident.update(repo=source.repo, revision=source.revision, commit=source.commit)
     return model, palette, ident

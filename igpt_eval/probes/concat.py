@@ -17,6 +17,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.names import CONCAT
 from igpt_eval.predictions import Scored
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
+from igpt_eval.results import row
 
 
 def check_concat(k, n_layers: int, method: str = "lbfgs") -> None:
@@ -86,4 +87,4 @@ def probe_concat(
         protocol=protocol,
         probe=CONCAT,
     )
-    return Scored([dict(r, concat_layers=k) for r in rows], pred)
+    return Scored([row(r, concat_layers=k) for r in rows], pred)

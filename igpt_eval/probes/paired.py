@@ -39,12 +39,20 @@ from __future__ import annotations
 
 import pandas as pd
 
-from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, Contrast, Probe, model_names, random_twin
+from igpt_eval.names import (
+    CONCAT,
+    PIXELS,
+    PIXELS_NATIVE,
+    Contrast,
+    Metric,
+    Probe,
+    model_names,
+    random_twin,
+)
 from igpt_eval.predictions import Predictions, prediction_key
-from igpt_eval.results import summary
+from igpt_eval.results import row, summary
 from igpt_eval.stats import paired_difference
 
-DIFF = "accuracy_diff"
 LINEAR = (Probe.LBFGS, Probe.SGD)
 #: The contrast of each pixel control: a model's best layer − that control.
 PIXEL_CONTRASTS = {Contrast.BEST_VS_PIXELS: PIXELS, Contrast.BEST_VS_PIXELS_NATIVE: PIXELS_NATIVE}
@@ -97,7 +105,7 @@ def paired_rows(
             predictions.correct(ka), predictions.correct(kb), n_boot=n_boot, seed=seed
         )
         out.append(
-            dict(
+            row(
                 model=a[0],
                 model_kind=meta.model_kind.get(a[0]) if "model_kind" in meta else None,
                 objective=meta.objective.get(a[0]),
@@ -106,7 +114,7 @@ def paired_rows(
                 layer=int(ra.layer),
                 site=ra.site,
                 probe=a[1],
-                metric=DIFF,
+                metric=Metric.DIFF,
                 value=r.diff,
                 ci_low=r.ci_low,
                 ci_high=r.ci_high,

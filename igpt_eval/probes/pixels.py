@@ -25,9 +25,9 @@ from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.source import DataSource
 from igpt_eval.data.splits import subset_rows
 from igpt_eval.errors import IGPTError
-from igpt_eval.names import PIXELS, PIXELS_NATIVE, ModelKind
+from igpt_eval.names import PIXELS, PIXELS_NATIVE, SPLITS, ModelKind
 from igpt_eval.predictions import Predictions, Scored
-from igpt_eval.probes.protocol import SPLITS, Features, Protocol, probe_lbfgs
+from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 
 
 def pixel_features(palette, tokens: np.ndarray) -> np.ndarray:

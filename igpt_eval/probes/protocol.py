@@ -33,16 +33,17 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import feature_scale
+from igpt_eval.names import SPLITS, Metric
 from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.probes.backends import BACKENDS
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
+from igpt_eval.results import row
 from igpt_eval.settings import Settings
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 log = logging.getLogger(__name__)
 
 #: The splits of the protocol: fit on train, choose on val, report test.
-SPLITS = ("train", "val", "test")
 COARSE_CS = 10.0 ** np.arange(-3, 4)  # 1e-3 … 1e3
 REFINE_STEPS = 10.0 ** np.array([-2 / 3, -1 / 3, 1 / 3, 2 / 3])
 
@@ -175,7 +176,7 @@ def probe_lbfgs(
     if backend == "torch":  # onto the device once: every stage below reads them there
         dev = resolve_device(device)
         X = tuple(torch.as_tensor(x, dtype=torch.float32, device=dev) for x in X)
-    base = dict(
+    base = row(
         meta,
         probe=probe,
         backend=backend,
@@ -270,7 +271,7 @@ class _Protocol:
         """The validation rows (accuracy, then loss) of one stage, layer by layer."""
         for i, g in enumerate(sets):
             for c in range(C.shape[1]):
-                common = dict(
+                common = row(
                     self.base,
                     split="val",
                     layer=self.layers[g],
@@ -284,8 +285,8 @@ class _Protocol:
                     n_eval=len(self.y["val"]),
                     selected=False,
                 )
-                self.rows.append(dict(common, metric="accuracy", value=float(acc[i, c])))
-                self.rows.append(dict(common, metric="loss", value=float(loss[i, c])))
+                self.rows.append(row(common, metric=Metric.ACCURACY, value=float(acc[i, c])))
+                self.rows.append(row(common, metric=Metric.LOSS, value=float(loss[i, c])))
 
     def walk(self, Cs: np.ndarray, patience: int) -> None:
         """The C path, each fit warm-started from the layer's path so far (:meth:`_start`);
@@ -351,7 +352,7 @@ class _Protocol:
         acc, loss, pred = _evaluate(self.X["test"], y_te, final, self.device)
         for g in range(G):
             lo, hi = bootstrap_accuracy_ci(pred[g, 0] == y_te, n_boot=n_boot, seed=seed)
-            common = dict(
+            common = row(
                 self.base,
                 split="test",
                 layer=self.layers[g],
@@ -366,8 +367,10 @@ class _Protocol:
                 selected=True,
             )
             value = float(acc[g, 0])
-            self.rows.append(dict(common, metric="accuracy", value=value, ci_low=lo, ci_high=hi))
-            self.rows.append(dict(common, metric="loss", value=float(loss[g, 0])))
+            self.rows.append(
+                row(common, metric=Metric.ACCURACY, value=value, ci_low=lo, ci_high=hi)
+            )
+            self.rows.append(row(common, metric=Metric.LOSS, value=float(loss[g, 0])))
         return pred
 
 

@@ -29,7 +29,9 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.head import floored
+from igpt_eval.names import Metric, Probe
 from igpt_eval.predictions import Predictions, Scored, prediction_key
+from igpt_eval.results import row
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 SGD_LRS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)
@@ -226,9 +228,9 @@ def probe_sgd(
         st.labels = idx
         return st
 
-    base = dict(
+    base = row(
         meta,
-        probe="sgd",
+        probe=Probe.SGD,
         backend="torch",
         standardize=preprocess != "none",
         preprocess=preprocess,
@@ -251,13 +253,13 @@ def probe_sgd(
     for g in range(G):
         for j, lr in enumerate(lrs):
             rows.append(
-                dict(
+                row(
                     base,
                     split="val",
                     layer=layers[g],
                     site=sites[g],
                     lr=float(lr),
-                    metric="accuracy",
+                    metric=Metric.ACCURACY,
                     value=float(val_acc[g, j]),
                     converged=not bool(diverged[g, j]),
                     n_iter=steps,
@@ -279,13 +281,13 @@ def probe_sgd(
     for g in range(G):
         lo, hi = bootstrap_accuracy_ci(correct[g], n_boot=n_boot, seed=seed)
         rows.append(
-            dict(
+            row(
                 base,
                 split="test",
                 layer=layers[g],
                 site=sites[g],
                 lr=float(chosen[g, 0]),
-                metric="accuracy",
+                metric=Metric.ACCURACY,
                 value=float(correct[g].mean()),
                 ci_low=lo,
                 ci_high=hi,

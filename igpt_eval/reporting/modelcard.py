@@ -23,9 +23,10 @@ import pandas as pd
 
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.model.checkpoint import run_split_seed
+from igpt_eval.model.record import RunRecord
 from igpt_eval.reporting.model_figures import completion_grid, loss_curve, read_log, save_png
 from igpt_eval.reporting.probe_card import CARD
+from igpt_eval.reporting.templates import render
 from igpt_eval.studies.modelcard import CheckpointMeasurements
 from igpt_eval.train.pretrain import TrainConfig
 
@@ -47,24 +48,25 @@ def _log_summary(log_csv: Path, tail: int = 50) -> dict:
     }
 
 
-def _sweep_table(path: Path) -> list[str]:
+def _sweep(path: Path) -> dict:
+    """The learning-rate sweep's rows (rate, final validation loss, chosen) and the steps
+    each run trained for (None when the table does not record them)."""
     try:
         sweep = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise IGPTError(f"{path} is not a readable sweep table ({e})") from None
-    lines = []
+    steps = None
     if "steps" in sweep and sweep["steps"].notna().all():
         steps = ", ".join(str(int(x)) for x in sorted(set(sweep["steps"])))
-        lines += [
-            f"Each sweep run trained for {steps} steps (rates tried in the paper's order, "
-            "stopping once the validation loss rose).",
-            "",
-        ]
-    lines += ["| learning rate | final val loss (nats/token) | chosen |", "| --- | --- | --- |"]
-    for r in sweep.itertuples():
-        best = "yes" if str(getattr(r, "best", "")).lower() == "true" else ""
-        lines.append(f"| {r.lr:g} | {_num(r.val_loss)} | {best} |")
-    return lines
+    rows = [
+        dict(
+            lr=f"{r.lr:g}",
+            val_loss=_num(r.val_loss),
+            best=str(getattr(r, "best", "")).lower() == "true",
+        )
+        for r in sweep.itertuples()
+    ]
+    return dict(steps=steps, rows=rows)
 
 
 def _num(x, nd: int = 4) -> str:
@@ -73,9 +75,9 @@ def _num(x, nd: int = 4) -> str:
     return f"{x:.{nd}f}"
 
 
-def _duration(seconds: float | None) -> str:
+def _duration(seconds: float | None) -> str | None:
     if seconds is None:
-        return "not recorded"
+        return None
     if seconds < 60:
         return f"{seconds:.1f} s"
     h, rem = divmod(int(round(seconds)), 3600)
@@ -116,188 +118,105 @@ def write_model_card(
         for key, src in figures.items():
             shutil.copyfile(src, reports_dir / f"{name}-{key}.png")
     seed = m.completions.sampling.seed if m.completions is not None else 0
-
-    L = []  # the card, line by line
-    L += _data_section(name, cfg, run, m.palette, m.n_train, m.n_test)
-    L += _architecture_section(cfg, m.n_params)
-    L += _objective_section(cfg.objective, cfg.mask_prob)
-    L += _recipe_section(run, log, model_dir / "lr_sweep.csv")
-    L += _results(m.metrics, m.baselines, cfg.objective, m.n_test)
-    L += _figures_section(figures, m.why_no_completions, seed)
-    L += _reproduce_section(run.get("command"), model_dir, reports_dir, name)
-
+    text = render(
+        "model_card",
+        name=name,
+        objective=cfg.objective,
+        **_data(cfg, run, m.palette, m.n_train, m.n_test),
+        n_layer=cfg.n_layer,
+        n_embd=cfg.n_embd,
+        n_head=cfg.n_head,
+        head_dim=cfg.head_dim,
+        n_params=f"{m.n_params:,}",
+        mask_prob=f"{cfg.mask_prob:g}",
+        recipe=_recipe(run),
+        log=None if log is None else _log_values(log),
+        command=run.command,
+        sweep=_sweep(model_dir / "lr_sweep.csv")
+        if (model_dir / "lr_sweep.csv").is_file()
+        else None,
+        **_results(m.metrics, m.baselines),
+        loss_curve="loss_curve" in figures,
+        completions="completions" in figures,
+        why_no_completions=m.why_no_completions,
+        seed=seed,
+        model_dir=model_dir,
+        reports_dir=reports_dir,
+    )
     card = model_dir / CARD
     with atomic_write(card, "w") as f:
-        f.write("\n".join(L))
+        f.write(text)
     return card
 
 
-def _data_section(name, cfg, run: dict, palette, n_train: int, n_test: int) -> list[str]:
-    """The title, the card's premise, and what the model was trained and measured on."""
-    L = [f"# {name}: iGPT-{cfg.objective.upper()}", ""]
-    L += [
-        f"An Image GPT model ({cfg.objective.upper()} objective) trained with igpt-eval. Every "
-        "number below was read from this folder's files or measured when the card was written.",
-        "",
-        "## Data",
-        "",
-        f"- dataset: `{run.get('dataset', 'not recorded')}`",
-        f"- training split: {n_train:,} images; test split (all measurements below): "
-        f"{n_test:,} images; validation during training: a seeded, stratified 10% "
-        "of the original training set",
-        f"- images: {cfg.n_px}×{cfg.n_px} pixels = {cfg.n_positions} tokens each, raster order",
-        f"- palette: k = {cfg.vocab_size} colours"
-        + (f" ({palette.channels}-channel, hash `{palette.hash}`)" if palette else ""),
-    ]
-    for key in ("train_fingerprint", "val_fingerprint"):
-        if key in run:
-            L.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
-    return L
-
-
-def _architecture_section(cfg, n_params: int) -> list[str]:
-    """The model's shape and the kind of blocks it is made of."""
-    return [
-        "",
-        "## Architecture",
-        "",
-        f"- {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads "
-        f"({cfg.head_dim} per head), {n_params:,} parameters",
-        "- GPT-2 pre-norm blocks with iGPT's RMS norm (no mean, no bias), quick-GELU MLP "
-        "(4× width), no biases, learned positions, an untied zero-initialised output head",
-    ]
-
-
-def _objective_section(objective: str, mask_prob: float) -> list[str]:
-    """What the model was trained to predict (AR or BERT)."""
-    obj = (
-        "autoregressive (AR): next-pixel cross-entropy at every position, causal attention, "
-        "a learned start-of-sequence vector"
-        if objective == "ar"
-        else f"BERT: each pixel masked with probability {mask_prob:g} (its token embedding "
-        "zeroed), bidirectional attention, cross-entropy on the masked pixels only"
+def _data(cfg, run: RunRecord, palette, n_train: int, n_test: int) -> dict:
+    """What the model was trained and measured on."""
+    return dict(
+        dataset=run.dataset,
+        n_train=f"{n_train:,}",
+        n_test=f"{n_test:,}",
+        n_px=cfg.n_px,
+        n_positions=cfg.n_positions,
+        colours=cfg.vocab_size,
+        palette=None if palette is None else dict(channels=palette.channels, hash=palette.hash),
+        train_fingerprint=run.train_fingerprint,
+        val_fingerprint=run.val_fingerprint,
     )
-    return ["", "## Objective", "", f"- {obj}", ""]
 
 
-def _recipe_section(run: dict, log: dict | None, sweep: Path) -> list[str]:
-    """The optimiser and schedule from ``run.json``, the run's length and final losses from
-    its log, the command, and the learning-rate sweep when there was one."""
-    tc = run.get("train_config") or {}
+def _recipe(run: RunRecord) -> dict | None:
+    """The optimiser and schedule from ``run.json`` (None when it records none)."""
+    tc = run.train_config or {}
     known = {k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}
-    L = ["## Training recipe", ""]
-    if known:
-        warmup = known.get("warmup_steps")  # recorded as steps since the default changed
-        how = (
-            f"linear warm-up for {warmup} step{'s' if warmup != 1 else ''}"
-            if warmup is not None
-            else "linear warm-up (the trainer's default then; the run did not record it)"
-        )
-        L += [
-            f"- Adam, betas {tuple(known.get('betas', ()))}, no weight decay, no dropout",
-            f"- peak learning rate {known.get('lr'):g}; {how}, then cosine decay to 0",
-            f"- {known.get('steps')} steps of {known.get('batch_size')} images"
-            + (f" ({known['grad_accum']} micro-batches)" if known.get("grad_accum", 1) > 1 else "")
-            + f"; bf16 autocast: {'yes' if known.get('bf16') else 'no'}; seed {known.get('seed')}"
-            + f", split seed {run_split_seed(run)}"
-            + (f"; {run['world_size']} processes" if run.get("world_size", 1) > 1 else ""),
-        ]
-        if known.get("grad_clip"):
-            L.append(f"- gradient norm clipped at {known['grad_clip']:g}")
-    else:
-        L.append("- not recorded (this folder has no run.json)")
-    if log is not None:
-        L.append(
-            f"- trained {log['steps']} steps"
-            + (f" = {log['epochs']:.2f} epochs" if log["epochs"] is not None else "")
-            + f"; wall time {_duration(log['seconds'])}"
-        )
-        L.append(
-            f"- final train loss {_num(log['train_loss'])} nats/token (mean of the last "
-            f"{log['train_tail']} steps); final validation loss "
-            f"{_num(log['val_loss'])} nats/token (step {log['val_step']})"
-        )
-    L += ["", "Command:", "", "```bash", run.get("command") or "# not recorded", "```", ""]
-    if sweep.is_file():
-        L += ["### Learning-rate sweep", "", *_sweep_table(sweep), ""]
-    return L
+    if not known:
+        return None
+    clip = known.get("grad_clip")
+    return dict(
+        betas=tuple(known.get("betas", ())),
+        lr=f"{known.get('lr'):g}",
+        warmup=known.get("warmup_steps"),  # recorded as steps since the default changed
+        steps=known.get("steps"),
+        batch_size=known.get("batch_size"),
+        grad_accum=known.get("grad_accum", 1),
+        bf16=bool(known.get("bf16")),
+        seed=known.get("seed"),
+        split_seed=run.data_seed,
+        world_size=run.world_size or 1,
+        grad_clip=f"{clip:g}" if clip else None,
+    )
 
 
-def _figures_section(figures: dict, why_no_completions: str | None, seed: int) -> list[str]:
-    """The figures beside the card, or why one is missing."""
-    L = ["## Figures", ""]
-    if "loss_curve" in figures:
-        L += ["Training curve (train loss per step and its moving average; validation loss):", ""]
-        L += ["![training curve](loss_curve.png)", ""]
-    else:
-        L += ["No training curve: this folder has no train_log.csv.", ""]
-    if "completions" in figures:
-        L += [
-            f"Completions of test images (top half given, bottom half sampled at temperature 1, "
-            f"seed {seed}):",
-            "",
-            "![completions](completions.png)",
-            "",
-        ]
-    else:
-        L += [f"No completions: {why_no_completions}.", ""]
-    return L
+def _log_values(log: dict) -> dict:
+    """The run's length and final losses (:func:`_log_summary`), formatted."""
+    return dict(
+        steps=log["steps"],
+        epochs=None if log["epochs"] is None else f"{log['epochs']:.2f}",
+        duration=_duration(log["seconds"]),
+        train_loss=_num(log["train_loss"]),
+        train_tail=log["train_tail"],
+        val_loss=_num(log["val_loss"]),
+        val_step=log["val_step"],
+    )
 
 
-def _reproduce_section(command: str | None, model_dir: Path, reports_dir, name: str) -> list[str]:
-    """The training command and the command that writes this card again."""
-    again = f"igpt-eval model-card --model {model_dir}"
-    if reports_dir is not None:
-        again += f" --reports {reports_dir} --name {name}"
-    L = ["## Reproduce", "", "```bash", command or "# the training command was not recorded"]
-    return L + [again, "```", ""]
-
-
-def _results(m: dict, b: dict, objective: str, n_test: int) -> list[str]:
-    """The results section: the model's test loss against the baselines."""
+def _results(m: dict, b: dict) -> dict:
+    """The model's test loss beside the baselines' (nats/token, bits/dim, next-pixel
+    accuracy), and the first baseline it is not below (``not_below``; None: both)."""
     ln2 = math.log(2)
-    acc = objective == "ar"
 
-    def row(what, nats, accuracy=None):
-        cells = [what, _num(nats), _num(nats / ln2)]
-        return "| " + " | ".join(cells + ([_num(accuracy)] if acc else [])) + " |"
+    def row(nats, accuracy=None):
+        return dict(nats=_num(nats), bits=_num(nats / ln2), accuracy=_num(accuracy))
 
-    L = ["## Results on the test split", ""]
-    L.append(
-        f"Measured on all {n_test:,} test images; losses in nats per token and bits per "
-        "dimension (nats / ln 2)."
-    )
-    L += ["", "| predictor | nats/token | bits/dim |" + (" next-pixel accuracy |" if acc else "")]
-    L.append("| --- | --- | --- |" + (" --- |" if acc else ""))
-    L.append(row(f"this model ({objective.upper()})", m["loss"], m["accuracy"]))
-    L.append(row("uniform over the palette", b["uniform"], None))
-    L.append(row("unigram (train colour frequencies)", b["unigram_ce"], b["unigram_accuracy"]))
-    L.append(
-        row("previous pixel (train bigram / repeat it)", b["bigram_ce"], b["prev_pixel_accuracy"])
-    )
-    L += [
-        "",
-        f"Entropy of the test split's own colour frequencies: "
-        f"{_num(b['test_unigram_entropy'])} nats/token.",
-        "",
-    ]
-    if objective == "bert":
-        L += [
-            "The BERT loss scores masked pixels only (15% of them, a fixed seed), each "
-            "predicted from both sides; the baselines score every pixel.",
-            "",
-        ]
+    not_below = None
     if m["loss"] >= b["unigram_ce"]:
-        L += [
-            f"**The test loss ({_num(m['loss'])}) is not below the unigram entropy "
-            f"({_num(b['unigram_ce'])}): the model has learned no more than the colour "
-            "frequencies.**",
-            "",
-        ]
+        not_below = "unigram"
     elif m["loss"] >= b["bigram_ce"]:
-        L += [
-            f"The test loss is below the unigram ({_num(b['unigram_ce'])}) but not below the "
-            f"previous-pixel baseline ({_num(b['bigram_ce'])}).",
-            "",
-        ]
-    return L
+        not_below = "previous pixel"
+    return dict(
+        model=row(m["loss"], m["accuracy"]),
+        uniform=row(b["uniform"]),
+        unigram=row(b["unigram_ce"], b["unigram_accuracy"]),
+        bigram=row(b["bigram_ce"], b["prev_pixel_accuracy"]),
+        test_entropy=_num(b["test_unigram_entropy"]),
+        not_below=not_below,
+    )

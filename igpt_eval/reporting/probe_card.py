@@ -16,7 +16,7 @@ import pandas as pd
 from igpt_eval.analysis.paired import paired_lines
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.probes.paired import DIFF
+from igpt_eval.names import Metric
 from igpt_eval.reporting.templates import render
 from igpt_eval.results import probe_train_size, summary
 
@@ -48,7 +48,7 @@ def _probe_run(results, model: str, source: str, subheading: bool) -> dict:
     """What the section says of one probe run of ``model`` (with the size of its training
     sample for a ``subheading``)."""
     mine = results[(results.model == model) & (results.probe.isin(["lbfgs", "sgd"]))]
-    df = mine[mine.metric != DIFF]  # the paired-difference rows are read below
+    df = mine[mine.metric != Metric.DIFF]  # the paired-difference rows are read below
     if df.empty:
         raise IGPTError(f"{source} holds no probe results for {model!r}")
     if df[df.split == "test"].duplicated(["layer", "metric"]).any():
@@ -74,7 +74,7 @@ def _probe_run(results, model: str, source: str, subheading: bool) -> dict:
         )
         for r in s.itertuples()
     ]
-    diffs = mine[(mine.metric == DIFF) & (mine.probe == probe)]
+    diffs = mine[(mine.metric == Metric.DIFF) & (mine.probe == probe)]
     return dict(
         probe=probe,
         site_kind=val.site_kind,

@@ -43,15 +43,17 @@ from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.palette import Palette
 from igpt_eval.data.source import DataSource
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, read_json, write_json
+from igpt_eval.io import atomic_write
 from igpt_eval.model.checkpoint import load_model, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.record import RunRecord
 from igpt_eval.model.sources import resolve_model
+from igpt_eval.names import Metric
 from igpt_eval.predictions import Predictions, save_predictions
 from igpt_eval.probes.logistic import probe_head
-from igpt_eval.probes.paired import DIFF, paired_rows
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.results import probe_init, summary, to_frame
 from igpt_eval.studies.campaign_plan import Plan, make_plan, model_config, weight_dtype
 from igpt_eval.studies.probe import probe_model
@@ -118,9 +120,8 @@ class Campaign:
 
     def _save_record(self, status: str) -> None:
         self.record["status"] = status
-        path = self.model_dir / "run.json"
-        run = read_json(path) if path.is_file() else {}
-        write_json(path, {**run, "campaign": self.record})
+        run = RunRecord.read(self.model_dir)
+        dataclasses.replace(run, campaign=self.record).write(self.model_dir)
 
     def _stage(self, name: str, t0: float) -> None:
         self.record["stages"][name] = round(time.perf_counter() - t0, 2)
@@ -208,13 +209,12 @@ class Campaign:
             base, steps=plan.steps, eval_every=plan.eval_every,
             checkpoint_every=max(1, plan.steps // 4), snapshot_steps=plan.snapshot_steps,
         )  # fmt: skip
-        identity = {
-            "dataset": s.dataset, "split_seed": s.split_seed,
-            "train_fingerprint": train.fingerprint, "val_fingerprint": val.fingerprint,
-            "palette_hash": palette.hash, "command": self.command,
-        }  # fmt: skip
+        record = RunRecord(
+            dataset=s.dataset, split_seed=s.split_seed, train_fingerprint=train.fingerprint,
+            val_fingerprint=val.fingerprint, palette_hash=palette.hash, command=self.command,
+        )  # fmt: skip
         run_dir = self.work / "run"
-        res = pretrain(cfg, train_cfg, tr, va, run_dir, palette=palette, identity=identity)
+        res = pretrain(cfg, train_cfg, tr, va, run_dir, palette=palette, record=record)
         self.record["training"] = _jsonable(res)
         self.log(f"trained {plan.steps:,} steps in {res['seconds']:.0f} s: val loss "
                  f"{res['val_loss']:.4f} nats/token")  # fmt: skip
@@ -241,8 +241,8 @@ class Campaign:
         run record and training log into ``OUT/<name>``, before any probe."""
         net = load_model(run_dir)
         save_model(net, self.model_dir, palette, dtype=weight_dtype(net.n_params()))
-        run = read_json(run_dir / "run.json")
-        write_json(self.model_dir / "run.json", {**run, "campaign": self.record})
+        run = RunRecord.read(run_dir)
+        dataclasses.replace(run, campaign=self.record).write(self.model_dir)
         shutil.copyfile(run_dir / "train_log.csv", self.model_dir / "train_log.csv")
 
     def _probe_settings(self, sizes) -> ProbeSettings:
@@ -265,7 +265,7 @@ class Campaign:
             df, pred = probe_model(
                 self.model_dir, self.source, settings, cache_dir=self.work / "activations" / name
             )
-            rows.append(df[df.metric != DIFF])
+            rows.append(df[df.metric != Metric.DIFF])
             predictions.update(pred)
             if name == "model":
                 self.label = str(df.model.iloc[0])  # the name every result row carries
@@ -274,7 +274,7 @@ class Campaign:
         df = to_frame(pd.concat([df, to_frame(paired_rows(df, predictions, seed=s.seed))]))
         self._write_csv(df, "results.csv")
         save_predictions(predictions, self.out)
-        for r in df[df.metric == DIFF].itertuples():
+        for r in df[df.metric == Metric.DIFF].itertuples():
             self.log(f"{r.contrast}: {100 * r.value:+.2f} pp [{100 * r.ci_low:+.2f}, "
                      f"{100 * r.ci_high:+.2f}], McNemar p = {r.p_value:.3g}")  # fmt: skip
         return df
@@ -282,10 +282,10 @@ class Campaign:
     def track(self, run_dir: Path) -> pd.DataFrame:
         """Every snapshot on the track sample; ``OUT/track.csv`` after each."""
         s, frames = self.s, []
-        settings = TrackSettings(
-            train_size=s.track_sizes[0], val_size=s.track_sizes[1],
-            test_size=s.track_sizes[2], device=self.device, seed=s.seed, pixels=False,
-        )  # fmt: skip
+        # Every snapshot on the track sample, without the pixel controls (the final probes
+        # have them; they are the same at every step).
+        probe = self._probe_settings(s.track_sizes).replace(pixels=False, native_pixels=False)
+        settings = TrackSettings(probe)
 
         def keep(df: pd.DataFrame) -> None:
             frames.append(df)
@@ -328,7 +328,7 @@ class Campaign:
 
 
 def _best_line(df: pd.DataFrame) -> str:
-    s = summary(df[df.metric != DIFF])
+    s = summary(df[df.metric != Metric.DIFF])
     b, last = s[s.best].iloc[0], s[s["last"]].iloc[0]
     return (f"best layer (val) {b.layer}: test {100 * b.test_acc:.2f}%, last layer "
             f"{100 * last.test_acc:.2f}%")  # fmt: skip

@@ -56,17 +56,17 @@ from igpt_eval.data.source import DataSource
 from igpt_eval.defaults import DEFAULT_MODELS, cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_hash
-from igpt_eval.model.checkpoint import CONFIG, read_run, run_seed, run_split_seed
+from igpt_eval.model.checkpoint import CONFIG
 from igpt_eval.model.devices import resolve_device
+from igpt_eval.model.record import RunRecord
 from igpt_eval.model.sources import ModelSource, resolve_model, source_config, source_palette
-from igpt_eval.names import PIXEL_CONTROLS, ModelKind, bare_name, model_names
+from igpt_eval.names import PIXEL_CONTROLS, SPLITS, Metric, ModelKind, bare_name, model_names
 from igpt_eval.predictions import Predictions, Scored
 from igpt_eval.probes.concat import check_concat
-from igpt_eval.probes.paired import DIFF, paired_rows
+from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import (
     probe_pixel_controls,
 )
-from igpt_eval.probes.protocol import SPLITS
 from igpt_eval.results import to_frame
 from igpt_eval.studies.probe import probe_model, provenance
 from igpt_eval.studies.settings import ProbeSettings
@@ -123,12 +123,12 @@ def model_info(model, dataset: str | None = None) -> ModelInfo:
         raise IGPTError(
             f"{source.spec} has no palette; its colours (and pixel baseline) are unknown"
         )
-    run = read_run(source.path) if source.is_checkpoint else {}
-    name = dataset or run.get("dataset")
+    run = RunRecord.read(source.path) if source.is_checkpoint else RunRecord()
+    name = dataset or run.dataset
     if not name:
         raise IGPTError(f"{source.spec} records no dataset (no run.json); pass --dataset")
     return ModelInfo(source.label, source.path, cfg.objective, cfg.n_layer, cfg.n_px, palette,
-                     name, run_seed(run), run_split_seed(run), source)  # fmt: skip
+                     name, run.seed, run.data_seed, source)  # fmt: skip
 
 
 def check_models(models, dataset: str | None = None) -> list[ModelInfo]:
@@ -255,7 +255,7 @@ def compare_models(
             **knn,
         )
         # Its paired rows are recomputed below, with every contrast of the comparison.
-        frames += [df[df.metric != DIFF], to_frame(k_rows)]
+        frames += [df[df.metric != Metric.DIFF], to_frame(k_rows)]
         predictions.update(pred).update(k_pred)
         test_caches[m.name] = caches["test"]
         if random_control:
@@ -263,7 +263,7 @@ def compare_models(
             log.info(f"[compare] {m.name}: the random-weights control (caches in {folder})")
             twin = each.replace(random_weights=True, concat_layers=None)
             df, pred = probe_model(m.source, source_of(m, data), twin, cache_dir=folder)
-            frames.append(df[df.metric != DIFF])
+            frames.append(df[df.metric != Metric.DIFF])
             predictions.update(pred)
     if s.pixels or s.native_pixels:
         log.info("[compare] raw-pixel controls: linear probes of the images")

@@ -43,7 +43,7 @@ from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
 from igpt_eval.names import RAW_PIXELS, ModelKind
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
-from igpt_eval.results import load_results, probe_choice, save_results, to_frame
+from igpt_eval.results import load_results, probe_choice, row, save_results, to_frame
 from igpt_eval.studies.settings import LowDataConfig
 from igpt_eval.train.finetune_runs import FinetuneRecord, run_finetune
 from igpt_eval.train.settings import FinetuneConfig
@@ -273,7 +273,7 @@ def _probe(feats, tr_rows, va_rows, labels, y_test, cfg, meta, extra, fixed) -> 
         protocol=Protocol(max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"]),
     ).rows  # fmt: skip
     sec = time.perf_counter() - t0
-    return [dict(r, **extra, method="linear probe", best_layer=True, study_seconds=sec)
+    return [row(r, extra, method="linear probe", best_layer=True, study_seconds=sec)
             for r in rows]  # fmt: skip
 
 
@@ -292,7 +292,7 @@ def _pixels(tr, te, test_rows, tr_rows, va_rows, cfg, dataset, extra) -> list[di
         sites=["pixels"],
         protocol=Protocol(max_iter=cfg.probe_iter, device=cfg.device, seed=extra["seed"]),
     ).rows  # fmt: skip
-    return [dict(r, **extra, method="raw pixels", best_layer=True) for r in rows]
+    return [row(r, extra, method="raw pixels", best_layer=True) for r in rows]
 
 
 @dataclasses.dataclass
@@ -339,4 +339,4 @@ def _finetune(
         if not cfg.keep_checkpoints:
             shutil.rmtree(run_dir / "resume", ignore_errors=True)
             (run_dir / "model.safetensors").unlink(missing_ok=True)
-    return [dict(r, **extra, method="fine-tune") for r in df.to_dict("records")]
+    return [row(r, extra, method="fine-tune") for r in df.to_dict("records")]

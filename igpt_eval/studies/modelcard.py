@@ -17,8 +17,9 @@ from pathlib import Path
 from igpt_eval.analysis.metrics import model_metrics, token_baselines
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
-from igpt_eval.model.checkpoint import load_model, load_palette, read_run
+from igpt_eval.model.checkpoint import load_model, load_palette
 from igpt_eval.model.config import IGPTConfig
+from igpt_eval.model.record import RunRecord
 from igpt_eval.studies.samples import Completions, Sampling, complete_images
 
 
@@ -29,7 +30,7 @@ class CheckpointMeasurements:
     (None, with the reason in ``why_no_completions``, for a BERT model or no palette)."""
 
     config: IGPTConfig
-    run: dict
+    run: RunRecord
     palette: Palette | None
     n_params: int
     n_train: int
@@ -60,7 +61,7 @@ def measure_checkpoint(
         completions = complete_images(model, palette, test_tokens, sampling=Sampling(seed=seed))
     return CheckpointMeasurements(
         config=cfg,
-        run=read_run(model_dir),
+        run=RunRecord.read(model_dir),
         palette=palette,
         n_params=model.n_params(),
         n_train=len(train_tokens),

@@ -23,12 +23,12 @@ from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sources import resolve_model
-from igpt_eval.names import ModelKind, random_twin
+from igpt_eval.names import SPLITS, ModelKind, random_twin
 from igpt_eval.predictions import Predictions
 from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
-from igpt_eval.probes.protocol import SPLITS, Features, Protocol, probe_lbfgs
+from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.probes.sgd import probe_sgd
 from igpt_eval.results import MODELS_FILE, save_results, summary, to_frame
 from igpt_eval.studies.settings import ProbeSettings

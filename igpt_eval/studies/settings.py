@@ -2,8 +2,9 @@
 :class:`TrackSettings`), with their defaults and the measurements behind them.
 
 :class:`ProbeSettings` holds the protocol, extraction and sample settings of one probe run in
-one object that ``igpt-eval probe``, ``compare`` and ``track`` build and hand on; where files
-are read and written (data, caches, results) stays with the call.
+one object that ``igpt-eval probe``, ``compare`` and ``track`` build and hand on (a track's
+:class:`TrackSettings` holds one); where files are read and written (data, caches, results)
+stays with the call.
 
 A light module (no torch, no numpy), so the command line can show the defaults in ``--help``
 without importing the studies.
@@ -134,25 +135,28 @@ class LowDataConfig:
         return int(min(self.max_steps, max(self.min_steps, round(self.epochs * per_epoch))))
 
 
-@dataclass
-class TrackSettings:
-    """How each snapshot is probed. The defaults keep one snapshot of the 16 px ``mini``
-    model to about a minute of extraction on 2 CPU cores, at a test-accuracy standard
-    error of about 0.5 points, enough to see trends across training."""
+@dataclass(frozen=True)
+class TrackSettings(Settings):
+    """How each snapshot of a training run is probed: one :class:`ProbeSettings` for every
+    snapshot, and which snapshots. The probe defaults (the main job's sample) keep one
+    snapshot of the 16 px ``mini`` model to about a minute of extraction on 2 CPU cores, at
+    a test-accuracy standard error of about 0.5 points, enough to see trends across
+    training; a run's last snapshot and the model shipped from it are then probed on the
+    same images."""
 
-    # Stratified samples (None: the whole split): the main job's, so a run's last snapshot
-    # and the model shipped from it are probed on the same images.
-    train_size: int | None = SAMPLE_TRAIN
-    val_size: int | None = SAMPLE_VAL
-    test_size: int | None = SAMPLE_TEST  # the images every snapshot is scored on
-    site: str = DEFAULT_SITE  # the paper's feature site
-    compute: str = "auto"  # extraction precision: bf16 autocast on a GPU, float32 on the CPU
-    batch_size: int | None = None  # images per forward (None: the device's, model.devices)
-    device: str = "auto"  # extraction and probes: CUDA when present, else the CPU
-    bert_masks: int = BERT_MASKS  # masks averaged for BERT snapshots
-    seed: int = 0  # the probes' and the BERT masks' (the split is each run's own)
+    probe: ProbeSettings = dataclasses.field(default_factory=ProbeSettings)
     steps: tuple[int, ...] | None = None  # only these snapshot steps (None: all)
-    pixels: bool = True  # the pixel controls beside each snapshot (the same at every step)
+    KIND: ClassVar[str] = "track"
+
+    def __post_init__(self):
+        p = self.probe
+        if p.random_weights or p.concat_layers is not None or p.layers is not None:
+            raise IGPTError(
+                "a track probes every layer of each snapshot as trained: give no layers, "
+                "random_weights or concat_layers"
+            )
+        if self.steps is not None:
+            object.__setattr__(self, "steps", tuple(self.steps))
 
 
 @dataclass(frozen=True)

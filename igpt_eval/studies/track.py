@@ -32,7 +32,7 @@ from igpt_eval.model.checkpoint import CONFIG, list_snapshots
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.results import load_results, summary
 from igpt_eval.studies.probe import probe_model
-from igpt_eval.studies.settings import ProbeSettings, TrackSettings
+from igpt_eval.studies.settings import TrackSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +104,6 @@ def find_snapshots(
     ]
 
 
-def probe_settings(settings: TrackSettings) -> ProbeSettings:
-    """How :func:`track_runs` probes each snapshot: every layer with L-BFGS, the raw-pixel
-    baseline, and ``settings``' site, extraction and sample."""
-    return ProbeSettings(
-        site=settings.site,
-        compute=settings.compute,
-        batch_size=settings.batch_size,
-        device=settings.device,
-        bert_masks=settings.bert_masks,
-        seed=settings.seed,
-        pixels=settings.pixels,
-        native_pixels=settings.pixels,
-        train_size=settings.train_size,
-        val_size=settings.val_size,
-        test_size=settings.test_size,
-    )
-
-
 def track_runs(
     runs: list[str | Path],
     settings: TrackSettings | None = None,
@@ -153,7 +135,7 @@ def track_runs(
         for p in paths
         for s in find_snapshots(p, name or run_name(p, paths), settings.steps, data.name)
     ]
-    probe = probe_settings(settings)
+    probe = settings.probe
     frames = []
     for i, snap in enumerate(plan, 1):
         t0 = time.perf_counter()

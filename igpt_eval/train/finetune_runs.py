@@ -27,9 +27,9 @@ from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
 from igpt_eval.model.loading import open_model, run_defaults
 from igpt_eval.model.sites import site_name
-from igpt_eval.names import ModelKind, random_twin
+from igpt_eval.names import Metric, ModelKind, Probe, random_twin
 from igpt_eval.predictions import Predictions, prediction_key
-from igpt_eval.results import load_results, save_results, to_frame
+from igpt_eval.results import load_results, row, save_results, to_frame
 from igpt_eval.stats import bootstrap_accuracy_ci
 from igpt_eval.train.finetune import FineTuner, HeadFitter, with_classifier
 from igpt_eval.train.runs import sweep_lrs, walk_rates
@@ -149,12 +149,12 @@ def test_rows(
     against probes scored on the same test images."""
     cfg, b = tuner.cfg, tuner.best
     L = tuner.model.config.n_layer
-    common = dict(
+    common = row(
         meta,
         layer=tuner.layer,
         site=site_name(tuner.layer, "ln_1", L),
         site_kind="ln_1",
-        probe="finetune",
+        probe=Probe.FINETUNE,
         backend="torch",
         C=np.nan if cfg.init_C is None else cfg.init_C,
         lr=cfg.lr,
@@ -168,8 +168,11 @@ def test_rows(
         augment=cfg.augment,
         steps=tuner.step,
     )
-    val = dict(common, split="val", n_eval=len(tuner.early_stopping_set()))
-    rows = [dict(val, metric="accuracy", value=b.acc), dict(val, metric="loss", value=b.loss)]
+    val = row(common, split="val", n_eval=len(tuner.early_stopping_set()))
+    rows = [
+        row(val, metric=Metric.ACCURACY, value=b.acc),
+        row(val, metric=Metric.LOSS, value=b.loss),
+    ]
     predictions = Predictions()
     if test is None:
         return rows, predictions
@@ -178,12 +181,12 @@ def test_rows(
     pred, losses = tuner.predict(test, saved, (torch.zeros(d), torch.ones(d)))
     correct = pred == np.asarray(test.labels)
     lo, hi = bootstrap_accuracy_ci(correct, n_boot=n_boot, seed=cfg.seed)
-    tst = dict(common, split="test", n_eval=len(test))
+    tst = row(common, split="test", n_eval=len(test))
     predictions.add(prediction_key(meta.get("model", "model"), "finetune", common["site"]),
                     pred, np.asarray(test.labels))  # fmt: skip
     rows += [
-        dict(tst, metric="accuracy", value=float(correct.mean()), ci_low=lo, ci_high=hi),
-        dict(tst, metric="loss", value=float(losses.mean())),
+        row(tst, metric=Metric.ACCURACY, value=float(correct.mean()), ci_low=lo, ci_high=hi),
+        row(tst, metric=Metric.LOSS, value=float(losses.mean())),
     ]
     return rows, predictions
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import atomic_write, read_json, write_json
+from igpt_eval.io import atomic_write
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.model.igpt import IGPT
+from igpt_eval.model.record import RunRecord
 from igpt_eval.train import distributed as dist
 from igpt_eval.train.pretrain import TrainConfig, Trainer
 
@@ -47,13 +48,14 @@ def pretrain(
     out: str | Path,
     *,
     palette=None,
-    identity: dict | None = None,
+    record: RunRecord | None = None,
     resume: bool = False,
 ) -> dict:
     """Train one model into ``out`` (or continue the run there); returns a summary dict.
 
-    ``identity`` describes the data (fingerprints, palette hash); it is stored in
-    ``run.json`` and a resumed run must match it, as well as the model config.
+    ``record`` says what the run read (dataset, split seed, fingerprints, palette hash) and
+    how it was started (command, processes); with the model and training configs filled in
+    it is ``run.json``, which a resumed run must match.
     """
     out = Path(out)
     warmup_given = train_cfg.warmup_steps is not None
@@ -62,12 +64,12 @@ def pretrain(
         # change if the default does (a resumed run, a model card written later).
         warmup = train_cfg.warmup(len(train_tokens))
         train_cfg = dataclasses.replace(train_cfg, warmup_steps=warmup)
-    info = {
-        "model_config": model_cfg.to_dict(),
-        "objective": model_cfg.objective,
-        **(identity or {}),
-        "train_config": _jsonable(dataclasses.asdict(train_cfg)),
-    }
+    info = dataclasses.replace(
+        record or RunRecord(),
+        model_config=model_cfg.to_dict(),
+        objective=model_cfg.objective,
+        train_config=_jsonable(dataclasses.asdict(train_cfg)),
+    )
     if resume and not (out / "run.json").is_file() and not _holds_files(out):
         # The same command serves the first start and every restart of a requeued job.
         if dist.is_main():
@@ -87,7 +89,7 @@ def pretrain(
     trainer = Trainer(model, train_tokens, val_tokens, train_cfg, out)
     if dist.is_main():
         # run.json first: from the moment a folder exists it says which run it holds.
-        write_json(out / "run.json", info)
+        info.write(out)
     if resume:
         trainer.resume()
         if trainer.step >= train_cfg.steps and dist.is_main():
@@ -106,20 +108,21 @@ def _holds_files(out: Path) -> bool:
     return out.exists() and any(p.name not in ("sweep", SWEEP_CSV) for p in out.iterdir())
 
 
-def _check_resumable(out: Path, info: dict, warmup_given: bool = True) -> None:
+def _check_resumable(out: Path, info: RunRecord, warmup_given: bool = True) -> None:
     run = out / "run.json"
     if not run.is_file():
         raise IGPTError(f"nothing to resume in {out}: it holds no run (no run.json)")
-    old = read_json(run)
+    old = RunRecord.read(out)
     for key in _IDENTITY:
-        if old.get(key) != info.get(key):
+        if getattr(old, key) != getattr(info, key):
             what = key.replace("_", " ")
             raise IGPTError(
                 f"cannot resume {out}: its {what} differs from this command's "
                 "(same model, data and palette are needed)"
             )
+    was, now = old.train_config or {}, info.train_config or {}
     for key in _RESUMABLE_SETTINGS:
-        if key == "warmup_steps" and old["train_config"].get(key) is None:
+        if key == "warmup_steps" and was.get(key) is None:
             # Started before runs recorded their warm-up: only the user knows what it was.
             if warmup_given:
                 continue
@@ -127,10 +130,10 @@ def _check_resumable(out: Path, info: dict, warmup_given: bool = True) -> None:
                 f"cannot resume {out}: it was started before runs recorded their warm-up, "
                 "under another default; pass the warm-up it used with --warmup-steps"
             )
-        if old["train_config"].get(key) != info["train_config"].get(key):
+        if was.get(key) != now.get(key):
             raise IGPTError(
-                f"cannot resume {out}: --{key.replace('_', '-')} was "
-                f"{old['train_config'].get(key)} in the original run"
+                f"cannot resume {out}: --{key.replace('_', '-')} was {was.get(key)} in the "
+                "original run"
             )
 
 
@@ -142,7 +145,7 @@ def lr_sweep(
     out: str | Path,
     *,
     palette=None,
-    identity: dict | None = None,
+    record: RunRecord | None = None,
     max_runs: int = 8,
     sweep_steps: int | None = None,
     resume: bool = False,
@@ -162,13 +165,13 @@ def lr_sweep(
         raise IGPTError(f"{out} already holds files; choose a new --out for the sweep")
     rows = _sweep(
         model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps,
-        palette=palette, identity=identity, resume=resume,
+        palette=palette, record=record, resume=resume,
     )  # fmt: skip
     if sweep_steps is not None:
         best = next(r for r in rows if r["best"])
         cfg = dataclasses.replace(train_cfg, lr=best["lr"])
         pretrain(model_cfg, cfg, train_tokens, val_tokens, out, palette=palette,
-                 identity=identity, resume=True)  # fmt: skip
+                 record=record, resume=True)  # fmt: skip
     return rows
 
 
@@ -194,7 +197,7 @@ def walk_rates(lrs, score) -> tuple[list[tuple[float, float]], float]:
 
 
 def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_steps, *,
-           palette, identity, resume) -> list[dict]:  # fmt: skip
+           palette, record, resume) -> list[dict]:  # fmt: skip
     def run_dir(lr: float) -> Path:
         return out / "sweep" / f"lr-{lr:g}"
 
@@ -207,7 +210,7 @@ def _sweep(model_cfg, train_cfg, train_tokens, val_tokens, out, max_runs, sweep_
     def score(lr: float) -> float:
         try:
             res = pretrain(model_cfg, steps(lr), train_tokens, val_tokens, run_dir(lr),
-                           palette=palette, identity=identity, resume=resume)  # fmt: skip
+                           palette=palette, record=record, resume=resume)  # fmt: skip
         except IGPTError as e:
             if "diverged" not in str(e):
                 raise
