@@ -229,3 +229,82 @@ def test_reporting_runs_no_model():
         if calls:
             found[path.name] = calls
     assert found == {}
+
+
+# --------------------------------------------------------------------------- one import path
+def _bound(tree: ast.Module) -> set[str]:
+    """Names a module's top level binds itself (defs, classes, assignments), not imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _exports(tree: ast.Module) -> set[str]:
+    """A package's public names: its literal ``__all__``, where that spreads or sorts a
+    dict of lazily imported names (``_LAZY``, ``_HOME``), that dict's keys too."""
+    dicts = {
+        t.id: {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            for n in ast.walk(node.value):
+                if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                    out.add(n.value)
+                elif isinstance(n, ast.Name) and n.id in dicts:
+                    out |= dicts[n.id]
+    return out
+
+
+def indirect_imports() -> list[str]:
+    """``from a import b`` anywhere in the package where ``b`` is neither bound in ``a``,
+    nor a submodule of ``a``, nor a public name of the package ``a``: a name taken from a
+    module that only imported it (a second import path for one name)."""
+    mods = _modules()
+    trees = {m: ast.parse(p.read_text(), filename=str(p)) for m, p in mods.items()}
+    found = []
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in mods:
+                continue
+            source = trees[node.module]
+            is_package = mods[node.module].name == "__init__.py"
+            for a in node.names:
+                if f"{node.module}.{a.name}" in mods or a.name in _bound(source):
+                    continue
+                if is_package and a.name in _exports(source):
+                    continue
+                found.append(f"{module}: {a.name} from {node.module}")
+    return found
+
+
+def test_one_import_path_per_name():
+    """Each name is imported from the module that defines it, or from its package's public
+    list; never through a module that merely imported it."""
+    assert indirect_imports() == []
+
+
+def test_indirect_import_finder(tmp_path, monkeypatch):
+    """The finder sees a name taken through a module that imported it (a planted pair)."""
+    pkg = tmp_path / "igpt_eval"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("__all__ = ['f']\nfrom igpt_eval.a.m import f\n")
+    (pkg / "a" / "m.py").write_text("def f():\n    pass\n")
+    (pkg / "a" / "n.py").write_text("from igpt_eval.a.m import f\n")
+    (pkg / "b.py").write_text("from igpt_eval.a import f\nfrom igpt_eval.a.n import f as g\n")
+    monkeypatch.setitem(globals(), "PACKAGE", pkg)
+    assert indirect_imports() == ["igpt_eval.b: f from igpt_eval.a.n"]

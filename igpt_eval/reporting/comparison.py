@@ -15,14 +15,13 @@ from pathlib import Path
 from igpt_eval.io import atomic_write, write_json
 from igpt_eval.reporting.figures import baselines_of, depth_curve, model_colours, save_figure
 from igpt_eval.reporting.tables import (
-    MODELS_FILE,
     comparison_table,
     concat_summaries,
     probe_summaries,
     random_summaries,
     table_markdown,
 )
-from igpt_eval.results import save_results
+from igpt_eval.results import MODELS_FILE, save_results
 from igpt_eval.studies.compare import Comparison
 
 

@@ -23,16 +23,13 @@ from igpt_eval.data.palette import Palette
 from igpt_eval.defaults import MODELS_DIR
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write
-from igpt_eval.names import Contrast, Probe, bare_name
+from igpt_eval.names import CONCAT, PIXELS, PIXELS_NATIVE, Contrast, Probe, bare_name
 from igpt_eval.predictions import load_predictions
 from igpt_eval.reporting import figures as fig
 from igpt_eval.reporting.finetune import finetune_section, load_finetunes, load_full_probes
 from igpt_eval.reporting.lowdata import lowdata_figure, lowdata_table
 from igpt_eval.reporting.model_figures import read_log
 from igpt_eval.reporting.tables import (
-    CONCAT,
-    PIXELS,
-    PIXELS_NATIVE,
     accuracy_rows,
     comparison_table,
     concat_summaries,
