@@ -33,7 +33,7 @@ from igpt_eval.cache.extraction import extract_split
 from igpt_eval.defaults import BERT_MASKS
 from igpt_eval.model.head import feature_scale
 from igpt_eval.model.loading import open_model
-from igpt_eval.probes import COARSE_CS, fit_grid, fit_path
+from igpt_eval.probes import COARSE_CS, LBFGSOptions, fit_grid, fit_path
 from igpt_eval.probes.backends import fit_cuml, fit_sklearn
 from igpt_eval.studies.probe import DEFAULT_MODEL, load_features
 
@@ -89,7 +89,8 @@ def main() -> None:
     # all layers batched), and the same solver cold (every problem from zero, all batched).
     for name, solve in (("torch", fit_path), ("torch cold grid", fit_grid)):
         t0 = time.perf_counter()
-        res = solve(Xtr, ytr, Cs, K, device=args.device, tol=args.tol, max_iter=args.max_iter)
+        options = LBFGSOptions(tol=args.tol, max_iter=args.max_iter)
+        res = solve(Xtr, ytr, Cs, K, device=args.device, options=options)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0

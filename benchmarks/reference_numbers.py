@@ -24,7 +24,7 @@ from igpt_eval.data import load_dataset
 from igpt_eval.model import IGPT, IGPTConfig, load_model, load_palette
 from igpt_eval.probes import LogisticProbe, Protocol, probe_lbfgs
 from igpt_eval.probes.protocol import Features
-from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.probes.sgd import ArraySource, SGDProtocol, probe_sgd
 from igpt_eval.train.pretrain import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +91,9 @@ def compute() -> dict[str, np.ndarray]:
                 k: src(f.X, f.y, layers) for k, f in (("train", tr), ("val", va), ("test", te))
             }
             sgd = probe_sgd(
-                splits, layers, meta=meta, sites=sites, epochs=2, batch_size=16, n_boot=200
-            ).rows
+                splits, layers, meta=meta, sites=sites,
+                protocol=SGDProtocol(epochs=2, batch_size=16, n_boot=200),
+            ).rows  # fmt: skip
             out["probe_sgd/values"] = _values(sgd)
     # A short pretraining run, AR and BERT, with a fixed seed.
     for objective in ("ar", "bert"):

@@ -8,7 +8,7 @@ from igpt_eval.names import PIXELS, Metric
 from igpt_eval.predictions import Predictions, load_predictions, prediction_key
 from igpt_eval.probes import Features, Protocol, probe_lbfgs
 from igpt_eval.probes.paired import paired_rows
-from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.probes.sgd import ArraySource, SGDProtocol, probe_sgd
 from igpt_eval.reporting.tables import comparison_table
 from igpt_eval.reporting.words import describe_depth_curve, describe_knn
 from igpt_eval.results import save_results, to_frame
@@ -151,7 +151,9 @@ def test_sgd_predictions_match_its_rows():
             strict=True,
         )
     }
-    rows, pred = probe_sgd(src, [0, 1], meta=dict(model="m"), sites=["a", "b"], epochs=3)
+    rows, pred = probe_sgd(
+        src, [0, 1], meta=dict(model="m"), sites=["a", "b"], protocol=SGDProtocol(epochs=3)
+    )
     test = to_frame(rows).query("split == 'test'").set_index("site")
     for site in ("a", "b"):
         assert pred.correct(f"m/sgd/{site}").mean() == pytest.approx(test.value[site])

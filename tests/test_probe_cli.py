@@ -12,7 +12,7 @@ from igpt_eval.model import IGPT, save_model
 from igpt_eval.model.config import IGPTConfig
 from igpt_eval.predictions import load_predictions
 from igpt_eval.probes import probe_lbfgs
-from igpt_eval.probes.sgd import ArraySource, probe_sgd
+from igpt_eval.probes.sgd import ArraySource, SGDProtocol, probe_sgd
 from igpt_eval.results import COLUMNS, load_results, to_frame
 from igpt_eval.studies.probe import summary
 from tests.test_probes import synthetic
@@ -183,7 +183,8 @@ def test_sgd_probe_close_to_lbfgs():
         k: ArraySource(f.X, f.y, [0, 1])
         for k, f in zip(("train", "val", "test"), (tr, va, te), strict=True)
     }
-    sgd = to_frame(probe_sgd(src, [0, 1], meta={}, sites=["a", "b"], epochs=20, batch_size=64).rows)
+    protocol = SGDProtocol(epochs=20, batch_size=64)
+    sgd = to_frame(probe_sgd(src, [0, 1], meta={}, sites=["a", "b"], protocol=protocol).rows)
     lb = to_frame(probe_lbfgs(tr, va, te, [0, 1], meta={}, sites=["a", "b"]).rows)
     pick = lambda d: d[(d.split == "test") & (d.metric == "accuracy")].value.to_numpy()  # noqa: E731
     assert abs(pick(sgd)[1] - pick(lb)[1]) <= 0.01

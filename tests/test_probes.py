@@ -8,7 +8,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from igpt_eval import IGPTError
-from igpt_eval.probes import Features, LogisticProbe, Protocol, fit_grid, fit_path, probe_lbfgs
+from igpt_eval.probes import (
+    Features,
+    LBFGSOptions,
+    LogisticProbe,
+    Protocol,
+    fit_grid,
+    fit_path,
+    probe_lbfgs,
+)
 from igpt_eval.probes.backends import cuml_regularisation, objective
 from igpt_eval.results import COLUMNS, to_frame
 
@@ -73,7 +81,8 @@ def test_batched_grid_equals_single_problems(digits):
     Xtr, ytr, _, _ = digits
     X = np.stack([Xtr, Xtr[:, ::-1] * 0.5])  # two "layers"
     Cs = [0.03, 1.0, 10.0]
-    res = fit_grid(X, ytr, Cs, 10, dtype="float64", tol=1e-6)
+    tight = LBFGSOptions(tol=1e-6)
+    res = fit_grid(X, ytr, Cs, 10, dtype="float64", options=tight)
     assert res.coef.shape == (2, 3, 10, 64) and res.converged.all()
     for g in range(2):
         for c, C in enumerate(Cs):
@@ -88,10 +97,10 @@ def test_batched_grid_equals_single_problems(digits):
             np.testing.assert_allclose(P / P.sum(1, keepdims=True), one.predict_proba(X[g]),
                                        atol=2e-3)  # fmt: skip
     # Per-layer C values are allowed, and a warm start from the solution is already done.
-    per_layer = fit_grid(X, ytr, [[1.0], [10.0]], 10, dtype="float64", tol=1e-6)
+    per_layer = fit_grid(X, ytr, [[1.0], [10.0]], 10, dtype="float64", options=tight)
     torch.testing.assert_close(per_layer.coef[0, 0], res.coef[0, 1], atol=2e-3, rtol=1e-3)
     init = torch.cat([res.coef, res.intercept[..., None]], -1)
-    warm = fit_grid(X, ytr, Cs, 10, dtype="float64", tol=1e-6, init=init)
+    warm = fit_grid(X, ytr, Cs, 10, dtype="float64", init=init, options=tight)
     assert int(warm.n_iter.max()) <= 2
 
 
@@ -251,7 +260,7 @@ def test_fit_path_reaches_the_same_optima_as_cold_solves():
     y = (X[0, :, 0] + 0.5 * X[1, :, 1] + 0.3 * rng.normal(size=300) > 0).astype(int)
     y += (X[0, :, 2] > 1).astype(int)  # three classes
     Cs = [10.0, 0.01, 1.0]  # out of order on purpose: columns follow Cs
-    kw = dict(dtype="float64", tol=1e-8, max_iter=5000)
+    kw = dict(dtype="float64", options=LBFGSOptions(tol=1e-8, max_iter=5000))
     cold, path = fit_grid(X, y, Cs, 3, **kw), fit_path(X, y, Cs, 3, **kw)
     assert bool(path.converged.all()) and bool(cold.converged.all())
     np.testing.assert_allclose(path.coef, cold.coef, atol=1e-5)
@@ -278,8 +287,8 @@ def test_preconditioning_converges_on_collinear_features_to_the_reference_optimu
     K = 5
     C = torch.tensor([[1.0, 1000.0]], dtype=torch.float64)
     args = (torch.tensor(X[None]), torch.tensor(y), solver_C(C, K), K)
-    pre = fit_lbfgs(*args, max_iter=1000)
-    plain = fit_lbfgs(*args, max_iter=1000, precondition=False)
+    pre = fit_lbfgs(*args)
+    plain = fit_lbfgs(*args, options=LBFGSOptions(precondition=False))
     assert bool(pre.converged.all())
     assert int(pre.n_iter.sum()) * 3 < int(plain.n_iter.sum())
     for j, c in enumerate((1.0, 1000.0)):
@@ -308,7 +317,7 @@ def test_a_warm_start_at_weaker_regularisation_still_reaches_the_optimum():
     prev = fit_lbfgs(Xt, yt, C(100.0), K)
     init = torch.cat([prev.coef, prev.intercept[..., None]], -1)
     warm = fit_lbfgs(Xt, yt, C(1000.0), K, init=init)
-    grad_only = fit_lbfgs(Xt, yt, C(1000.0), K, init=init, gap_tol=None)
+    grad_only = fit_lbfgs(Xt, yt, C(1000.0), K, init=init, options=LBFGSOptions(gap_tol=None))
     ref = LogisticRegression(C=1000.0, solver="newton-cholesky", tol=1e-8, max_iter=100).fit(X, y)
     f_ref = objective(ref.coef_, ref.intercept_, X, y, 1000.0)
 

@@ -24,10 +24,9 @@ Why it is fast:
 - the curvature of the features is known before the first step: each problem's initial
   inverse Hessian is ``(Σ + λ I)⁻¹`` (Σ the feature set's covariance, λ the problem's
   regularisation scaled to the softmax's curvature), not the identity. Transformer features
-  are strongly collinear (the covariance of a model's pooled embeddings has a condition number
-  near 1e8: they are a linear function of a 16-colour histogram), which plain L-BFGS pays
-  for with hundreds of iterations and, at weak regularisation, no convergence at all. The
-  preconditioner changes the path, never the objective or its optimum.
+  are strongly collinear, which plain L-BFGS pays for with hundreds of iterations and, at
+  weak regularisation, no convergence at all. The preconditioner changes the path, never
+  the objective or its optimum.
 
 Every problem keeps its own curvature history, step length and stopping test. Convergence is
 reported per problem (iterations, final max-abs gradient, converged flag) as data, never as a
@@ -36,29 +35,23 @@ warning. The stopping test has two parts, both required:
 - scipy's, which scikit-learn uses: the largest absolute gradient entry at most ``tol``;
 - the estimated distance to the optimum, ``f − f* ≈ ½ ∇fᵀ H⁻¹ ∇f`` with the
   preconditioner standing in for ``H⁻¹``, at most ``gap_tol`` nats. The gradient test alone
-  is not scale-aware: on collinear features a gradient entry of 1e-4 along a direction of
-  curvature 1e-8 leaves a lot of objective on the table. With warm starts along a C path that
-  is what happened: at weak regularisation the previous C's solution already passed the
-  gradient test and the solver took no step: on the AR model's embeddings, C = 215, 464 and
-  1000 all scored C = 100's solution (validation loss 0.683 at each, where the optimum's falls
-  to 0.621 at C = 1000), so the chosen C, and the layer's test accuracy, differed from
-  scikit-learn's by 1 point. The estimate is low where the softmax is confident (its curvature
-  is then below the 1/K it assumes), so the tolerance is tight: at 1e-7 the AR model's layer 4
-  at C = 10 still scored 2 validation images off the optimum's score, enough to pick another
-  C than scikit-learn on a flat validation curve.
+  is not scale-aware: on collinear features a small gradient entry along a direction of tiny
+  curvature leaves a lot of objective on the table, and warm starts along a C path then take
+  no step at all at weak regularisation. The estimate is low where the softmax is confident,
+  so the tolerance is tight (docs/design.md, "Probes", has the measurements behind both).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.settings import Settings
 
-#: The second stopping test's bound on the estimated distance to the optimum, in nats (see the
-#: module docstring for why it is this tight).
-GAP_TOL = 1e-8
+GAP_TOL = 1e-8  # the second stopping test's bound, nats (module docstring: why so tight)
 
 
 @dataclass
@@ -215,30 +208,39 @@ class _Problems:
         return torch.cat([gW, R.sum(-1, keepdim=True)], -1)
 
 
+@dataclass(frozen=True)
+class LBFGSOptions(Settings):
+    """How :func:`fit_lbfgs` solves: when a problem stops, and how each iteration searches."""
+
+    max_iter: int = 1000  # iterations per problem: a cap (a stalled problem stops sooner)
+    tol: float = 1e-4  # the largest gradient entry a converged problem may keep
+    gap_tol: float | None = GAP_TOL  # estimated distance to the optimum, nats (None: no test)
+    history: int = 10  # curvature pairs kept
+    max_ls: int = 30  # line-search steps per iteration
+    precondition: bool = True  # curvature from the features' covariance (False: identity)
+    KIND: ClassVar[str] = "L-BFGS option"
+
+
 def fit_lbfgs(
     X: torch.Tensor,
     y: torch.Tensor,
     C: torch.Tensor,
     n_classes: int,
     *,
-    max_iter: int = 1000,
-    tol: float = 1e-4,
-    history: int = 10,
     init: torch.Tensor | None = None,
-    max_ls: int = 30,
-    precondition: bool = True,
-    gap_tol: float | None = GAP_TOL,
+    options: LBFGSOptions | None = None,
 ) -> LBFGSResult:
     """Fit G × nC multinomial logistic regressions by L-BFGS.
 
     ``X`` (G, N, d) features (the solve runs in X's dtype and on its device), ``y`` (N,)
     labels in 0..K-1, ``C`` (G, nC) inverse regularisation per problem (each feature set may
     have its own values), ``init`` (G, nC, K, d+1) a warm start (weights, then intercept).
-    ``precondition`` starts each iteration's curvature from the features' covariance (see
-    the module docstring); off, it is the identity, as in textbook L-BFGS. A problem stops
-    when its largest gradient entry is at most ``tol`` and (with the preconditioner, unless
-    ``gap_tol`` is None) its estimated distance to the optimum is at most ``gap_tol`` nats.
+    ``options`` (:class:`LBFGSOptions`): the stopping tests (module docstring) and the search;
+    without the preconditioner the initial curvature is the identity, as in textbook L-BFGS.
     """
+    o = options or LBFGSOptions()
+    max_iter, tol, gap_tol = o.max_iter, o.tol, o.gap_tol
+    history, max_ls, precondition = o.history, o.max_ls, o.precondition
     if X.ndim != 3 or C.ndim != 2 or C.shape[0] != X.shape[0]:
         raise IGPTError(f"X must be (G, N, d) and C (G, nC); got {list(X.shape)}, {list(C.shape)}")
     if not bool((C > 0).all()):

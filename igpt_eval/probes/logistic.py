@@ -23,7 +23,7 @@ from igpt_eval.probes.backends import (
     fit_sklearn,
     torch_dtype,
 )
-from igpt_eval.probes.lbfgs import LBFGSResult, fit_lbfgs
+from igpt_eval.probes.lbfgs import LBFGSOptions, LBFGSResult, fit_lbfgs
 
 
 def solver_C(C, n_classes: int):
@@ -52,13 +52,13 @@ def fit_grid(
     *,
     device="cpu",
     dtype="float32",
-    tol: float = 1e-4,
-    max_iter: int = 1000,
     init: torch.Tensor | None = None,
+    options: LBFGSOptions | None = None,
 ) -> LBFGSResult:
     """Solve every feature set × every C in one batched L-BFGS call.
 
-    ``X`` (G, N, d) array or tensor; ``Cs`` (nC,) shared by all sets or (G, nC) per set.
+    ``X`` (G, N, d) array or tensor; ``Cs`` (nC,) shared by all sets or (G, nC) per set;
+    ``options`` the solver's (:class:`~igpt_eval.probes.lbfgs.LBFGSOptions`).
     Returns an :class:`~igpt_eval.probes.lbfgs.LBFGSResult` of shape (G, nC, …).
     """
     X = _tensor(X, device, dtype)
@@ -67,7 +67,7 @@ def fit_grid(
     if C.ndim == 1:
         C = C.expand(X.shape[0], -1).contiguous()
     y = torch.tensor(np.asarray(y), dtype=torch.long)
-    return fit_lbfgs(X, y, solver_C(C, n_classes), n_classes, tol=tol, max_iter=max_iter, init=init)
+    return fit_lbfgs(X, y, solver_C(C, n_classes), n_classes, init=init, options=options)
 
 
 def fit_path(
@@ -78,8 +78,7 @@ def fit_path(
     *,
     device="cpu",
     dtype="float32",
-    tol: float = 1e-4,
-    max_iter: int = 1000,
+    options: LBFGSOptions | None = None,
 ) -> LBFGSResult:
     """Solve every feature set × every C, walking the C path from strong to weak
     regularisation: each C's problems (one per feature set, batched) start from the solutions
@@ -93,10 +92,8 @@ def fit_path(
     done_C, done_W = [], []
     for j in order:
         init = path_start(done_C, done_W, Cs[j]) if done_W else None
-        r = fit_grid(
-            X, y, [Cs[j]], n_classes, device=device, dtype=dtype, tol=tol, max_iter=max_iter,
-            init=init,
-        )  # fmt: skip
+        r = fit_grid(X, y, [Cs[j]], n_classes, device=device, dtype=dtype, init=init,
+                     options=options)  # fmt: skip
         parts[j] = r
         done_C.append(Cs[j])
         done_W.append(torch.cat([r.coef, r.intercept[..., None]], -1))  # (G, 1, K, d+1)
@@ -193,8 +190,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
                 K,
                 device=self.device,
                 dtype=self.dtype,
-                tol=self.tol,
-                max_iter=self.max_iter,
+                options=LBFGSOptions(tol=self.tol, max_iter=self.max_iter),
             )
             self.coef_ = r.coef[0, 0].double().numpy()
             self.intercept_ = r.intercept[0, 0].double().numpy()

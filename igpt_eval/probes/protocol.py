@@ -36,6 +36,7 @@ from igpt_eval.model.head import feature_scale
 from igpt_eval.names import SPLITS, Metric
 from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.probes.backends import BACKENDS
+from igpt_eval.probes.lbfgs import LBFGSOptions
 from igpt_eval.probes.logistic import LogisticProbe, fit_grid, path_start
 from igpt_eval.results import row
 from igpt_eval.settings import Settings
@@ -108,7 +109,8 @@ class _Solution:
 def _solve(X, y, C, K, backend, *, device, dtype, tol, max_iter, init=None) -> _Solution:
     """All layers × C values: one batched call (torch), or problem by problem (others)."""
     if backend == "torch":
-        r = fit_grid(X, y, C, K, device=device, dtype=dtype, tol=tol, max_iter=max_iter, init=init)
+        options = LBFGSOptions(tol=tol, max_iter=max_iter)
+        r = fit_grid(X, y, C, K, device=device, dtype=dtype, init=init, options=options)
         return _Solution(
             r.coef, r.intercept, r.n_iter.numpy(), r.converged.numpy(), r.grad_norm.double().numpy()
         )

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from igpt_eval.model.head import floored
 from igpt_eval.names import Metric, Probe
 from igpt_eval.predictions import Predictions, Scored, prediction_key
 from igpt_eval.results import row
+from igpt_eval.settings import Settings
 from igpt_eval.stats import bootstrap_accuracy_ci
 
 SGD_LRS = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)
@@ -191,25 +194,39 @@ def _accuracy(stream: _Stream, W: torch.Tensor) -> torch.Tensor:
     return _predict(stream, W) == torch.as_tensor(stream.labels, device=W.device)
 
 
+@dataclass(frozen=True)
+class SGDProtocol(Settings):
+    """How :func:`probe_sgd` trains, chooses and scores each layer's head (the streaming
+    counterpart of :class:`~igpt_eval.probes.protocol.Protocol`)."""
+
+    lrs: tuple[float, ...] = SGD_LRS  # the rate grid: every rate's head trains in one pass
+    epochs: float = 10  # passes over the training split
+    batch_size: int = 256
+    # Training-split statistics applied before the heads: whiten, standardize or none.
+    # Whitened, one rate grid suits every layer and a few epochs converge.
+    preprocess: str = "whiten"
+    device: str = "cpu"
+    seed: int = 0  # batch order and the bootstrap's
+    n_boot: int = 10_000  # bootstrap resamples of the test accuracy's 95% interval
+    KIND: ClassVar[str] = "SGD protocol"
+
+
 def probe_sgd(
     splits: dict,
     layers: list[int],
     *,
     meta: dict,
     sites: list[str],
-    lrs=SGD_LRS,
-    epochs: float = 10,
-    batch_size: int = 256,
-    device: str = "cpu",
-    seed: int = 0,
-    n_boot: int = 10_000,
-    preprocess: str = "whiten",
+    protocol: SGDProtocol | None = None,
 ) -> Scored:
-    """The SGD probe protocol on ``splits`` = {train, val, test} caches (or ArraySources).
-
-    ``preprocess`` (``whiten``, ``standardize`` or ``none``) maps the features with
-    training-split statistics before the heads see them. Returns the rows and every layer's
-    predicted test labels, named ``{model}/sgd/{site}`` (a :class:`Scored`)."""
+    """The SGD probe protocol on ``splits`` = {train, val, test} caches (or ArraySources):
+    for each layer, heads at every rate of ``protocol.lrs`` on the features mapped with
+    training-split statistics, the rate chosen on validation, retrained on train + val and
+    scored on test once. Returns the rows and every layer's predicted test labels, named
+    ``{model}/sgd/{site}`` (a :class:`Scored`)."""
+    p = protocol or SGDProtocol()
+    lrs, epochs, batch_size, preprocess = p.lrs, p.epochs, p.batch_size, p.preprocess
+    device, seed, n_boot = p.device, p.seed, p.n_boot
     dev = resolve_device(device)
     train, val, test = (splits[k] for k in ("train", "val", "test"))
     classes = np.unique(np.asarray(train.labels))

@@ -29,7 +29,7 @@ from igpt_eval.probes.concat import check_concat, concat_span, probe_concat
 from igpt_eval.probes.paired import paired_rows
 from igpt_eval.probes.pixels import probe_pixel_controls
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
-from igpt_eval.probes.sgd import probe_sgd
+from igpt_eval.probes.sgd import SGDProtocol, probe_sgd
 from igpt_eval.results import MODELS_FILE, save_results, summary, to_frame
 from igpt_eval.studies.settings import ProbeSettings
 
@@ -167,15 +167,10 @@ def probe_model(
     else:
         # SGD whitens (train statistics) unless told not to touch the features: one rate
         # grid then suits every layer, and it converges in a few epochs.
-        rows, predictions = probe_sgd(
-            caches,
-            layers,
-            meta=meta,
-            sites=sites,
-            device=s.device,
-            seed=s.seed,
-            preprocess="whiten" if s.standardize else "none",
+        protocol = SGDProtocol(
+            preprocess="whiten" if s.standardize else "none", device=s.device, seed=s.seed
         )
+        rows, predictions = probe_sgd(caches, layers, meta=meta, sites=sites, protocol=protocol)
     if s.pixels or s.native_pixels:
         name, split_seed = run_defaults(data.name, ident, data.split_seed)
         px, px_pred = probe_pixel_controls(
