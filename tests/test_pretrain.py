@@ -461,3 +461,19 @@ def test_run_record_round_trips_run_json(tmp_path):
     (tmp_path / "run.json").write_text("[1, 2]")
     with pytest.raises(IGPTError, match="JSON object"):
         RunRecord.read(tmp_path)
+
+
+def test_model_identity_reads_the_model_on_its_runs_split():
+    """A model is read on the dataset and split seed given, else on its run's; a model not
+    trained here needs a dataset named."""
+    from igpt_eval.errors import IGPTError
+    from igpt_eval.model.record import RunRecord
+    from igpt_eval.model.sources import ModelIdentity
+
+    run = RunRecord(dataset="fashion-mnist", split_seed=3, train_config={"seed": 1})
+    ident = ModelIdentity("models/x", run=run)
+    assert ident.data(None) == ("fashion-mnist", 3)
+    assert ident.data("npz:other.npz", 0) == ("npz:other.npz", 0)
+    assert ModelIdentity("hf:openai/imagegpt-small").data("cifar10") == ("cifar10", 0)
+    with pytest.raises(IGPTError, match="no dataset given"):
+        ModelIdentity("hf:openai/imagegpt-small").data(None)

@@ -174,8 +174,8 @@ def test_random_weights_control_is_the_runs_own_initialisation(runs):
     for k, v in control.state_dict().items():
         assert torch.equal(v, step0[k]) and torch.equal(v, init[k])
     assert not torch.equal(trained.wte.weight, control.wte.weight)
-    assert "random weights, seed 1" in cident["model"]
-    assert cident["weights_hash"] != ident["weights_hash"]
+    assert "random weights, seed 1" in cident.model
+    assert cident.weights_hash != ident.weights_hash
     state = torch.get_rng_state()
     IGPT.initialised(trained.config, 5)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone

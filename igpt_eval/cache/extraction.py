@@ -26,7 +26,8 @@ from igpt_eval.defaults import cache_root
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
 from igpt_eval.model.devices import resolve_compute
-from igpt_eval.model.loading import open_model, run_defaults, state_dict_hash
+from igpt_eval.model.loading import open_model, state_dict_hash
+from igpt_eval.model.sources import ModelIdentity
 from igpt_eval.train import distributed as dist
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def extract(
 def extract_split(
     model,
     palette,
-    ident: dict,
+    ident: ModelIdentity,
     dataset: str | DataSource | ImageDataset | None,
     split: str,
     out=None,
@@ -90,7 +91,7 @@ def extract_split(
             raise IGPTError(f"the dataset's images are {ds.n_px} px; the model reads {n_px} px")
     else:
         source = DataSource.of(dataset)
-        name, seed = run_defaults(source.name, ident, source.split_seed)
+        name, seed = ident.data(source.name, source.split_seed)
         ds = load_dataset(name, split=split, n_px=n_px, data_dir=source.data_dir, seed=seed)
     if len(ds) == 0:
         raise IGPTError(f"the {ds.split} split of {ds.name} has no images: nothing to extract")
@@ -100,9 +101,9 @@ def extract_split(
         log.warning("note: %s is grey; its images are read as RGB (R = G = B) to fit the "
                     "model's %d-colour RGB palette", ds.name, palette.k)  # fmt: skip
     identity = {
-        "model": ident.get("model"),
-        "weights_hash": ident.get("weights_hash"),
-        **{k: ident[k] for k in ("repo", "revision", "commit") if ident.get(k)},
+        "model": ident.model,
+        "weights_hash": ident.weights_hash,
+        **ident.hub,
         "palette_hash": palette.hash,
         "dataset": ds.name,
         "split": ds.split,

@@ -122,9 +122,8 @@ def _cmd_extract(args) -> int:
     try:
         model, palette, ident = open_model(args.model, device=device)
         splits = ("train", "val", "test") if args.split == "all" else (args.split,)
-        run_split, run = ident.get("run_split_seed", 0), ident.get("run_seed", 0)
-        split_seed = args.split_seed if args.split_seed is not None else run_split
-        seed = args.seed if args.seed is not None else run
+        split_seed = args.split_seed if args.split_seed is not None else ident.run.data_seed
+        seed = args.seed if args.seed is not None else ident.run.seed
         data = data_source_from_args(args, split_seed)
         settings = ExtractSettings(
             layers=layers, site=args.site, dtype=args.cache_dtype, bert_masks=args.bert_masks,

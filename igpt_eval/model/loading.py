@@ -3,9 +3,9 @@
 :func:`open_model` takes a model named any way :func:`~igpt_eval.model.sources.resolve_model`
 takes (or an in-memory :class:`~igpt_eval.model.igpt.IGPT`) and returns what every stage that
 runs one needs: the network on its device, the palette its tokens come from, and the identity
-that caches and results record (name, weights hash, the run's dataset and split seed).
-:func:`state_dict_hash` is the weights' identity however they were loaded, and
-:func:`run_defaults` the dataset and split seed a model is read on.
+that caches and results record (:class:`~igpt_eval.model.sources.ModelIdentity`: name,
+weights hash, the run that trained it, and so the dataset and split seed it is read on).
+:func:`state_dict_hash` is the weights' identity however they were loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from igpt_eval.errors import IGPTError
 from igpt_eval.model.devices import resolve_device
 from igpt_eval.model.igpt import IGPT
-from igpt_eval.model.sources import ModelSource, load_source, resolve_model
+from igpt_eval.model.sources import ModelIdentity, ModelSource, load_source, resolve_model
 
 
 def open_model(model, palette=None, device="cpu", *, random_weights: bool = False):
@@ -26,12 +26,12 @@ def open_model(model, palette=None, device="cpu", *, random_weights: bool = Fals
     :func:`igpt_eval.model.sources.resolve_model` takes (a checkpoint folder, a Hugging Face
     ImageGPT folder, ``hf:OWNER/NAME[@REVISION]``), or an in-memory model.
 
-    ``identity`` holds the model's name, its weight files' hash, the Hub repository and
-    commit when it came from there, and the dataset and split seed of the run that trained
-    it (from ``run.json``) when known. ``random_weights`` replaces the weights by the
-    initialisation its run started from (:meth:`IGPT.initialised` with the run's seed, 0
-    for a model not trained here): the same architecture, untrained, the control every
-    probe result should beat.
+    ``identity`` (a :class:`~igpt_eval.model.sources.ModelIdentity`) holds the model's name,
+    its weight files' hash, the Hub repository and commit when it came from there, and the
+    record of the run that trained it (``run.json``) when there is one. ``random_weights``
+    replaces the weights by the initialisation its run started from
+    (:meth:`IGPT.initialised` with the run's seed, 0 for a model not trained here): the same
+    architecture, untrained, the control every probe result should beat.
     """
     device = resolve_device(device)
     if isinstance(model, str | os.PathLike | ModelSource):
@@ -44,31 +44,19 @@ def open_model(model, palette=None, device="cpu", *, random_weights: bool = Fals
                 raise IGPTError(f"{source.spec} has no {where}; the model's colours are unknown")
         model = loaded
         if random_weights:
-            seed = ident["run_seed"]
+            seed = ident.run.seed
             model = IGPT.initialised(loaded.config, seed).to(device).eval()
-            ident["model"] = f"{source.spec} (random weights, seed {seed})"
-            ident["weights_hash"] = f"init-{seed}-{state_dict_hash(model)}"
-        ident["name"] = source.label  # the model column of its results
+            ident.model = f"{source.spec} (random weights, seed {seed})"
+            ident.weights_hash = f"init-{seed}-{state_dict_hash(model)}"
     else:
         if random_weights:
             raise IGPTError("random_weights needs a model folder or Hub name (its config)")
         model = model.to(device).eval()
-        ident = {"model": f"IGPT({model.config.objective}, {model.n_params():,} params)"}
+        ident = ModelIdentity(f"IGPT({model.config.objective}, {model.n_params():,} params)")
     if palette is None:
         raise IGPTError("give the palette the model was trained with (palette=...)")
     model.config.check_palette(palette)
     return model, palette, ident
-
-
-def run_defaults(dataset, ident: dict, split_seed: int | None = None) -> tuple:
-    """``(dataset, split_seed)`` a model is read on: those given, else those of the run
-    that trained it (``ident`` from :func:`open_model`), else (the seed) 0."""
-    if dataset is None:
-        dataset = ident.get("run_dataset")
-        if dataset is None:
-            raise IGPTError("no dataset given and the model folder has no run.json naming one")
-    seed = split_seed if split_seed is not None else ident.get("run_split_seed", 0)
-    return dataset, seed
 
 
 def state_dict_hash(model: torch.nn.Module) -> str:

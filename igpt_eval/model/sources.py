@@ -268,14 +268,29 @@ def source_palette(source: ModelSource) -> Palette | None:
     return None if centres is None else Palette(centres)
 
 
-def load_source(source: ModelSource, device="cpu"):
-    """``(IGPT, Palette or None, identity)`` of a source, the model on ``device``.
+@dataclass
+class ModelIdentity:
+    """What the results and caches of a loaded model record about it."""
 
-    ``identity`` is what a cache records about the weights: ``model`` (what the user typed),
-    ``weights_hash`` (of the weight files) and, for the Hub, ``repo``, ``revision`` (asked)
-    and ``commit`` (resolved); checkpoints add their run's dataset, seed and split seed
-    (``run.json``).
-    """
+    model: str  # what was asked for (a folder, hf:NAME), or what an in-memory model is
+    name: str | None = None  # its label (name and weights hash): the results' model column
+    weights_hash: str | None = None  # of its weight files (a random-weights twin: init-...)
+    run: RunRecord = field(default_factory=RunRecord)  # the run that trained it (empty: none)
+    hub: dict = field(default_factory=dict)  # repo, revision (asked), commit (resolved)
+
+    def data(self, dataset: str | None, split_seed: int | None = None) -> tuple[str, int]:
+        """``(dataset, split seed)`` the model is read on: those given, else those of the run
+        that trained it (the seed: 0 for a model not trained here)."""
+        dataset = dataset or self.run.dataset
+        if dataset is None:
+            raise IGPTError("no dataset given and the model folder has no run.json naming one")
+        return dataset, self.run.data_seed if split_seed is None else split_seed
+
+
+def load_source(source: ModelSource, device="cpu"):
+    """``(IGPT, Palette or None, ModelIdentity)`` of a source, the model on ``device``: the
+    identity names what was asked for, its weight files' hash, the Hub repository and
+    commit when it came from there, and (a checkpoint's) the run that trained it."""
     # The model first: a missing or broken weights file is its one clear error.
     if source.is_checkpoint:
         model, palette = load_model(source.path, device), load_palette(source.path)
@@ -283,8 +298,7 @@ def load_source(source: ModelSource, device="cpu"):
     else:
         model = from_hf(source.path).to(device)
         palette, run = getattr(model, "palette", None), RunRecord()
-    ident: dict = {"model": source.spec, "weights_hash": source.weights_hash()}
-    ident.update(run_dataset=run.dataset, run_seed=run.seed, run_split_seed=run.data_seed)
+    hub = {}
     if source.kind == HUB:
-        ident.update(repo=source.repo, revision=source.revision, commit=source.commit)
-    return model, palette, ident
+        hub = dict(repo=source.repo, revision=source.revision, commit=source.commit)
+    return model, palette, ModelIdentity(source.spec, source.label, source.weights_hash(), run, hub)

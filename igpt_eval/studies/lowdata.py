@@ -41,6 +41,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash, read_json, write_json
 from igpt_eval.model.loading import open_model, state_dict_hash
 from igpt_eval.model.sites import site_name
+from igpt_eval.model.sources import ModelIdentity
 from igpt_eval.names import RAW_PIXELS, ModelKind
 from igpt_eval.probes.protocol import Features, Protocol, probe_lbfgs
 from igpt_eval.results import load_results, probe_choice, row, save_results, to_frame
@@ -79,11 +80,11 @@ def lowdata_study(
     tok_root = Path(source.token_cache or cache_root / "tokens")
     # (name, model, palette, identity): the name is the folder's or the Hub repository's.
     loaded = [open_model(m, device=cfg.device) for m in models]
-    opened = [(ident["name"], net, pal, ident) for net, pal, ident in loaded]
+    opened = [(ident.name, net, pal, ident) for net, pal, ident in loaded]
     names = [name for name, *_ in opened]
     if len(set(names)) < len(names):
         raise IGPTError(f"two models share a folder name ({names}); results would collide")
-    dataset = source.name or opened[0][3].get("run_dataset")
+    dataset = source.name or opened[0][3].run.dataset
     if dataset is None:
         raise IGPTError("no --dataset given and the model folder has no run.json naming one")
     best_layers = _layers_from_results(probe_results, names)
@@ -93,8 +94,7 @@ def lowdata_study(
         for layer in (cfg.layer, best_layers.get(name)):
             if layer is not None and not 0 <= layer <= L:
                 raise IGPTError(f"layer {layer} is out of range: {name} has layers 0..{L}")
-        seed = source.split_seed
-        seed = seed if seed is not None else ident.get("run_split_seed", 0)
+        seed = ident.run.data_seed if source.split_seed is None else source.split_seed
         key = (net.config.n_px, seed)
         if key not in data:
             tr, te = (
@@ -225,7 +225,7 @@ def _features(net, palette, ident, train, test, cfg, layer, root) -> dict:
                 root / "activations" / f"lowdata-{name}-{tag}",
                 ExtractSettings(layers=tuple(layers), **{k: settings[k] for k in
                                 ("site", "dtype", "bert_masks", "compute")}),
-                identity=dict(model=ident.get("model"), weights_hash=ident.get("weights_hash"),
+                identity=dict(model=ident.model, weights_hash=ident.weights_hash,
                               palette_hash=palette.hash, dataset=ds.name, split=ds.split,
                               dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),
             )  # fmt: skip
@@ -301,7 +301,7 @@ class _Opened:
 
     net: object
     palette: object
-    ident: dict
+    ident: ModelIdentity
     train_tokens: object
     test_tokens: object
     meta: dict
@@ -333,7 +333,7 @@ def _finetune(
         test = Labelled(np.asarray(m.test_tokens.tokens[test_rows]), te.labels[test_rows])
         data = LabelledSplits(full.take(tr_rows), full.take(va_rows), test,
                               n_classes=int(tr.labels.max()) + 1)  # fmt: skip
-        record = FinetuneRecord(m.meta, dict(weights_hash=m.ident.get("weights_hash"), **extra))
+        record = FinetuneRecord(m.meta, dict(weights_hash=m.ident.weights_hash, **extra))
         df = run_finetune(m.net, m.palette, data, ft, run_dir, record=record,
                           resume=(run_dir / "finetune.json").is_file())  # fmt: skip
         if not cfg.keep_checkpoints:

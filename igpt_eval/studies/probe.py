@@ -21,7 +21,7 @@ from igpt_eval.defaults import DEFAULT_MODEL
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import write_json
 from igpt_eval.model.devices import resolve_device
-from igpt_eval.model.loading import open_model, run_defaults
+from igpt_eval.model.loading import open_model
 from igpt_eval.model.sources import resolve_model
 from igpt_eval.names import SPLITS, ModelKind, random_twin
 from igpt_eval.predictions import Predictions
@@ -172,7 +172,7 @@ def probe_model(
         )
         rows, predictions = probe_sgd(caches, layers, meta=meta, sites=sites, protocol=protocol)
     if s.pixels or s.native_pixels:
-        name, split_seed = run_defaults(data.name, ident, data.split_seed)
+        name, split_seed = ident.data(data.name, data.split_seed)
         px, px_pred = probe_pixel_controls(
             palette, dataclasses.replace(data, name=name, split_seed=split_seed),
             n_px=net.config.n_px, pixels=s.pixels, native=s.native_pixels, sizes=s.sizes,

@@ -25,7 +25,7 @@ from igpt_eval.errors import IGPTError
 from igpt_eval.io import atomic_write, read_json, write_json
 from igpt_eval.model.checkpoint import has_resume, load_model
 from igpt_eval.model.igpt import IGPT
-from igpt_eval.model.loading import open_model, run_defaults
+from igpt_eval.model.loading import open_model
 from igpt_eval.model.sites import site_name
 from igpt_eval.names import Metric, ModelKind, Probe, random_twin
 from igpt_eval.predictions import Predictions, prediction_key
@@ -306,7 +306,7 @@ def finetune_model(
     L = net.config.n_layer
     cfg.validate(L, 1)  # a bad layer is an error before any data is read
     data = DataSource.of(data)
-    dataset, seed = run_defaults(data.name, ident, data.split_seed)
+    dataset, seed = ident.data(data.name, data.split_seed)
     n_px = net.config.n_px
     token_cache = data.token_cache
 
@@ -332,14 +332,14 @@ def finetune_model(
     test = Labelled(tok["test"].tokens, ds_test.labels)
     splits = LabelledSplits(train, val, test, n_classes=len(ds_train.classes))
     columns = dict(
-        model=random_twin(ident["name"]) if cfg.random_init else ident["name"],  # the label
+        model=random_twin(ident.name) if cfg.random_init else ident.name,  # the label
         model_kind=ModelKind.RANDOM if cfg.random_init else ModelKind.TRAINED,
         objective=net.config.objective,
         dataset=dataset,
         labels_per_class=K,
     )
     identity = dict(
-        weights_hash=ident.get("weights_hash"),
+        weights_hash=ident.weights_hash,
         palette_hash=palette.hash,
         dataset=dataset,
         train_fingerprint=ds_train.fingerprint,
