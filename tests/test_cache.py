@@ -9,7 +9,7 @@ import torch
 
 from igpt_eval.cache import ActivationCache, ExtractSettings, row_masks, write_cache
 from igpt_eval.cache import writer as cache_writer
-from igpt_eval.cache.manifest import Manifest, masking
+from igpt_eval.cache.manifest import CacheInputs, Manifest, masking
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import file_lock
 from igpt_eval.model.config import IGPTConfig
@@ -43,9 +43,9 @@ def data():
     return rng.integers(0, 16, (N, T)).astype(np.uint16), np.arange(N) % 3
 
 
-def run(model, data, out, *, identity=None, overwrite=False, **settings):
+def run(model, data, out, *, inputs=None, overwrite=False, **settings):
     settings = ExtractSettings(**{"batch_size": 8, **settings})
-    return write_cache(model, *data, out, settings, identity=identity, overwrite=overwrite)
+    return write_cache(model, *data, out, settings, inputs=inputs, overwrite=overwrite)
 
 
 def batched(fn, n, b=8, axis=1):
@@ -157,7 +157,7 @@ def test_manifest_record_round_trips_the_file(tmp_path, data):
 
 
 def test_manifest_and_reader(tmp_path, data):
-    cache = run(make_model(), data, tmp_path / "c", identity={"model": "m", "split": "test"})
+    cache = run(make_model(), data, tmp_path / "c", inputs=CacheInputs(model="m", split="test"))
     m = json.loads((tmp_path / "c/manifest.json").read_text())
     assert m["format"] == "igpt-eval-activations" and m["complete"] is True
     assert m["rows_completed"] == N and m["shape"] == [N, 32] and m["pooling"] == "mean"
@@ -214,14 +214,14 @@ def test_complete_cache_is_reused_without_a_forward(tmp_path, data):
         ({"dtype": "float16"}, "dtype"),
         ({"site": "resid_pre"}, "site"),
         ({"full_sequence_layer": 1}, "full-sequence"),
-        ({"identity": {"dataset_fingerprint": "other"}}, "dataset fingerprint"),
-        ({"identity": {"dataset_fingerprint": "fp", "palette_hash": "p"}}, None),  # not known
+        ({"inputs": CacheInputs(dataset_fingerprint="other")}, "dataset fingerprint"),
+        ({"inputs": CacheInputs(dataset_fingerprint="fp", palette_hash="p")}, None),  # not known
     ],
 )
 def test_mismatching_request_is_refused(tmp_path, data, change, why):
     model = make_model()
-    run(model, data, tmp_path / "c", identity={"dataset_fingerprint": "fp"})
-    kw = {"identity": {"dataset_fingerprint": "fp"}, **change}
+    run(model, data, tmp_path / "c", inputs=CacheInputs(dataset_fingerprint="fp"))
+    kw = {"inputs": CacheInputs(dataset_fingerprint="fp"), **change}
     if why is None:
         run(model, data, tmp_path / "c", **kw)
         return
@@ -232,13 +232,13 @@ def test_mismatching_request_is_refused(tmp_path, data, change, why):
 
 
 def test_cache_of_another_model_is_refused_then_rebuilt(tmp_path, data):
-    run(make_model(seed=0), data, tmp_path / "c", identity={"palette_hash": "p"})
+    run(make_model(seed=0), data, tmp_path / "c", inputs=CacheInputs(palette_hash="p"))
     other = make_model(seed=1)
     with pytest.raises(IGPTError, match="another model weights.*pass --rebuild-cache"):
-        run(other, data, tmp_path / "c", identity={"palette_hash": "p"})
+        run(other, data, tmp_path / "c", inputs=CacheInputs(palette_hash="p"))
     with pytest.raises(IGPTError, match="another palette"):
-        run(make_model(seed=0), data, tmp_path / "c", identity={"palette_hash": "q"})
-    rebuilt = run(other, data, tmp_path / "c", identity={"palette_hash": "p"}, overwrite=True)
+        run(make_model(seed=0), data, tmp_path / "c", inputs=CacheInputs(palette_hash="q"))
+    rebuilt = run(other, data, tmp_path / "c", inputs=CacheInputs(palette_hash="p"), overwrite=True)
     x = torch.from_numpy(data[0][:8].astype(np.int64))
     np.testing.assert_array_equal(rebuilt[1][:8], other.features(x, [1])[0].numpy())
 

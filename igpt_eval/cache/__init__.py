@@ -51,6 +51,7 @@ from importlib import import_module
 _HOME = {
     "FORMAT": "manifest",
     "ActivationCache": "reader",
+    "CacheInputs": "manifest",
     "ExtractSettings": "settings",
     "Manifest": "manifest",
     "extract": "extraction",

@@ -13,10 +13,12 @@ activation cache's manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 
+from igpt_eval.cache.manifest import CacheInputs
 from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.cache.writer import write_cache
 from igpt_eval.data import ImageDataset, load_dataset, load_tokens
@@ -100,29 +102,30 @@ def extract_split(
     if ds.channels == 1 and palette.channels == 3 and dist.is_main():
         log.warning("note: %s is grey; its images are read as RGB (R = G = B) to fit the "
                     "model's %d-colour RGB palette", ds.name, palette.k)  # fmt: skip
-    identity = {
-        "model": ident.model,
-        "weights_hash": ident.weights_hash,
-        **ident.hub,
-        "palette_hash": palette.hash,
-        "dataset": ds.name,
-        "split": ds.split,
-        "dataset_fingerprint": ds.fingerprint,
-    }
+    inputs = CacheInputs(
+        model=ident.model,
+        weights_hash=ident.weights_hash,
+        palette_hash=palette.hash,
+        dataset=ds.name,
+        split=ds.split,
+        dataset_fingerprint=ds.fingerprint,
+        hub=ident.hub,
+    )
     token_rows, labels = tokens.tokens, tokens.labels
     rows = None
     if max_rows is not None and max_rows < len(labels):
         rows = subset_rows(labels, max_rows, ds.seed)
         token_rows, labels = token_rows[rows], labels[rows]
         sample = hashlib.sha256(f"{ds.fingerprint}|{array_hash(rows)}".encode()).hexdigest()
-        identity["split"] = f"{ds.split} ({len(rows)} of {len(ds)} images, stratified)"
-        identity["dataset_fingerprint"] = sample[:16]
+        inputs = dataclasses.replace(
+            inputs,
+            split=f"{ds.split} ({len(rows)} of {len(ds)} images, stratified)",
+            dataset_fingerprint=sample[:16],
+        )
     settings = settings.replace(compute=resolve_compute(settings.compute, model.device))
     if out is None:
         tag = settings.tag(rows=None if rows is None else len(rows))
         out = (
             cache_root() / "activations" / f"{tokens.path.name}-m{state_dict_hash(model)[:8]}-{tag}"
         )
-    return write_cache(
-        model, token_rows, labels, out, settings, identity=identity, overwrite=overwrite
-    )
+    return write_cache(model, token_rows, labels, out, settings, inputs=inputs, overwrite=overwrite)

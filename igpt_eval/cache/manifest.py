@@ -46,6 +46,21 @@ IDENTITY = {
 
 
 @dataclass(frozen=True)
+class CacheInputs:
+    """What a cache's features are computed from, as its manifest names them. Every field is
+    optional: :func:`~igpt_eval.cache.writer.write_cache` hashes the weights (and the tokens
+    with the labels, for the fingerprint) when they are not given."""
+
+    model: str | None = None  # a name for people
+    weights_hash: str | None = None  # the checkpoint file's hash (default: the state dict's)
+    palette_hash: str | None = None
+    dataset: str | None = None
+    split: str | None = None  # "test", or how a sample was drawn from it
+    dataset_fingerprint: str | None = None  # of the images (default: of tokens and labels)
+    hub: dict = field(default_factory=dict)  # repo, revision, commit of Hub weights
+
+
+@dataclass(frozen=True)
 class FullSequence:
     """One layer kept at every position: ``file`` holds ``shape = [N, T, d]`` of ``dtype``."""
 

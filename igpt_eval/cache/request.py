@@ -10,7 +10,7 @@ import hashlib
 import numpy as np
 import torch
 
-from igpt_eval.cache.manifest import DTYPES, HUB_KEYS, FullSequence, Manifest, masking
+from igpt_eval.cache.manifest import DTYPES, HUB_KEYS, CacheInputs, FullSequence, Manifest, masking
 from igpt_eval.cache.settings import ExtractSettings
 from igpt_eval.errors import IGPTError
 from igpt_eval.io import array_hash
@@ -22,7 +22,7 @@ from igpt_eval.train import distributed as dist
 COMPUTE = {"float32": None, "bfloat16": torch.bfloat16}
 
 
-def request(model, tokens, labels, settings: ExtractSettings, identity: dict | None) -> Manifest:
+def request(model, tokens, labels, settings: ExtractSettings, inputs: CacheInputs) -> Manifest:
     """Validate what :func:`write_cache` is asked for (``settings`` with the compute
     precision and batch size resolved); the manifest that calls for."""
     layers, site, dtype = settings.layers, settings.site, settings.dtype
@@ -58,21 +58,21 @@ def request(model, tokens, labels, settings: ExtractSettings, identity: dict | N
         (full_layer,) = check_layers([full_layer], site, L)
         name = site_name(full_layer, site, L)
         full = FullSequence(full_layer, name, f"{name}.full.npy", full_dtype, [n, T, cfg.n_embd])
-    ident = dict(identity or {})
     sd_hash = state_dict_hash(model)
-    if not ident.get("dataset_fingerprint"):
+    fingerprint = inputs.dataset_fingerprint
+    if not fingerprint:
         both = array_hash(np.asarray(tokens)) + array_hash(np.asarray(labels))
-        ident["dataset_fingerprint"] = hashlib.sha256(both.encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(both.encode()).hexdigest()[:16]
     return Manifest(
-        model=ident.get("model"),
+        model=inputs.model,
         objective=cfg.objective,
         model_config=cfg.to_dict(),
-        weights_hash=ident.get("weights_hash") or sd_hash,
+        weights_hash=inputs.weights_hash or sd_hash,
         state_dict_hash=sd_hash,
-        palette_hash=ident.get("palette_hash"),
-        dataset=ident.get("dataset"),
-        split=ident.get("split"),
-        dataset_fingerprint=ident["dataset_fingerprint"],
+        palette_hash=inputs.palette_hash,
+        dataset=inputs.dataset,
+        split=inputs.split,
+        dataset_fingerprint=fingerprint,
         site=site,
         layers=layers,
         sites=[site_name(layer, site, L) for layer in layers],
@@ -85,5 +85,5 @@ def request(model, tokens, labels, settings: ExtractSettings, identity: dict | N
         full_sequence=full,
         compute=compute,
         world_size=dist.world_size(),
-        hub={k: ident[k] for k in HUB_KEYS if ident.get(k)},
+        hub={k: inputs.hub[k] for k in HUB_KEYS if inputs.hub.get(k)},
     )

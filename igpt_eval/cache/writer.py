@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from igpt_eval.cache.manifest import LABELS, LOCK, MANIFEST, Manifest, mismatch, read_manifest
+from igpt_eval.cache.manifest import (
+    LABELS,
+    LOCK,
+    MANIFEST,
+    CacheInputs,
+    Manifest,
+    mismatch,
+    read_manifest,
+)
 from igpt_eval.cache.reader import ActivationCache
 from igpt_eval.cache.request import COMPUTE, request
 from igpt_eval.cache.settings import ExtractSettings
@@ -56,7 +64,7 @@ def write_cache(
     out: str | os.PathLike,
     settings: ExtractSettings | None = None,
     *,
-    identity: dict | None = None,
+    inputs: CacheInputs | None = None,
     overwrite: bool = False,
 ) -> ActivationCache:
     """Write (or resume, or reuse) the activation cache of ``model`` on ``tokens`` in ``out``.
@@ -76,10 +84,10 @@ def write_cache(
     Before a new cache's files are created, the disk they need is compared with the free
     space there: too little is one :class:`IGPTError` and nothing is written.
 
-    ``identity`` describes the inputs for the manifest: ``model`` (a name), ``weights_hash``
-    (the checkpoint file's hash; default: :func:`~igpt_eval.model.loading.state_dict_hash`),
-    ``palette_hash``, ``dataset``, ``split`` and ``dataset_fingerprint`` (default: a hash of
-    tokens and labels).
+    ``inputs`` (:class:`~igpt_eval.cache.manifest.CacheInputs`) names what the features come
+    from for the manifest: the model, its weights' hash (default:
+    :func:`~igpt_eval.model.loading.state_dict_hash`), palette, dataset, split and dataset
+    fingerprint (default: a hash of tokens and labels).
     Returns the opened cache. See the module docstring for resumption and reuse rules.
     """
     out = Path(out)
@@ -89,7 +97,7 @@ def write_cache(
     settings = settings.replace(compute=resolve_compute(settings.compute, model.device))
     if settings.batch_size is None:
         settings = settings.replace(batch_size=default_extract_batch(model.device))
-    req = request(model, tokens, labels, settings, identity)
+    req = request(model, tokens, labels, settings, inputs or CacheInputs())
     main = dist.is_main()
     lock = file_lock(out / LOCK, wait=False, what=f"the activation cache {out}")
     with lock if main else contextlib.nullcontext():

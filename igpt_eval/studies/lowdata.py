@@ -33,7 +33,7 @@ import numpy as np
 
 from igpt_eval import defaults
 from igpt_eval.cache import ActivationCache, ExtractSettings, read_manifest, write_cache
-from igpt_eval.cache.manifest import masking
+from igpt_eval.cache.manifest import CacheInputs, masking
 from igpt_eval.data import load_dataset, load_tokens
 from igpt_eval.data.source import DataSource
 from igpt_eval.data.subsets import Labelled, LabelledSplits, labelled_subset, lowdata_split
@@ -225,9 +225,9 @@ def _features(net, palette, ident, train, test, cfg, layer, root) -> dict:
                 root / "activations" / f"lowdata-{name}-{tag}",
                 ExtractSettings(layers=tuple(layers), **{k: settings[k] for k in
                                 ("site", "dtype", "bert_masks", "compute")}),
-                identity=dict(model=ident.model, weights_hash=ident.weights_hash,
-                              palette_hash=palette.hash, dataset=ds.name, split=ds.split,
-                              dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),
+                inputs=CacheInputs(model=ident.model, weights_hash=ident.weights_hash,
+                                   palette_hash=palette.hash, dataset=ds.name, split=ds.split,
+                                   dataset_fingerprint=f"{ds.fingerprint}:rows{_rows_hash(rows)}"),
             )  # fmt: skip
             X = np.stack([np.asarray(cache[x]) for x in layers])
         out[name] = X.astype(np.float32)
