@@ -8,6 +8,7 @@ place rather than a half-written file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,6 +69,16 @@ def read_json(path: str | os.PathLike, hint: str = "") -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IGPTError(f"{path} is not valid JSON ({e}){hint}") from None
+
+
+def split_record(cls, d: dict, derived=(), held=("extra",)) -> tuple[dict, dict]:
+    """``(fields, extra)`` of the JSON object ``d`` for the record dataclass ``cls``: the
+    keys that are ``cls``'s fields (but those in ``held``, which the record fills itself),
+    and the keys it does not know, kept so that a record written by a later version survives
+    a read and a write here. Keys in ``derived`` (recomputed by the record) are neither."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(held)
+    skip = names | set(held) | set(derived)
+    return {k: v for k, v in d.items() if k in names}, {k: v for k, v in d.items() if k not in skip}
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

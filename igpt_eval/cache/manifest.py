@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igpt_eval.errors import IGPTError
+from igpt_eval.io import split_record
 
 FORMAT = "igpt-eval-activations"
 VERSION = 1
@@ -144,11 +145,9 @@ class Manifest:
                 f"{where} is an activation cache of version {d.get('version')}; this "
                 f"igpt-eval reads version {VERSION} (rebuild with --rebuild-cache)"
             )
-        names = {f.name for f in dataclasses.fields(cls)} - {"hub", "extra"}
-        derived = {"format", "version", "files", "pooling", "shape", *HUB_KEYS}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["hub"] = {k: d[k] for k in HUB_KEYS if d.get(k)}
-        kw["extra"] = {k: v for k, v in d.items() if k not in names and k not in derived}
+        derived = ("format", "version", "files", "pooling", "shape", *HUB_KEYS)
+        kw, extra = split_record(cls, d, derived, held=("hub", "extra"))
+        kw.update(hub={k: d[k] for k in HUB_KEYS if d.get(k)}, extra=extra)
         if kw.get("full_sequence") is not None:
             kw["full_sequence"] = FullSequence(**kw["full_sequence"])
         try:

@@ -27,7 +27,7 @@ from igpt_eval import defaults
 from igpt_eval.data.dataset import ImageDataset
 from igpt_eval.data.palette import Palette
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import file_lock, save_npy, write_json
+from igpt_eval.io import file_lock, save_npy, split_record, write_json
 from igpt_eval.log import progress_bar
 
 MANIFEST, TOKENS, LABELS = "manifest.json", "tokens.npy", "labels.npy"
@@ -63,13 +63,9 @@ class TokenManifest:
         token cache's (a folder without one is treated as absent)."""
         if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("complete") is not True:
             return None
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = names | {"format", "version", "dtype", "complete"}
+        kw, extra = split_record(cls, d, derived=("format", "version", "dtype", "complete"))
         try:
-            return cls(
-                **{k: v for k, v in d.items() if k in names},
-                extra={k: v for k, v in d.items() if k not in known},
-            )
+            return cls(**kw, extra=extra)
         except TypeError:  # a field missing: not one this version wrote
             return None
 

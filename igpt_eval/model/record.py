@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igpt_eval.errors import IGPTError
-from igpt_eval.io import read_json, write_json
+from igpt_eval.io import read_json, split_record, write_json
 
 RUN = "run.json"
 
@@ -63,11 +63,8 @@ class RunRecord:
         """The record of a ``run.json`` object; one :class:`IGPTError` if it is not one."""
         if not isinstance(d, dict):
             raise IGPTError(f"{where} must hold a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        return cls(
-            **{k: v for k, v in d.items() if k in names},
-            extra={k: v for k, v in d.items() if k not in names},
-        )
+        kw, extra = split_record(cls, d)
+        return cls(**kw, extra=extra)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> RunRecord:
