@@ -122,9 +122,9 @@ def _cmd_extract(args) -> int:
     try:
         model, palette, ident = open_model(args.model, device=device)
         splits = ("train", "val", "test") if args.split == "all" else (args.split,)
-        split_seed = args.split_seed if args.split_seed is not None else ident.run.data_seed
         seed = args.seed if args.seed is not None else ident.run.seed
-        data = data_source_from_args(args, split_seed)
+        # No --split-seed: extraction reads the split the model's run trained on.
+        data = data_source_from_args(args, args.split_seed)
         settings = ExtractSettings(
             layers=layers, site=args.site, dtype=args.cache_dtype, bert_masks=args.bert_masks,
             seed=seed, full_sequence_layer=args.full_sequence_layer,

@@ -94,7 +94,7 @@ def lowdata_study(
         for layer in (cfg.layer, best_layers.get(name)):
             if layer is not None and not 0 <= layer <= L:
                 raise IGPTError(f"layer {layer} is out of range: {name} has layers 0..{L}")
-        seed = ident.run.data_seed if source.split_seed is None else source.split_seed
+        _, seed = ident.data(dataset, source.split_seed)
         key = (net.config.n_px, seed)
         if key not in data:
             tr, te = (
