@@ -150,12 +150,15 @@ class Manifest:
         kw.update(hub={k: d[k] for k in HUB_KEYS if d.get(k)}, extra=extra)
         if kw.get("full_sequence") is not None:
             kw["full_sequence"] = FullSequence(**kw["full_sequence"])
-        try:
-            return cls(**kw)
-        except TypeError as e:  # a field missing: written by something else
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [name for name in required if name not in kw]
+        if missing:  # written by something else
             raise IGPTError(
-                f"{where} is corrupt ({e}); rebuild the cache with --rebuild-cache"
-            ) from None
+                f"{where} is corrupt (no {', '.join(missing)}); rebuild the cache with "
+                "--rebuild-cache"
+            )
+        return cls(**kw)
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:
